@@ -1,0 +1,71 @@
+# moslora: set-up, build, tests and the demo. Everything installs itself into the project:
+# a virtual environment in .venv (the PyPI torch wheel that libtorch is taken from, and the
+# Python reference packages the tests compare against) and the Rust build in target/.
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+FIXTURES   := target/fixtures
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The tests compare against libtorch/PyTorch on 2 cores; keep both on the same thread count.
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+# Pinned: parity is defined against these exact versions.
+TORCH_PKG := torch==2.11.0
+REF_PKGS  := diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 \
+             accelerate==1.15.0 numpy pillow
+# Only the CLIP BPE merges file is needed from open-clip; its own dependencies are not.
+OPENCLIP  := open-clip-torch==3.3.0
+
+BIN := target/release/moslora
+
+.PHONY: all build test demo fixtures venv clean fmt clippy
+
+all: build
+
+$(VENV)/.torch:
+	$(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PKG)
+	touch $@
+
+$(VENV)/.reference: $(VENV)/.torch
+	$(PY) -m pip install --quiet $(REF_PKGS)
+	$(PY) -m pip install --quiet --no-deps $(OPENCLIP)
+	touch $@
+
+venv: $(VENV)/.reference
+
+build: $(VENV)/.torch
+	cargo build --release
+
+# Fixtures: a tiny random SDXL pipeline saved by diffusers, the real CLIP vocabulary, and
+# reference outputs, all cached under target/ and remade when a script changes.
+REF_SCRIPTS := $(wildcard tests/reference/*.py)
+$(FIXTURES)/.stamp: $(VENV)/.reference $(REF_SCRIPTS) $(wildcard configs/tiny/*/*.json)
+	mkdir -p $(FIXTURES)
+	$(PY) tests/reference/make_fixtures.py $(FIXTURES)
+	touch $@
+
+fixtures: $(FIXTURES)/.stamp
+
+test: $(FIXTURES)/.stamp
+	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release -- --test-threads=1
+
+demo: build
+	$(BIN) init-model --preset tiny --seed 0 --out target/demo/tiny-sdxl
+	$(BIN) generate --model target/demo/tiny-sdxl --prompt "a photo of sks dog" \
+		--seed 0 --steps 20 --out target/demo/generate.png
+	@echo "demo picture: target/demo/generate.png (the tiny model has random weights: expect abstract noise)"
+
+fmt:
+	cargo fmt --all
+
+clippy: $(VENV)/.torch
+	cargo clippy --release --all-targets -- -D warnings
+
+clean:
+	rm -rf target $(VENV)

@@ -1,0 +1,9 @@
+//! moslora: DreamBooth LoRA and MoSLoRA adapters for Stable Diffusion XL on libtorch.
+
+pub mod error;
+pub mod fsutil;
+pub mod runtime;
+pub mod schedule;
+pub mod sdxl;
+
+pub use error::{Error, Result};

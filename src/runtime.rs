@@ -1,0 +1,65 @@
+//! Devices and dtypes as the user names them, and libtorch start-up.
+
+use std::str::FromStr;
+
+use tch::{Device, Kind};
+
+use crate::error::{Error, Result};
+
+/// `--device cpu|cuda|cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").map(usize::from_str) {
+            Some(Ok(i)) => cuda(i),
+            _ => Err(Error::msg(format!(
+                "unknown device {s:?}: expected `cpu`, `cuda` or `cuda:N`"
+            ))),
+        },
+    }
+}
+
+fn cuda(i: usize) -> Result<Device> {
+    if !tch::Cuda::is_available() {
+        return Err(Error::msg(
+            "`--device cuda` asked for, but libtorch sees no CUDA device \
+             (no NVIDIA GPU or driver on this machine)",
+        ));
+    }
+    let n = tch::Cuda::device_count() as usize;
+    if i >= n {
+        return Err(Error::msg(format!("cuda:{i} asked for, but only {n} CUDA device(s) exist")));
+    }
+    Ok(Device::Cuda(i))
+}
+
+/// `--dtype f32|bf16|f16`: the dtype of the frozen weights (the VAE stays f32).
+pub fn parse_dtype(s: &str) -> Result<Kind> {
+    match s {
+        "f32" | "fp32" | "float32" => Ok(Kind::Float),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        "f16" | "fp16" | "float16" => Ok(Kind::Half),
+        _ => Err(Error::msg(format!("unknown dtype {s:?}: expected `f32`, `bf16` or `f16`"))),
+    }
+}
+
+/// Half precision on the CPU is slow and loses accuracy for nothing: refuse it with a hint.
+pub fn check_dtype_for_device(kind: Kind, device: Device) -> Result<()> {
+    if device == Device::Cpu && kind != Kind::Float {
+        return Err(Error::msg(format!(
+            "dtype {kind:?} on the CPU is not supported: use `--dtype f32` on the CPU, \
+             bf16/f16 on CUDA"
+        )));
+    }
+    Ok(())
+}
+
+pub fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "f32",
+        Kind::BFloat16 => "bf16",
+        Kind::Half => "f16",
+        _ => "other",
+    }
+}

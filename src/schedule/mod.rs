@@ -1,0 +1,4 @@
+//! Noise schedules: the DDPM forward process used in training, and the samplers.
+
+pub mod ddpm;
+pub mod euler;

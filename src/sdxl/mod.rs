@@ -1,0 +1,15 @@
+//! Stable Diffusion XL, shaped like diffusers so that code and checkpoint names read alike.
+
+pub mod attention;
+pub mod clip;
+pub mod config;
+pub mod embeddings;
+pub mod model_dir;
+pub mod nn;
+pub mod pipeline;
+pub mod resnet;
+pub mod tokenizer;
+pub mod unet;
+pub mod unet_blocks;
+pub mod vae;
+pub mod weights;

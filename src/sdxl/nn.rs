@@ -1,0 +1,123 @@
+//! The layer primitives, loaded by checkpoint name (`<path>.weight`, `<path>.bias`).
+
+use tch::{Kind, Tensor};
+
+use super::weights::{Init, Weights};
+use crate::error::Result;
+
+/// A linear layer `y = x W^T + b`, with the module path it was loaded from (adapters find
+/// their target by that name).
+pub struct Linear {
+    pub name: String,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(w: &Weights, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
+        let weight = w.get("weight", &[out_dim, in_dim], Init::FanIn)?;
+        let bias = if bias { Some(w.get("bias", &[out_dim], Init::FanIn)?) } else { None };
+        Ok(Linear { name: w.path().to_string(), weight, bias })
+    }
+
+    pub fn in_dim(&self) -> i64 {
+        self.weight.size()[1]
+    }
+
+    pub fn out_dim(&self) -> i64 {
+        self.weight.size()[0]
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// A 2-D convolution (square kernel).
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: i64,
+    pub padding: i64,
+}
+
+impl Conv2d {
+    pub fn new(
+        w: &Weights,
+        in_ch: i64,
+        out_ch: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+    ) -> Result<Self> {
+        let weight = w.get("weight", &[out_ch, in_ch, kernel, kernel], Init::FanIn)?;
+        let bias = Some(w.get("bias", &[out_ch], Init::FanIn)?);
+        Ok(Conv2d { weight, bias, stride, padding })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(
+            &self.weight,
+            self.bias.as_ref(),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        )
+    }
+}
+
+/// Group normalisation with affine parameters.
+pub struct GroupNorm {
+    pub groups: i64,
+    pub eps: f64,
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl GroupNorm {
+    pub fn new(w: &Weights, groups: i64, channels: i64, eps: f64) -> Result<Self> {
+        let weight = w.get("weight", &[channels], Init::Ones)?;
+        let bias = w.get("bias", &[channels], Init::Zeros)?;
+        Ok(GroupNorm { groups, eps, weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// Layer normalisation over the last dimension.
+pub struct LayerNorm {
+    pub eps: f64,
+    pub weight: Tensor,
+    pub bias: Tensor,
+    dim: i64,
+}
+
+impl LayerNorm {
+    pub fn new(w: &Weights, dim: i64, eps: f64) -> Result<Self> {
+        let weight = w.get("weight", &[dim], Init::Ones)?;
+        let bias = w.get("bias", &[dim], Init::Zeros)?;
+        Ok(LayerNorm { eps, weight, bias, dim })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// A lookup table (token or position embeddings).
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn new(w: &Weights, count: i64, dim: i64) -> Result<Self> {
+        Ok(Embedding { weight: w.get("weight", &[count, dim], Init::Normal(0.02))? })
+    }
+
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.weight, &ids.to_kind(Kind::Int64), -1, false, false)
+    }
+}
