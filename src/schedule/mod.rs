@@ -2,3 +2,4 @@
 
 pub mod ddpm;
 pub mod euler;
+pub mod sampler;

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod clip;
 pub mod config;
 pub mod embeddings;
+pub mod init_model;
 pub mod model_dir;
 pub mod nn;
 pub mod pipeline;

@@ -389,30 +389,52 @@ impl TensorSource for ShapeSource {
     }
 }
 
+/// A contiguous CPU tensor seen as safetensors data, without copying it.
+struct TensorBytes {
+    tensor: Tensor,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+impl safetensors::View for TensorBytes {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let len = self.data_len();
+        if len == 0 {
+            return std::borrow::Cow::Borrowed(&[]);
+        }
+        // SAFETY: `tensor` is contiguous, on the CPU and owned by `self`, so `len` bytes at
+        // its data pointer stay valid and unaliased for the borrow of `self`.
+        let bytes = unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, len) };
+        std::borrow::Cow::Borrowed(bytes)
+    }
+
+    fn data_len(&self) -> usize {
+        self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
+    }
+}
+
 /// Write named tensors as one `.safetensors` file, atomically (temporary file, then rename).
+/// Tensors are streamed from their own memory: a multi-gigabyte model is not copied.
 pub fn save_safetensors(
     tensors: &[(String, Tensor)],
     metadata: Option<HashMap<String, String>>,
     path: &Path,
 ) -> Result<()> {
-    let mut bufs: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = Vec::with_capacity(tensors.len());
+    let mut views = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let t = t.to_device(Device::Cpu).contiguous();
-        let dtype = safetensors_dtype(t.kind())?;
-        let numel = t.numel();
-        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut bytes, numel)?;
-        let shape = t.size().iter().map(|&d| d as usize).collect();
-        bufs.push((name.clone(), bytes, dtype, shape));
+        let tensor = t.to_device(Device::Cpu).contiguous();
+        let dtype = safetensors_dtype(tensor.kind())?;
+        let shape = tensor.size().iter().map(|&d| d as usize).collect();
+        views.push((name.clone(), TensorBytes { tensor, dtype, shape }));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bufs
-        .iter()
-        .map(|(n, b, d, s)| {
-            let v = safetensors::tensor::TensorView::new(*d, s.clone(), b)
-                .expect("byte length matches shape");
-            (n.clone(), v)
-        })
-        .collect();
     crate::fsutil::write_atomic(path, |tmp| {
         safetensors::serialize_to_file(views, metadata, tmp)
             .map_err(|e| Error::msg(format!("writing {}: {e}", path.display())))

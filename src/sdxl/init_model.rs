@@ -1,0 +1,165 @@
+//! `init-model`: a random SDXL-architecture pipeline in the diffusers layout of a real
+//! download, loadable by moslora and by diffusers alike (tests, the demo, benchmarks).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use serde_json::json;
+use tch::{Device, Kind};
+
+use super::clip::ClipTextModel;
+use super::config::{presets, ClipTextConfig, UNetConfig, VaeConfig};
+use super::unet::UNet2DConditionModel;
+use super::vae::AutoencoderKL;
+use super::weights::{save_safetensors, RandomSource, TensorSource, Weights};
+use crate::error::{Error, Result};
+use crate::fsutil;
+
+/// The real 49,408-token CLIP vocabulary (built from the BPE merges OpenAI published).
+pub const CLIP_VOCAB: &str = include_str!("../../assets/clip/vocab.json");
+pub const CLIP_MERGES: &str = include_str!("../../assets/clip/merges.txt");
+
+pub struct InitOptions<'a> {
+    pub preset: &'a str,
+    pub seed: u64,
+    /// dtype of the written weights (f32, or f16 to halve a full-size model's files).
+    pub dtype: Kind,
+    pub force: bool,
+}
+
+/// Write a random pipeline to `out` (built in a sibling temporary folder, then renamed, so an
+/// interrupted run leaves nothing that looks like a model).
+pub fn init_model(out: &Path, o: &InitOptions) -> Result<()> {
+    let [unet_json, vae_json, te_json, te2_json, sched_json] = presets::texts(o.preset)
+        .ok_or_else(|| {
+            Error::msg(format!(
+                "unknown preset {:?}: expected one of {}",
+                o.preset,
+                presets::NAMES.join(", ")
+            ))
+        })?;
+    if out.exists() {
+        let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty && !o.force {
+            return Err(Error::msg(format!(
+                "{} already exists: choose another --out or pass --force to replace it",
+                out.display()
+            )));
+        }
+    }
+    let tmp = fsutil::temp_path(out);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = write_all(&tmp, o, [unet_json, vae_json, te_json, te2_json, sched_json]);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+}
+
+fn write_all(dir: &Path, o: &InitOptions, texts: [&str; 5]) -> Result<()> {
+    let [unet_json, vae_json, te_json, te2_json, sched_json] = texts;
+    let parse = |name: &str, text: &str| -> Result<serde_json::Value> {
+        serde_json::from_str(text).map_err(|e| Error::msg(format!("preset {name}: {e}")))
+    };
+    // Each component gets its own seed stream, so changing one never changes another.
+    let unet_cfg: UNetConfig = serde_json::from_value(parse("unet", unet_json)?)
+        .map_err(|e| Error::msg(format!("preset unet: {e}")))?;
+    write_component(dir, "unet", "diffusion_pytorch_model", unet_json, o, 0, |w| {
+        UNet2DConditionModel::new(w, &unet_cfg).map(drop)
+    })?;
+    let vae_cfg: VaeConfig = serde_json::from_value(parse("vae", vae_json)?)
+        .map_err(|e| Error::msg(format!("preset vae: {e}")))?;
+    write_component(dir, "vae", "diffusion_pytorch_model", vae_json, o, 1, |w| {
+        AutoencoderKL::new(w, &vae_cfg).map(drop)
+    })?;
+    for (i, (name, text, proj)) in
+        [("text_encoder", te_json, false), ("text_encoder_2", te2_json, true)].into_iter().enumerate()
+    {
+        let cfg: ClipTextConfig = serde_json::from_value(parse(name, text)?)
+            .map_err(|e| Error::msg(format!("preset {name}: {e}")))?;
+        write_component(dir, name, "model", text, o, 2 + i as u64, |w| {
+            ClipTextModel::new(w, &cfg, proj).map(drop)
+        })?;
+    }
+    write_tokenizer(&dir.join("tokenizer"), "<|endoftext|>")?;
+    write_tokenizer(&dir.join("tokenizer_2"), "!")?;
+    fsutil::write_bytes(&dir.join("scheduler/scheduler_config.json"), sched_json.as_bytes())?;
+    let index = json!({
+        "_class_name": "StableDiffusionXLPipeline",
+        "_diffusers_version": "0.42.1",
+        "feature_extractor": [null, null],
+        "force_zeros_for_empty_prompt": true,
+        "image_encoder": [null, null],
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]
+    });
+    write_json(&dir.join("model_index.json"), &index)
+}
+
+fn write_component(
+    dir: &Path,
+    name: &str,
+    stem: &str,
+    config_json: &str,
+    o: &InitOptions,
+    stream: u64,
+    build: impl FnOnce(&Weights) -> Result<()>,
+) -> Result<()> {
+    tch::manual_seed((o.seed.wrapping_mul(1000).wrapping_add(stream)) as i64);
+    let src = Rc::new(RandomSource::new());
+    let w = Weights::new(src.clone() as Rc<dyn TensorSource>, name, Kind::Float, Device::Cpu);
+    build(&w)?;
+    let tensors: Vec<(String, tch::Tensor)> =
+        src.take().into_iter().map(|(n, t)| (n, t.to_kind(o.dtype))).collect();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let sub: PathBuf = dir.join(name);
+    save_safetensors(&tensors, Some(meta), &sub.join(format!("{stem}.safetensors")))?;
+    fsutil::write_bytes(&sub.join("config.json"), config_json.as_bytes())
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("json values serialise");
+    fsutil::write_bytes(path, text.as_bytes())
+}
+
+/// A tokenizer folder as the SDXL download ships it: vocab.json, merges.txt,
+/// special_tokens_map.json and tokenizer_config.json (whose pad token differs per folder).
+pub fn write_tokenizer(dir: &Path, pad: &str) -> Result<()> {
+    let token = |c: &str| {
+        json!({"__type": "AddedToken", "content": c, "lstrip": false, "normalized": true,
+               "rstrip": false, "single_word": false})
+    };
+    fsutil::write_bytes(&dir.join("vocab.json"), CLIP_VOCAB.as_bytes())?;
+    fsutil::write_bytes(&dir.join("merges.txt"), CLIP_MERGES.as_bytes())?;
+    let special = json!({
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": pad,
+        "unk_token": "<|endoftext|>",
+    });
+    write_json(&dir.join("special_tokens_map.json"), &special)?;
+    let config = json!({
+        "add_prefix_space": false,
+        "bos_token": token("<|startoftext|>"),
+        "clean_up_tokenization_spaces": true,
+        "do_lower_case": true,
+        "eos_token": token("<|endoftext|>"),
+        "errors": "replace",
+        "model_max_length": 77,
+        "pad_token": if pad == "!" { json!(pad) } else { token(pad) },
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": token("<|endoftext|>"),
+    });
+    write_json(&dir.join("tokenizer_config.json"), &config)
+}
