@@ -1,1 +1,330 @@
-//! (to be written)
+//! SDXL's two CLIP text encoders, after transformers' `modeling_clip.py`:
+//! `text_encoder` is `CLIPTextModel` (OpenAI CLIP ViT-L/14, `quick_gelu`) and `text_encoder_2`
+//! is `CLIPTextModelWithProjection` (OpenCLIP ViT-bigG/14, `gelu`, plus `text_projection`).
+//!
+//! Tensor names are those of a real SDXL download (`text_model.` prefix; `text_projection` at the
+//! top level). The stored `text_model.embeddings.position_ids` buffer is not read: it is always
+//! `arange(max_position_embeddings)`.
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::ClipTextConfig;
+use super::nn::{Embedding, LayerNorm, Linear};
+use super::weights::Weights;
+use crate::error::{Error, Result};
+
+/// The MLP activation (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`: the original CLIP's approximation (CLIP-L).
+    QuickGelu,
+    /// The exact (erf) GELU, transformers' `"gelu"` (OpenCLIP bigG).
+    Gelu,
+}
+
+impl Activation {
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "quick_gelu" => Ok(Activation::QuickGelu),
+            "gelu" => Ok(Activation::Gelu),
+            other => Err(Error::msg(format!(
+                "CLIP text encoder: unsupported `hidden_act` {other:?} (expected \"quick_gelu\" or \"gelu\")"
+            ))),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::QuickGelu => x * (x * 1.702).sigmoid(),
+            Activation::Gelu => x.gelu("none"),
+        }
+    }
+}
+
+/// `CLIPTextEmbeddings`: token embedding plus learned absolute position embedding.
+pub struct ClipTextEmbeddings {
+    pub token_embedding: Embedding,
+    pub position_embedding: Embedding,
+}
+
+impl ClipTextEmbeddings {
+    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+        Ok(ClipTextEmbeddings {
+            token_embedding: Embedding::new(
+                &w.pp("token_embedding"),
+                cfg.vocab_size,
+                cfg.hidden_size,
+            )?,
+            position_embedding: Embedding::new(
+                &w.pp("position_embedding"),
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+            )?,
+        })
+    }
+
+    /// `input_ids`: (batch, seq) -> (batch, seq, hidden). Positions are `0..seq`.
+    pub fn forward(&self, input_ids: &Tensor) -> Tensor {
+        let seq = input_ids.size()[1];
+        // Rows 0..seq of the table are exactly `position_embedding(arange(seq))`.
+        let positions = self.position_embedding.weight.narrow(0, 0, seq);
+        self.token_embedding.forward(input_ids) + positions.unsqueeze(0)
+    }
+}
+
+/// `CLIPAttention`: multi-head self-attention. The projections are public so that text-encoder
+/// adapters can wrap them.
+pub struct ClipAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub num_heads: i64,
+    pub head_dim: i64,
+}
+
+impl ClipAttention {
+    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(ClipAttention {
+            q_proj: Linear::new(&w.pp("q_proj"), d, d, true)?,
+            k_proj: Linear::new(&w.pp("k_proj"), d, d, true)?,
+            v_proj: Linear::new(&w.pp("v_proj"), d, d, true)?,
+            out_proj: Linear::new(&w.pp("out_proj"), d, d, true)?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: d / cfg.num_attention_heads,
+        })
+    }
+
+    /// Causal self-attention over (batch, seq, hidden).
+    ///
+    /// The text models attend causally and SDXL passes no padding mask, so padding tokens are
+    /// attended to like any other token (before the EOS they cannot be seen anyway). The causal
+    /// flag of SDPA gives the same lower-triangular mask as transformers' `create_causal_mask`
+    /// (checked in tests/reference/ref_clip.py against the eager path with an explicit mask), and
+    /// SDPA's default scale is transformers' `head_dim ** -0.5`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, s, _) = x.size3().expect("attention input is (batch, seq, hidden)");
+        let heads = |t: Tensor| {
+            t.view([b, s, self.num_heads, self.head_dim])
+                .transpose(1, 2)
+        };
+        let q = heads(self.q_proj.forward(x));
+        let k = heads(self.k_proj.forward(x));
+        let v = heads(self.v_proj.forward(x));
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        );
+        let out = out
+            .transpose(1, 2)
+            .reshape([b, s, self.num_heads * self.head_dim]);
+        self.out_proj.forward(&out)
+    }
+}
+
+/// `CLIPMLP`: fc1, activation, fc2.
+pub struct ClipMlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub activation: Activation,
+}
+
+impl ClipMlp {
+    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+        Ok(ClipMlp {
+            fc1: Linear::new(&w.pp("fc1"), cfg.hidden_size, cfg.intermediate_size, true)?,
+            fc2: Linear::new(&w.pp("fc2"), cfg.intermediate_size, cfg.hidden_size, true)?,
+            activation: Activation::from_name(&cfg.hidden_act)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.fc2
+            .forward(&self.activation.forward(&self.fc1.forward(x)))
+    }
+}
+
+/// `CLIPEncoderLayer`: pre-norm attention and MLP blocks, each with a residual.
+pub struct ClipEncoderLayer {
+    pub self_attn: ClipAttention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: ClipMlp,
+    pub layer_norm2: LayerNorm,
+}
+
+impl ClipEncoderLayer {
+    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(ClipEncoderLayer {
+            self_attn: ClipAttention::new(&w.pp("self_attn"), cfg)?,
+            layer_norm1: LayerNorm::new(&w.pp("layer_norm1"), d, eps)?,
+            mlp: ClipMlp::new(&w.pp("mlp"), cfg)?,
+            layer_norm2: LayerNorm::new(&w.pp("layer_norm2"), d, eps)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x + self.self_attn.forward(&self.layer_norm1.forward(x));
+        &x + self.mlp.forward(&self.layer_norm2.forward(&x))
+    }
+}
+
+/// `CLIPEncoder`: the stack of layers.
+pub struct ClipEncoder {
+    pub layers: Vec<ClipEncoderLayer>,
+}
+
+impl ClipEncoder {
+    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| ClipEncoderLayer::new(&w.pp("layers").pp(i), cfg))
+            .collect::<Result<_>>()?;
+        Ok(ClipEncoder { layers })
+    }
+}
+
+/// What one forward pass gives, as transformers returns it with `output_hidden_states=True`.
+pub struct ClipOutput {
+    /// The embeddings' output, then each layer's output (`num_hidden_layers + 1` tensors of
+    /// shape (batch, seq, hidden)). The last one is NOT through `final_layer_norm`.
+    pub hidden_states: Vec<Tensor>,
+    /// The last layer's output after `final_layer_norm`.
+    pub last_hidden_state: Tensor,
+    /// `last_hidden_state` at the EOS position of each sequence: (batch, hidden).
+    pub pooled: Tensor,
+    /// `text_projection(pooled)`: (batch, projection_dim); `CLIPTextModelWithProjection` only.
+    pub text_embeds: Option<Tensor>,
+}
+
+impl ClipOutput {
+    /// `hidden_states[-2]`: the penultimate layer's output, what SDXL conditions the UNet on.
+    pub fn penultimate(&self) -> &Tensor {
+        &self.hidden_states[self.hidden_states.len() - 2]
+    }
+}
+
+/// `CLIPTextModel` (with `with_projection`: `CLIPTextModelWithProjection`).
+pub struct ClipTextModel {
+    pub embeddings: ClipTextEmbeddings,
+    pub encoder: ClipEncoder,
+    pub final_layer_norm: LayerNorm,
+    /// `text_projection` (no bias), present for `CLIPTextModelWithProjection`.
+    pub text_projection: Option<Linear>,
+    pub eos_token_id: i64,
+    pub max_position_embeddings: i64,
+    device: Device,
+}
+
+impl ClipTextModel {
+    /// Load from `w` rooted at the component (`text_model.*`, `text_projection.weight`), in
+    /// `w.kind()` on `w.device()`.
+    pub fn new(w: &Weights, cfg: &ClipTextConfig, with_projection: bool) -> Result<Self> {
+        if cfg.num_attention_heads <= 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(Error::msg(format!(
+                "{}: `hidden_size` {} is not a multiple of `num_attention_heads` {}",
+                w.component(),
+                cfg.hidden_size,
+                cfg.num_attention_heads
+            )));
+        }
+        let tm = w.pp("text_model");
+        let embeddings = ClipTextEmbeddings::new(&tm.pp("embeddings"), cfg)?;
+        let encoder = ClipEncoder::new(&tm.pp("encoder"), cfg)?;
+        let final_layer_norm = LayerNorm::new(
+            &tm.pp("final_layer_norm"),
+            cfg.hidden_size,
+            cfg.layer_norm_eps,
+        )?;
+        let text_projection = if with_projection {
+            let Some(proj) = cfg.projection_dim else {
+                return Err(Error::msg(format!(
+                    "{}: `projection_dim` missing from the config of a text encoder with projection",
+                    w.component()
+                )));
+            };
+            Some(Linear::new(
+                &w.pp("text_projection"),
+                cfg.hidden_size,
+                proj,
+                false,
+            )?)
+        } else {
+            None
+        };
+        Ok(ClipTextModel {
+            embeddings,
+            encoder,
+            final_layer_norm,
+            text_projection,
+            eos_token_id: cfg.eos_token_id,
+            max_position_embeddings: cfg.max_position_embeddings,
+            device: w.device(),
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layers.len()
+    }
+
+    /// Run the model on token ids of shape (batch, seq) (or (seq): treated as a batch of one;
+    /// any leading dimensions are flattened into the batch, as transformers does).
+    ///
+    /// Panics if `seq` exceeds `max_position_embeddings` (transformers raises there too).
+    pub fn forward(&self, input_ids: &Tensor) -> ClipOutput {
+        let size = input_ids.size();
+        let seq = *size.last().expect("input_ids has at least one dimension");
+        assert!(
+            seq <= self.max_position_embeddings,
+            "sequence length {seq} exceeds max_position_embeddings {}",
+            self.max_position_embeddings
+        );
+        let ids = input_ids
+            .to_device(self.device)
+            .to_kind(Kind::Int64)
+            .reshape([-1, seq]);
+
+        let mut x = self.embeddings.forward(&ids);
+        let mut hidden_states = Vec::with_capacity(self.encoder.layers.len() + 1);
+        for layer in &self.encoder.layers {
+            let next = layer.forward(&x);
+            hidden_states.push(x);
+            x = next;
+        }
+        let last_hidden_state = self.final_layer_norm.forward(&x);
+        hidden_states.push(x);
+
+        let eos = self.eos_positions(&ids);
+        let batch = Tensor::arange(ids.size()[0], (Kind::Int64, ids.device()));
+        let pooled = last_hidden_state.index(&[Some(batch), Some(eos)]);
+        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(&pooled));
+        ClipOutput {
+            hidden_states,
+            last_hidden_state,
+            pooled,
+            text_embeds,
+        }
+    }
+
+    /// The position pooled from in each row, as transformers computes it.
+    fn eos_positions(&self, ids: &Tensor) -> Tensor {
+        if self.eos_token_id == 2 {
+            // Configs written before transformers PR #24773 (SDXL's among them) carry
+            // `eos_token_id: 2`; transformers then keeps the original CLIP rule: the EOS token
+            // has the highest id, so take the argmax (the first maximum, hence the first EOS
+            // even when the padding is also EOS).
+            ids.argmax(-1, false)
+        } else {
+            // The first position equal to `eos_token_id` (position 0 if there is none).
+            ids.eq(self.eos_token_id)
+                .to_kind(Kind::Int)
+                .argmax(-1, false)
+        }
+    }
+}
