@@ -1,5 +1,6 @@
 //! moslora: DreamBooth LoRA and MoSLoRA adapters for Stable Diffusion XL on libtorch.
 
+pub mod adapter;
 pub mod error;
 pub mod fsutil;
 pub mod runtime;

@@ -3,21 +3,23 @@
 use tch::{Kind, Tensor};
 
 use super::weights::{Init, Weights};
+use crate::adapter::lowrank::LowRankAdapter;
 use crate::error::Result;
 
 /// A linear layer `y = x W^T + b`, with the module path it was loaded from (adapters find
-/// their target by that name).
+/// their target by that name) and an optional low-rank adapter beside the frozen weight.
 pub struct Linear {
     pub name: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub adapter: Option<LowRankAdapter>,
 }
 
 impl Linear {
     pub fn new(w: &Weights, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
         let weight = w.get("weight", &[out_dim, in_dim], Init::FanIn)?;
         let bias = if bias { Some(w.get("bias", &[out_dim], Init::FanIn)?) } else { None };
-        Ok(Linear { name: w.path().to_string(), weight, bias })
+        Ok(Linear { name: w.path().to_string(), weight, bias, adapter: None })
     }
 
     pub fn in_dim(&self) -> i64 {
@@ -29,7 +31,35 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.adapter {
+            Some(a) if !a.merged => {
+                let kind = y.kind();
+                (y + a.forward(x)).to_kind(kind)
+            }
+            _ => y,
+        }
+    }
+
+    /// Fold the adapter into the frozen weight (`W0 + scale * B M A`): rendering then costs
+    /// nothing extra. Exact up to the rounding of the weight's dtype.
+    pub fn merge(&mut self) {
+        if let Some(a) = self.adapter.as_mut().filter(|a| !a.merged) {
+            let _guard = tch::no_grad_guard();
+            let delta = a.delta_weight().to_kind(self.weight.kind()).to_device(self.weight.device());
+            let _ = self.weight.g_add_(&delta);
+            a.merged = true;
+        }
+    }
+
+    /// Undo `merge`.
+    pub fn unmerge(&mut self) {
+        if let Some(a) = self.adapter.as_mut().filter(|a| a.merged) {
+            let _guard = tch::no_grad_guard();
+            let delta = a.delta_weight().to_kind(self.weight.kind()).to_device(self.weight.device());
+            let _ = self.weight.g_sub_(&delta);
+            a.merged = false;
+        }
     }
 }
 

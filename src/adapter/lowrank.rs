@@ -1,0 +1,221 @@
+//! The low-rank adapter of one frozen linear layer W0:
+//! `y = W0 x + (alpha / r) * B M A x`, with A (r x in), B (out x r, zero at start) and an
+//! optional r x r mixer M. Plain LoRA has no mixer (M = I, not stored); MoSLoRA trains M.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// How the r x r mixer starts (MoSLoRA paper, Tab. 3), or that there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MixerInit {
+    /// Plain LoRA: no mixer.
+    None,
+    /// Orthogonal (the paper's choice for SDXL).
+    Orthogonal,
+    /// `kaiming_uniform_(a = sqrt(5))` (the authors' code).
+    Kaiming,
+    /// The identity: starts as LoRA, trained.
+    Identity,
+    /// N(0, 1/r).
+    Normal,
+    /// All zeros: no gradient ever reaches A, B or M (kept to show exactly that).
+    Zero,
+    /// The fixed two-subspace mixer of the paper's section 2.2, [[I, I], [I, I]]: not trained.
+    Butterfly,
+}
+
+impl MixerInit {
+    pub const ALL: &'static [&'static str] =
+        &["none", "orthogonal", "kaiming", "identity", "normal", "zero", "butterfly"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MixerInit::None => "none",
+            MixerInit::Orthogonal => "orthogonal",
+            MixerInit::Kaiming => "kaiming",
+            MixerInit::Identity => "identity",
+            MixerInit::Normal => "normal",
+            MixerInit::Zero => "zero",
+            MixerInit::Butterfly => "butterfly",
+        }
+    }
+
+    pub fn trained(self) -> bool {
+        !matches!(self, MixerInit::None | MixerInit::Butterfly)
+    }
+}
+
+/// How A starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AInit {
+    /// `kaiming_uniform_(a = sqrt(5))`: U(-1/sqrt(in), 1/sqrt(in)) (the paper, peft's default).
+    Kaiming,
+    /// N(0, 1/r) (diffusers' scripts and the authors' SDXL script: peft's "gaussian").
+    Gaussian,
+}
+
+impl AInit {
+    pub fn name(self) -> &'static str {
+        match self {
+            AInit::Kaiming => "kaiming",
+            AInit::Gaussian => "gaussian",
+        }
+    }
+}
+
+/// `torch.nn.init.orthogonal_` for a square matrix: Q of the QR decomposition of a normal
+/// draw, with signs fixed by R's diagonal so the distribution is uniform (Haar).
+pub fn orthogonal(r: i64) -> Tensor {
+    let x = Tensor::randn([r, r], (Kind::Float, tch::Device::Cpu));
+    let (q, rr) = Tensor::linalg_qr(&x, "reduced");
+    let signs = rr.diagonal(0, 0, 1).sign();
+    q * signs.unsqueeze(0)
+}
+
+/// [[I, I], [I, I]] with r/2 x r/2 blocks.
+pub fn butterfly(r: i64) -> Result<Tensor> {
+    if r % 2 != 0 {
+        return Err(Error::msg(format!("the butterfly mixer needs an even rank, got {r}")));
+    }
+    let eye = Tensor::eye(r / 2, (Kind::Float, tch::Device::Cpu));
+    let row = Tensor::cat(&[&eye, &eye], 1);
+    Ok(Tensor::cat(&[&row, &row], 0))
+}
+
+/// The adapter tensors of one layer. Trained tensors have `requires_grad` set; the optimizer
+/// holds shallow clones of the same tensors.
+pub struct LowRankAdapter {
+    /// (r, in)
+    pub a: Tensor,
+    /// (out, r)
+    pub b: Tensor,
+    /// (r, r), absent for plain LoRA.
+    pub mixer: Option<Tensor>,
+    pub mixer_trained: bool,
+    /// alpha / r
+    pub scale: f64,
+    /// Folded into W0 (`merge`): the side branch is then skipped.
+    pub merged: bool,
+}
+
+impl LowRankAdapter {
+    /// A freshly initialised adapter for a layer `in_dim -> out_dim` (draws from libtorch's
+    /// global generator: seed it first).
+    pub fn init(
+        in_dim: i64,
+        out_dim: i64,
+        rank: i64,
+        alpha: f64,
+        a_init: AInit,
+        mixer: MixerInit,
+    ) -> Result<Self> {
+        if rank < 1 {
+            return Err(Error::msg(format!("adapter rank must be at least 1, got {rank}")));
+        }
+        let cpu = (Kind::Float, tch::Device::Cpu);
+        let a = match a_init {
+            AInit::Kaiming => {
+                let bound = 1.0 / (in_dim as f64).sqrt();
+                Tensor::rand([rank, in_dim], cpu) * (2.0 * bound) - bound
+            }
+            AInit::Gaussian => Tensor::randn([rank, in_dim], cpu) * (1.0 / rank as f64),
+        };
+        let b = Tensor::zeros([out_dim, rank], cpu);
+        let m = match mixer {
+            MixerInit::None => None,
+            MixerInit::Orthogonal => Some(orthogonal(rank)),
+            MixerInit::Kaiming => {
+                let bound = 1.0 / (rank as f64).sqrt();
+                Some(Tensor::rand([rank, rank], cpu) * (2.0 * bound) - bound)
+            }
+            MixerInit::Identity => Some(Tensor::eye(rank, cpu)),
+            MixerInit::Normal => Some(Tensor::randn([rank, rank], cpu) * (1.0 / rank as f64)),
+            MixerInit::Zero => Some(Tensor::zeros([rank, rank], cpu)),
+            MixerInit::Butterfly => Some(butterfly(rank)?),
+        };
+        Ok(Self::from_tensors(a, b, m, mixer.trained(), alpha))
+    }
+
+    /// An adapter from existing tensors (loaded from a file, or given by a test).
+    pub fn from_tensors(
+        a: Tensor,
+        b: Tensor,
+        mixer: Option<Tensor>,
+        mixer_trained: bool,
+        alpha: f64,
+    ) -> Self {
+        let rank = a.size()[0];
+        LowRankAdapter {
+            a,
+            b,
+            mixer,
+            mixer_trained,
+            scale: alpha / rank as f64,
+            merged: false,
+        }
+    }
+
+    pub fn rank(&self) -> i64 {
+        self.a.size()[0]
+    }
+
+    /// Make the trained tensors leaves that collect gradients.
+    pub fn set_trainable(&mut self, on: bool) {
+        self.a = self.a.detach().set_requires_grad(on);
+        self.b = self.b.detach().set_requires_grad(on);
+        if let Some(m) = &self.mixer {
+            self.mixer = Some(m.detach().set_requires_grad(on && self.mixer_trained));
+        }
+    }
+
+    /// The trained tensors, named as in the adapter file (`lora_A`, `lora_B`, `lora_AB`).
+    pub fn trained(&self) -> Vec<(&'static str, Tensor)> {
+        let mut v = vec![("lora_A", self.a.shallow_clone()), ("lora_B", self.b.shallow_clone())];
+        if let (Some(m), true) = (&self.mixer, self.mixer_trained) {
+            v.push(("lora_AB", m.shallow_clone()));
+        }
+        v
+    }
+
+    /// Move to the device and dtype of the layer (adapters train in f32).
+    pub fn to(&mut self, device: tch::Device) {
+        self.a = self.a.to_device(device);
+        self.b = self.b.to_device(device);
+        self.mixer = self.mixer.as_ref().map(|m| m.to_device(device));
+    }
+
+    /// The side branch `scale * B M A x`, computed in the adapter's dtype (f32) and returned in
+    /// that dtype; the caller adds it to the frozen output.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x.to_kind(self.a.kind());
+        let h = x.linear(&self.a, None::<Tensor>);
+        let h = match &self.mixer {
+            Some(m) => h.linear(m, None::<Tensor>),
+            None => h,
+        };
+        h.linear(&self.b, None::<Tensor>) * self.scale
+    }
+
+    /// `scale * B M A` (out x in), the update that merging adds to W0.
+    pub fn delta_weight(&self) -> Tensor {
+        let down = match &self.mixer {
+            Some(m) => m.matmul(&self.a),
+            None => self.a.shallow_clone(),
+        };
+        self.b.matmul(&down) * self.scale
+    }
+
+    /// The mixer folded into the down projection: `(M A, B)`, an exact plain LoRA of the same
+    /// rank and alpha (what other tools can load).
+    pub fn folded(&self) -> (Tensor, Tensor) {
+        let down = match &self.mixer {
+            Some(m) => m.matmul(&self.a),
+            None => self.a.shallow_clone(),
+        };
+        (down.detach(), self.b.detach())
+    }
+}
