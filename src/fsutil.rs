@@ -4,10 +4,15 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// A sibling temporary path: same folder, so the final rename is atomic.
+/// A sibling temporary path: same folder, so the final rename is atomic; the extension is
+/// kept last, for writers that choose the format by it.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let stem = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let pid = std::process::id();
+    match path.extension() {
+        Some(ext) => path.with_file_name(format!(".{stem}.tmp-{pid}.{}", ext.to_string_lossy())),
+        None => path.with_file_name(format!(".{stem}.tmp-{pid}")),
+    }
 }
 
 /// Let `write` fill a temporary file, then rename it over `path`. On failure the temporary

@@ -1,10 +1,12 @@
 //! moslora: DreamBooth LoRA and MoSLoRA adapters for Stable Diffusion XL on libtorch.
 
 pub mod adapter;
+pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod runtime;
 pub mod schedule;
 pub mod sdxl;
+pub mod train;
 
 pub use error::{Error, Result};

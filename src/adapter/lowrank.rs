@@ -86,6 +86,38 @@ pub fn butterfly(r: i64) -> Result<Tensor> {
     Ok(Tensor::cat(&[&row, &row], 0))
 }
 
+/// A's starting values, (rank, in).
+pub fn init_a(in_dim: i64, rank: i64, how: AInit) -> Result<Tensor> {
+    if rank < 1 {
+        return Err(Error::msg(format!("adapter rank must be at least 1, got {rank}")));
+    }
+    let cpu = (Kind::Float, tch::Device::Cpu);
+    Ok(match how {
+        AInit::Kaiming => {
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            Tensor::rand([rank, in_dim], cpu) * (2.0 * bound) - bound
+        }
+        AInit::Gaussian => Tensor::randn([rank, in_dim], cpu) * (1.0 / rank as f64),
+    })
+}
+
+/// The mixer's starting value, (rank, rank), or none for plain LoRA.
+pub fn init_mixer(rank: i64, how: MixerInit) -> Result<Option<Tensor>> {
+    let cpu = (Kind::Float, tch::Device::Cpu);
+    Ok(match how {
+        MixerInit::None => None,
+        MixerInit::Orthogonal => Some(orthogonal(rank)),
+        MixerInit::Kaiming => {
+            let bound = 1.0 / (rank as f64).sqrt();
+            Some(Tensor::rand([rank, rank], cpu) * (2.0 * bound) - bound)
+        }
+        MixerInit::Identity => Some(Tensor::eye(rank, cpu)),
+        MixerInit::Normal => Some(Tensor::randn([rank, rank], cpu) * (1.0 / rank as f64)),
+        MixerInit::Zero => Some(Tensor::zeros([rank, rank], cpu)),
+        MixerInit::Butterfly => Some(butterfly(rank)?),
+    })
+}
+
 /// The adapter tensors of one layer. Trained tensors have `requires_grad` set; the optimizer
 /// holds shallow clones of the same tensors.
 pub struct LowRankAdapter {
@@ -113,30 +145,9 @@ impl LowRankAdapter {
         a_init: AInit,
         mixer: MixerInit,
     ) -> Result<Self> {
-        if rank < 1 {
-            return Err(Error::msg(format!("adapter rank must be at least 1, got {rank}")));
-        }
-        let cpu = (Kind::Float, tch::Device::Cpu);
-        let a = match a_init {
-            AInit::Kaiming => {
-                let bound = 1.0 / (in_dim as f64).sqrt();
-                Tensor::rand([rank, in_dim], cpu) * (2.0 * bound) - bound
-            }
-            AInit::Gaussian => Tensor::randn([rank, in_dim], cpu) * (1.0 / rank as f64),
-        };
-        let b = Tensor::zeros([out_dim, rank], cpu);
-        let m = match mixer {
-            MixerInit::None => None,
-            MixerInit::Orthogonal => Some(orthogonal(rank)),
-            MixerInit::Kaiming => {
-                let bound = 1.0 / (rank as f64).sqrt();
-                Some(Tensor::rand([rank, rank], cpu) * (2.0 * bound) - bound)
-            }
-            MixerInit::Identity => Some(Tensor::eye(rank, cpu)),
-            MixerInit::Normal => Some(Tensor::randn([rank, rank], cpu) * (1.0 / rank as f64)),
-            MixerInit::Zero => Some(Tensor::zeros([rank, rank], cpu)),
-            MixerInit::Butterfly => Some(butterfly(rank)?),
-        };
+        let a = init_a(in_dim, rank, a_init)?;
+        let m = init_mixer(rank, mixer)?;
+        let b = Tensor::zeros([out_dim, rank], (Kind::Float, tch::Device::Cpu));
         Ok(Self::from_tensors(a, b, m, mixer.trained(), alpha))
     }
 

@@ -101,9 +101,10 @@ pub fn targeted<'a>(unet: &'a mut UNet2DConditionModel, targets: &[String]) -> V
         .collect()
 }
 
-/// Attach fresh adapters (libtorch's global generator: seed it first). Returns how many
-/// layers were adapted.
-pub fn inject(unet: &mut UNet2DConditionModel, cfg: &AdapterConfig) -> Result<usize> {
+/// Attach fresh adapters. A is drawn from one seeded stream and the mixers from another, so
+/// a LoRA and a MoSLoRA made with the same seed start from the same A (and B = 0): they differ
+/// in the mixer alone. Returns how many layers were adapted.
+pub fn inject(unet: &mut UNet2DConditionModel, cfg: &AdapterConfig, seed: u64) -> Result<usize> {
     cfg.validate()?;
     let layers = targeted(unet, &cfg.targets);
     if layers.is_empty() {
@@ -114,19 +115,21 @@ pub fn inject(unet: &mut UNet2DConditionModel, cfg: &AdapterConfig) -> Result<us
         )));
     }
     let n = layers.len();
-    for l in layers {
+    tch::manual_seed(seed as i64);
+    let mut a_inits = Vec::with_capacity(n);
+    for l in &layers {
+        a_inits.push(lowrank::init_a(l.in_dim(), cfg.rank, cfg.init_a)?);
+    }
+    tch::manual_seed(seed.wrapping_add(0x6d69_7865) as i64);
+    for (l, a) in layers.into_iter().zip(a_inits) {
         let device = l.weight.device();
-        let mut a = LowRankAdapter::init(
-            l.in_dim(),
-            l.out_dim(),
-            cfg.rank,
-            cfg.alpha(),
-            cfg.init_a,
-            cfg.mixer,
-        )?;
-        a.to(device);
-        a.set_trainable(true);
-        l.adapter = Some(a);
+        let mixer = lowrank::init_mixer(cfg.rank, cfg.mixer)?;
+        let b = Tensor::zeros([l.out_dim(), cfg.rank], (tch::Kind::Float, tch::Device::Cpu));
+        let mut adapter =
+            LowRankAdapter::from_tensors(a, b, mixer, cfg.mixer.trained(), cfg.alpha());
+        adapter.to(device);
+        adapter.set_trainable(true);
+        l.adapter = Some(adapter);
     }
     Ok(n)
 }

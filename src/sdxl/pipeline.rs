@@ -169,38 +169,9 @@ impl Denoiser {
         uncond: &PromptEmbeds,
         noise: &Tensor,
         o: &GenerateOptions,
-        mut on_step: impl FnMut(usize),
+        on_step: impl FnMut(usize),
     ) -> Result<Tensor> {
-        let _guard = tch::no_grad_guard();
-        let mut sched = EulerDiscrete::new(&self.scheduler)?;
-        sched.set_timesteps(o.steps)?;
-        let dev = self.opts.device;
-        let kind = self.opts.dtype;
-        let cfg_on = o.guidance > 1.0;
-        let embeds = if cfg_on { PromptEmbeds::cat(&[uncond, cond]) } else { PromptEmbeds::cat(&[cond]) };
-        let batch = embeds.hidden.size()[0];
-        let hidden = embeds.hidden.to_device(dev).to_kind(kind);
-        let pooled = embeds.pooled.to_device(dev).to_kind(kind);
-        let time_ids = add_time_ids((o.height, o.width), (0, 0), (o.height, o.width))
-            .repeat([batch, 1])
-            .to_device(dev)
-            .to_kind(kind);
-        let mut latents = noise.to_device(dev).to_kind(Kind::Float) * sched.init_noise_sigma();
-        for i in 0..sched.timesteps().len() {
-            let input = if cfg_on { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
-            let input = sched.scale_model_input(&input, i).to_kind(kind);
-            let t = Tensor::from_slice(&[sched.timesteps()[i]]).to_device(dev);
-            let eps = self.unet.forward(&input, &t, &hidden, &pooled, &time_ids).to_kind(Kind::Float);
-            let eps = if cfg_on {
-                let parts = eps.chunk(2, 0);
-                &parts[0] + (&parts[1] - &parts[0]) * o.guidance
-            } else {
-                eps
-            };
-            latents = sched.step(&eps, i, &latents);
-            on_step(i);
-        }
-        Ok(latents)
+        sample_latents(&self.unet, &self.scheduler, self.opts, cond, uncond, noise, o, on_step)
     }
 
     /// Latents to an RGB8 image tensor (3, H, W), as diffusers' image processor rounds it.
@@ -210,6 +181,52 @@ impl Denoiser {
         let image = self.vae.decode(&z);
         to_rgb8(&image.get(0))
     }
+}
+
+/// The sampling loop of `StableDiffusionXLPipeline.__call__` (Euler, epsilon prediction),
+/// over any UNet (with or without adapters).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_latents(
+    unet: &UNet2DConditionModel,
+    scheduler: &SchedulerConfig,
+    opts: RunOptions,
+    cond: &PromptEmbeds,
+    uncond: &PromptEmbeds,
+    noise: &Tensor,
+    o: &GenerateOptions,
+    mut on_step: impl FnMut(usize),
+) -> Result<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let mut sched = EulerDiscrete::new(scheduler)?;
+    sched.set_timesteps(o.steps)?;
+    let dev = opts.device;
+    let kind = opts.dtype;
+    let cfg_on = o.guidance > 1.0;
+    // Unconditional and conditional passes in one batch, as diffusers does.
+    let embeds = if cfg_on { PromptEmbeds::cat(&[uncond, cond]) } else { PromptEmbeds::cat(&[cond]) };
+    let batch = embeds.hidden.size()[0];
+    let hidden = embeds.hidden.to_device(dev).to_kind(kind);
+    let pooled = embeds.pooled.to_device(dev).to_kind(kind);
+    let time_ids = add_time_ids((o.height, o.width), (0, 0), (o.height, o.width))
+        .repeat([batch, 1])
+        .to_device(dev)
+        .to_kind(kind);
+    let mut latents = noise.to_device(dev).to_kind(Kind::Float) * sched.init_noise_sigma();
+    for i in 0..sched.timesteps().len() {
+        let input = if cfg_on { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
+        let input = sched.scale_model_input(&input, i).to_kind(kind);
+        let t = Tensor::from_slice(&[sched.timesteps()[i]]).to_device(dev);
+        let eps = unet.forward(&input, &t, &hidden, &pooled, &time_ids).to_kind(Kind::Float);
+        let eps = if cfg_on {
+            let parts = eps.chunk(2, 0);
+            &parts[0] + (&parts[1] - &parts[0]) * o.guidance
+        } else {
+            eps
+        };
+        latents = sched.step(&eps, i, &latents);
+        on_step(i);
+    }
+    Ok(latents)
 }
 
 pub fn load_unet(dir: &ModelDir, opts: RunOptions) -> Result<UNet2DConditionModel> {

@@ -1,0 +1,354 @@
+//! RUN.yaml: one file per subject run. Every field has a default; unknown fields are refused
+//! with the nearest valid name suggested. Relative paths are relative to the file's folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::AdapterConfig;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// SDXL model: a diffusers folder.
+    #[serde(default = "default_model")]
+    pub model: PathBuf,
+    /// Where adapters, logs and renders go.
+    #[serde(default = "default_output")]
+    pub output: PathBuf,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// dtype of the frozen UNet and text encoders: f32 (CPU), bf16/f16 (CUDA); default by device.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    #[serde(default)]
+    pub subject: Subject,
+    #[serde(default)]
+    pub train: Train,
+    #[serde(default)]
+    pub adapter: AdapterConfig,
+}
+
+fn default_model() -> PathBuf {
+    PathBuf::from("stable-diffusion-xl-base-1.0")
+}
+fn default_output() -> PathBuf {
+    PathBuf::from("output")
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Subject {
+    /// Folder of the subject's photos (JPEG, PNG, WebP).
+    #[serde(default = "default_images")]
+    pub images: PathBuf,
+    /// The rare token that comes to mean the subject ("[V]" in prompts).
+    #[serde(default = "default_identifier")]
+    pub identifier: String,
+    /// The class noun ("{class}" in prompts).
+    #[serde(default = "default_class", rename = "class")]
+    pub class_noun: String,
+    /// The training prompt.
+    #[serde(default = "default_prompt")]
+    pub prompt: String,
+}
+
+fn default_images() -> PathBuf {
+    PathBuf::from("photos")
+}
+fn default_identifier() -> String {
+    "sks".into()
+}
+fn default_class() -> String {
+    "dog".into()
+}
+fn default_prompt() -> String {
+    "a photo of [V] {class}".into()
+}
+
+impl Default for Subject {
+    fn default() -> Self {
+        Subject {
+            images: default_images(),
+            identifier: default_identifier(),
+            class_noun: default_class(),
+            prompt: default_prompt(),
+        }
+    }
+}
+
+impl Subject {
+    /// "[V]" becomes the identifier, "{class}" the class noun.
+    pub fn fill(&self, template: &str) -> String {
+        template.replace("[V]", &self.identifier).replace("{class}", &self.class_noun)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    Constant,
+    ConstantWithWarmup,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Adam {
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_adam_eps")]
+    pub eps: f64,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_wd() -> f64 {
+    1e-4
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Adam {
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            weight_decay: default_wd(),
+            eps: default_adam_eps(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriorPreservation {
+    /// Folder of class images; made with the base model if it holds fewer than `generate`.
+    pub class_images: PathBuf,
+    /// How many class images to have (generated as needed).
+    #[serde(default = "default_class_count")]
+    pub generate: usize,
+    /// Prompt of the class images.
+    #[serde(default = "default_class_prompt")]
+    pub prompt: String,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn default_class_count() -> usize {
+    100
+}
+fn default_class_prompt() -> String {
+    "a photo of {class}".into()
+}
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    #[serde(default = "default_steps")]
+    pub steps: u64,
+    #[serde(default = "default_batch")]
+    pub batch_size: i64,
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "default_schedule")]
+    pub lr_schedule: LrSchedule,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "default_resolution")]
+    pub resolution: i64,
+    #[serde(default)]
+    pub center_crop: bool,
+    #[serde(default = "yes")]
+    pub random_flip: bool,
+    #[serde(default = "one")]
+    pub max_grad_norm: f64,
+    #[serde(default)]
+    pub adam: Adam,
+    #[serde(default)]
+    pub prior_preservation: Option<PriorPreservation>,
+    /// Min-SNR loss weighting gamma (5 is the usual value); none by default.
+    #[serde(default)]
+    pub snr_gamma: Option<f64>,
+    #[serde(default)]
+    pub noise_offset: f64,
+    /// Write a resumable checkpoint every N steps (0: only at the end and on Ctrl-C).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Render a sample image every N steps (0: never).
+    #[serde(default)]
+    pub sample_every: u64,
+    /// Crops per photo and flip side whose VAE latents are cached (random crops only).
+    #[serde(default = "default_crops")]
+    pub crops_per_image: usize,
+    /// Recompute activations segment by segment in the backward pass (less memory, ~30 % slower).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+}
+
+fn default_steps() -> u64 {
+    500
+}
+fn default_batch() -> i64 {
+    4
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_schedule() -> LrSchedule {
+    LrSchedule::Constant
+}
+fn default_resolution() -> i64 {
+    1024
+}
+fn yes() -> bool {
+    true
+}
+fn default_checkpoint_every() -> u64 {
+    100
+}
+fn default_crops() -> usize {
+    4
+}
+
+impl Default for Train {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every field has a default")
+    }
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every field has a default")
+    }
+}
+
+impl RunConfig {
+    /// Read RUN.yaml, resolve its relative paths, and check its values.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = crate::fsutil::read_to_string(path)?;
+        let mut cfg = Self::parse(&text).map_err(|e| Error::config(path, e))?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate().map_err(|e| Error::config(path, e))?;
+        Ok(cfg)
+    }
+
+    /// Parse YAML text; unknown fields get a "did you mean" hint.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| with_suggestion(&e.to_string()))
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.model);
+        abs(&mut self.output);
+        abs(&mut self.subject.images);
+        if let Some(pp) = &mut self.train.prior_preservation {
+            abs(&mut pp.class_images);
+        }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.adapter.validate().map_err(|e| e.to_string())?;
+        let t = &self.train;
+        let checks = [
+            (t.steps >= 1, "train.steps must be at least 1"),
+            (t.batch_size >= 1, "train.batch_size must be at least 1"),
+            (t.learning_rate > 0.0 && t.learning_rate.is_finite(), "train.learning_rate must be positive"),
+            (t.resolution >= 8 && t.resolution % 8 == 0, "train.resolution must be a multiple of 8"),
+            (t.max_grad_norm > 0.0, "train.max_grad_norm must be positive"),
+            (t.crops_per_image >= 1, "train.crops_per_image must be at least 1"),
+            ((0.0..1.0).contains(&t.adam.beta1) && (0.0..1.0).contains(&t.adam.beta2), "train.adam betas must be in [0, 1)"),
+            (t.snr_gamma.is_none_or(|g| g > 0.0), "train.snr_gamma must be positive"),
+            (!self.subject.identifier.trim().is_empty(), "subject.identifier must not be empty"),
+        ];
+        for (ok, what) in checks {
+            if !ok {
+                return Err(what.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// The training prompt with "[V]" and "{class}" filled in.
+    pub fn instance_prompt(&self) -> String {
+        self.subject.fill(&self.subject.prompt)
+    }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" plus "did you mean `a`?".
+fn with_suggestion(message: &str) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1) else {
+        return message.to_string();
+    };
+    let Some((field, tail)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let candidates: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+    let best = candidates
+        .iter()
+        .map(|c| (strsim::normalized_damerau_levenshtein(field, c), *c))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((score, name)) if score >= 0.5 => format!("{message} (did you mean `{name}`?)"),
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_papers_recipe() {
+        let c = RunConfig::parse("").unwrap();
+        assert_eq!(c.train.steps, 500);
+        assert_eq!(c.train.batch_size, 4);
+        assert_eq!(c.train.learning_rate, 1e-4);
+        assert_eq!(c.adapter.rank, 4);
+        assert_eq!(c.adapter.alpha(), 4.0);
+        assert_eq!(c.instance_prompt(), "a photo of sks dog");
+    }
+
+    #[test]
+    fn unknown_field_suggests_nearest() {
+        let e = RunConfig::parse("train:\n  stpes: 10\n").unwrap_err();
+        assert!(e.contains("stpes") && e.contains("did you mean `steps`?"), "{e}");
+        let e = RunConfig::parse("adapter:\n  mixr: kaiming\n").unwrap_err();
+        assert!(e.contains("did you mean `mixer`?"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let c = RunConfig::parse("adapter:\n  rank: 0\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("rank"));
+        assert!(RunConfig::parse("adapter:\n  mixer: sideways\n").is_err());
+    }
+}

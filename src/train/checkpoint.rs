@@ -1,0 +1,116 @@
+//! Resumable checkpoints: the adapter, the optimizer state, the step and the loss history,
+//! in one folder swapped in atomically (a crash never leaves a half-written checkpoint where a
+//! good one was).
+//!
+//! No generator state is needed: every draw of step `s` comes from a generator seeded with
+//! (seed, s).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::optimizer::AdamW;
+use crate::adapter::file::{self, AdapterFile, AdapterMeta};
+use crate::adapter::adapted;
+use crate::error::{Error, Result};
+use crate::sdxl::unet::UNet2DConditionModel;
+use crate::sdxl::weights::save_safetensors;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct State {
+    pub step: u64,
+    pub fingerprint: String,
+    pub losses: Vec<f32>,
+    pub learning_rates: Vec<f64>,
+}
+
+fn sibling(dir: &Path, tag: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
+}
+
+pub fn save(
+    dir: &Path,
+    fingerprint: &str,
+    unet: &mut UNet2DConditionModel,
+    opt: &AdamW,
+    meta: &AdapterMeta,
+    losses: &[f32],
+    learning_rates: &[f64],
+) -> Result<()> {
+    let tmp = sibling(dir, "tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut write = || -> Result<()> {
+        file::save(unet, meta, &tmp.join("adapter.safetensors"))?;
+        save_safetensors(&opt.state(), None, &tmp.join("optimizer.safetensors"))?;
+        let state = State {
+            step: opt.step,
+            fingerprint: fingerprint.to_string(),
+            losses: losses.to_vec(),
+            learning_rates: learning_rates.to_vec(),
+        };
+        let json = serde_json::to_string(&state).expect("serialisable");
+        crate::fsutil::write_bytes(&tmp.join("state.json"), json.as_bytes())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = sibling(dir, "old");
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Restore a checkpoint into freshly injected adapters and optimizer. `Ok(None)` when there
+/// is no checkpoint; an error when it belongs to other settings or is damaged.
+pub fn load(
+    dir: &Path,
+    fingerprint: &str,
+    unet: &mut UNet2DConditionModel,
+    opt: &mut AdamW,
+) -> Result<Option<State>> {
+    let state_path = dir.join("state.json");
+    if !state_path.exists() {
+        return Ok(None);
+    }
+    let state: State = serde_json::from_str(&crate::fsutil::read_to_string(&state_path)?)
+        .map_err(|e| Error::config(&state_path, format!("damaged checkpoint state ({e})")))?;
+    if state.fingerprint != fingerprint {
+        return Err(Error::msg(format!(
+            "the checkpoint in {} was made with other settings (model, seed, subject, train or \
+             adapter changed): run without --resume to start afresh",
+            dir.display()
+        )));
+    }
+    let adapter_path = dir.join("adapter.safetensors");
+    let saved = AdapterFile::read(&adapter_path)?;
+    let _guard = tch::no_grad_guard();
+    for l in adapted(unet) {
+        let t = saved.layers.get(&l.name).ok_or_else(|| {
+            Error::msg(format!("{}: checkpoint lacks layer `{}`", adapter_path.display(), l.name))
+        })?;
+        let a = l.adapter.as_mut().expect("adapted");
+        a.a.detach().copy_(&t.a);
+        a.b.detach().copy_(&t.b);
+        if let (Some(m), Some(tm)) = (&a.mixer, &t.mixer) {
+            m.detach().copy_(tm);
+        }
+    }
+    let opt_path = dir.join("optimizer.safetensors");
+    let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(&opt_path)
+        .map_err(|e| Error::BadFile { path: opt_path.clone(), what: format!("damaged optimizer state ({e})") })?
+        .into_iter()
+        .collect();
+    opt.load_state(&tensors, state.step)?;
+    if state.losses.len() as u64 != state.step {
+        return Err(Error::config(&state_path, "loss history does not match the step count"));
+    }
+    Ok(Some(state))
+}

@@ -1,0 +1,174 @@
+//! The subject's photos as the UNet trains on them: decoded (EXIF orientation applied, grey,
+//! alpha and 16-bit converted to RGB8), resized so the short side is the resolution, flipped
+//! and cropped with SDXL's micro-conditioning computed as diffusers' DreamBooth script does,
+//! and encoded by the VAE once per crop/flip variant, not once per step.
+
+use std::path::{Path, PathBuf};
+
+use image::{imageops, DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::sdxl::vae::AutoencoderKL;
+
+pub const PHOTO_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
+
+/// One decoded photo.
+pub struct Photo {
+    pub path: PathBuf,
+    pub image: RgbImage,
+}
+
+impl Photo {
+    /// (height, width) before any resizing: SDXL's `original_size`.
+    pub fn original_size(&self) -> (i64, i64) {
+        (self.image.height() as i64, self.image.width() as i64)
+    }
+}
+
+/// Decode one photo with its EXIF orientation applied.
+pub fn load_photo(path: &Path) -> Result<Photo> {
+    let unreadable =
+        |e: &dyn std::fmt::Display| Error::msg(format!("{}: cannot read this image ({e})", path.display()));
+    let reader = ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| unreadable(&e))?;
+    let orientation = decoder.orientation().map_err(|e| unreadable(&e))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(&e))?;
+    img.apply_orientation(orientation);
+    Ok(Photo { path: path.to_path_buf(), image: img.to_rgb8() })
+}
+
+/// All photos of a folder, sorted by file name. An empty folder, a folder of non-images or an
+/// unreadable photo is an error that names it.
+pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
+    if !dir.is_dir() {
+        return Err(Error::msg(format!(
+            "subject.images: {} is not a folder: put 3-20 photos of your subject there",
+            dir.display()
+        )));
+    }
+    let mut files = Vec::new();
+    let mut others = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if !path.is_file() {
+            continue;
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_lowercase);
+        if ext.as_deref().is_some_and(|e| PHOTO_EXTENSIONS.contains(&e)) {
+            files.push(path);
+        } else if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+            others += 1;
+        }
+    }
+    if files.is_empty() {
+        let what = if others > 0 {
+            format!("holds {others} file(s) but no photo")
+        } else {
+            "is empty".to_string()
+        };
+        return Err(Error::msg(format!(
+            "subject.images: {} {what}: expected JPEG, PNG or WebP photos of the subject",
+            dir.display()
+        )));
+    }
+    files.sort();
+    files.iter().map(|p| load_photo(p)).collect()
+}
+
+/// One cached training example: the VAE posterior of a crop/flip variant and its
+/// micro-conditioning.
+pub struct Example {
+    /// (1, 4, h, w) mean and standard deviation of the latent distribution (unscaled).
+    pub mean: Tensor,
+    pub std: Tensor,
+    /// [original_h, original_w, crop_top, crop_left, target_h, target_w]
+    pub time_ids: [f32; 6],
+}
+
+/// Resize so the short side equals `size` (torchvision `Resize(int)`: the long side becomes
+/// `int(size * long / short)`), bilinear.
+pub fn resize_short_side(img: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (nw, nh) = if w <= h {
+        (size, (size as u64 * h as u64 / w as u64) as u32)
+    } else {
+        ((size as u64 * w as u64 / h as u64) as u32, size)
+    };
+    if (nw, nh) == (w, h) {
+        return img.clone();
+    }
+    imageops::resize(img, nw, nh, imageops::FilterType::Triangle)
+}
+
+/// Crop offsets (top, left) of each variant: the centre (rounded as diffusers does), or
+/// `count` uniform random offsets drawn from the given generator state.
+pub fn crop_offsets(h: u32, w: u32, size: u32, center: bool, count: usize) -> Vec<(u32, u32)> {
+    if center {
+        let top = ((h - size) as f64 / 2.0).round() as u32;
+        let left = ((w - size) as f64 / 2.0).round() as u32;
+        return vec![(top, left)];
+    }
+    (0..count)
+        .map(|_| {
+            let top = Tensor::randint((h - size + 1) as i64, [1], (Kind::Int64, Device::Cpu));
+            let left = Tensor::randint((w - size + 1) as i64, [1], (Kind::Int64, Device::Cpu));
+            (top.int64_value(&[0]) as u32, left.int64_value(&[0]) as u32)
+        })
+        .collect()
+}
+
+/// (1, 3, H, W) in [-1, 1], as `ToTensor` then `Normalize([0.5], [0.5])`.
+pub fn to_tensor(img: &RgbImage) -> Tensor {
+    let (w, h) = img.dimensions();
+    let t = Tensor::from_slice(img.as_raw()).reshape([h as i64, w as i64, 3]).permute([2, 0, 1]);
+    ((t.to_kind(Kind::Float) / 255.0 - 0.5) / 0.5).unsqueeze(0)
+}
+
+/// Encode every crop/flip variant of every photo once. Draws crop offsets from libtorch's
+/// global generator (seed it first).
+pub fn encode_examples(
+    photos: &[Photo],
+    vae: &AutoencoderKL,
+    resolution: i64,
+    center_crop: bool,
+    random_flip: bool,
+    crops: usize,
+    device: Device,
+    mut on_done: impl FnMut(),
+) -> Result<Vec<Example>> {
+    let _guard = tch::no_grad_guard();
+    let size = resolution as u32;
+    let mut out = Vec::new();
+    for photo in photos {
+        let (oh, ow) = photo.original_size();
+        let resized = resize_short_side(&photo.image, size);
+        let flips: &[bool] = if random_flip { &[false, true] } else { &[false] };
+        for &flip in flips {
+            // diffusers flips first, then crops: the crop offset is measured on the flipped image.
+            let img = if flip { imageops::flip_horizontal(&resized) } else { resized.clone() };
+            for (top, left) in crop_offsets(img.height(), img.width(), size, center_crop, crops) {
+                let crop = imageops::crop_imm(&img, left, top, size, size).to_image();
+                let x = to_tensor(&crop).to_device(device);
+                let dist = vae.encode(&x);
+                out.push(Example {
+                    mean: dist.mean.to_device(Device::Cpu),
+                    std: dist.std().to_device(Device::Cpu),
+                    time_ids: [
+                        oh as f32,
+                        ow as f32,
+                        top as f32,
+                        left as f32,
+                        resolution as f32,
+                        resolution as f32,
+                    ],
+                });
+            }
+        }
+        on_done();
+    }
+    Ok(out)
+}
