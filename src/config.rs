@@ -86,7 +86,9 @@ impl Default for Subject {
 impl Subject {
     /// "[V]" becomes the identifier, "{class}" the class noun.
     pub fn fill(&self, template: &str) -> String {
-        template.replace("[V]", &self.identifier).replace("{class}", &self.class_noun)
+        template
+            .replace("[V]", &self.identifier)
+            .replace("{class}", &self.class_noun)
     }
 }
 
@@ -247,7 +249,10 @@ impl RunConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::fsutil::read_to_string(path)?;
         let mut cfg = Self::parse(&text).map_err(|e| Error::config(path, e))?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         cfg.validate().map_err(|e| Error::config(path, e))?;
         Ok(cfg)
@@ -281,13 +286,34 @@ impl RunConfig {
         let checks = [
             (t.steps >= 1, "train.steps must be at least 1"),
             (t.batch_size >= 1, "train.batch_size must be at least 1"),
-            (t.learning_rate > 0.0 && t.learning_rate.is_finite(), "train.learning_rate must be positive"),
-            (t.resolution >= 8 && t.resolution % 8 == 0, "train.resolution must be a multiple of 8"),
-            (t.max_grad_norm > 0.0, "train.max_grad_norm must be positive"),
-            (t.crops_per_image >= 1, "train.crops_per_image must be at least 1"),
-            ((0.0..1.0).contains(&t.adam.beta1) && (0.0..1.0).contains(&t.adam.beta2), "train.adam betas must be in [0, 1)"),
-            (t.snr_gamma.is_none_or(|g| g > 0.0), "train.snr_gamma must be positive"),
-            (!self.subject.identifier.trim().is_empty(), "subject.identifier must not be empty"),
+            (
+                t.learning_rate > 0.0 && t.learning_rate.is_finite(),
+                "train.learning_rate must be positive",
+            ),
+            (
+                t.resolution >= 8 && t.resolution % 8 == 0,
+                "train.resolution must be a multiple of 8",
+            ),
+            (
+                t.max_grad_norm > 0.0,
+                "train.max_grad_norm must be positive",
+            ),
+            (
+                t.crops_per_image >= 1,
+                "train.crops_per_image must be at least 1",
+            ),
+            (
+                (0.0..1.0).contains(&t.adam.beta1) && (0.0..1.0).contains(&t.adam.beta2),
+                "train.adam betas must be in [0, 1)",
+            ),
+            (
+                t.snr_gamma.is_none_or(|g| g > 0.0),
+                "train.snr_gamma must be positive",
+            ),
+            (
+                !self.subject.identifier.trim().is_empty(),
+                "subject.identifier must not be empty",
+            ),
         ];
         for (ok, what) in checks {
             if !ok {
@@ -340,7 +366,10 @@ mod tests {
     #[test]
     fn unknown_field_suggests_nearest() {
         let e = RunConfig::parse("train:\n  stpes: 10\n").unwrap_err();
-        assert!(e.contains("stpes") && e.contains("did you mean `steps`?"), "{e}");
+        assert!(
+            e.contains("stpes") && e.contains("did you mean `steps`?"),
+            "{e}"
+        );
         let e = RunConfig::parse("adapter:\n  mixr: kaiming\n").unwrap_err();
         assert!(e.contains("did you mean `mixer`?"), "{e}");
     }

@@ -7,13 +7,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{}: {what}", path.display())]
     BadFile { path: PathBuf, what: String },
 
     #[error("{component}: tensor `{tensor}` is missing from {}", file.display())]
-    MissingTensor { component: String, tensor: String, file: PathBuf },
+    MissingTensor {
+        component: String,
+        tensor: String,
+        file: PathBuf,
+    },
 
     #[error(
         "{component}: tensor `{tensor}` in {} has shape {found:?}, expected {expected:?}",
@@ -43,20 +50,34 @@ impl Error {
     }
 
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub fn config(path: &Path, what: impl Into<String>) -> Self {
-        Error::Config { path: path.to_path_buf(), what: what.into() }
+        Error::Config {
+            path: path.to_path_buf(),
+            what: what.into(),
+        }
     }
 
     /// Attach the model component (`unet`, `text_encoder`, ...) to a tensor error.
     pub fn in_component(self, name: &str) -> Self {
         match self {
-            Error::MissingTensor { tensor, file, .. } => {
-                Error::MissingTensor { component: name.to_string(), tensor, file }
-            }
-            Error::ShapeMismatch { tensor, file, expected, found, .. } => Error::ShapeMismatch {
+            Error::MissingTensor { tensor, file, .. } => Error::MissingTensor {
+                component: name.to_string(),
+                tensor,
+                file,
+            },
+            Error::ShapeMismatch {
+                tensor,
+                file,
+                expected,
+                found,
+                ..
+            } => Error::ShapeMismatch {
                 component: name.to_string(),
                 tensor,
                 file,

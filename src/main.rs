@@ -7,9 +7,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use moslora::runtime::{check_dtype_for_device, parse_device, parse_dtype};
+use moslora::config::RunConfig;
+use moslora::runtime::parse_dtype;
 use moslora::sdxl::init_model::{init_model, InitOptions};
 use moslora::sdxl::pipeline::{self, GenerateOptions, RunOptions};
+use moslora::train::AdapterKind;
 use moslora::Result;
 
 #[derive(Parser)]
@@ -30,6 +32,20 @@ enum Command {
     InitModel(InitModelArgs),
     /// Render one image from a prompt
     Generate(GenerateArgs),
+    /// Train DreamBooth adapters (LoRA and/or MoSLoRA) on a subject's photos
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The run's configuration (see configs/ for examples)
+    run: PathBuf,
+    /// Which adapter to train: lora or moslora (default: both, one after the other)
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Continue from the last checkpoint instead of starting afresh
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Args)]
@@ -63,14 +79,7 @@ struct DeviceArgs {
 
 impl DeviceArgs {
     fn options(&self) -> Result<RunOptions> {
-        let device = parse_device(&self.device)?;
-        let dtype = match &self.dtype {
-            Some(d) => parse_dtype(d)?,
-            None if device.is_cuda() => tch::Kind::BFloat16,
-            None => tch::Kind::Float,
-        };
-        check_dtype_for_device(dtype, device)?;
-        Ok(RunOptions { device, dtype })
+        RunOptions::from_names(&self.device, self.dtype.as_deref())
     }
 }
 
@@ -99,9 +108,55 @@ struct GenerateArgs {
     height: Option<i64>,
     #[command(flatten)]
     device: DeviceArgs,
+    /// Apply a trained adapter file (merged into the weights for speed)
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Strength of the adapter (1.0 = as trained)
+    #[arg(long, default_value_t = 1.0)]
+    adapter_scale: f64,
     /// Output PNG file
     #[arg(long)]
     out: PathBuf,
+}
+
+/// The training progress bar: step, smoothed loss, speed and time left.
+struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+impl moslora::train::Progress for Bar {
+    fn start(&mut self, kind: AdapterKind, total: u64, done: u64) {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {pos}/{len} {msg} {per_sec} {elapsed} elapsed, {eta} left",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(kind.label());
+        bar.set_position(done);
+        bar.reset_eta();
+        bar.enable_steady_tick(Duration::from_millis(250));
+        self.bar = Some(bar);
+    }
+    fn step(&mut self, step: u64, _loss: f32, smoothed: f64) {
+        if let Some(b) = &self.bar {
+            b.set_position(step);
+            b.set_message(format!("loss {smoothed:.4}"));
+        }
+    }
+    fn note(&mut self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {
@@ -124,11 +179,21 @@ fn run(cli: Cli) -> Result<()> {
             let dtype = parse_dtype(&a.dtype)?;
             init_model(
                 &a.out,
-                &InitOptions { preset: &a.preset, seed: a.seed, dtype, force: a.force },
+                &InitOptions {
+                    preset: &a.preset,
+                    seed: a.seed,
+                    dtype,
+                    force: a.force,
+                },
             )?;
-            println!("wrote a random `{}` SDXL model to {}", a.preset, a.out.display());
+            println!(
+                "wrote a random `{}` SDXL model to {}",
+                a.preset,
+                a.out.display()
+            );
             Ok(())
         }
+        Command::Train(_) => unreachable!("handled in main"),
         Command::Generate(a) => {
             let opts = a.device.options()?;
             let dir = moslora::sdxl::model_dir::ModelDir::open(&a.model)?;
@@ -141,10 +206,12 @@ fn run(cli: Cli) -> Result<()> {
                 seed: a.seed,
             };
             let bar = progress(a.steps as u64, "generating");
-            let image = pipeline::generate(
+            let adapter = a.adapter.as_ref().map(|p| (p.as_path(), a.adapter_scale));
+            let image = pipeline::generate_with(
                 &a.model,
                 &a.prompt,
                 a.negative_prompt.as_deref(),
+                adapter,
                 &o,
                 opts,
                 |_| bar.inc(1),
@@ -157,8 +224,61 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn train(a: TrainArgs) -> Result<bool> {
+    let cfg = RunConfig::load(&a.run)?;
+    let kinds: Vec<AdapterKind> = match &a.adapter {
+        Some(k) => vec![AdapterKind::parse(k)?],
+        None => AdapterKind::BOTH.to_vec(),
+    };
+    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+    let mut bar = Bar { bar: None };
+    let outcomes = moslora::train::train(&cfg, &kinds, opts, a.resume, &mut bar)?;
+    let mut interrupted = false;
+    for o in &outcomes {
+        if o.interrupted {
+            interrupted = true;
+            eprintln!(
+                "{}: stopped at step {}; checkpoint saved. Continue with: moslora train {} --adapter {} --resume",
+                o.kind.label(),
+                o.steps_done,
+                a.run.display(),
+                o.kind.name()
+            );
+        } else {
+            println!(
+                "{}: {} steps in {:.1} s ({} layers, {} trained parameters), final loss {:.4} -> {}",
+                o.kind.label(),
+                o.steps_done,
+                o.seconds,
+                o.layers,
+                o.parameters,
+                o.losses.last().copied().unwrap_or(f32::NAN),
+                o.adapter.display()
+            );
+        }
+    }
+    Ok(!interrupted)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // First Ctrl-C: finish the step, save a checkpoint, stop. Second: stop at once.
+    let _ = ctrlc::set_handler(|| {
+        if moslora::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
+    });
+    if let Command::Train(a) = cli.command {
+        return match train(a) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(130),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -29,7 +29,9 @@ fn cuda(i: usize) -> Result<Device> {
     }
     let n = tch::Cuda::device_count() as usize;
     if i >= n {
-        return Err(Error::msg(format!("cuda:{i} asked for, but only {n} CUDA device(s) exist")));
+        return Err(Error::msg(format!(
+            "cuda:{i} asked for, but only {n} CUDA device(s) exist"
+        )));
     }
     Ok(Device::Cuda(i))
 }
@@ -40,7 +42,9 @@ pub fn parse_dtype(s: &str) -> Result<Kind> {
         "f32" | "fp32" | "float32" => Ok(Kind::Float),
         "bf16" | "bfloat16" => Ok(Kind::BFloat16),
         "f16" | "fp16" | "float16" => Ok(Kind::Half),
-        _ => Err(Error::msg(format!("unknown dtype {s:?}: expected `f32`, `bf16` or `f16`"))),
+        _ => Err(Error::msg(format!(
+            "unknown dtype {s:?}: expected `f32`, `bf16` or `f16`"
+        ))),
     }
 }
 

@@ -10,7 +10,15 @@ use moslora::sdxl::pipeline::{generate, GenerateOptions, RunOptions};
 
 fn init(out: &PathBuf, seed: u64) {
     let status = Command::new(env!("CARGO_BIN_EXE_moslora"))
-        .args(["init-model", "--preset", "tiny", "--seed", &seed.to_string(), "--force", "--out"])
+        .args([
+            "init-model",
+            "--preset",
+            "tiny",
+            "--seed",
+            &seed.to_string(),
+            "--force",
+            "--out",
+        ])
         .arg(out)
         .status()
         .unwrap();
@@ -28,34 +36,65 @@ fn tiny_model_loads_in_moslora_and_diffusers() {
     ] {
         let ours = tch::Tensor::read_safetensors(out.join(component).join(file)).unwrap();
         let theirs = tch::Tensor::read_safetensors(
-            common::fixtures().join("tiny-sdxl-saved").join(component).join(file),
+            common::fixtures()
+                .join("tiny-sdxl-saved")
+                .join(component)
+                .join(file),
         )
         .unwrap();
         let mut a: Vec<_> = ours.iter().map(|(n, t)| (n.clone(), t.size())).collect();
         let mut b: Vec<_> = theirs.iter().map(|(n, t)| (n.clone(), t.size())).collect();
         a.sort();
         b.sort();
-        assert_eq!(a, b, "{component}: names and shapes differ from diffusers' save");
+        assert_eq!(
+            a, b,
+            "{component}: names and shapes differ from diffusers' save"
+        );
     }
     // moslora renders with it.
-    let o = GenerateOptions { steps: 3, guidance: 5.0, width: 64, height: 64, seed: 0 };
-    let img = generate(&out, "a photo of sks dog", None, &o, RunOptions::default(), |_| {}).unwrap();
+    let o = GenerateOptions {
+        steps: 3,
+        guidance: 5.0,
+        width: 64,
+        height: 64,
+        seed: 0,
+    };
+    let img = generate(
+        &out,
+        "a photo of sks dog",
+        None,
+        &o,
+        RunOptions::default(),
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(img.size(), [3, 64, 64]);
     assert!(ModelDir::open(&out).is_ok());
     // diffusers and transformers read it: exact key sets, and a pipeline render.
     let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/check_pipeline_dir.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/check_pipeline_dir.py");
     let output = Command::new(python).arg(script).arg(&out).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
-    assert!(output.status.success(), "diffusers check failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "diffusers check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // The same seed gives the same weights; another seed does not.
     let again = std::env::temp_dir().join(format!("moslora-init2-{}", std::process::id()));
     init(&again, 7);
     let f = "unet/diffusion_pytorch_model.safetensors";
-    assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap());
+    assert_eq!(
+        std::fs::read(out.join(f)).unwrap(),
+        std::fs::read(again.join(f)).unwrap()
+    );
     init(&again, 8);
-    assert_ne!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap());
+    assert_ne!(
+        std::fs::read(out.join(f)).unwrap(),
+        std::fs::read(again.join(f)).unwrap()
+    );
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(&again).unwrap();
 }
@@ -72,6 +111,9 @@ fn init_model_refuses_to_overwrite() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
-    assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }

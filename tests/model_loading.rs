@@ -53,7 +53,10 @@ fn saved_layout_and_download_layout_encode_alike() {
     let b = TextEncoders::load(&ModelDir::open(&saved).unwrap(), opts).unwrap();
     for prompt in ["a photo of sks dog", "A [V] teapot, on a TABLE!!  4k", ""] {
         let (x, y) = (a.encode(prompt).unwrap(), b.encode(prompt).unwrap());
-        assert!(x.hidden.equal(&y.hidden), "hidden states differ for {prompt:?}");
+        assert!(
+            x.hidden.equal(&y.hidden),
+            "hidden states differ for {prompt:?}"
+        );
         assert!(x.pooled.equal(&y.pooled), "pooled differs for {prompt:?}");
     }
 }
@@ -61,7 +64,10 @@ fn saved_layout_and_download_layout_encode_alike() {
 #[test]
 fn missing_model_folder() {
     let e = error_text(ModelDir::open(Path::new("/nonexistent/sdxl")));
-    assert!(e.contains("/nonexistent/sdxl") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("/nonexistent/sdxl") && e.contains("does not exist"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -77,8 +83,14 @@ fn missing_component() {
 fn missing_weights_file() {
     let dir = scratch("noweights", &["unet"]);
     std::fs::remove_file(dir.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    let e = error_text(load_unet(&ModelDir::open(&dir).unwrap(), RunOptions::default()));
-    assert!(e.contains("`unet` has no weights") && e.contains("diffusion_pytorch_model.safetensors"), "{e}");
+    let e = error_text(load_unet(
+        &ModelDir::open(&dir).unwrap(),
+        RunOptions::default(),
+    ));
+    assert!(
+        e.contains("`unet` has no weights") && e.contains("diffusion_pytorch_model.safetensors"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -89,8 +101,14 @@ fn truncated_safetensors() {
     let len = std::fs::metadata(&file).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
     f.set_len(len / 2).unwrap();
-    let e = error_text(load_unet(&ModelDir::open(&dir).unwrap(), RunOptions::default()));
-    assert!(e.contains(file.to_str().unwrap()) && e.contains("not a valid safetensors"), "{e}");
+    let e = error_text(load_unet(
+        &ModelDir::open(&dir).unwrap(),
+        RunOptions::default(),
+    ));
+    assert!(
+        e.contains(file.to_str().unwrap()) && e.contains("not a valid safetensors"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -105,9 +123,14 @@ fn wrong_shaped_tensor() {
         }
     }
     save_safetensors(&tensors, None, &file).unwrap();
-    let e = error_text(load_unet(&ModelDir::open(&dir).unwrap(), RunOptions::default()));
+    let e = error_text(load_unet(
+        &ModelDir::open(&dir).unwrap(),
+        RunOptions::default(),
+    ));
     assert!(
-        e.contains("unet") && e.contains("conv_in.weight") && e.contains("[16, 4, 3, 3]")
+        e.contains("unet")
+            && e.contains("conv_in.weight")
+            && e.contains("[16, 4, 3, 3]")
             && e.contains("expected [32, 4, 3, 3]"),
         "{e}"
     );
@@ -119,10 +142,19 @@ fn unexpected_tensor_is_refused() {
     let dir = scratch("extra", &["vae"]);
     let file = dir.join("vae/diffusion_pytorch_model.safetensors");
     let mut tensors = Tensor::read_safetensors(&file).unwrap();
-    tensors.push(("encoder.extra_layer.weight".into(), Tensor::zeros([3], tch::kind::FLOAT_CPU)));
+    tensors.push((
+        "encoder.extra_layer.weight".into(),
+        Tensor::zeros([3], tch::kind::FLOAT_CPU),
+    ));
     save_safetensors(&tensors, None, &file).unwrap();
-    let e = error_text(Denoiser::load(&ModelDir::open(&dir).unwrap(), RunOptions::default()));
-    assert!(e.contains("vae") && e.contains("encoder.extra_layer.weight"), "{e}");
+    let e = error_text(Denoiser::load(
+        &ModelDir::open(&dir).unwrap(),
+        RunOptions::default(),
+    ));
+    assert!(
+        e.contains("vae") && e.contains("encoder.extra_layer.weight"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -136,7 +168,13 @@ fn sd15_unet_is_refused() {
     cfg["addition_embed_type"] = serde_json::Value::Null;
     cfg["cross_attention_dim"] = 768.into();
     std::fs::write(&path, cfg.to_string()).unwrap();
-    let e = error_text(load_unet(&ModelDir::open(&dir).unwrap(), RunOptions::default()));
-    assert!(e.contains("not an SDXL UNet") && e.contains("config.json"), "{e}");
+    let e = error_text(load_unet(
+        &ModelDir::open(&dir).unwrap(),
+        RunOptions::default(),
+    ));
+    assert!(
+        e.contains("not an SDXL UNet") && e.contains("config.json"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

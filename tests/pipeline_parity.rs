@@ -31,9 +31,13 @@ fn options(case: &Value) -> GenerateOptions {
 }
 
 fn read_png(path: &Path) -> Tensor {
-    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
     let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw()).reshape([h as i64, w as i64, 3]).to_kind(Kind::Float)
+    Tensor::from_slice(img.as_raw())
+        .reshape([h as i64, w as i64, 3])
+        .to_kind(Kind::Float)
 }
 
 /// Mean absolute difference in 0..255 pixel units.
@@ -53,21 +57,49 @@ fn pipeline_matches_diffusers_stage_by_stage() {
         let r = reference(&format!("pipeline_{name}"));
         let o = options(&case);
         let cond = text.encode(case["prompt"].as_str().unwrap()).unwrap();
-        let uncond = text.encode_negative(case["negative_prompt"].as_str(), &cond).unwrap();
-        assert_close(&format!("{name}: prompt embeds"), &cond.hidden, &r["prompt_embeds"], TOL);
+        let uncond = text
+            .encode_negative(case["negative_prompt"].as_str(), &cond)
+            .unwrap();
+        assert_close(
+            &format!("{name}: prompt embeds"),
+            &cond.hidden,
+            &r["prompt_embeds"],
+            TOL,
+        );
         assert_close(&format!("{name}: pooled"), &cond.pooled, &r["pooled"], TOL);
-        assert_close(&format!("{name}: negative embeds"), &uncond.hidden, &r["negative_prompt_embeds"], TOL);
-        assert_close(&format!("{name}: negative pooled"), &uncond.pooled, &r["negative_pooled"], TOL);
+        assert_close(
+            &format!("{name}: negative embeds"),
+            &uncond.hidden,
+            &r["negative_prompt_embeds"],
+            TOL,
+        );
+        assert_close(
+            &format!("{name}: negative pooled"),
+            &uncond.pooled,
+            &r["negative_pooled"],
+            TOL,
+        );
         let noise = den.initial_noise(o.seed, o.width, o.height).unwrap();
         // Same generator, same draws: bit-identical.
-        assert!(noise.equal(&r["initial_noise"]), "{name}: initial noise differs from torch.randn");
+        assert!(
+            noise.equal(&r["initial_noise"]),
+            "{name}: initial noise differs from torch.randn"
+        );
         let latents = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
-        assert_close(&format!("{name}: final latents"), &latents, &r["final_latents"], TOL);
+        assert_close(
+            &format!("{name}: final latents"),
+            &latents,
+            &r["final_latents"],
+            TOL,
+        );
         let ours = den.decode(&latents).permute([1, 2, 0]).to_kind(Kind::Float);
         let theirs = read_png(&fixtures().join(format!("ref/pipeline_{name}.png")));
         let diff = mean_pixel_diff(&ours, &theirs);
         println!("{name}: mean abs pixel difference {diff:.4} (tolerance 1 level of 255)");
-        assert!(diff < 1.0, "{name}: mean abs pixel difference {diff} >= 1/255");
+        assert!(
+            diff < 1.0,
+            "{name}: mean abs pixel difference {diff} >= 1/255"
+        );
     }
 }
 
@@ -79,9 +111,19 @@ fn generate_command_writes_the_diffusers_png() {
         .args(["generate", "--model"])
         .arg(tiny_model())
         .args(["--prompt", case["prompt"].as_str().unwrap()])
-        .args(["--seed", &case["seed"].to_string(), "--steps", &case["steps"].to_string()])
+        .args([
+            "--seed",
+            &case["seed"].to_string(),
+            "--steps",
+            &case["steps"].to_string(),
+        ])
         .args(["--guidance", &case["guidance"].to_string()])
-        .args(["--width", &case["width"].to_string(), "--height", &case["height"].to_string()])
+        .args([
+            "--width",
+            &case["width"].to_string(),
+            "--height",
+            &case["height"].to_string(),
+        ])
         .arg("--out")
         .arg(&out)
         .status()

@@ -21,11 +21,20 @@ fn expected() -> BTreeMap<String, Shapes> {
 
 fn shapes_of(component: &str, build: impl FnOnce(&Weights)) -> Shapes {
     let src = Rc::new(ShapeSource::new());
-    let w = Weights::new(src.clone() as Rc<dyn TensorSource>, component, Kind::Float, Device::Cpu);
+    let w = Weights::new(
+        src.clone() as Rc<dyn TensorSource>,
+        component,
+        Kind::Float,
+        Device::Cpu,
+    );
     build(&w);
     let seen = src.seen();
     let shapes: Shapes = seen.iter().cloned().collect();
-    assert_eq!(shapes.len(), seen.len(), "{component}: a tensor name was requested twice");
+    assert_eq!(
+        shapes.len(),
+        seen.len(),
+        "{component}: a tensor name was requested twice"
+    );
     shapes
 }
 
@@ -49,7 +58,9 @@ fn sdxl_base_layout_matches_reference_table() {
     let expected = expected();
 
     let cfg: UNetConfig = serde_json::from_str(unet).unwrap();
-    let ours = shapes_of("unet", |w| drop(UNet2DConditionModel::new(w, &cfg).unwrap()));
+    let ours = shapes_of("unet", |w| {
+        drop(UNet2DConditionModel::new(w, &cfg).unwrap())
+    });
     compare("unet", &ours, &expected["unet"]);
     assert_eq!(ours.len(), 1680);
     assert_eq!(params(&ours), 2_567_463_684, "UNet parameter count");
@@ -60,12 +71,16 @@ fn sdxl_base_layout_matches_reference_table() {
     assert_eq!(params(&ours), 83_653_863, "VAE parameter count");
 
     let cfg: ClipTextConfig = serde_json::from_str(te).unwrap();
-    let ours = shapes_of("text_encoder", |w| drop(ClipTextModel::new(w, &cfg, false).unwrap()));
+    let ours = shapes_of("text_encoder", |w| {
+        drop(ClipTextModel::new(w, &cfg, false).unwrap())
+    });
     compare("text_encoder", &ours, &expected["text_encoder"]);
     assert_eq!(params(&ours), 123_060_480, "text_encoder parameter count");
 
     let cfg: ClipTextConfig = serde_json::from_str(te2).unwrap();
-    let ours = shapes_of("text_encoder_2", |w| drop(ClipTextModel::new(w, &cfg, true).unwrap()));
+    let ours = shapes_of("text_encoder_2", |w| {
+        drop(ClipTextModel::new(w, &cfg, true).unwrap())
+    });
     compare("text_encoder_2", &ours, &expected["text_encoder_2"]);
     assert_eq!(params(&ours), 694_659_840, "text_encoder_2 parameter count");
 }

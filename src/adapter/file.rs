@@ -68,7 +68,8 @@ pub fn weights_fingerprint(files: &[std::path::PathBuf]) -> Result<String> {
         let mut buf = vec![0u8; (1 << 20).min(len as usize)];
         f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
         h.update(&buf);
-        f.seek(SeekFrom::Start(len - buf.len() as u64)).map_err(|e| Error::io(path, e))?;
+        f.seek(SeekFrom::Start(len - buf.len() as u64))
+            .map_err(|e| Error::io(path, e))?;
         f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
         h.update(&buf);
     }
@@ -93,7 +94,10 @@ pub fn save(unet: &mut UNet2DConditionModel, meta: &AdapterMeta, path: &Path) ->
     }
     let mut md = HashMap::new();
     md.insert("format".to_string(), "pt".to_string());
-    md.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("serialisable"));
+    md.insert(
+        META_KEY.to_string(),
+        serde_json::to_string(meta).expect("serialisable"),
+    );
     save_safetensors(&tensors, Some(md), path)
 }
 
@@ -114,15 +118,23 @@ pub struct AdapterFile {
 impl AdapterFile {
     pub fn read(path: &Path) -> Result<Self> {
         if !path.exists() {
-            return Err(Error::msg(format!("adapter file {} does not exist", path.display())));
+            return Err(Error::msg(format!(
+                "adapter file {} does not exist",
+                path.display()
+            )));
         }
         let f = MappedFile::open(path)?;
         let md = f.metadata()?;
-        let bad = |what: String| Error::BadFile { path: path.to_path_buf(), what };
+        let bad = |what: String| Error::BadFile {
+            path: path.to_path_buf(),
+            what,
+        };
         let meta_json = md.get(META_KEY).ok_or_else(|| {
-            bad("not a moslora adapter (no `moslora` metadata): for kohya or diffusers LoRA \
+            bad(
+                "not a moslora adapter (no `moslora` metadata): for kohya or diffusers LoRA \
                  files use the tool that made them"
-                .into())
+                    .into(),
+            )
         })?;
         let meta: AdapterMeta = serde_json::from_str(meta_json)
             .map_err(|e| bad(format!("unreadable adapter metadata ({e})")))?;
@@ -138,9 +150,13 @@ impl AdapterFile {
                 .strip_prefix("unet.")
                 .and_then(|r| r.strip_suffix(".weight"))
                 .ok_or_else(|| bad(format!("unexpected tensor `{name}`")))?;
-            let (module, part) =
-                rest.rsplit_once('.').ok_or_else(|| bad(format!("unexpected tensor `{name}`")))?;
-            parts.entry(module.to_string()).or_default().insert(part.to_string(), f.load(&name)?);
+            let (module, part) = rest
+                .rsplit_once('.')
+                .ok_or_else(|| bad(format!("unexpected tensor `{name}`")))?;
+            parts
+                .entry(module.to_string())
+                .or_default()
+                .insert(part.to_string(), f.load(&name)?);
         }
         let mut layers = BTreeMap::new();
         for (module, mut p) in parts {
@@ -149,7 +165,9 @@ impl AdapterFile {
             };
             let mixer = p.remove("lora_AB");
             if let Some(extra) = p.keys().next() {
-                return Err(bad(format!("layer `{module}` has an unknown part `{extra}`")));
+                return Err(bad(format!(
+                    "layer `{module}` has an unknown part `{extra}`"
+                )));
             }
             let r = meta.adapter.rank;
             let ok = a.size().len() == 2
@@ -165,7 +183,9 @@ impl AdapterFile {
                 )));
             }
             if (meta.adapter.mixer == MixerInit::None) != mixer.is_none() {
-                return Err(bad(format!("layer `{module}`: mixer presence contradicts metadata")));
+                return Err(bad(format!(
+                    "layer `{module}`: mixer presence contradicts metadata"
+                )));
             }
             layers.insert(module, LayerTensors { a, b, mixer });
         }
@@ -183,8 +203,11 @@ impl AdapterFile {
     /// of alpha/r. Refuses a file made for another architecture, naming the first layer that
     /// does not fit.
     pub fn apply(&self, unet: &mut UNet2DConditionModel, scale: f64, path: &Path) -> Result<()> {
-        let mut by_name: HashMap<String, &mut crate::sdxl::nn::Linear> =
-            unet.attention_linears_mut().into_iter().map(|l| (l.name.clone(), l)).collect();
+        let mut by_name: HashMap<String, &mut crate::sdxl::nn::Linear> = unet
+            .attention_linears_mut()
+            .into_iter()
+            .map(|l| (l.name.clone(), l))
+            .collect();
         let foreign = |what: String| {
             Error::msg(format!(
                 "adapter {} does not fit this model: {what} (it was trained on `{}`)",

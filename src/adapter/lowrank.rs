@@ -28,8 +28,15 @@ pub enum MixerInit {
 }
 
 impl MixerInit {
-    pub const ALL: &'static [&'static str] =
-        &["none", "orthogonal", "kaiming", "identity", "normal", "zero", "butterfly"];
+    pub const ALL: &'static [&'static str] = &[
+        "none",
+        "orthogonal",
+        "kaiming",
+        "identity",
+        "normal",
+        "zero",
+        "butterfly",
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -79,7 +86,9 @@ pub fn orthogonal(r: i64) -> Tensor {
 /// [[I, I], [I, I]] with r/2 x r/2 blocks.
 pub fn butterfly(r: i64) -> Result<Tensor> {
     if r % 2 != 0 {
-        return Err(Error::msg(format!("the butterfly mixer needs an even rank, got {r}")));
+        return Err(Error::msg(format!(
+            "the butterfly mixer needs an even rank, got {r}"
+        )));
     }
     let eye = Tensor::eye(r / 2, (Kind::Float, tch::Device::Cpu));
     let row = Tensor::cat(&[&eye, &eye], 1);
@@ -89,7 +98,9 @@ pub fn butterfly(r: i64) -> Result<Tensor> {
 /// A's starting values, (rank, in).
 pub fn init_a(in_dim: i64, rank: i64, how: AInit) -> Result<Tensor> {
     if rank < 1 {
-        return Err(Error::msg(format!("adapter rank must be at least 1, got {rank}")));
+        return Err(Error::msg(format!(
+            "adapter rank must be at least 1, got {rank}"
+        )));
     }
     let cpu = (Kind::Float, tch::Device::Cpu);
     Ok(match how {
@@ -185,7 +196,10 @@ impl LowRankAdapter {
 
     /// The trained tensors, named as in the adapter file (`lora_A`, `lora_B`, `lora_AB`).
     pub fn trained(&self) -> Vec<(&'static str, Tensor)> {
-        let mut v = vec![("lora_A", self.a.shallow_clone()), ("lora_B", self.b.shallow_clone())];
+        let mut v = vec![
+            ("lora_A", self.a.shallow_clone()),
+            ("lora_B", self.b.shallow_clone()),
+        ];
         if let (Some(m), true) = (&self.mixer, self.mixer_trained) {
             v.push(("lora_AB", m.shallow_clone()));
         }

@@ -76,11 +76,15 @@ impl AdapterConfig {
             )));
         }
         if self.targets.is_empty() {
-            return Err(Error::msg("adapter.targets is empty: name at least one layer, e.g. to_q"));
+            return Err(Error::msg(
+                "adapter.targets is empty: name at least one layer, e.g. to_q",
+            ));
         }
         if let Some(a) = self.alpha {
             if !(a.is_finite() && a > 0.0) {
-                return Err(Error::msg(format!("adapter.alpha must be positive, got {a}")));
+                return Err(Error::msg(format!(
+                    "adapter.alpha must be positive, got {a}"
+                )));
             }
         }
         Ok(())
@@ -124,7 +128,10 @@ pub fn inject(unet: &mut UNet2DConditionModel, cfg: &AdapterConfig, seed: u64) -
     for (l, a) in layers.into_iter().zip(a_inits) {
         let device = l.weight.device();
         let mixer = lowrank::init_mixer(cfg.rank, cfg.mixer)?;
-        let b = Tensor::zeros([l.out_dim(), cfg.rank], (tch::Kind::Float, tch::Device::Cpu));
+        let b = Tensor::zeros(
+            [l.out_dim(), cfg.rank],
+            (tch::Kind::Float, tch::Device::Cpu),
+        );
         let mut adapter =
             LowRankAdapter::from_tensors(a, b, mixer, cfg.mixer.trained(), cfg.alpha());
         adapter.to(device);
@@ -136,7 +143,10 @@ pub fn inject(unet: &mut UNet2DConditionModel, cfg: &AdapterConfig, seed: u64) -
 
 /// Every adapted layer with its adapter.
 pub fn adapted(unet: &mut UNet2DConditionModel) -> Vec<&mut Linear> {
-    unet.attention_linears_mut().into_iter().filter(|l| l.adapter.is_some()).collect()
+    unet.attention_linears_mut()
+        .into_iter()
+        .filter(|l| l.adapter.is_some())
+        .collect()
 }
 
 /// The trained tensors, named `<module>.lora_A.weight` and so on (the file's names).
@@ -173,5 +183,8 @@ pub fn remove_all(unet: &mut UNet2DConditionModel) {
 
 /// Number of trained adapter parameters.
 pub fn count_parameters(unet: &mut UNet2DConditionModel) -> i64 {
-    trained_parameters(unet).iter().map(|(_, t)| t.numel() as i64).sum()
+    trained_parameters(unet)
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum()
 }

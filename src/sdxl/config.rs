@@ -147,7 +147,8 @@ impl UNetConfig {
     }
 
     pub fn transformer_layers(&self) -> Vec<i64> {
-        self.transformer_layers_per_block.expand(self.block_out_channels.len())
+        self.transformer_layers_per_block
+            .expand(self.block_out_channels.len())
     }
 
     /// Refuse configurations this SDXL implementation does not build.
@@ -196,16 +197,46 @@ impl UNetConfig {
         }
         let checks = [
             (self.act_fn == "silu", "`act_fn` must be \"silu\""),
-            (self.use_linear_projection, "`use_linear_projection` must be true (SDXL)"),
-            (!self.only_cross_attention, "`only_cross_attention` is not supported"),
-            (!self.dual_cross_attention, "`dual_cross_attention` is not supported"),
-            (!self.upcast_attention, "`upcast_attention` is not supported"),
-            (self.class_embed_type.is_none(), "`class_embed_type` is not supported"),
-            (self.encoder_hid_dim_type.is_none(), "`encoder_hid_dim_type` is not supported"),
-            (self.time_cond_proj_dim.is_none(), "`time_cond_proj_dim` is not supported"),
-            (self.resnet_time_scale_shift == "default", "`resnet_time_scale_shift` must be \"default\""),
-            (self.attention_type == "default", "`attention_type` must be \"default\""),
-            (self.time_embedding_type == "positional", "`time_embedding_type` must be \"positional\""),
+            (
+                self.use_linear_projection,
+                "`use_linear_projection` must be true (SDXL)",
+            ),
+            (
+                !self.only_cross_attention,
+                "`only_cross_attention` is not supported",
+            ),
+            (
+                !self.dual_cross_attention,
+                "`dual_cross_attention` is not supported",
+            ),
+            (
+                !self.upcast_attention,
+                "`upcast_attention` is not supported",
+            ),
+            (
+                self.class_embed_type.is_none(),
+                "`class_embed_type` is not supported",
+            ),
+            (
+                self.encoder_hid_dim_type.is_none(),
+                "`encoder_hid_dim_type` is not supported",
+            ),
+            (
+                self.time_cond_proj_dim.is_none(),
+                "`time_cond_proj_dim` is not supported",
+            ),
+            (
+                self.resnet_time_scale_shift == "default",
+                "`resnet_time_scale_shift` must be \"default\"",
+            ),
+            (
+                self.attention_type == "default",
+                "`attention_type` must be \"default\"",
+            ),
+            (
+                self.time_embedding_type == "positional",
+                "`time_embedding_type` must be \"positional\"",
+            ),
         ];
         for (ok, what) in checks {
             if !ok {

@@ -40,7 +40,9 @@ pub fn init_model(out: &Path, o: &InitOptions) -> Result<()> {
             ))
         })?;
     if out.exists() {
-        let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
         if !empty && !o.force {
             return Err(Error::msg(format!(
                 "{} already exists: choose another --out or pass --force to replace it",
@@ -50,7 +52,11 @@ pub fn init_model(out: &Path, o: &InitOptions) -> Result<()> {
     }
     let tmp = fsutil::temp_path(out);
     let _ = std::fs::remove_dir_all(&tmp);
-    let result = write_all(&tmp, o, [unet_json, vae_json, te_json, te2_json, sched_json]);
+    let result = write_all(
+        &tmp,
+        o,
+        [unet_json, vae_json, te_json, te2_json, sched_json],
+    );
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -69,16 +75,26 @@ fn write_all(dir: &Path, o: &InitOptions, texts: [&str; 5]) -> Result<()> {
     // Each component gets its own seed stream, so changing one never changes another.
     let unet_cfg: UNetConfig = serde_json::from_value(parse("unet", unet_json)?)
         .map_err(|e| Error::msg(format!("preset unet: {e}")))?;
-    write_component(dir, "unet", "diffusion_pytorch_model", unet_json, o, 0, |w| {
-        UNet2DConditionModel::new(w, &unet_cfg).map(drop)
-    })?;
+    write_component(
+        dir,
+        "unet",
+        "diffusion_pytorch_model",
+        unet_json,
+        o,
+        0,
+        |w| UNet2DConditionModel::new(w, &unet_cfg).map(drop),
+    )?;
     let vae_cfg: VaeConfig = serde_json::from_value(parse("vae", vae_json)?)
         .map_err(|e| Error::msg(format!("preset vae: {e}")))?;
     write_component(dir, "vae", "diffusion_pytorch_model", vae_json, o, 1, |w| {
         AutoencoderKL::new(w, &vae_cfg).map(drop)
     })?;
-    for (i, (name, text, proj)) in
-        [("text_encoder", te_json, false), ("text_encoder_2", te2_json, true)].into_iter().enumerate()
+    for (i, (name, text, proj)) in [
+        ("text_encoder", te_json, false),
+        ("text_encoder_2", te2_json, true),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let cfg: ClipTextConfig = serde_json::from_value(parse(name, text)?)
             .map_err(|e| Error::msg(format!("preset {name}: {e}")))?;
@@ -88,7 +104,10 @@ fn write_all(dir: &Path, o: &InitOptions, texts: [&str; 5]) -> Result<()> {
     }
     write_tokenizer(&dir.join("tokenizer"), "<|endoftext|>")?;
     write_tokenizer(&dir.join("tokenizer_2"), "!")?;
-    fsutil::write_bytes(&dir.join("scheduler/scheduler_config.json"), sched_json.as_bytes())?;
+    fsutil::write_bytes(
+        &dir.join("scheduler/scheduler_config.json"),
+        sched_json.as_bytes(),
+    )?;
     let index = json!({
         "_class_name": "StableDiffusionXLPipeline",
         "_diffusers_version": "0.42.1",
@@ -117,14 +136,26 @@ fn write_component(
 ) -> Result<()> {
     tch::manual_seed((o.seed.wrapping_mul(1000).wrapping_add(stream)) as i64);
     let src = Rc::new(RandomSource::new());
-    let w = Weights::new(src.clone() as Rc<dyn TensorSource>, name, Kind::Float, Device::Cpu);
+    let w = Weights::new(
+        src.clone() as Rc<dyn TensorSource>,
+        name,
+        Kind::Float,
+        Device::Cpu,
+    );
     build(&w)?;
-    let tensors: Vec<(String, tch::Tensor)> =
-        src.take().into_iter().map(|(n, t)| (n, t.to_kind(o.dtype))).collect();
+    let tensors: Vec<(String, tch::Tensor)> = src
+        .take()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_kind(o.dtype)))
+        .collect();
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     let sub: PathBuf = dir.join(name);
-    save_safetensors(&tensors, Some(meta), &sub.join(format!("{stem}.safetensors")))?;
+    save_safetensors(
+        &tensors,
+        Some(meta),
+        &sub.join(format!("{stem}.safetensors")),
+    )?;
     fsutil::write_bytes(&sub.join("config.json"), config_json.as_bytes())
 }
 

@@ -35,7 +35,9 @@ impl ModelDir {
                 root.display()
             )));
         }
-        let dir = ModelDir { root: root.to_path_buf() };
+        let dir = ModelDir {
+            root: root.to_path_buf(),
+        };
         let index = root.join("model_index.json");
         if index.exists() {
             let v: serde_json::Value = read_json(&index)?;
@@ -47,7 +49,11 @@ impl ModelDir {
                 ));
             }
         }
-        for (component, _) in COMPONENTS.iter().chain(&[("scheduler", ""), ("tokenizer", ""), ("tokenizer_2", "")]) {
+        for (component, _) in
+            COMPONENTS
+                .iter()
+                .chain(&[("scheduler", ""), ("tokenizer", ""), ("tokenizer_2", "")])
+        {
             let sub = root.join(component);
             if !sub.is_dir() {
                 return Err(Error::msg(format!(
@@ -111,7 +117,11 @@ impl ModelDir {
             .map(|(_, s)| *s)
             .ok_or_else(|| Error::msg(format!("unknown component {component}")))?;
         let dir = self.component(component);
-        let variants: &[&str] = if kind == Kind::Float { &["", ".fp16"] } else { &[".fp16", ""] };
+        let variants: &[&str] = if kind == Kind::Float {
+            &["", ".fp16"]
+        } else {
+            &[".fp16", ""]
+        };
         for v in variants {
             let single = dir.join(format!("{stem}{v}.safetensors"));
             if single.exists() {
@@ -123,7 +133,10 @@ impl ModelDir {
             }
         }
         let has_bin = std::fs::read_dir(&dir)
-            .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "bin")))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "bin"))
+            })
             .unwrap_or(false);
         let hint = if has_bin {
             " (only PyTorch .bin files are there; moslora reads .safetensors: download the \
@@ -216,7 +229,10 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
     for p in &paths {
         if !p.exists() {
-            return Err(Error::config(index, format!("shard {} is missing", p.display())));
+            return Err(Error::config(
+                index,
+                format!("shard {} is missing", p.display()),
+            ));
         }
     }
     Ok(paths)

@@ -18,8 +18,17 @@ pub struct Linear {
 impl Linear {
     pub fn new(w: &Weights, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
         let weight = w.get("weight", &[out_dim, in_dim], Init::FanIn)?;
-        let bias = if bias { Some(w.get("bias", &[out_dim], Init::FanIn)?) } else { None };
-        Ok(Linear { name: w.path().to_string(), weight, bias, adapter: None })
+        let bias = if bias {
+            Some(w.get("bias", &[out_dim], Init::FanIn)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            name: w.path().to_string(),
+            weight,
+            bias,
+            adapter: None,
+        })
     }
 
     pub fn in_dim(&self) -> i64 {
@@ -46,7 +55,10 @@ impl Linear {
     pub fn merge(&mut self) {
         if let Some(a) = self.adapter.as_mut().filter(|a| !a.merged) {
             let _guard = tch::no_grad_guard();
-            let delta = a.delta_weight().to_kind(self.weight.kind()).to_device(self.weight.device());
+            let delta = a
+                .delta_weight()
+                .to_kind(self.weight.kind())
+                .to_device(self.weight.device());
             let _ = self.weight.g_add_(&delta);
             a.merged = true;
         }
@@ -56,7 +68,10 @@ impl Linear {
     pub fn unmerge(&mut self) {
         if let Some(a) = self.adapter.as_mut().filter(|a| a.merged) {
             let _guard = tch::no_grad_guard();
-            let delta = a.delta_weight().to_kind(self.weight.kind()).to_device(self.weight.device());
+            let delta = a
+                .delta_weight()
+                .to_kind(self.weight.kind())
+                .to_device(self.weight.device());
             let _ = self.weight.g_sub_(&delta);
             a.merged = false;
         }
@@ -82,7 +97,12 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = w.get("weight", &[out_ch, in_ch, kernel, kernel], Init::FanIn)?;
         let bias = Some(w.get("bias", &[out_ch], Init::FanIn)?);
-        Ok(Conv2d { weight, bias, stride, padding })
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -109,11 +129,22 @@ impl GroupNorm {
     pub fn new(w: &Weights, groups: i64, channels: i64, eps: f64) -> Result<Self> {
         let weight = w.get("weight", &[channels], Init::Ones)?;
         let bias = w.get("bias", &[channels], Init::Zeros)?;
-        Ok(GroupNorm { groups, eps, weight, bias })
+        Ok(GroupNorm {
+            groups,
+            eps,
+            weight,
+            bias,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.group_norm(
+            self.groups,
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -129,11 +160,22 @@ impl LayerNorm {
     pub fn new(w: &Weights, dim: i64, eps: f64) -> Result<Self> {
         let weight = w.get("weight", &[dim], Init::Ones)?;
         let bias = w.get("bias", &[dim], Init::Zeros)?;
-        Ok(LayerNorm { eps, weight, bias, dim })
+        Ok(LayerNorm {
+            eps,
+            weight,
+            bias,
+            dim,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -144,7 +186,9 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(w: &Weights, count: i64, dim: i64) -> Result<Self> {
-        Ok(Embedding { weight: w.get("weight", &[count, dim], Init::Normal(0.02))? })
+        Ok(Embedding {
+            weight: w.get("weight", &[count, dim], Init::Normal(0.02))?,
+        })
     }
 
     pub fn forward(&self, ids: &Tensor) -> Tensor {

@@ -24,9 +24,27 @@ pub struct RunOptions {
     pub dtype: Kind,
 }
 
+impl RunOptions {
+    /// From the user's words: `cpu`/`cuda[:N]` and `f32`/`bf16`/`f16` (default: f32 on the
+    /// CPU, bf16 on CUDA).
+    pub fn from_names(device: &str, dtype: Option<&str>) -> Result<Self> {
+        let device = crate::runtime::parse_device(device)?;
+        let dtype = match dtype {
+            Some(d) => crate::runtime::parse_dtype(d)?,
+            None if device.is_cuda() => Kind::BFloat16,
+            None => Kind::Float,
+        };
+        crate::runtime::check_dtype_for_device(dtype, device)?;
+        Ok(RunOptions { device, dtype })
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { device: Device::Cpu, dtype: Kind::Float }
+        RunOptions {
+            device: Device::Cpu,
+            dtype: Kind::Float,
+        }
     }
 }
 
@@ -49,14 +67,20 @@ pub struct PromptEmbeds {
 
 impl PromptEmbeds {
     pub fn zeros_like(&self) -> PromptEmbeds {
-        PromptEmbeds { hidden: self.hidden.zeros_like(), pooled: self.pooled.zeros_like() }
+        PromptEmbeds {
+            hidden: self.hidden.zeros_like(),
+            pooled: self.pooled.zeros_like(),
+        }
     }
 
     /// Concatenate along the batch (e.g. unconditional then conditional).
     pub fn cat(parts: &[&PromptEmbeds]) -> PromptEmbeds {
         let hidden: Vec<&Tensor> = parts.iter().map(|p| &p.hidden).collect();
         let pooled: Vec<&Tensor> = parts.iter().map(|p| &p.pooled).collect();
-        PromptEmbeds { hidden: Tensor::cat(&hidden, 0), pooled: Tensor::cat(&pooled, 0) }
+        PromptEmbeds {
+            hidden: Tensor::cat(&hidden, 0),
+            pooled: Tensor::cat(&pooled, 0),
+        }
     }
 }
 
@@ -74,7 +98,13 @@ impl TextEncoders {
         }
         let text_encoder_2 = encoders.pop().expect("two encoders");
         let text_encoder = encoders.pop().expect("two encoders");
-        Ok(TextEncoders { tokenizer, tokenizer_2, text_encoder, text_encoder_2, device: opts.device })
+        Ok(TextEncoders {
+            tokenizer,
+            tokenizer_2,
+            text_encoder,
+            text_encoder_2,
+            device: opts.device,
+        })
     }
 
     /// diffusers `encode_prompt` for one prompt (no clip-skip): `hidden_states[-2]` of both
@@ -82,21 +112,36 @@ impl TextEncoders {
     pub fn encode(&self, prompt: &str) -> Result<PromptEmbeds> {
         let _guard = tch::no_grad_guard();
         let ids = |t: &ClipTokenizer| -> Result<Tensor> {
-            Ok(Tensor::from_slice(&t.encode(prompt)?).unsqueeze(0).to_device(self.device))
+            Ok(Tensor::from_slice(&t.encode(prompt)?)
+                .unsqueeze(0)
+                .to_device(self.device))
         };
         let out1 = self.text_encoder.forward(&ids(&self.tokenizer)?);
         let out2 = self.text_encoder_2.forward(&ids(&self.tokenizer_2)?);
         let penultimate = |hs: &[Tensor]| hs[hs.len() - 2].shallow_clone();
-        let hidden = Tensor::cat(&[penultimate(&out1.hidden_states), penultimate(&out2.hidden_states)], -1);
+        let hidden = Tensor::cat(
+            &[
+                penultimate(&out1.hidden_states),
+                penultimate(&out2.hidden_states),
+            ],
+            -1,
+        );
         let pooled = out2
             .text_embeds
             .ok_or_else(|| Error::msg("text_encoder_2 has no projection"))?;
-        Ok(PromptEmbeds { hidden: hidden.to_kind(Kind::Float), pooled: pooled.to_kind(Kind::Float) })
+        Ok(PromptEmbeds {
+            hidden: hidden.to_kind(Kind::Float),
+            pooled: pooled.to_kind(Kind::Float),
+        })
     }
 
     /// The unconditional embedding: zeros for an absent negative prompt (SDXL base sets
     /// `force_zeros_for_empty_prompt`), else the encoded negative prompt.
-    pub fn encode_negative(&self, negative: Option<&str>, like: &PromptEmbeds) -> Result<PromptEmbeds> {
+    pub fn encode_negative(
+        &self,
+        negative: Option<&str>,
+        like: &PromptEmbeds,
+    ) -> Result<PromptEmbeds> {
         match negative {
             None => Ok(like.zeros_like()),
             Some(n) => self.encode(n),
@@ -145,7 +190,13 @@ impl Denoiser {
         let w = dir.weights("vae", Kind::Float, opts.device)?;
         let vae = AutoencoderKL::new(&w, &vae_cfg)?;
         check_all_used(&w)?;
-        Ok(Denoiser { unet, vae, vae_config: vae_cfg, scheduler: dir.scheduler_config()?, opts })
+        Ok(Denoiser {
+            unet,
+            vae,
+            vae_config: vae_cfg,
+            scheduler: dir.scheduler_config()?,
+            opts,
+        })
     }
 
     /// The initial latents diffusers draws: `torch.randn` from a CPU generator seeded with
@@ -171,7 +222,16 @@ impl Denoiser {
         o: &GenerateOptions,
         on_step: impl FnMut(usize),
     ) -> Result<Tensor> {
-        sample_latents(&self.unet, &self.scheduler, self.opts, cond, uncond, noise, o, on_step)
+        sample_latents(
+            &self.unet,
+            &self.scheduler,
+            self.opts,
+            cond,
+            uncond,
+            noise,
+            o,
+            on_step,
+        )
     }
 
     /// Latents to an RGB8 image tensor (3, H, W), as diffusers' image processor rounds it.
@@ -203,7 +263,11 @@ pub fn sample_latents(
     let kind = opts.dtype;
     let cfg_on = o.guidance > 1.0;
     // Unconditional and conditional passes in one batch, as diffusers does.
-    let embeds = if cfg_on { PromptEmbeds::cat(&[uncond, cond]) } else { PromptEmbeds::cat(&[cond]) };
+    let embeds = if cfg_on {
+        PromptEmbeds::cat(&[uncond, cond])
+    } else {
+        PromptEmbeds::cat(&[cond])
+    };
     let batch = embeds.hidden.size()[0];
     let hidden = embeds.hidden.to_device(dev).to_kind(kind);
     let pooled = embeds.pooled.to_device(dev).to_kind(kind);
@@ -213,10 +277,16 @@ pub fn sample_latents(
         .to_kind(kind);
     let mut latents = noise.to_device(dev).to_kind(Kind::Float) * sched.init_noise_sigma();
     for i in 0..sched.timesteps().len() {
-        let input = if cfg_on { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
+        let input = if cfg_on {
+            Tensor::cat(&[&latents, &latents], 0)
+        } else {
+            latents.shallow_clone()
+        };
         let input = sched.scale_model_input(&input, i).to_kind(kind);
         let t = Tensor::from_slice(&[sched.timesteps()[i]]).to_device(dev);
-        let eps = unet.forward(&input, &t, &hidden, &pooled, &time_ids).to_kind(Kind::Float);
+        let eps = unet
+            .forward(&input, &t, &hidden, &pooled, &time_ids)
+            .to_kind(Kind::Float);
         let eps = if cfg_on {
             let parts = eps.chunk(2, 0);
             &parts[0] + (&parts[1] - &parts[0]) * o.guidance
@@ -275,12 +345,34 @@ pub fn generate(
     opts: RunOptions,
     on_step: impl FnMut(usize),
 ) -> Result<Tensor> {
+    generate_with(dir, prompt, negative, None, o, opts, on_step)
+}
+
+/// `generate` with an optional adapter file and strength, merged into the UNet's weights.
+pub fn generate_with(
+    dir: &Path,
+    prompt: &str,
+    negative: Option<&str>,
+    adapter: Option<(&Path, f64)>,
+    o: &GenerateOptions,
+    opts: RunOptions,
+    on_step: impl FnMut(usize),
+) -> Result<Tensor> {
     let dir = ModelDir::open(dir)?;
+    // Read the adapter first: a wrong file fails before minutes of loading.
+    let adapter = match adapter {
+        Some((p, s)) => Some((crate::adapter::file::AdapterFile::read(p)?, p, s)),
+        None => None,
+    };
     let text = TextEncoders::load(&dir, opts)?;
     let cond = text.encode(prompt)?;
     let uncond = text.encode_negative(negative, &cond)?;
     drop(text);
-    let den = Denoiser::load(&dir, opts)?;
+    let mut den = Denoiser::load(&dir, opts)?;
+    if let Some((file, path, scale)) = adapter {
+        file.apply(&mut den.unet, scale, path)?;
+        crate::adapter::merge_all(&mut den.unet);
+    }
     let noise = den.initial_noise(o.seed, o.width, o.height)?;
     let latents = den.sample(&cond, &uncond, &noise, o, on_step)?;
     Ok(den.decode(&latents))

@@ -39,8 +39,14 @@ pub enum Init {
 /// A provider of named tensors.
 pub trait TensorSource {
     /// The tensor `name` with exactly `shape`, in `kind` on `device`.
-    fn tensor(&self, name: &str, shape: &[i64], init: Init, kind: Kind, device: Device)
-        -> Result<Tensor>;
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[i64],
+        init: Init,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor>;
 
     /// Names this source holds that nobody asked for (checked after a model is built).
     fn unused(&self, _used: &[String]) -> Vec<String> {
@@ -78,12 +84,18 @@ impl Weights {
         } else {
             format!("{}.{}", self.prefix, name)
         };
-        Weights { prefix, ..self.clone() }
+        Weights {
+            prefix,
+            ..self.clone()
+        }
     }
 
     /// The same path with another dtype (e.g. norms kept in f32).
     pub fn with_kind(&self, kind: Kind) -> Self {
-        Weights { kind, ..self.clone() }
+        Weights {
+            kind,
+            ..self.clone()
+        }
     }
 
     pub fn kind(&self) -> Kind {
@@ -182,7 +194,10 @@ impl MappedFile {
             path: path.to_path_buf(),
             what: format!("not a valid safetensors file ({e})"),
         })?;
-        Ok(MappedFile { path: path.to_path_buf(), mmap })
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            mmap,
+        })
     }
 
     pub fn tensors(&self) -> SafeTensors<'_> {
@@ -236,7 +251,11 @@ impl SafetensorsSource {
             }
             files.push(f);
         }
-        Ok(SafetensorsSource { files, index, aliases: HashMap::new() })
+        Ok(SafetensorsSource {
+            files,
+            index,
+            aliases: HashMap::new(),
+        })
     }
 
     /// Names held, with their stored shapes.
@@ -256,8 +275,11 @@ impl SafetensorsSource {
     /// Resolve every stored name through `f`: where `f` gives Some(requested), a model asking
     /// for `requested` receives the stored tensor.
     pub fn alias_all(&mut self, f: impl Fn(&str) -> Option<String>) {
-        let pairs: Vec<(String, String)> =
-            self.index.keys().filter_map(|k| f(k).map(|r| (r, k.clone()))).collect();
+        let pairs: Vec<(String, String)> = self
+            .index
+            .keys()
+            .filter_map(|k| f(k).map(|r| (r, k.clone())))
+            .collect();
         for (r, k) in pairs {
             self.aliases.insert(r, k);
         }
@@ -272,22 +294,33 @@ impl SafetensorsSource {
     }
 
     pub fn file_of(&self, name: &str) -> Option<&Path> {
-        self.index.get(self.resolve(name)).map(|(i, _)| self.files[*i].path.as_path())
+        self.index
+            .get(self.resolve(name))
+            .map(|(i, _)| self.files[*i].path.as_path())
     }
 
     fn file_list(&self) -> PathBuf {
         match self.files.as_slice() {
             [one] => one.path.clone(),
             many => PathBuf::from(
-                many.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>().join(", "),
+                many.iter()
+                    .map(|f| f.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ),
         }
     }
 }
 
 impl TensorSource for SafetensorsSource {
-    fn tensor(&self, name: &str, shape: &[i64], _init: Init, kind: Kind, device: Device)
-        -> Result<Tensor> {
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[i64],
+        _init: Init,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor> {
         let stored = self.resolve(name);
         let Some((i, found)) = self.index.get(stored) else {
             return Err(Error::MissingTensor {
@@ -311,9 +344,12 @@ impl TensorSource for SafetensorsSource {
     }
 
     fn unused(&self, used: &[String]) -> Vec<String> {
-        let used: std::collections::HashSet<&str> =
-            used.iter().map(|u| self.resolve(u)).collect();
-        self.index.keys().filter(|k| !used.contains(k.as_str())).cloned().collect()
+        let used: std::collections::HashSet<&str> = used.iter().map(|u| self.resolve(u)).collect();
+        self.index
+            .keys()
+            .filter(|k| !used.contains(k.as_str()))
+            .cloned()
+            .collect()
     }
 }
 
@@ -325,7 +361,9 @@ pub struct RandomSource {
 impl RandomSource {
     /// Random draws use libtorch's global generator: seed it with `tch::manual_seed` first.
     pub fn new() -> Self {
-        RandomSource { made: RefCell::new(Vec::new()) }
+        RandomSource {
+            made: RefCell::new(Vec::new()),
+        }
     }
 
     /// The tensors made so far, in creation order.
@@ -341,8 +379,14 @@ impl Default for RandomSource {
 }
 
 impl TensorSource for RandomSource {
-    fn tensor(&self, name: &str, shape: &[i64], init: Init, kind: Kind, device: Device)
-        -> Result<Tensor> {
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[i64],
+        init: Init,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor> {
         let opts = (Kind::Float, Device::Cpu);
         let t = match init {
             Init::Zeros => Tensor::zeros(shape, opts),
@@ -354,7 +398,9 @@ impl TensorSource for RandomSource {
                 Tensor::rand(shape, opts) * (2.0 * bound) - bound
             }
         };
-        self.made.borrow_mut().push((name.to_string(), t.shallow_clone()));
+        self.made
+            .borrow_mut()
+            .push((name.to_string(), t.shallow_clone()));
         Ok(t.to_kind(kind).to_device(device))
     }
 }
@@ -367,7 +413,9 @@ pub struct ShapeSource {
 
 impl ShapeSource {
     pub fn new() -> Self {
-        ShapeSource { seen: RefCell::new(Vec::new()) }
+        ShapeSource {
+            seen: RefCell::new(Vec::new()),
+        }
     }
 
     pub fn seen(&self) -> Vec<(String, Vec<i64>)> {
@@ -382,9 +430,17 @@ impl Default for ShapeSource {
 }
 
 impl TensorSource for ShapeSource {
-    fn tensor(&self, name: &str, shape: &[i64], _init: Init, kind: Kind, device: Device)
-        -> Result<Tensor> {
-        self.seen.borrow_mut().push((name.to_string(), shape.to_vec()));
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[i64],
+        _init: Init,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor> {
+        self.seen
+            .borrow_mut()
+            .push((name.to_string(), shape.to_vec()));
         Ok(Tensor::zeros([1], (kind, device)).expand(shape, false))
     }
 }
@@ -433,7 +489,14 @@ pub fn save_safetensors(
         let tensor = t.to_device(Device::Cpu).contiguous();
         let dtype = safetensors_dtype(tensor.kind())?;
         let shape = tensor.size().iter().map(|&d| d as usize).collect();
-        views.push((name.clone(), TensorBytes { tensor, dtype, shape }));
+        views.push((
+            name.clone(),
+            TensorBytes {
+                tensor,
+                dtype,
+                shape,
+            },
+        ));
     }
     crate::fsutil::write_atomic(path, |tmp| {
         safetensors::serialize_to_file(views, metadata, tmp)

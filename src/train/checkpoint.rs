@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::optimizer::AdamW;
-use crate::adapter::file::{self, AdapterFile, AdapterMeta};
 use crate::adapter::adapted;
+use crate::adapter::file::{self, AdapterFile, AdapterMeta};
 use crate::error::{Error, Result};
 use crate::sdxl::unet::UNet2DConditionModel;
 use crate::sdxl::weights::save_safetensors;
@@ -27,7 +27,10 @@ pub struct State {
 }
 
 fn sibling(dir: &Path, tag: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dir.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
 }
 
@@ -94,7 +97,11 @@ pub fn load(
     let _guard = tch::no_grad_guard();
     for l in adapted(unet) {
         let t = saved.layers.get(&l.name).ok_or_else(|| {
-            Error::msg(format!("{}: checkpoint lacks layer `{}`", adapter_path.display(), l.name))
+            Error::msg(format!(
+                "{}: checkpoint lacks layer `{}`",
+                adapter_path.display(),
+                l.name
+            ))
         })?;
         let a = l.adapter.as_mut().expect("adapted");
         a.a.detach().copy_(&t.a);
@@ -105,12 +112,18 @@ pub fn load(
     }
     let opt_path = dir.join("optimizer.safetensors");
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(&opt_path)
-        .map_err(|e| Error::BadFile { path: opt_path.clone(), what: format!("damaged optimizer state ({e})") })?
+        .map_err(|e| Error::BadFile {
+            path: opt_path.clone(),
+            what: format!("damaged optimizer state ({e})"),
+        })?
         .into_iter()
         .collect();
     opt.load_state(&tensors, state.step)?;
     if state.losses.len() as u64 != state.step {
-        return Err(Error::config(&state_path, "loss history does not match the step count"));
+        return Err(Error::config(
+            &state_path,
+            "loss history does not match the step count",
+        ));
     }
     Ok(Some(state))
 }

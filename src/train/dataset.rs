@@ -28,8 +28,9 @@ impl Photo {
 
 /// Decode one photo with its EXIF orientation applied.
 pub fn load_photo(path: &Path) -> Result<Photo> {
-    let unreadable =
-        |e: &dyn std::fmt::Display| Error::msg(format!("{}: cannot read this image ({e})", path.display()));
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Error::msg(format!("{}: cannot read this image ({e})", path.display()))
+    };
     let reader = ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
@@ -38,7 +39,10 @@ pub fn load_photo(path: &Path) -> Result<Photo> {
     let orientation = decoder.orientation().map_err(|e| unreadable(&e))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(&e))?;
     img.apply_orientation(orientation);
-    Ok(Photo { path: path.to_path_buf(), image: img.to_rgb8() })
+    Ok(Photo {
+        path: path.to_path_buf(),
+        image: img.to_rgb8(),
+    })
 }
 
 /// All photos of a folder, sorted by file name. An empty folder, a folder of non-images or an
@@ -57,10 +61,20 @@ pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
         if !path.is_file() {
             continue;
         }
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_lowercase);
-        if ext.as_deref().is_some_and(|e| PHOTO_EXTENSIONS.contains(&e)) {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_lowercase);
+        if ext
+            .as_deref()
+            .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e))
+        {
             files.push(path);
-        } else if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+        } else if !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
             others += 1;
         }
     }
@@ -124,7 +138,9 @@ pub fn crop_offsets(h: u32, w: u32, size: u32, center: bool, count: usize) -> Ve
 /// (1, 3, H, W) in [-1, 1], as `ToTensor` then `Normalize([0.5], [0.5])`.
 pub fn to_tensor(img: &RgbImage) -> Tensor {
     let (w, h) = img.dimensions();
-    let t = Tensor::from_slice(img.as_raw()).reshape([h as i64, w as i64, 3]).permute([2, 0, 1]);
+    let t = Tensor::from_slice(img.as_raw())
+        .reshape([h as i64, w as i64, 3])
+        .permute([2, 0, 1]);
     ((t.to_kind(Kind::Float) / 255.0 - 0.5) / 0.5).unsqueeze(0)
 }
 
@@ -146,10 +162,18 @@ pub fn encode_examples(
     for photo in photos {
         let (oh, ow) = photo.original_size();
         let resized = resize_short_side(&photo.image, size);
-        let flips: &[bool] = if random_flip { &[false, true] } else { &[false] };
+        let flips: &[bool] = if random_flip {
+            &[false, true]
+        } else {
+            &[false]
+        };
         for &flip in flips {
             // diffusers flips first, then crops: the crop offset is measured on the flipped image.
-            let img = if flip { imageops::flip_horizontal(&resized) } else { resized.clone() };
+            let img = if flip {
+                imageops::flip_horizontal(&resized)
+            } else {
+                resized.clone()
+            };
             for (top, left) in crop_offsets(img.height(), img.width(), size, center_crop, crops) {
                 let crop = imageops::crop_imm(&img, left, top, size, size).to_image();
                 let x = to_tensor(&crop).to_device(device);

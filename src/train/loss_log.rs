@@ -60,13 +60,27 @@ pub fn read_csv(path: &Path) -> Result<Vec<f32>> {
 pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
     register_font();
     let steps = runs.iter().map(|(_, l)| l.len()).max().unwrap_or(0).max(2);
-    let finite = runs.iter().flat_map(|(_, l)| l.iter()).copied().filter(|v| v.is_finite());
+    let finite = runs
+        .iter()
+        .flat_map(|(_, l)| l.iter())
+        .copied()
+        .filter(|v| v.is_finite());
     let (lo, hi) = finite.fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(v), b.max(v)));
-    let (lo, hi) = if lo <= hi { (lo as f64, hi as f64) } else { (0.0, 1.0) };
+    let (lo, hi) = if lo <= hi {
+        (lo as f64, hi as f64)
+    } else {
+        (0.0, 1.0)
+    };
     let pad = ((hi - lo) * 0.05).max(1e-6);
-    let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+    let colours = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+    ];
     fsutil::write_atomic(path, |tmp| {
-        let err = |e: &dyn std::fmt::Display| Error::msg(format!("drawing {}: {e}", path.display()));
+        let err =
+            |e: &dyn std::fmt::Display| Error::msg(format!("drawing {}: {e}", path.display()));
         {
             let root = BitMapBackend::new(tmp, (900, 500)).into_drawing_area();
             root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -88,7 +102,10 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
                 let c = colours[i % colours.len()];
                 let raw = losses.iter().enumerate().filter(|(_, v)| v.is_finite());
                 chart
-                    .draw_series(LineSeries::new(raw.map(|(s, &v)| ((s + 1) as f64, v as f64)), c.mix(0.25)))
+                    .draw_series(LineSeries::new(
+                        raw.map(|(s, &v)| ((s + 1) as f64, v as f64)),
+                        c.mix(0.25),
+                    ))
                     .map_err(|e| err(&e))?;
                 let sm = smooth(losses, 0.95);
                 chart
@@ -98,7 +115,9 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
                     ))
                     .map_err(|e| err(&e))?
                     .label(format!("{name} (smoothed)"))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                    });
             }
             chart
                 .configure_series_labels()

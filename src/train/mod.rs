@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use crate::adapter::file::{architecture_hash, weights_fingerprint, AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use crate::adapter::file::{
+    architecture_hash, weights_fingerprint, AdapterMeta, ModelIdentity, FORMAT_VERSION,
+};
 use crate::adapter::{self, AdapterConfig, MixerInit};
 use crate::config::{LrSchedule, RunConfig};
 use crate::error::{Error, Result};
@@ -63,7 +65,9 @@ impl AdapterKind {
         match s.to_ascii_lowercase().as_str() {
             "lora" => Ok(AdapterKind::Lora),
             "moslora" => Ok(AdapterKind::Moslora),
-            _ => Err(Error::msg(format!("unknown adapter {s:?}: expected `lora` or `moslora`"))),
+            _ => Err(Error::msg(format!(
+                "unknown adapter {s:?}: expected `lora` or `moslora`"
+            ))),
         }
     }
 
@@ -87,7 +91,9 @@ pub struct RunPaths {
 
 impl RunPaths {
     pub fn new(cfg: &RunConfig, kind: AdapterKind) -> Self {
-        RunPaths { dir: cfg.output.join(kind.name()) }
+        RunPaths {
+            dir: cfg.output.join(kind.name()),
+        }
     }
     pub fn adapter(&self) -> PathBuf {
         self.dir.join("adapter.safetensors")
@@ -132,9 +138,18 @@ pub struct TrainData {
 
 /// Load the photos, embed the prompts and encode the latents. The text encoders and the VAE
 /// are freed before training starts.
-pub fn prepare_data(cfg: &RunConfig, dir: &ModelDir, opts: RunOptions, mut note: impl FnMut(&str)) -> Result<TrainData> {
+pub fn prepare_data(
+    cfg: &RunConfig,
+    dir: &ModelDir,
+    opts: RunOptions,
+    mut note: impl FnMut(&str),
+) -> Result<TrainData> {
     let photos = dataset::load_photos(&cfg.subject.images)?;
-    note(&format!("{} photos in {}", photos.len(), cfg.subject.images.display()));
+    note(&format!(
+        "{} photos in {}",
+        photos.len(),
+        cfg.subject.images.display()
+    ));
     let text = TextEncoders::load(dir, opts)?;
     let prompt = cfg.instance_prompt();
     warn_if_truncated(&text, &prompt, &mut note);
@@ -160,7 +175,10 @@ pub fn prepare_data(cfg: &RunConfig, dir: &ModelDir, opts: RunOptions, mut note:
         opts.device,
         || {},
     )?;
-    note(&format!("{} cached latent variants (crops x flips)", instance.len()));
+    note(&format!(
+        "{} cached latent variants (crops x flips)",
+        instance.len()
+    ));
     let class = match (&cfg.train.prior_preservation, class_prompt) {
         (Some(pp), Some(embeds)) => {
             let photos = dataset::load_photos(&pp.class_images)?;
@@ -178,7 +196,12 @@ pub fn prepare_data(cfg: &RunConfig, dir: &ModelDir, opts: RunOptions, mut note:
         }
         _ => None,
     };
-    Ok(TrainData { instance, instance_prompt, class, scaling_factor: vae.scaling_factor() })
+    Ok(TrainData {
+        instance,
+        instance_prompt,
+        class,
+        scaling_factor: vae.scaling_factor(),
+    })
 }
 
 fn warn_if_truncated(text: &TextEncoders, prompt: &str, note: &mut impl FnMut(&str)) {
@@ -210,7 +233,9 @@ pub struct Batch {
 
 /// A generator seeded for step `step` of a run seeded `seed`.
 fn seed_step(seed: u64, step: u64) {
-    let s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    let s = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(step.wrapping_mul(0xBF58_476D_1CE4_E5B9));
     tch::manual_seed((s >> 1) as i64);
 }
 
@@ -236,7 +261,10 @@ pub fn make_batch(
             lat.push(&e.mean + &e.std * eps);
             ids.push(Tensor::from_slice(&e.time_ids));
         }
-        (Tensor::cat(&lat, 0) * data.scaling_factor, Tensor::stack(&ids, 0))
+        (
+            Tensor::cat(&lat, 0) * data.scaling_factor,
+            Tensor::stack(&ids, 0),
+        )
     };
     let (mut x0, mut time_ids) = pick(&data.instance, b);
     let mut hidden = data.instance_prompt.hidden.repeat([b, 1, 1]);
@@ -278,7 +306,13 @@ pub fn loss(
 ) -> Tensor {
     let t = batch.timesteps.to_kind(Kind::Float);
     let pred = unet
-        .forward(&batch.noisy, &t, &batch.hidden, &batch.pooled, &batch.time_ids)
+        .forward(
+            &batch.noisy,
+            &t,
+            &batch.hidden,
+            &batch.pooled,
+            &batch.time_ids,
+        )
         .to_kind(Kind::Float);
     let target = batch.target.to_kind(Kind::Float);
     let n = batch.n_instance;
@@ -289,14 +323,22 @@ pub fn loss(
             Some(gamma) => {
                 // diffusers: per-sample mean, weighted by min(SNR, gamma) / SNR (epsilon target).
                 let w = sched.min_snr_weights(ts, gamma).to_device(p.device());
-                let per = (p - y).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
+                let per = (p - y)
+                    .square()
+                    .mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
                 (per * w).mean(Kind::Float)
             }
         }
     };
     if n < total {
-        let inst = mse(&pred.narrow(0, 0, n), &target.narrow(0, 0, n), &batch.timesteps.narrow(0, 0, n));
-        let prior = pred.narrow(0, n, total - n).mse_loss(&target.narrow(0, n, total - n), tch::Reduction::Mean);
+        let inst = mse(
+            &pred.narrow(0, 0, n),
+            &target.narrow(0, 0, n),
+            &batch.timesteps.narrow(0, 0, n),
+        );
+        let prior = pred
+            .narrow(0, n, total - n)
+            .mse_loss(&target.narrow(0, n, total - n), tch::Reduction::Mean);
         inst + prior * prior_weight
     } else {
         mse(&pred, &target, &batch.timesteps)
@@ -347,7 +389,11 @@ pub struct Quiet;
 impl Progress for Quiet {}
 
 /// The identity of the model an adapter is trained on.
-pub fn model_identity(dir: &ModelDir, unet: &mut UNet2DConditionModel, kind: Kind) -> Result<ModelIdentity> {
+pub fn model_identity(
+    dir: &ModelDir,
+    unet: &mut UNet2DConditionModel,
+    kind: Kind,
+) -> Result<ModelIdentity> {
     let name = dir
         .root
         .file_name()
@@ -391,7 +437,10 @@ pub fn train_adapter(
                 lrs = state.learning_rates;
                 progress.note(&format!("{}: resuming at step {}", kind.label(), opt.step));
             }
-            None => progress.note(&format!("{}: no checkpoint to resume from, starting afresh", kind.label())),
+            None => progress.note(&format!(
+                "{}: no checkpoint to resume from, starting afresh",
+                kind.label()
+            )),
         }
     } else {
         // A fresh run must not leave an older run's checkpoint to be resumed later.
@@ -416,7 +465,10 @@ pub fn train_adapter(
     progress.start(kind, total, opt.step);
     let started = Instant::now();
     let prior_weight = data.class.as_ref().map(|c| c.2).unwrap_or(0.0);
-    let mut smoothed = loss_log::smooth(&losses, 0.9).last().copied().unwrap_or(0.0);
+    let mut smoothed = loss_log::smooth(&losses, 0.9)
+        .last()
+        .copied()
+        .unwrap_or(0.0);
     let mut interrupted = false;
     while opt.step < total {
         if INTERRUPTED.load(Ordering::SeqCst) {
@@ -429,7 +481,10 @@ pub fn train_adapter(
         let value = l.double_value(&[]) as f32;
         if !value.is_finite() {
             let kept = if paths.checkpoint().exists() {
-                format!("the last good checkpoint is kept in {}", paths.checkpoint().display())
+                format!(
+                    "the last good checkpoint is kept in {}",
+                    paths.checkpoint().display()
+                )
             } else {
                 "no checkpoint had been written yet".to_string()
             };
@@ -446,19 +501,42 @@ pub fn train_adapter(
         opt.step(lr);
         losses.push(value);
         lrs.push(lr);
-        smoothed = loss_log::smooth(&losses, 0.9).last().copied().unwrap_or(value as f64);
+        smoothed = loss_log::smooth(&losses, 0.9)
+            .last()
+            .copied()
+            .unwrap_or(value as f64);
         progress.step(step, value, smoothed);
         let every = cfg.train.checkpoint_every;
         if every > 0 && step % every == 0 && step < total {
-            checkpoint::save(&paths.checkpoint(), &fingerprint, unet, &opt, &meta(step), &losses, &lrs)?;
+            checkpoint::save(
+                &paths.checkpoint(),
+                &fingerprint,
+                unet,
+                &opt,
+                &meta(step),
+                &losses,
+                &lrs,
+            )?;
         }
     }
     let _ = smoothed;
     progress.finish();
     // Always leave a checkpoint of where the run stopped, so `--resume` can continue it.
-    checkpoint::save(&paths.checkpoint(), &fingerprint, unet, &opt, &meta(opt.step), &losses, &lrs)?;
+    checkpoint::save(
+        &paths.checkpoint(),
+        &fingerprint,
+        unet,
+        &opt,
+        &meta(opt.step),
+        &losses,
+        &lrs,
+    )?;
     loss_log::write_csv(&paths.loss_csv(), &losses, &lrs)?;
-    loss_log::plot(&paths.loss_png(), &format!("{} training loss", kind.label()), &[(kind.label(), &losses)])?;
+    loss_log::plot(
+        &paths.loss_png(),
+        &format!("{} training loss", kind.label()),
+        &[(kind.label(), &losses)],
+    )?;
     if !interrupted {
         adapter::file::save(unet, &meta(opt.step), &paths.adapter())?;
     }
@@ -499,7 +577,9 @@ pub fn train(
     let mut out = Vec::new();
     for &kind in kinds {
         adapter::remove_all(&mut unet);
-        let o = train_adapter(cfg, kind, &data, &mut unet, &identity, opts, resume, progress)?;
+        let o = train_adapter(
+            cfg, kind, &data, &mut unet, &identity, opts, resume, progress,
+        )?;
         let stop = o.interrupted;
         out.push(o);
         if stop {
@@ -510,11 +590,22 @@ pub fn train(
     // Both curves on one chart when both runs exist.
     let runs: Vec<(AdapterKind, Vec<f32>)> = AdapterKind::BOTH
         .iter()
-        .filter_map(|&k| loss_log::read_csv(&RunPaths::new(cfg, k).loss_csv()).ok().map(|l| (k, l)))
+        .filter_map(|&k| {
+            loss_log::read_csv(&RunPaths::new(cfg, k).loss_csv())
+                .ok()
+                .map(|l| (k, l))
+        })
         .collect();
     if runs.len() == 2 {
-        let named: Vec<(&str, &[f32])> = runs.iter().map(|(k, l)| (k.label(), l.as_slice())).collect();
-        loss_log::plot(&cfg.output.join("loss.png"), "Training loss: LoRA vs MoSLoRA", &named)?;
+        let named: Vec<(&str, &[f32])> = runs
+            .iter()
+            .map(|(k, l)| (k.label(), l.as_slice()))
+            .collect();
+        loss_log::plot(
+            &cfg.output.join("loss.png"),
+            "Training loss: LoRA vs MoSLoRA",
+            &named,
+        )?;
     }
     Ok(out)
 }

@@ -20,9 +20,21 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(params: Vec<(String, Tensor)>, hp: Adam) -> Self {
-        let exp_avg = params.iter().map(|(_, p)| p.zeros_like().detach()).collect();
-        let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like().detach()).collect();
-        AdamW { hp, params, exp_avg, exp_avg_sq, step: 0 }
+        let exp_avg = params
+            .iter()
+            .map(|(_, p)| p.zeros_like().detach())
+            .collect();
+        let exp_avg_sq = params
+            .iter()
+            .map(|(_, p)| p.zeros_like().detach())
+            .collect();
+        AdamW {
+            hp,
+            params,
+            exp_avg,
+            exp_avg_sq,
+            step: 0,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -64,7 +76,12 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         self.step += 1;
-        let Adam { beta1, beta2, weight_decay, eps } = self.hp;
+        let Adam {
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+        } = self.hp;
         let bc1 = 1.0 - beta1.powi(self.step as i32);
         let bc2 = 1.0 - beta2.powi(self.step as i32);
         let step_size = lr / bc1;
@@ -74,12 +91,16 @@ impl AdamW {
             if !g.defined() {
                 continue;
             }
-            let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
-            let _ = self.exp_avg[i].lerp_(&g, 1.0 - beta1);
-            let _ = self.exp_avg_sq[i].g_mul_scalar_(beta2);
-            let _ = self.exp_avg_sq[i].addcmul_(&g, &(g.ones_like() * (1.0 - beta2)));
+            // The operations of torch's `_single_tensor_adamw`, in its order.
+            p.copy_(&(&*p * (1.0 - lr * weight_decay)));
+            let m = &self.exp_avg[i];
+            let m_new = m + (&g - m) * (1.0 - beta1); // lerp_ with weight < 0.5
+            self.exp_avg[i].copy_(&m_new);
+            let v = &self.exp_avg_sq[i];
+            let v_new = v * beta2 + &g * &g * (1.0 - beta2);
+            self.exp_avg_sq[i].copy_(&v_new);
             let denom = self.exp_avg_sq[i].sqrt() / bc2_sqrt + eps;
-            let _ = p.addcdiv_(&(&self.exp_avg[i] * -step_size), &denom);
+            p.copy_(&(&*p + &self.exp_avg[i] / denom * (-step_size)));
         }
     }
 
@@ -88,7 +109,10 @@ impl AdamW {
         let mut out = Vec::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
             out.push((format!("exp_avg.{name}"), self.exp_avg[i].shallow_clone()));
-            out.push((format!("exp_avg_sq.{name}"), self.exp_avg_sq[i].shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{name}"),
+                self.exp_avg_sq[i].shallow_clone(),
+            ));
         }
         out
     }
@@ -97,13 +121,18 @@ impl AdamW {
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         let _guard = tch::no_grad_guard();
         for (i, (name, p)) in self.params.iter().enumerate() {
-            for (key, slot) in [("exp_avg", &mut self.exp_avg[i]), ("exp_avg_sq", &mut self.exp_avg_sq[i])] {
+            for (key, slot) in [
+                ("exp_avg", &mut self.exp_avg[i]),
+                ("exp_avg_sq", &mut self.exp_avg_sq[i]),
+            ] {
                 let full = format!("{key}.{name}");
-                let t = tensors
-                    .get(&full)
-                    .ok_or_else(|| Error::msg(format!("checkpoint lacks optimizer state `{full}`")))?;
+                let t = tensors.get(&full).ok_or_else(|| {
+                    Error::msg(format!("checkpoint lacks optimizer state `{full}`"))
+                })?;
                 if t.size() != p.size() {
-                    return Err(Error::msg(format!("checkpoint optimizer state `{full}` has the wrong shape")));
+                    return Err(Error::msg(format!(
+                        "checkpoint optimizer state `{full}` has the wrong shape"
+                    )));
                 }
                 slot.copy_(&t.to_device(p.device()).to_kind(p.kind()));
             }

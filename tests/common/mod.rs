@@ -28,7 +28,11 @@ pub fn tiny_model() -> PathBuf {
 /// Reference tensors `ref/<name>.safetensors`.
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
     let path = fixtures().join("ref").join(format!("{name}.safetensors"));
-    assert!(path.exists(), "reference {} missing: run `make fixtures`", path.display());
+    assert!(
+        path.exists(),
+        "reference {} missing: run `make fixtures`",
+        path.display()
+    );
     Tensor::read_safetensors(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
         .into_iter()
@@ -48,5 +52,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     let err = max_abs_diff(a, b);
     println!("{what}: max abs error {err:.3e} (tolerance {tol:.0e})");
-    assert!(err <= tol, "{what}: max abs error {err:.3e} exceeds {tol:.0e}");
+    assert!(
+        err <= tol,
+        "{what}: max abs error {err:.3e} exceeds {tol:.0e}"
+    );
 }
