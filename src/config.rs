@@ -269,7 +269,7 @@ impl RunConfig {
     fn resolve_paths(&mut self, base: &Path) {
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = normalize(&base.join(&*p));
             }
         };
         abs(&mut self.model);
@@ -327,6 +327,24 @@ impl RunConfig {
     pub fn instance_prompt(&self) -> String {
         self.subject.fill(&self.subject.prompt)
     }
+}
+
+/// `a/b/../c` -> `a/c`, lexically (the path need not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// serde's "unknown field `x`, expected one of `a`, `b`" plus "did you mean `a`?".

@@ -260,6 +260,18 @@ fn train(a: TrainArgs) -> Result<bool> {
     Ok(!interrupted)
 }
 
+/// Errors print as one line: `error: what went wrong`.
+fn report(e: &moslora::Error) {
+    let text = e.to_string();
+    let one_line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    eprintln!("error: {one_line}");
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // First Ctrl-C: finish the step, save a checkpoint, stop. Second: stop at once.
@@ -274,7 +286,7 @@ fn main() -> ExitCode {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(130),
             Err(e) => {
-                eprintln!("error: {e}");
+                report(&e);
                 ExitCode::FAILURE
             }
         };
@@ -282,7 +294,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            report(&e);
             ExitCode::FAILURE
         }
     }

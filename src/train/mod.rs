@@ -382,6 +382,10 @@ pub trait Progress {
     fn step(&mut self, _step: u64, _loss: f32, _smoothed: f64) {}
     fn note(&mut self, _msg: &str) {}
     fn finish(&mut self) {}
+    /// Checked before each step: stop cleanly (checkpoint written) when true.
+    fn should_stop(&self) -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
 }
 
 /// No display (tests).
@@ -471,7 +475,7 @@ pub fn train_adapter(
         .unwrap_or(0.0);
     let mut interrupted = false;
     while opt.step < total {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if progress.should_stop() {
             interrupted = true;
             break;
         }

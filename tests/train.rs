@@ -1,0 +1,377 @@
+//! DreamBooth training on the tiny model: the loss goes down, runs are reproducible, an
+//! interrupted and resumed run ends where an uninterrupted one does, and bad input gets a
+//! clear error with nothing half-written left behind.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::rc::Rc;
+
+use common::tiny_model;
+use moslora::adapter::file::{self, AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use moslora::adapter::{self, AdapterConfig};
+use moslora::config::RunConfig;
+use moslora::schedule::ddpm::DdpmSchedule;
+use moslora::sdxl::config::{read_json, SchedulerConfig, UNetConfig};
+use moslora::sdxl::model_dir::ModelDir;
+use moslora::sdxl::pipeline::{load_unet, RunOptions};
+use moslora::sdxl::unet::UNet2DConditionModel;
+use moslora::sdxl::weights::{ShapeSource, TensorSource, Weights};
+use moslora::train::{self, AdapterKind, Progress, Quiet, RunPaths};
+use tch::{Device, Kind, Tensor};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moslora-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config(out: &Path, steps: u64) -> RunConfig {
+    let mut c = RunConfig::default();
+    c.model = tiny_model();
+    c.output = out.to_path_buf();
+    c.subject.images = repo().join("assets/subject");
+    c.subject.class_noun = "toy".into();
+    c.train.steps = steps;
+    c.train.resolution = 64;
+    c.train.batch_size = 2;
+    c.train.crops_per_image = 2;
+    c.train.checkpoint_every = 0;
+    c
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (x, y) = (tensors(a), tensors(b));
+    assert_eq!(x.len(), y.len());
+    for (name, t) in &x {
+        assert!(
+            t.equal(&y[name]),
+            "{name} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+/// Mean loss over fixed batches (the batches of steps 1..=8), without gradients.
+fn eval_loss(cfg: &RunConfig, data: &train::TrainData, unet: &UNet2DConditionModel) -> f64 {
+    let _g = tch::no_grad_guard();
+    let sched = DdpmSchedule::new(&SchedulerConfig::default()).unwrap();
+    let mut total = 0.0;
+    for step in 1..=8 {
+        let b = train::make_batch(data, &sched, cfg, step, Device::Cpu, Kind::Float);
+        total += train::loss(unet, &b, &sched, None, 0.0).double_value(&[]);
+    }
+    total / 8.0
+}
+
+#[test]
+fn short_run_lowers_the_loss_for_both_adapters() {
+    let out = scratch("lowers");
+    let mut cfg = config(&out, 30);
+    cfg.train.learning_rate = 1e-3;
+    let dir = ModelDir::open(&cfg.model).unwrap();
+    let opts = RunOptions::default();
+    let data = train::prepare_data(&cfg, &dir, opts, |_| {}).unwrap();
+    let mut unet = load_unet(&dir, opts).unwrap();
+    let identity = train::model_identity(&dir, &mut unet, Kind::Float).unwrap();
+    let before = eval_loss(&cfg, &data, &unet);
+    for kind in AdapterKind::BOTH {
+        adapter::remove_all(&mut unet);
+        let o = train::train_adapter(
+            &cfg, kind, &data, &mut unet, &identity, opts, false, &mut Quiet,
+        )
+        .unwrap();
+        assert_eq!(o.steps_done, 30);
+        let after = eval_loss(&cfg, &data, &unet);
+        println!(
+            "{}: loss on fixed batches {before:.5} -> {after:.5}",
+            kind.label()
+        );
+        assert!(
+            after < before,
+            "{}: loss did not go down ({before} -> {after})",
+            kind.label()
+        );
+        let paths = RunPaths::new(&cfg, kind);
+        assert_eq!(
+            train::loss_log::read_csv(&paths.loss_csv()).unwrap().len(),
+            30
+        );
+        let png = image::open(paths.loss_png()).unwrap();
+        assert!(png.width() > 100);
+        assert!(train::is_current(&cfg, kind, &paths.adapter()));
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn the_same_run_twice_gives_the_same_adapters() {
+    let (a, b) = (scratch("twice-a"), scratch("twice-b"));
+    for out in [&a, &b] {
+        train::train(
+            &config(out, 5),
+            &AdapterKind::BOTH,
+            RunOptions::default(),
+            false,
+            &mut Quiet,
+        )
+        .unwrap();
+    }
+    for kind in AdapterKind::BOTH {
+        let f = format!("{}/adapter.safetensors", kind.name());
+        assert_same_tensors(&a.join(&f), &b.join(&f));
+    }
+    // LoRA and MoSLoRA share the seed's data but differ in the mixer: different results.
+    let lora = tensors(&a.join("lora/adapter.safetensors"));
+    let mos = tensors(&a.join("moslora/adapter.safetensors"));
+    assert_eq!(mos.len(), lora.len() / 2 * 3);
+    let name = lora.keys().find(|k| k.ends_with("lora_B.weight")).unwrap();
+    assert!(!lora[name].equal(&mos[name]));
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}
+
+/// Stops the run before the given step, as Ctrl-C does.
+struct StopAt(u64, u64);
+impl Progress for StopAt {
+    fn step(&mut self, step: u64, _: f32, _: f64) {
+        self.1 = step;
+    }
+    fn should_stop(&self) -> bool {
+        self.1 >= self.0
+    }
+}
+
+#[test]
+fn an_interrupted_and_resumed_run_equals_the_uninterrupted_one() {
+    let (whole, parts) = (scratch("whole"), scratch("parts"));
+    let opts = RunOptions::default();
+    let kinds = [AdapterKind::Moslora];
+    train::train(&config(&whole, 10), &kinds, opts, false, &mut Quiet).unwrap();
+
+    let cfg = config(&parts, 10);
+    let o = train::train(&cfg, &kinds, opts, false, &mut StopAt(4, 0)).unwrap();
+    assert!(o[0].interrupted);
+    assert_eq!(o[0].steps_done, 4);
+    let paths = RunPaths::new(&cfg, AdapterKind::Moslora);
+    assert!(
+        !paths.adapter().exists(),
+        "an interrupted run must not write the final adapter"
+    );
+    assert!(paths.checkpoint().join("state.json").exists());
+
+    let o = train::train(&cfg, &kinds, opts, true, &mut Quiet).unwrap();
+    assert!(!o[0].interrupted);
+    assert_eq!(o[0].steps_done, 10);
+    assert_same_tensors(&whole.join("moslora/adapter.safetensors"), &paths.adapter());
+    assert_eq!(
+        std::fs::read_to_string(whole.join("moslora/loss.csv")).unwrap(),
+        std::fs::read_to_string(paths.loss_csv()).unwrap()
+    );
+    // A checkpoint made with other settings is refused, not silently mixed in.
+    let mut other = config(&parts, 10);
+    other.train.learning_rate = 5e-4;
+    let e = match train::train(&other, &kinds, opts, true, &mut Quiet) {
+        Ok(_) => panic!("resumed across changed settings"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("other settings"), "{e}");
+    std::fs::remove_dir_all(&whole).unwrap();
+    std::fs::remove_dir_all(&parts).unwrap();
+}
+
+/// Run `moslora` with a RUN.yaml; return (success, stderr).
+fn moslora(args: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn write_run(dir: &Path, images: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let yaml = format!(
+        "model: {}\noutput: {}\nsubject:\n  images: {}\ntrain:\n  steps: 2\n  resolution: 64\n  batch_size: 1\n{extra}",
+        tiny_model().display(),
+        dir.join("out").display(),
+        images.display()
+    );
+    let path = dir.join("run.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn assert_refused(run: &Path, expect: &[&str]) {
+    let (ok, err) = moslora(&["train", run.to_str().unwrap()]);
+    assert!(!ok, "expected failure for {}", run.display());
+    for e in expect {
+        assert!(err.contains(e), "stderr lacks {e:?}: {err}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    let out = run.parent().unwrap().join("out");
+    assert!(!out.exists(), "partial output left in {}", out.display());
+}
+
+#[test]
+fn bad_input_is_refused_clearly() {
+    let root = scratch("bad");
+    // An empty image folder.
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_refused(
+        &write_run(&root.join("r1"), &empty, ""),
+        &["subject.images", "is empty"],
+    );
+    // A folder of non-images.
+    let texts = root.join("texts");
+    std::fs::create_dir_all(&texts).unwrap();
+    std::fs::write(texts.join("notes.txt"), "hello").unwrap();
+    assert_refused(&write_run(&root.join("r2"), &texts, ""), &["no photo"]);
+    // An unreadable image.
+    let broken = root.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(
+        repo().join("assets/subject/01_sky.jpg"),
+        broken.join("good.jpg"),
+    )
+    .unwrap();
+    std::fs::write(
+        broken.join("bad.jpg"),
+        b"\xff\xd8\xff\xe0 this is not a jpeg",
+    )
+    .unwrap();
+    assert_refused(
+        &write_run(&root.join("r3"), &broken, ""),
+        &["bad.jpg", "cannot read this image"],
+    );
+    let photos = repo().join("assets/subject");
+    // An unknown YAML field, with the nearest name suggested.
+    assert_refused(
+        &write_run(&root.join("r4"), &photos, "  learning_rat: 0.001\n"),
+        &["learning_rat", "did you mean `learning_rate`?", "run.yaml"],
+    );
+    // A rank of 0.
+    assert_refused(
+        &write_run(&root.join("r5"), &photos, "adapter:\n  rank: 0\n"),
+        &["adapter.rank must be at least 1"],
+    );
+    // A missing model folder.
+    let r6 = write_run(&root.join("r6"), &photos, "");
+    let text = std::fs::read_to_string(&r6)
+        .unwrap()
+        .replace(tiny_model().to_str().unwrap(), "/nonexistent/sdxl");
+    std::fs::write(&r6, text).unwrap();
+    assert_refused(&r6, &["/nonexistent/sdxl", "does not exist"]);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn an_adapter_for_another_model_is_refused() {
+    // A UNet of another architecture (cross-attention width 48 instead of 64), built from
+    // shapes alone, with an adapter saved from it.
+    let mut cfg: UNetConfig = read_json(&tiny_model().join("unet/config.json")).unwrap();
+    cfg.cross_attention_dim = 48;
+    let src = Rc::new(ShapeSource::new());
+    let w = Weights::new(
+        src as Rc<dyn TensorSource>,
+        "unet",
+        Kind::Float,
+        Device::Cpu,
+    );
+    let mut other = UNet2DConditionModel::new(&w, &cfg).unwrap();
+    let acfg = AdapterConfig::default();
+    let layers = adapter::inject(&mut other, &acfg, 0).unwrap();
+    let meta = AdapterMeta {
+        format_version: FORMAT_VERSION,
+        name: "moslora".into(),
+        adapter: acfg,
+        base_model: ModelIdentity {
+            name: "other-sdxl".into(),
+            ..Default::default()
+        },
+        training: serde_json::Value::Null,
+        steps: 0,
+        layers,
+    };
+    let dir = scratch("foreign");
+    let path = dir.join("foreign.safetensors");
+    file::save(&mut other, &meta, &path).unwrap();
+    let png = dir.join("out.png");
+    let (ok, err) = moslora(&[
+        "generate",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--prompt",
+        "a photo of sks toy",
+        "--steps",
+        "2",
+        "--adapter",
+        path.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("does not fit this model")
+            && err.contains("other-sdxl")
+            && err.contains("attn2.to_k"),
+        "{err}"
+    );
+    assert!(!png.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn training_from_the_command_line_writes_adapters_that_render() {
+    let root = scratch("cli");
+    let run = write_run(&root, &repo().join("assets/subject"), "");
+    let (ok, err) = moslora(&["train", run.to_str().unwrap(), "--adapter", "moslora"]);
+    assert!(ok, "{err}");
+    let adapter = root.join("out/moslora/adapter.safetensors");
+    let f = file::AdapterFile::read(&adapter).unwrap();
+    assert_eq!(f.meta.steps, 2);
+    assert_eq!(f.meta.layers, 136);
+    assert!(
+        !root.join("out/lora").exists(),
+        "--adapter moslora trains MoSLoRA only"
+    );
+    let png = root.join("x.png");
+    let (ok, err) = moslora(&[
+        "generate",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--prompt",
+        "a photo of sks toy",
+        "--steps",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(image::open(&png).unwrap().width(), 64);
+    std::fs::remove_dir_all(&root).unwrap();
+}
