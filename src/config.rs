@@ -30,6 +30,60 @@ pub struct RunConfig {
     pub train: Train,
     #[serde(default)]
     pub adapter: AdapterConfig,
+    #[serde(default)]
+    pub render: Render,
+}
+
+/// How `render` and `compare` draw the comparison.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Render {
+    /// A prompt-set file (YAML); default: the bundled 8-prompt study set.
+    #[serde(default)]
+    pub prompts: Option<PathBuf>,
+    /// The named list in the prompt-set file (e.g. `object` or `live`).
+    #[serde(default)]
+    pub set: Option<String>,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    #[serde(default = "default_render_steps")]
+    pub steps: usize,
+    #[serde(default = "default_guidance")]
+    pub guidance: f64,
+    #[serde(default = "default_scheduler")]
+    pub scheduler: String,
+    /// Image size; default: the model's native size.
+    #[serde(default)]
+    pub width: Option<i64>,
+    #[serde(default)]
+    pub height: Option<i64>,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+    /// Add the base model without adapter as a reference column.
+    #[serde(default)]
+    pub include_base: bool,
+    /// Output folder; default: `<output>/renders`.
+    #[serde(default)]
+    pub out: Option<PathBuf>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0, 1, 2, 3]
+}
+fn default_render_steps() -> usize {
+    50
+}
+fn default_guidance() -> f64 {
+    5.0
+}
+fn default_scheduler() -> String {
+    "euler".into()
+}
+
+impl Default for Render {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every field has a default")
+    }
 }
 
 fn default_model() -> PathBuf {
@@ -278,6 +332,12 @@ impl RunConfig {
         if let Some(pp) = &mut self.train.prior_preservation {
             abs(&mut pp.class_images);
         }
+        if let Some(p) = &mut self.render.prompts {
+            abs(p);
+        }
+        if let Some(p) = &mut self.render.out {
+            abs(p);
+        }
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -321,6 +381,11 @@ impl RunConfig {
             }
         }
         Ok(())
+    }
+
+    /// Where renders go.
+    pub fn render_dir(&self) -> PathBuf {
+        self.render.out.clone().unwrap_or_else(|| self.output.join("renders"))
     }
 
     /// The training prompt with "[V]" and "{class}" filled in.

@@ -6,6 +6,7 @@ pub mod error;
 pub mod fsutil;
 pub mod runtime;
 pub mod schedule;
+pub mod render;
 pub mod sdxl;
 pub mod train;
 

@@ -34,6 +34,85 @@ enum Command {
     Generate(GenerateArgs),
     /// Train DreamBooth adapters (LoRA and/or MoSLoRA) on a subject's photos
     Train(TrainArgs),
+    /// Render a prompt set through every adapter side by side: images, grids, gallery
+    Render(RenderArgs),
+    /// Train what is missing or stale, then render: photos to gallery in one command
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    /// The run's configuration
+    run: PathBuf,
+    /// Prompt-set file (YAML), or a bundled set: study8, dreambooth
+    #[arg(long)]
+    prompts: Option<String>,
+    /// Named list in the prompt set (e.g. object, live)
+    #[arg(long)]
+    set: Option<String>,
+    /// Seeds, comma-separated (default: render.seeds, 0,1,2,3)
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// An extra column from an adapter file: NAME=FILE (repeatable)
+    #[arg(long = "adapter", value_name = "NAME=FILE")]
+    adapters: Vec<String>,
+    /// Render only the --adapter columns, not the run's own LoRA and MoSLoRA
+    #[arg(long)]
+    only_adapters: bool,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The run's configuration
+    run: PathBuf,
+}
+
+/// The render progress bar.
+struct RenderBar {
+    bar: Option<ProgressBar>,
+}
+
+impl moslora::render::RenderProgress for RenderBar {
+    fn start(&mut self, total: u64) {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("  render [{bar:30}] {pos}/{len} images {msg} {elapsed} elapsed, {eta} left")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(250));
+        self.bar = Some(bar);
+    }
+    fn image(&mut self, done: u64, label: &str, reused: bool) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+            b.set_message(format!("({label}{})", if reused { ", reused" } else { "" }));
+        }
+    }
+    fn note(&mut self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn print_render_summary(m: &moslora::render::manifest::Manifest, dir: &std::path::Path) {
+    println!(
+        "rendered {} images ({} prompts x {} columns) into {}",
+        m.images.len(),
+        m.prompts.len(),
+        m.adapters.len(),
+        dir.display()
+    );
+    println!("  gallery:       {}", dir.join(&m.gallery).display());
+    println!("  contact sheet: {}", dir.join(&m.contact_sheet).display());
+    println!("  grids:         {}", dir.join("grids").display());
 }
 
 #[derive(Args)]
@@ -194,6 +273,26 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Train(_) => unreachable!("handled in main"),
+        Command::Render(a) => {
+            let cfg = RunConfig::load(&a.run)?;
+            let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+            let extra = a.adapters.iter().map(|s| moslora::render::Column::parse(s)).collect::<Result<Vec<_>>>()?;
+            let plan = moslora::render::plan(&cfg, a.prompts.as_deref(), a.set.as_deref(), a.seeds, extra, a.only_adapters)?;
+            let m = moslora::render::render(&cfg, &plan, opts, &mut RenderBar { bar: None })?;
+            print_render_summary(&m, &plan.out);
+            Ok(())
+        }
+        Command::Compare(a) => {
+            let cfg = RunConfig::load(&a.run)?;
+            let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+            let (outcomes, m) =
+                moslora::render::compare(&cfg, opts, &mut Bar { bar: None }, &mut RenderBar { bar: None })?;
+            for o in &outcomes {
+                println!("{}: trained {} steps in {:.1} s -> {}", o.kind.label(), o.steps_done, o.seconds, o.adapter.display());
+            }
+            print_render_summary(&m, &cfg.render_dir());
+            Ok(())
+        }
         Command::Generate(a) => {
             let opts = a.device.options()?;
             let dir = moslora::sdxl::model_dir::ModelDir::open(&a.model)?;

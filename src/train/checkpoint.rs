@@ -127,3 +127,11 @@ pub fn load(
     }
     Ok(Some(state))
 }
+
+/// Does the checkpoint in `dir` exist and belong to these settings?
+pub fn matches(dir: &Path, fingerprint: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
+        return false;
+    };
+    serde_json::from_str::<State>(&text).is_ok_and(|s| s.fingerprint == fingerprint)
+}

@@ -1,0 +1,148 @@
+//! `index.html`: a self-contained gallery of a render folder (no network, works from
+//! file://): the subject's training photos on top, then one section per prompt with the
+//! adapters side by side, a prompt filter, and click-to-enlarge.
+
+use std::path::Path;
+
+use super::manifest::Manifest;
+use crate::error::Result;
+
+/// Escape text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+const STYLE: &str = r#"
+:root { --ink: #1d232b; --muted: #5b6573; --line: #d9dee5; --bg: #f6f7f9; --accent: #2f6fdd; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--ink); background: var(--bg); }
+header { padding: 20px 28px 8px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+.meta { color: var(--muted); font-size: 13px; }
+.photos { display: flex; gap: 8px; flex-wrap: wrap; margin: 12px 0; }
+.photos img { height: 96px; border-radius: 6px; border: 1px solid var(--line); cursor: zoom-in; }
+.tools { position: sticky; top: 0; background: var(--bg); padding: 10px 28px; border-bottom: 1px solid var(--line); z-index: 2; display: flex; gap: 14px; align-items: center; }
+.tools input { font: inherit; padding: 6px 10px; width: min(480px, 60vw); border: 1px solid var(--line); border-radius: 6px; }
+main { padding: 8px 28px 40px; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px; margin: 16px 0; }
+section h2 { font-size: 16px; margin: 0 0 10px; font-weight: 600; }
+section h2 small { color: var(--muted); font-weight: 400; margin-left: 8px; }
+table { border-collapse: collapse; }
+th { font-size: 13px; color: var(--muted); font-weight: 600; padding: 2px 6px 6px; }
+td { padding: 3px; }
+td.seed { font-size: 12px; color: var(--muted); padding-right: 10px; white-space: nowrap; }
+td img { width: 200px; max-width: 22vw; border-radius: 4px; display: block; cursor: zoom-in; }
+.curve img { max-width: 640px; width: 100%; border: 1px solid var(--line); border-radius: 6px; }
+#box { position: fixed; inset: 0; background: rgba(10,12,16,.88); display: none; align-items: center; justify-content: center; flex-direction: column; z-index: 5; }
+#box.open { display: flex; }
+#box img { max-width: 92vw; max-height: 82vh; image-rendering: auto; border-radius: 6px; }
+#box p { color: #eef; margin: 12px; font-size: 14px; text-align: center; }
+.hidden { display: none; }
+"#;
+
+const SCRIPT: &str = r#"
+const box = document.getElementById('box'), big = document.getElementById('big'), cap = document.getElementById('cap');
+const zoomables = () => Array.from(document.querySelectorAll('img[data-caption]')).filter(i => !i.closest('.hidden'));
+let current = -1;
+function show(i) {
+  const list = zoomables(); if (!list.length) return;
+  current = (i + list.length) % list.length;
+  big.src = list[current].src; cap.textContent = list[current].dataset.caption; box.classList.add('open');
+}
+document.addEventListener('click', e => {
+  const img = e.target.closest('img[data-caption]');
+  if (img && !box.contains(img)) show(zoomables().indexOf(img));
+  else if (box.contains(e.target)) box.classList.remove('open');
+});
+document.addEventListener('keydown', e => {
+  if (!box.classList.contains('open')) return;
+  if (e.key === 'Escape') box.classList.remove('open');
+  if (e.key === 'ArrowRight') show(current + 1);
+  if (e.key === 'ArrowLeft') show(current - 1);
+});
+const filter = document.getElementById('filter'), count = document.getElementById('count');
+function apply() {
+  const q = filter.value.trim().toLowerCase(); let n = 0;
+  document.querySelectorAll('section[data-prompt]').forEach(s => {
+    const hit = !q || s.dataset.prompt.toLowerCase().includes(q);
+    s.classList.toggle('hidden', !hit); n += hit;
+  });
+  count.textContent = n + ' prompt' + (n === 1 ? '' : 's');
+}
+filter.addEventListener('input', apply); apply();
+"#;
+
+/// Write `index.html` into the render folder.
+pub fn write(out: &Path, m: &Manifest) -> Result<()> {
+    let mut h = String::new();
+    let title = format!("{} — {}", m.subject.name, m.adapters.iter().map(|a| a.label.as_str()).collect::<Vec<_>>().join(" vs "));
+    h.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
+    h.push_str(&format!("<title>{}</title><style>{STYLE}</style></head><body>\n", esc(&title)));
+    h.push_str(&format!("<header><h1>{}</h1>", esc(&title)));
+    let s = &m.settings;
+    h.push_str(&format!(
+        "<div class=\"meta\">subject “{}” ({} {}) · model {} · {} steps, guidance {}, {} · {}×{} · same seed, same initial noise in every column</div>",
+        esc(&m.subject.name),
+        esc(&m.subject.identifier),
+        esc(&m.subject.class),
+        esc(&m.model.name),
+        s.steps,
+        s.guidance,
+        esc(&s.scheduler),
+        s.width,
+        s.height
+    ));
+    h.push_str("<div class=\"photos\">");
+    for p in &m.subject.photos {
+        h.push_str(&format!("<img src=\"{}\" alt=\"training photo\" data-caption=\"training photo {}\">", esc(p), esc(p)));
+    }
+    h.push_str("</div>");
+    if let Some(curve) = &m.loss_curve {
+        h.push_str(&format!(
+            "<details class=\"curve\"><summary>training loss</summary><img src=\"{}\" alt=\"loss curves\"></details>",
+            esc(curve)
+        ));
+    }
+    h.push_str("</header>\n<div class=\"tools\"><input id=\"filter\" type=\"search\" placeholder=\"Filter prompts…\" autofocus><span id=\"count\" class=\"meta\"></span>");
+    h.push_str(&format!("<a class=\"meta\" href=\"{}\">contact sheet</a></div>\n<main>\n", esc(&m.contact_sheet)));
+    let seeds: Vec<u64> = {
+        let mut v: Vec<u64> = m.images.iter().map(|i| i.seed).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    for p in &m.prompts {
+        h.push_str(&format!(
+            "<section data-prompt=\"{}\"><h2>{}<small>{}</small></h2><table><tr><th></th>",
+            esc(&p.text),
+            esc(&p.text),
+            esc(&p.id)
+        ));
+        for a in &m.adapters {
+            h.push_str(&format!("<th>{}</th>", esc(&a.label)));
+        }
+        h.push_str("</tr>");
+        for seed in &seeds {
+            h.push_str(&format!("<tr><td class=\"seed\">seed {seed}</td>"));
+            for a in &m.adapters {
+                match m.images.iter().find(|i| i.prompt_id == p.id && i.seed == *seed && i.adapter == a.name) {
+                    Some(i) => h.push_str(&format!(
+                        "<td><img loading=\"lazy\" src=\"{}\" alt=\"{}\" data-caption=\"{} — {} — seed {}\"></td>",
+                        esc(&i.file),
+                        esc(&a.label),
+                        esc(&a.label),
+                        esc(&p.text),
+                        seed
+                    )),
+                    None => h.push_str("<td></td>"),
+                }
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table></section>\n");
+    }
+    h.push_str("</main>\n<div id=\"box\"><img id=\"big\" alt=\"\"><p id=\"cap\"></p></div>\n");
+    h.push_str(&format!("<script>{SCRIPT}</script>\n</body></html>\n"));
+    crate::fsutil::write_bytes(&out.join("index.html"), h.as_bytes())
+}

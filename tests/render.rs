@@ -1,0 +1,267 @@
+//! Side-by-side renders on the tiny model: identical noise across adapters, byte-identical
+//! re-renders, grid layout, a manifest that lists exactly the files there, `compare` that
+//! does not retrain, merged = unmerged, and clear errors for bad input.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::tiny_model;
+use moslora::adapter::{self, file::AdapterFile};
+use moslora::config::RunConfig;
+use moslora::render::manifest::Manifest;
+use moslora::render::picture::GridLayout;
+use moslora::render::{self, Column, RenderProgress};
+use moslora::sdxl::model_dir::ModelDir;
+use moslora::sdxl::pipeline::{seeded_randn, Denoiser, GenerateOptions, RunOptions, TextEncoders};
+use moslora::train::{self, AdapterKind, Quiet};
+use sha2::{Digest, Sha256};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moslora-render-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn config(out: &Path) -> RunConfig {
+    let mut c = RunConfig::default();
+    c.model = tiny_model();
+    c.output = out.to_path_buf();
+    c.subject.images = repo().join("assets/subject");
+    c.subject.class_noun = "toy".into();
+    c.train.steps = 3;
+    c.train.resolution = 64;
+    c.train.batch_size = 2;
+    c.train.crops_per_image = 1;
+    c.train.checkpoint_every = 0;
+    c.render.steps = 4;
+    c.render.width = Some(64);
+    c.render.height = Some(64);
+    c.render.seeds = vec![0, 1];
+    c.render.include_base = true;
+    let prompts = out.join("prompts.yaml");
+    std::fs::write(&prompts, "prompts:\n  - \"a [V] {class} in the snow\"\n  - \"a red [V] {class}\"\n").unwrap();
+    c.render.prompts = Some(prompts);
+    c
+}
+
+/// Trained tiny adapters, shared by the tests of this file (training once keeps them quick).
+fn trained() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = scratch("trained");
+        train::train(&config(&out), &AdapterKind::BOTH, RunOptions::default(), false, &mut Quiet).unwrap();
+        out
+    })
+}
+
+#[derive(Default)]
+struct Recorder {
+    notes: Vec<String>,
+    reused: u64,
+    rendered: u64,
+}
+
+impl RenderProgress for Recorder {
+    fn image(&mut self, _: u64, _: &str, reused: bool) {
+        if reused {
+            self.reused += 1
+        } else {
+            self.rendered += 1
+        }
+    }
+    fn note(&mut self, msg: &str) {
+        self.notes.push(msg.to_string());
+    }
+}
+
+fn render_into(cfg: &RunConfig, out: &Path) -> (Manifest, Recorder) {
+    let mut cfg = cfg.clone();
+    cfg.render.out = Some(out.to_path_buf());
+    let plan = render::plan(&cfg, None, None, None, Vec::new(), false).unwrap();
+    let mut rec = Recorder::default();
+    let m = render::render(&cfg, &plan, RunOptions::default(), &mut rec).unwrap();
+    (m, rec)
+}
+
+fn files_under(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn renders_are_fair_reproducible_and_fully_listed() {
+    let cfg = config(trained());
+    let a = scratch("a");
+    let (m, rec) = render_into(&cfg, &a);
+    assert_eq!(rec.rendered, 2 * 2 * 3);
+    assert_eq!(m.adapters.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["base", "lora", "moslora"]);
+
+    // Same prompt and seed: the same initial noise in every column, and it is torch.randn's.
+    let mut noise: HashMap<(String, u64), BTreeSet<String>> = HashMap::new();
+    for i in &m.images {
+        noise.entry((i.prompt_id.clone(), i.seed)).or_default().insert(i.noise_sha256.clone());
+    }
+    for ((p, seed), hashes) in &noise {
+        assert_eq!(hashes.len(), 1, "{p} seed {seed}: columns started from different noise");
+        let redrawn = seeded_randn(*seed, &[1, 4, 8, 8]);
+        let mut bytes = vec![0u8; 256 * 4];
+        redrawn.copy_data_u8(&mut bytes, 256 * 4);
+        let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert!(hashes.contains(&hex), "{p} seed {seed}: recorded noise is not the re-drawn noise");
+    }
+
+    // The manifest lists every file in the folder and nothing else.
+    let mut listed: BTreeSet<String> = m.files().into_iter().collect();
+    listed.insert("manifest.json".into());
+    assert_eq!(files_under(&a), listed);
+
+    // Grid: expected size and cell layout (columns = adapters, rows = seeds).
+    let layout = GridLayout::new(64, 64, 2, 3);
+    for g in &m.grids {
+        let grid = image::open(a.join(&g.file)).unwrap().to_rgb8();
+        assert_eq!(grid.dimensions(), (layout.width(), layout.height()), "{}", g.file);
+        for (r, seed) in [0u64, 1].iter().enumerate() {
+            for (c, name) in ["base", "lora", "moslora"].iter().enumerate() {
+                let e = m.images.iter().find(|i| i.prompt_id == g.prompt_id && i.seed == *seed && i.adapter == *name).unwrap();
+                let cell = image::open(a.join(&e.file)).unwrap().to_rgb8();
+                let (x, y) = layout.cell_origin(r as u32, c as u32);
+                let crop = image::imageops::crop_imm(&grid, x, y, 64, 64).to_image();
+                assert!(crop == cell, "{}: cell ({r}, {c}) is not {}", g.file, e.file);
+            }
+        }
+    }
+    // The gallery references only files that exist.
+    let html = std::fs::read_to_string(a.join("index.html")).unwrap();
+    for src in html.split("src=\"").skip(1).map(|s| s.split('"').next().unwrap()) {
+        assert!(a.join(src).exists(), "gallery references missing {src}");
+    }
+
+    // Rendering again elsewhere gives byte-identical PNGs.
+    let b = scratch("b");
+    let (m2, _) = render_into(&cfg, &b);
+    for i in &m2.images {
+        assert_eq!(std::fs::read(a.join(&i.file)).unwrap(), std::fs::read(b.join(&i.file)).unwrap(), "{}", i.file);
+    }
+    // Rendering again in place reuses every image.
+    let (_, rec) = render_into(&cfg, &a);
+    assert_eq!((rec.rendered, rec.reused), (0, 12));
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}
+
+#[test]
+fn merged_adapter_renders_like_the_unmerged_one() {
+    let cfg = config(trained());
+    let dir = ModelDir::open(&cfg.model).unwrap();
+    let opts = RunOptions::default();
+    let text = TextEncoders::load(&dir, opts).unwrap();
+    let cond = text.encode("a sks toy in the snow").unwrap();
+    let uncond = text.encode_negative(None, &cond).unwrap();
+    let mut den = Denoiser::load(&dir, opts).unwrap();
+    let path = cfg.output.join("moslora/adapter.safetensors");
+    AdapterFile::read(&path).unwrap().apply(&mut den.unet, 1.0, &path).unwrap();
+    let o = GenerateOptions { steps: 8, guidance: 5.0, width: 64, height: 64, seed: 3 };
+    let noise = den.initial_noise(3, 64, 64).unwrap();
+    let unmerged = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
+    adapter::merge_all(&mut den.unet);
+    let merged = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
+    // Tolerance: 1e-4 in latent space.
+    common::assert_close("merged vs unmerged latents", &merged, &unmerged, 1e-4);
+    adapter::remove_all(&mut den.unet);
+    let base = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
+    println!("adapter effect on latents: {:.3e}", common::max_abs_diff(&base, &unmerged));
+}
+
+#[test]
+fn compare_twice_does_not_retrain() {
+    let out = scratch("compare");
+    let cfg = config(&out);
+    let (trained, m) = render::compare(&cfg, RunOptions::default(), &mut Quiet, &mut Recorder::default()).unwrap();
+    assert_eq!(trained.len(), 2);
+    assert_eq!(m.images.len(), 12);
+    let adapter = out.join("lora/adapter.safetensors");
+    let before = std::fs::metadata(&adapter).unwrap().modified().unwrap();
+    let mut rec = Recorder::default();
+    let (trained, _) = render::compare(&cfg, RunOptions::default(), &mut Quiet, &mut rec).unwrap();
+    assert!(trained.is_empty(), "compare retrained up-to-date adapters");
+    assert_eq!(std::fs::metadata(&adapter).unwrap().modified().unwrap(), before);
+    assert_eq!((rec.rendered, rec.reused), (0, 12));
+    // A changed training setting makes the adapters stale: both retrain.
+    let mut changed = cfg.clone();
+    changed.train.learning_rate = 2e-4;
+    let (trained, _) = render::compare(&changed, RunOptions::default(), &mut Quiet, &mut Recorder::default()).unwrap();
+    assert_eq!(trained.len(), 2);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn render_error(cfg: &RunConfig, prompts: Option<&str>, extra: Vec<Column>) -> String {
+    let plan = match render::plan(cfg, prompts, None, None, extra, false) {
+        Ok(p) => p,
+        Err(e) => return e.to_string(),
+    };
+    match render::render(cfg, &plan, RunOptions::default(), &mut Recorder::default()) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_input_is_refused_clearly() {
+    let cfg = config(trained());
+    let dir = scratch("bad");
+    // A prompt set with no prompts.
+    let empty = dir.join("empty.yaml");
+    std::fs::write(&empty, "prompts: []\n").unwrap();
+    let e = render_error(&cfg, Some(empty.to_str().unwrap()), Vec::new());
+    assert!(e.contains("empty.yaml") && e.contains("no prompts"), "{e}");
+    // An unknown adapter file.
+    let e = render_error(&cfg, None, vec![Column::parse("mine=/nonexistent/adapter.safetensors").unwrap()]);
+    assert!(e.contains("/nonexistent/adapter.safetensors") && e.contains("does not exist"), "{e}");
+    // A read-only output folder: one clear error, and no manifest listing anything.
+    let ro = dir.join("readonly");
+    std::fs::create_dir_all(&ro).unwrap();
+    let mut perms = std::fs::metadata(&ro).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o555);
+    std::fs::set_permissions(&ro, perms).unwrap();
+    // root may write anyway; sysfs refuses even root.
+    let target = if std::fs::write(ro.join("probe"), b"").is_ok() { PathBuf::from("/sys/moslora-renders") } else { ro.clone() };
+    let mut c = cfg.clone();
+    c.render.out = Some(target.clone());
+    let e = render_error(&c, None, Vec::new());
+    assert!(e.contains(target.to_str().unwrap()) && (e.contains("not writable") || e.contains("cannot create")), "{e}");
+    assert!(!target.join("manifest.json").exists());
+    // A prompt without "[V]": a warning, and it still renders.
+    let plain = dir.join("plain.yaml");
+    std::fs::write(&plain, "prompts:\n  - \"a lighthouse at dusk\"\n").unwrap();
+    let mut c = cfg.clone();
+    c.render.out = Some(dir.join("plain"));
+    c.render.seeds = vec![0];
+    let plan = render::plan(&c, Some(plain.to_str().unwrap()), None, None, Vec::new(), false).unwrap();
+    let mut rec = Recorder::default();
+    let m = render::render(&c, &plan, RunOptions::default(), &mut rec).unwrap();
+    assert_eq!(m.images.len(), 3);
+    assert!(rec.notes.iter().any(|n| n.contains("no \"[V]\"")), "{:?}", rec.notes);
+    let mut perms = std::fs::metadata(&ro).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&ro, perms).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
