@@ -124,7 +124,7 @@ fn renders_are_fair_reproducible_and_fully_listed() {
         assert_eq!(hashes.len(), 1, "{p} seed {seed}: columns started from different noise");
         let redrawn = seeded_randn(*seed, &[1, 4, 8, 8]);
         let mut bytes = vec![0u8; 256 * 4];
-        redrawn.copy_data_u8(&mut bytes, 256 * 4);
+        redrawn.copy_data_u8(&mut bytes, 256);
         let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         assert!(hashes.contains(&hex), "{p} seed {seed}: recorded noise is not the re-drawn noise");
     }

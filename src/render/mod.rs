@@ -118,7 +118,7 @@ fn tensor_sha256(t: &Tensor) -> Result<String> {
     let t = t.to_kind(tch::Kind::Float).contiguous();
     let n = t.numel();
     let mut bytes = vec![0u8; n * 4];
-    t.f_copy_data_u8(&mut bytes, n * 4)?;
+    t.f_copy_data_u8(&mut bytes, n)?;
     Ok(sha256_hex(&bytes))
 }
 
