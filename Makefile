@@ -15,14 +15,17 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
 # Pinned: parity is defined against these exact versions.
 TORCH_PKG := torch==2.11.0
+# The rater page's browser test drives Debian's chromium through chromedriver with selenium
+# (4.51.0: 4.52.0 requires a certifi release the registry does not have yet).
+SELENIUM  := selenium==4.51.0
 REF_PKGS  := diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 \
-             accelerate==1.15.0 numpy pillow
+             accelerate==1.15.0 numpy pillow $(SELENIUM)
 # Only the CLIP BPE merges file is needed from open-clip; its own dependencies are not.
 OPENCLIP  := open-clip-torch==3.3.0
 
 BIN := target/release/moslora
 
-.PHONY: all build test demo fixtures venv clean fmt clippy
+.PHONY: all build test demo fixtures venv clean fmt clippy browser
 
 all: build
 
@@ -52,7 +55,17 @@ $(FIXTURES)/.stamp: $(VENV)/.reference $(REF_SCRIPTS) $(wildcard configs/tiny/*/
 
 fixtures: $(FIXTURES)/.stamp
 
-test: $(FIXTURES)/.stamp
+# Chromium for the rater page's test: installed with apt-get when missing (CI runs as root on
+# a fresh Debian machine); selenium also for a .venv made before it joined REF_PKGS.
+$(VENV)/.browser: $(VENV)/.reference
+	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+	$(PY) -m pip install --quiet $(SELENIUM)
+	touch $@
+
+browser: $(VENV)/.browser
+
+test: $(FIXTURES)/.stamp $(VENV)/.browser
 	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release -- --test-threads=1
 
 demo: build

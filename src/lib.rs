@@ -8,6 +8,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod render;
 pub mod sdxl;
+pub mod study;
 pub mod train;
 
 pub use error::{Error, Result};
