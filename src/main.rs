@@ -32,6 +32,12 @@ enum Command {
     InitModel(InitModelArgs),
     /// Render one image from a prompt
     Generate(GenerateArgs),
+    /// Export an adapter as a plain LoRA for ComfyUI, AUTOMATIC1111, Forge or diffusers
+    Export(ExportArgs),
+    /// Merge an adapter into a model's weights, written as a diffusers folder or single file
+    Merge(MergeArgs),
+    /// Convert a model between a single-file checkpoint and a diffusers folder
+    Convert(ConvertArgs),
     /// Train DreamBooth adapters (LoRA and/or MoSLoRA) on a subject's photos
     Train(TrainArgs),
     /// Render a prompt set through every adapter side by side: images, grids, gallery
@@ -167,7 +173,7 @@ impl DeviceArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// SDXL model folder (diffusers layout)
+    /// SDXL model: a diffusers folder or a single-file .safetensors checkpoint
     #[arg(long)]
     model: PathBuf,
     #[arg(long)]
@@ -277,6 +283,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(_) => unreachable!("handled in main"),
         Command::Study(c) => run_study(c),
+        Command::Export(a) => run_export(a),
+        Command::Merge(a) => run_merge(a),
+        Command::Convert(a) => run_convert(a),
         Command::Render(a) => {
             let cfg = RunConfig::load(&a.run)?;
             let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
@@ -509,4 +518,138 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The adapter file (adapter.safetensors from `moslora train`)
+    adapter: PathBuf,
+    /// kohya (ComfyUI, AUTOMATIC1111, Forge; diffusers reads it too) or diffusers (PEFT)
+    #[arg(long)]
+    format: String,
+    /// The model the adapter belongs to, to read its UNet layout (default: SDXL's)
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Configs folder for a single-file --model that is not SDXL base sized
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output .safetensors file
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ModelWriteArgs {
+    /// dtype of the written weights: f32, f16 or bf16 (default: as the source model)
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Configs (and tokenizers) folder for a single-file --model that is not SDXL base sized
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Replace an existing output
+    #[arg(long)]
+    force: bool,
+}
+
+impl ModelWriteArgs {
+    fn options(&self) -> Result<moslora::sdxl::convert::WriteOptions> {
+        Ok(moslora::sdxl::convert::WriteOptions {
+            dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
+            force: self.force,
+        })
+    }
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// SDXL model: a diffusers folder or a single-file .safetensors checkpoint
+    #[arg(long)]
+    model: PathBuf,
+    /// The adapter file to merge
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Strength of the adapter (1.0 = as trained)
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Output: a folder, or a single file if it ends in .safetensors
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    write: ModelWriteArgs,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// SDXL model: a diffusers folder or a single-file .safetensors checkpoint
+    #[arg(long)]
+    model: PathBuf,
+    /// Output: a single file if it ends in .safetensors, else a diffusers folder
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    write: ModelWriteArgs,
+}
+
+fn run_export(a: ExportArgs) -> Result<()> {
+    use moslora::adapter::export::{self, ExportFormat};
+    use moslora::sdxl::sgm_names::Layout;
+    let format = ExportFormat::parse(&a.format)?;
+    let layout = match &a.model {
+        Some(m) => {
+            let dir = moslora::sdxl::convert::open_model(m, a.config.as_deref())?;
+            Layout::unet(&dir.unet_config()?)
+        }
+        None => Layout::sdxl(),
+    };
+    let e = export::export(&a.adapter, format, &a.out, &layout)?;
+    let folded = if e.mixer_folded {
+        ", mixer folded into lora_down"
+    } else {
+        ""
+    };
+    println!(
+        "wrote {} ({} LoRA, {} layers, rank {}, alpha {}{folded})",
+        a.out.display(),
+        format.name(),
+        e.layers,
+        e.rank,
+        e.alpha
+    );
+    Ok(())
+}
+
+fn run_merge(a: MergeArgs) -> Result<()> {
+    let model = moslora::sdxl::convert::open_model(&a.model, a.write.config.as_deref())?;
+    let w =
+        moslora::sdxl::convert::merge(&model, &a.adapter, a.scale, &a.out, &a.write.options()?)?;
+    println!(
+        "wrote {} ({}, {}, {} adapted layers merged at scale {})",
+        w.path.display(),
+        if w.single_file {
+            "single file"
+        } else {
+            "diffusers folder"
+        },
+        moslora::runtime::dtype_name(w.dtype),
+        w.merged_layers,
+        a.scale
+    );
+    Ok(())
+}
+
+fn run_convert(a: ConvertArgs) -> Result<()> {
+    let model = moslora::sdxl::convert::open_model(&a.model, a.write.config.as_deref())?;
+    let w = moslora::sdxl::convert::convert(&model, &a.out, &a.write.options()?)?;
+    println!(
+        "wrote {} ({}, {}, {} tensors)",
+        w.path.display(),
+        if w.single_file {
+            "single file"
+        } else {
+            "diffusers folder"
+        },
+        moslora::runtime::dtype_name(w.dtype),
+        w.tensors
+    );
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! LoRA and MoSLoRA adapters: one code path, `(A, mixer, B, scale)`, where plain LoRA is the
 //! absent mixer. Injected by target name into the frozen SDXL model, without copying it.
 
+pub mod export;
 pub mod file;
 pub mod lowrank;
 

@@ -3,12 +3,15 @@
 pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod convert;
 pub mod embeddings;
 pub mod init_model;
 pub mod model_dir;
 pub mod nn;
 pub mod pipeline;
 pub mod resnet;
+pub mod sgm_names;
+pub mod single_file;
 pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;

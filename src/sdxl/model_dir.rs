@@ -1,6 +1,7 @@
 //! A diffusers-layout SDXL folder: `model_index.json` and one sub-folder per component, each
 //! with its `config.json` and weights as `.safetensors` (whole, `.fp16` variant, or sharded
-//! with an `.index.json`).
+//! with an `.index.json`). A single-file checkpoint (`.safetensors`) is accepted wherever a
+//! folder is: it is read through [`SingleFile`], which serves the same tensor names.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use std::rc::Rc;
 use tch::{Device, Kind};
 
 use super::config::{read_json, ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
+use super::single_file::{is_single_file, SingleFile};
+use super::tokenizer::ClipTokenizer;
 use super::weights::{SafetensorsSource, Weights};
 use crate::error::{Error, Result};
 
@@ -22,11 +25,27 @@ pub const COMPONENTS: &[(&str, &str)] = &[
 
 pub struct ModelDir {
     pub root: PathBuf,
+    /// Set when `root` is a single-file checkpoint rather than a folder.
+    pub single: Option<Rc<SingleFile>>,
 }
 
 impl ModelDir {
-    /// Open a folder and check that every SDXL component is present.
+    /// Open a folder, or a single-file checkpoint, and check that every SDXL component is
+    /// present.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with_configs(root, None)
+    }
+
+    /// `open`, reading a single-file checkpoint with the configs (and tokenizers) of the
+    /// diffusers folder `configs` rather than its own or SDXL base's.
+    pub fn open_with_configs(root: &Path, configs: Option<&Path>) -> Result<Self> {
+        if is_single_file(root) {
+            let single = SingleFile::open(root, configs)?;
+            return Ok(ModelDir {
+                root: root.to_path_buf(),
+                single: Some(Rc::new(single)),
+            });
+        }
         if !root.is_dir() {
             return Err(Error::msg(format!(
                 "model folder {} does not exist: point `model:` (or --model) at a downloaded \
@@ -37,6 +56,7 @@ impl ModelDir {
         }
         let dir = ModelDir {
             root: root.to_path_buf(),
+            single: None,
         };
         let index = root.join("model_index.json");
         if index.exists() {
@@ -72,7 +92,18 @@ impl ModelDir {
         self.root.join(name)
     }
 
+    /// A tokenizer (`tokenizer` or `tokenizer_2`).
+    pub fn tokenizer(&self, name: &str) -> Result<ClipTokenizer> {
+        match &self.single {
+            Some(s) => s.tokenizer(name),
+            None => ClipTokenizer::from_dir(&self.component(name)),
+        }
+    }
+
     pub fn unet_config(&self) -> Result<UNetConfig> {
+        if let Some(s) = &self.single {
+            return s.configs.unet();
+        }
         let path = self.config_path("unet")?;
         let cfg: UNetConfig = read_json(&path)?;
         cfg.validate(&path)?;
@@ -80,14 +111,23 @@ impl ModelDir {
     }
 
     pub fn vae_config(&self) -> Result<VaeConfig> {
+        if let Some(s) = &self.single {
+            return s.configs.vae();
+        }
         read_json(&self.config_path("vae")?)
     }
 
     pub fn text_encoder_config(&self, name: &str) -> Result<ClipTextConfig> {
+        if let Some(s) = &self.single {
+            return s.configs.text_encoder(name);
+        }
         read_json(&self.config_path(name)?)
     }
 
     pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        if let Some(s) = &self.single {
+            return s.configs.scheduler();
+        }
         let path = self.component("scheduler").join("scheduler_config.json");
         if path.exists() {
             read_json(&path)
@@ -111,6 +151,9 @@ impl ModelDir {
     /// The weight files of a component, preferring the `.fp16` variant when the weights will
     /// be half precision anyway (half the bytes to read) and the full file otherwise.
     pub fn weight_files(&self, component: &str, kind: Kind) -> Result<Vec<PathBuf>> {
+        if let Some(s) = &self.single {
+            return Ok(vec![s.path.clone()]);
+        }
         let stem = COMPONENTS
             .iter()
             .find(|(c, _)| *c == component)
@@ -153,8 +196,15 @@ impl ModelDir {
     }
 
     /// The memory-mapped weights of a component, with the alternative spellings real
-    /// checkpoints use mapped onto the names the model code asks for.
+    /// checkpoints use mapped onto the names the model code asks for. Folders only: a single
+    /// file is read through `weights`.
     pub fn source(&self, component: &str, kind: Kind) -> Result<SafetensorsSource> {
+        if self.single.is_some() {
+            return Err(Error::msg(format!(
+                "{}: a single-file checkpoint has no per-component weight files",
+                self.root.display()
+            )));
+        }
         let files = self.weight_files(component, kind)?;
         let mut src = SafetensorsSource::open(&files)?;
         add_aliases(component, &mut src);
@@ -163,6 +213,9 @@ impl ModelDir {
 
     /// A `Weights` root over a component's files.
     pub fn weights(&self, component: &str, kind: Kind, device: Device) -> Result<Weights> {
+        if let Some(s) = &self.single {
+            return s.weights(component, kind, device);
+        }
         let src = self.source(component, kind)?;
         Ok(Weights::new(Rc::new(src), component, kind, device))
     }

@@ -86,8 +86,8 @@ impl PromptEmbeds {
 
 impl TextEncoders {
     pub fn load(dir: &ModelDir, opts: RunOptions) -> Result<Self> {
-        let tokenizer = ClipTokenizer::from_dir(&dir.component("tokenizer"))?;
-        let tokenizer_2 = ClipTokenizer::from_dir(&dir.component("tokenizer_2"))?;
+        let tokenizer = dir.tokenizer("tokenizer")?;
+        let tokenizer_2 = dir.tokenizer("tokenizer_2")?;
         let mut encoders = Vec::new();
         for (name, projection) in [("text_encoder", false), ("text_encoder_2", true)] {
             let cfg = dir.text_encoder_config(name)?;

@@ -1,0 +1,245 @@
+//! Adapters as the plain LoRA files other tools load: kohya's format (ComfyUI, AUTOMATIC1111,
+//! Forge, and diffusers) and diffusers' own PEFT format.
+//!
+//! No loader knows MoSLoRA's mixer: an unknown tensor is skipped, at most with a warning, and
+//! the picture silently comes out wrong. The mixer is therefore folded into the down
+//! projection, `down = M A` (r x in), which is exact: `B (M A) x = B M (A x)`, with the same
+//! rank and alpha. A plain LoRA is exported as it is.
+//!
+//! moslora adapts UNet layers only, so there are no `lora_te1_`/`lora_te2_` text-encoder keys.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::file::AdapterFile;
+use super::LowRankAdapter;
+use crate::error::{Error, Result};
+use crate::sdxl::sgm_names::{unet_path, Layout};
+use crate::sdxl::weights::save_safetensors;
+
+/// The LoRA file layouts moslora writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `lora_unet_<SGM module path>.lora_down.weight` / `.lora_up.weight` / `.alpha`.
+    Kohya,
+    /// `unet.<diffusers module path>.lora_A.weight` / `.lora_B.weight` (PEFT), as
+    /// `StableDiffusionXLPipeline.load_lora_weights` reads natively.
+    Diffusers,
+}
+
+impl ExportFormat {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "kohya" | "comfyui" | "a1111" => Ok(ExportFormat::Kohya),
+            "diffusers" | "peft" => Ok(ExportFormat::Diffusers),
+            _ => Err(Error::msg(format!(
+                "unknown export format {s:?}: expected `kohya` (ComfyUI, AUTOMATIC1111, Forge) \
+                 or `diffusers`"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Kohya => "kohya",
+            ExportFormat::Diffusers => "diffusers",
+        }
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub layers: usize,
+    pub rank: i64,
+    pub alpha: f64,
+    /// A mixer was folded into the down projections.
+    pub mixer_folded: bool,
+}
+
+/// kohya's name of a UNet module: `lora_unet_` and the SGM module path with `.` -> `_`
+/// (`down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q` ->
+/// `lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`).
+pub fn kohya_name(module: &str, layout: &Layout) -> Option<String> {
+    unet_path(module, layout).map(|p| format!("lora_unet_{}", p.replace('.', "_")))
+}
+
+/// Write the adapter at `adapter` as a plain LoRA in `format` to `out` (atomically). `layout`
+/// is the UNet's block structure (SDXL's unless the model says otherwise): kohya names
+/// depend on it.
+pub fn export(
+    adapter: &Path,
+    format: ExportFormat,
+    out: &Path,
+    layout: &Layout,
+) -> Result<Exported> {
+    let file = AdapterFile::read(adapter)?;
+    let meta = &file.meta;
+    let rank = meta.adapter.rank;
+    let alpha = meta.adapter.alpha();
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let f32cpu = |t: Tensor| t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+    for (module, t) in &file.layers {
+        let a = LowRankAdapter::from_tensors(
+            t.a.shallow_clone(),
+            t.b.shallow_clone(),
+            t.mixer.as_ref().map(Tensor::shallow_clone),
+            meta.adapter.mixer.trained(),
+            alpha,
+        );
+        let (down, up) = a.folded();
+        match format {
+            ExportFormat::Kohya => {
+                let key = kohya_name(module, layout).ok_or_else(|| {
+                    Error::msg(format!(
+                        "{}: layer `{module}` has no kohya (SGM) name",
+                        adapter.display()
+                    ))
+                })?;
+                tensors.push((format!("{key}.lora_down.weight"), f32cpu(down)));
+                tensors.push((format!("{key}.lora_up.weight"), f32cpu(up)));
+                // A 0-dimensional tensor, as kohya's `LoRAModule` registers it.
+                tensors.push((format!("{key}.alpha"), Tensor::from(alpha as f32)));
+            }
+            ExportFormat::Diffusers => {
+                // The PEFT layout has no alpha: diffusers then takes alpha = rank, a scale of
+                // 1. For alpha != rank the scale alpha/r is folded into B (up), which keeps the
+                // product scale * B (M A) exact up to one rounding of B.
+                let up = if alpha == rank as f64 {
+                    up
+                } else {
+                    up * (alpha / rank as f64)
+                };
+                tensors.push((format!("unet.{module}.lora_A.weight"), f32cpu(down)));
+                tensors.push((format!("unet.{module}.lora_B.weight"), f32cpu(up)));
+            }
+        }
+    }
+    let mut md = HashMap::new();
+    md.insert("format".to_string(), "pt".to_string());
+    let title = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| meta.name.clone());
+    let provenance = serde_json::json!({
+        "adapter": meta.name, "mixer": meta.adapter.mixer.name(), "mixer_folded":
+        meta.adapter.mixer != super::MixerInit::None, "rank": rank, "alpha": alpha,
+        "steps": meta.steps, "base_model": meta.base_model.name,
+    });
+    md.insert("moslora_export".to_string(), provenance.to_string());
+    if format == ExportFormat::Kohya {
+        md.insert("ss_network_module".into(), "networks.lora".into());
+        md.insert("ss_network_dim".into(), rank.to_string());
+        md.insert("ss_network_alpha".into(), format_alpha(alpha));
+        md.insert("ss_base_model_version".into(), "sdxl_base_v1-0".into());
+        md.insert("ss_v2".into(), "False".into());
+        md.insert("ss_output_name".into(), title.clone());
+        md.insert("ss_steps".into(), meta.steps.to_string());
+        md.insert("modelspec.sai_model_spec".into(), "1.0.0".into());
+        md.insert(
+            "modelspec.architecture".into(),
+            "stable-diffusion-xl-v1-base/lora".into(),
+        );
+        md.insert(
+            "modelspec.implementation".into(),
+            "https://github.com/Stability-AI/generative-models".into(),
+        );
+        md.insert("modelspec.title".into(), title);
+        md.insert("modelspec.date".into(), iso_date_now());
+        if let Some(r) = meta
+            .training
+            .get("train")
+            .and_then(|t| t.get("resolution"))
+            .and_then(|r| r.as_i64())
+        {
+            md.insert("modelspec.resolution".into(), format!("{r}x{r}"));
+        }
+    }
+    save_safetensors(&tensors, Some(md), out)?;
+    Ok(Exported {
+        layers: file.layers.len(),
+        rank,
+        alpha,
+        mixer_folded: meta.adapter.mixer != super::MixerInit::None,
+    })
+}
+
+/// kohya writes alphas as Python floats (`4.0`), or integers for whole numbers in older files;
+/// readers parse either.
+fn format_alpha(alpha: f64) -> String {
+    if alpha.fract() == 0.0 {
+        format!("{alpha:.1}")
+    } else {
+        alpha.to_string()
+    }
+}
+
+/// The current UTC time as ISO 8601 (`2024-05-01T12:34:56`), as the ModelSpec `date` field.
+pub fn iso_date_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kohya_names_use_sgm_blocks() {
+        let l = Layout::sdxl();
+        assert_eq!(
+            kohya_name(
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+                &l
+            )
+            .as_deref(),
+            Some("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q")
+        );
+        assert_eq!(
+            kohya_name(
+                "mid_block.attentions.0.transformer_blocks.9.attn2.to_out.0",
+                &l
+            )
+            .as_deref(),
+            Some("lora_unet_middle_block_1_transformer_blocks_9_attn2_to_out_0")
+        );
+        assert_eq!(
+            kohya_name(
+                "up_blocks.1.attentions.2.transformer_blocks.1.attn2.to_k",
+                &l
+            )
+            .as_deref(),
+            Some("lora_unet_output_blocks_5_1_transformer_blocks_1_attn2_to_k")
+        );
+    }
+
+    #[test]
+    fn iso_date_has_the_iso_shape() {
+        let d = iso_date_now();
+        assert_eq!(d.len(), 19, "{d}");
+        assert_eq!(&d[4..5], "-");
+        assert_eq!(&d[10..11], "T");
+        assert!(d.as_str() > "2024-01-01");
+    }
+}

@@ -1,0 +1,405 @@
+//! Exported LoRA files against the loader artists' tools are tested with: diffusers'
+//! `StableDiffusionXLPipeline.load_lora_weights` (which reads kohya files the way ComfyUI and
+//! AUTOMATIC1111 do, and its own PEFT format). A trained MoSLoRA and a trained LoRA, exported
+//! both ways, must render in diffusers the image moslora renders with the adapter; and the kohya
+//! key names must follow the SGM block numbering for all 560 targets of full-size SDXL.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::rc::Rc;
+
+use common::tiny_model;
+use moslora::adapter::export::{export, kohya_name, ExportFormat};
+use moslora::adapter::file::{self, AdapterFile, AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use moslora::adapter::{self, AdapterConfig, MixerInit};
+use moslora::config::RunConfig;
+use moslora::sdxl::config::{presets, UNetConfig};
+use moslora::sdxl::model_dir::ModelDir;
+use moslora::sdxl::pipeline::{generate_with, load_unet, GenerateOptions, RunOptions};
+use moslora::sdxl::sgm_names::Layout;
+use moslora::sdxl::unet::UNet2DConditionModel;
+use moslora::sdxl::weights::{ShapeSource, TensorSource, Weights};
+use moslora::train::{self, AdapterKind, Quiet, RunPaths};
+use tch::{Device, Kind, Tensor};
+
+const PROMPT: &str = "a photo of sks toy";
+const SEED: u64 = 7;
+const STEPS: usize = 10;
+const SIZE: i64 = 64;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("export-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn options() -> GenerateOptions {
+    GenerateOptions {
+        steps: STEPS,
+        guidance: 5.0,
+        width: SIZE,
+        height: SIZE,
+        seed: SEED,
+    }
+}
+
+/// moslora's render, (H, W, 3) in 0..255.
+fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
+    let image = generate_with(
+        model,
+        PROMPT,
+        None,
+        adapter.map(|p| (p, 1.0)),
+        &options(),
+        RunOptions::default(),
+        |_| {},
+    )
+    .unwrap();
+    image.permute([1, 2, 0]).to_kind(Kind::Float)
+}
+
+fn read_png(path: &Path) -> Tensor {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    Tensor::from_slice(img.as_raw())
+        .reshape([h as i64, w as i64, 3])
+        .to_kind(Kind::Float)
+}
+
+/// Mean absolute difference in 0..255 pixel units.
+fn mean_pixel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().mean(Kind::Double).double_value(&[])
+}
+
+/// Run a reference script with the project's Python.
+fn python(script: &str, args: &[&Path]) {
+    let py = repo().join(".venv/bin/python");
+    let out = Command::new(&py)
+        .arg(repo().join("tests/reference").join(script))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", py.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{script}:\n{text}");
+    assert!(out.status.success(), "{script} failed:\n{text}");
+}
+
+/// An adapter trained a few steps on the tiny model. The learning rate is far above a real
+/// run's so that 4 steps move the picture visibly: an export that lost the adapter must not
+/// pass for one that kept it.
+fn trained(kind: AdapterKind, alpha: Option<f64>, out: &Path) -> PathBuf {
+    let mut c = RunConfig {
+        model: tiny_model(),
+        output: out.to_path_buf(),
+        ..RunConfig::default()
+    };
+    c.subject.images = repo().join("assets/subject");
+    c.subject.class_noun = "toy".into();
+    c.train.steps = 4;
+    c.train.resolution = 64;
+    c.train.batch_size = 1;
+    c.train.checkpoint_every = 0;
+    c.train.learning_rate = 2e-2;
+    c.adapter.alpha = alpha;
+    train::train(&c, &[kind], RunOptions::default(), false, &mut Quiet).unwrap();
+    RunPaths::new(&c, kind).adapter()
+}
+
+/// A MoSLoRA with alpha != rank (scale 2) and random B, saved as `moslora train` saves one.
+fn scaled_moslora(out: &Path) -> PathBuf {
+    let dir = ModelDir::open(&tiny_model()).unwrap();
+    let mut unet = load_unet(&dir, RunOptions::default()).unwrap();
+    let cfg = AdapterConfig {
+        rank: 4,
+        alpha: Some(8.0),
+        mixer: MixerInit::Kaiming,
+        ..AdapterConfig::default()
+    };
+    let layers = adapter::inject(&mut unet, &cfg, 3).unwrap();
+    tch::manual_seed(11);
+    for l in adapter::adapted(&mut unet) {
+        let a = l.adapter.as_mut().unwrap();
+        a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
+    }
+    let meta = AdapterMeta {
+        format_version: FORMAT_VERSION,
+        name: "moslora".into(),
+        adapter: cfg,
+        base_model: ModelIdentity {
+            name: "tiny-sdxl".into(),
+            ..ModelIdentity::default()
+        },
+        training: serde_json::json!({}),
+        steps: 0,
+        layers,
+    };
+    let path = out.join("scaled.safetensors");
+    file::save(&mut unet, &meta, &path).unwrap();
+    path
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The exported factors give exactly the adapter's update `scale * B M A` for every layer.
+fn check_factors(adapter: &Path, kohya: &Path, peft: &Path) {
+    let f = AdapterFile::read(adapter).unwrap();
+    let (k, p) = (tensors(kohya), tensors(peft));
+    let layout = Layout::sdxl();
+    assert_eq!(
+        k.len(),
+        3 * f.layers.len(),
+        "kohya: down, up, alpha per layer"
+    );
+    assert_eq!(p.len(), 2 * f.layers.len(), "diffusers: A, B per layer");
+    let rank = f.meta.adapter.rank as f64;
+    let alpha = f.meta.adapter.alpha();
+    let mut worst: f64 = 0.0;
+    for (module, t) in &f.layers {
+        let down = match &t.mixer {
+            Some(m) => m.matmul(&t.a),
+            None => t.a.shallow_clone(),
+        };
+        let want = t.b.matmul(&down) * (alpha / rank);
+        let key = kohya_name(module, &layout).unwrap();
+        let kd = &k[&format!("{key}.lora_down.weight")];
+        assert!(kd.equal(&down), "{key}: lora_down is not M A");
+        let ka = k[&format!("{key}.alpha")].double_value(&[]);
+        assert_eq!(ka, alpha, "{key}: alpha");
+        let kw = k[&format!("{key}.lora_up.weight")].matmul(kd) * (ka / rank);
+        let pw = p[&format!("unet.{module}.lora_B.weight")]
+            .matmul(&p[&format!("unet.{module}.lora_A.weight")]);
+        let scale = want.abs().max().double_value(&[]).max(1e-12);
+        for got in [kw, pw] {
+            worst = worst.max((got - &want).abs().max().double_value(&[]) / scale);
+        }
+    }
+    println!(
+        "{}: exported updates match scale * B M A within {worst:.1e} (relative)",
+        adapter.display()
+    );
+    assert!(worst < 1e-6, "exported update differs by {worst:e}");
+}
+
+#[test]
+fn exported_loras_render_in_diffusers_like_in_moslora() {
+    let dir = scratch("render");
+    // LoRA with SDXL DreamBooth's usual alpha = rank (scale 1); MoSLoRA with alpha 8 at rank 4
+    // (scale 2), so that both the folded mixer and a scale other than 1 reach diffusers.
+    let lora = trained(AdapterKind::Lora, None, &dir.join("run-lora"));
+    let moslora = trained(AdapterKind::Moslora, Some(8.0), &dir.join("run-moslora"));
+    let base = render(&tiny_model(), None);
+    let mut jobs: Vec<(String, PathBuf, Tensor)> = Vec::new();
+    for (name, adapter) in [("lora", &lora), ("moslora-alpha8", &moslora)] {
+        let ours = render(&tiny_model(), Some(adapter));
+        let moved = mean_pixel_diff(&ours, &base);
+        println!("{name}: the adapter changes the picture by {moved:.2} levels on average");
+        assert!(
+            moved > 1.0,
+            "{name}: the adapter barely changes the picture ({moved:.3}): the test would prove nothing"
+        );
+        let kohya = dir.join(format!("{name}.kohya.safetensors"));
+        let peft = dir.join(format!("{name}.diffusers.safetensors"));
+        let k = export(adapter, ExportFormat::Kohya, &kohya, &Layout::sdxl()).unwrap();
+        export(adapter, ExportFormat::Diffusers, &peft, &Layout::sdxl()).unwrap();
+        assert_eq!(k.mixer_folded, name != "lora");
+        check_factors(adapter, &kohya, &peft);
+        for (format, file) in [("kohya", kohya), ("diffusers", peft)] {
+            jobs.push((format!("{name} as {format}"), file, ours.shallow_clone()));
+        }
+    }
+    // One Python start renders every file.
+    let pngs: Vec<PathBuf> = (0..jobs.len())
+        .map(|i| dir.join(format!("diffusers-{i}.png")))
+        .collect();
+    let model = tiny_model();
+    let (prompt, seed, steps, size) = (
+        PathBuf::from(PROMPT),
+        PathBuf::from(SEED.to_string()),
+        PathBuf::from(STEPS.to_string()),
+        PathBuf::from(SIZE.to_string()),
+    );
+    let mut args: Vec<&Path> = vec![
+        &model, &jobs[0].1, &prompt, &seed, &steps, &size, &size, &pngs[0],
+    ];
+    for (job, png) in jobs.iter().zip(&pngs).skip(1) {
+        args.push(&job.1);
+        args.push(png);
+    }
+    python("check_lora_export.py", &args);
+    for ((what, _, ours), png) in jobs.iter().zip(&pngs) {
+        let theirs = read_png(png);
+        let diff = mean_pixel_diff(ours, &theirs);
+        println!("{what}: diffusers load_lora_weights vs moslora, mean abs pixel difference {diff:.4} (tolerance 1 level of 255)");
+        assert!(
+            diff < 1.0,
+            "{what}: mean abs pixel difference {diff} >= 1/255"
+        );
+    }
+}
+
+#[test]
+fn kohya_metadata_and_cli() {
+    let dir = scratch("cli");
+    let adapter = scaled_moslora(&dir);
+    let out = dir.join("exported.safetensors");
+    let status = Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .arg("export")
+        .arg(&adapter)
+        .args(["--format", "kohya", "--model"])
+        .arg(tiny_model())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let md = meta.metadata().clone().unwrap();
+    for (k, v) in [
+        ("ss_network_module", "networks.lora"),
+        ("ss_network_dim", "4"),
+        ("ss_network_alpha", "8.0"),
+        ("ss_base_model_version", "sdxl_base_v1-0"),
+        ("modelspec.architecture", "stable-diffusion-xl-v1-base/lora"),
+        (
+            "modelspec.implementation",
+            "https://github.com/Stability-AI/generative-models",
+        ),
+        ("modelspec.title", "exported"),
+    ] {
+        assert_eq!(md.get(k).map(String::as_str), Some(v), "metadata {k}");
+    }
+    assert!(md["modelspec.date"].starts_with("20"), "modelspec.date");
+    assert!(
+        !md.contains_key("moslora"),
+        "an export must not pass for a moslora adapter"
+    );
+    // Not a mixer tensor anywhere: loaders would skip it.
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(st.names().iter().all(|n| n.starts_with("lora_unet_")
+        && (n.ends_with(".lora_down.weight")
+            || n.ends_with(".lora_up.weight")
+            || n.ends_with(".alpha"))));
+    let alpha = st
+        .tensors()
+        .into_iter()
+        .find(|(n, _)| n.ends_with(".alpha"))
+        .unwrap()
+        .1;
+    assert!(alpha.shape().is_empty(), "alpha is a 0-dimensional tensor");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .arg("export")
+        .arg(&adapter)
+        .args(["--format", "onnx", "--out"])
+        .arg(dir.join("x.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("unknown export format"), "{err}");
+}
+
+/// The expected kohya name, computed from the SGM rule alone: in SDXL (2 resnets per down
+/// block) `down_blocks.b.attentions.a` is `input_blocks.(3b+a+1).1`, `mid_block.attentions.0`
+/// is `middle_block.1`, `up_blocks.b.attentions.a` is `output_blocks.(3b+a).1`.
+fn expected_kohya(module: &str) -> String {
+    let parts: Vec<&str> = module.splitn(4, '.').collect();
+    let sgm = match parts[0] {
+        "down_blocks" => {
+            let (b, a): (u32, u32) = (
+                parts[1].parse().unwrap(),
+                parts[3].split('.').next().unwrap().parse().unwrap(),
+            );
+            let rest = parts[3].split_once('.').unwrap().1;
+            format!("input_blocks.{}.1.{rest}", 3 * b + a + 1)
+        }
+        "up_blocks" => {
+            let (b, a): (u32, u32) = (
+                parts[1].parse().unwrap(),
+                parts[3].split('.').next().unwrap().parse().unwrap(),
+            );
+            let rest = parts[3].split_once('.').unwrap().1;
+            format!("output_blocks.{}.1.{rest}", 3 * b + a)
+        }
+        "mid_block" => {
+            let rest = module.strip_prefix("mid_block.attentions.0.").unwrap();
+            format!("middle_block.1.{rest}")
+        }
+        other => panic!("unexpected module {other}"),
+    };
+    format!("lora_unet_{}", sgm.replace('.', "_"))
+}
+
+#[test]
+fn kohya_names_follow_sgm_for_all_560_sdxl_targets() {
+    let [unet_json, ..] = presets::texts("sdxl-base").unwrap();
+    let cfg: UNetConfig = serde_json::from_str(unet_json).unwrap();
+    let w = Weights::new(
+        Rc::new(ShapeSource::new()) as Rc<dyn TensorSource>,
+        "unet",
+        Kind::Float,
+        Device::Cpu,
+    );
+    let mut unet = UNet2DConditionModel::new(&w, &cfg).unwrap();
+    let targets = AdapterConfig::default().targets;
+    let modules: Vec<String> = adapter::targeted(&mut unet, &targets)
+        .iter()
+        .map(|l| l.name.clone())
+        .collect();
+    assert_eq!(modules.len(), 560, "SDXL's attention projections");
+    let layout = Layout::unet(&cfg);
+    let mut names = BTreeSet::new();
+    let mut blocks = BTreeSet::new();
+    for m in &modules {
+        let ours = kohya_name(m, &layout).unwrap();
+        assert_eq!(ours, expected_kohya(m), "{m}");
+        blocks.insert(ours.split("_transformer_").next().unwrap().to_string());
+        names.insert(ours);
+    }
+    assert_eq!(names.len(), 560, "kohya names are unique");
+    for known in [
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+        "lora_unet_input_blocks_8_1_transformer_blocks_9_attn2_to_v",
+        "lora_unet_middle_block_1_transformer_blocks_9_attn2_to_out_0",
+        "lora_unet_output_blocks_0_1_transformer_blocks_9_attn1_to_k",
+        "lora_unet_output_blocks_5_1_transformer_blocks_1_attn2_to_out_0",
+    ] {
+        assert!(names.contains(known), "{known}");
+    }
+    // SDXL's attention blocks in SGM numbering: input 4, 5, 7, 8; middle 1; output 0..=5.
+    let want: BTreeSet<String> = [
+        "input_blocks_4_1",
+        "input_blocks_5_1",
+        "input_blocks_7_1",
+        "input_blocks_8_1",
+        "middle_block_1",
+    ]
+    .iter()
+    .map(|s| format!("lora_unet_{s}"))
+    .chain((0..6).map(|i| format!("lora_unet_output_blocks_{i}_1")))
+    .collect();
+    assert_eq!(blocks, want);
+}
