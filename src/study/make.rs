@@ -144,6 +144,8 @@ fn collect(
     let mut pairs = Vec::new();
     for dir in &opts.renders {
         let m = load_manifest(dir)?;
+        // The key names sources by absolute path, so it stays valid wherever tally runs.
+        let dir = &std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
         let a = find_adapter(&m, &opts.a, dir, "--a")?;
         let b = find_adapter(&m, &opts.b, dir, "--b")?;
         if a.name == b.name {
@@ -186,7 +188,7 @@ fn collect(
                 subjects.push(Subject {
                     name: m.subject.name.clone(),
                     class: m.subject.class.clone(),
-                    render_dir: std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+                    render_dir: dir.clone(),
                     photos: m.subject.photos.iter().map(|p| dir.join(p)).collect(),
                 });
                 subjects.len() - 1
