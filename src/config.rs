@@ -99,6 +99,9 @@ fn default_device() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Subject {
+    /// A name for people (galleries, studies); default: the photo folder's name.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Folder of the subject's photos (JPEG, PNG, WebP).
     #[serde(default = "default_images")]
     pub images: PathBuf,
@@ -129,6 +132,7 @@ fn default_prompt() -> String {
 impl Default for Subject {
     fn default() -> Self {
         Subject {
+            name: None,
             images: default_images(),
             identifier: default_identifier(),
             class_noun: default_class(),
@@ -138,6 +142,16 @@ impl Default for Subject {
 }
 
 impl Subject {
+    /// The subject's name for people.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.images
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.class_noun.clone())
+        })
+    }
+
     /// "[V]" becomes the identifier, "{class}" the class noun.
     pub fn fill(&self, template: &str) -> String {
         template

@@ -296,12 +296,7 @@ pub fn render(cfg: &RunConfig, plan: &RenderPlan, opts: RunOptions, progress: &m
     let contact_sheet = write_contact_sheet(out, &grids)?;
     let photos = copy_photos(cfg, out)?;
     let loss_curve = copy_loss_curve(cfg, out)?;
-    let subject_name = cfg
-        .subject
-        .images
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| cfg.subject.class_noun.clone());
+    let subject_name = cfg.subject.display_name();
     let manifest = Manifest {
         format_version: manifest::FORMAT_VERSION,
         subject: Subject {

@@ -94,6 +94,7 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
             chart
                 .configure_mesh()
                 .x_desc("optimizer step")
+                .x_label_formatter(&|x| format!("{}", *x as i64))
                 .y_desc("training loss (MSE)")
                 .label_style(("sans-serif", 14))
                 .draw()
