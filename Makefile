@@ -68,11 +68,10 @@ browser: $(VENV)/.browser
 test: $(FIXTURES)/.stamp $(VENV)/.browser
 	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release -- --test-threads=1
 
+# The whole job on a tiny random model: train LoRA and MoSLoRA (500 steps each), render the
+# comparison, build the blind study kit. Results under target/demo/.
 demo: build
-	$(BIN) init-model --preset tiny --seed 0 --out target/demo/tiny-sdxl
-	$(BIN) generate --model target/demo/tiny-sdxl --prompt "a photo of sks dog" \
-		--seed 0 --steps 20 --out target/demo/generate.png
-	@echo "demo picture: target/demo/generate.png (the tiny model has random weights: expect abstract noise)"
+	$(BIN) demo --out target/demo
 
 fmt:
 	cargo fmt --all

@@ -399,7 +399,10 @@ impl RunConfig {
 
     /// Where renders go.
     pub fn render_dir(&self) -> PathBuf {
-        self.render.out.clone().unwrap_or_else(|| self.output.join("renders"))
+        self.render
+            .out
+            .clone()
+            .unwrap_or_else(|| self.output.join("renders"))
     }
 
     /// The training prompt with "[V]" and "{class}" filled in.
@@ -469,6 +472,23 @@ mod tests {
         );
         let e = RunConfig::parse("adapter:\n  mixr: kaiming\n").unwrap_err();
         assert!(e.contains("did you mean `mixer`?"), "{e}");
+    }
+
+    #[test]
+    fn bundled_run_files_parse() {
+        for (name, text) in [
+            ("demo.yaml", include_str!("../configs/demo.yaml")),
+            (
+                "sdxl-dreambooth.yaml",
+                include_str!("../configs/sdxl-dreambooth.yaml"),
+            ),
+        ] {
+            let c = RunConfig::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.train.steps, 500, "{name}: the paper's recipe");
+            assert_eq!(c.train.batch_size, 4);
+            assert_eq!(c.train.learning_rate, 1e-4);
+        }
     }
 
     #[test]

@@ -2,11 +2,12 @@
 
 pub mod adapter;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod fsutil;
+pub mod render;
 pub mod runtime;
 pub mod schedule;
-pub mod render;
 pub mod sdxl;
 pub mod study;
 pub mod train;

@@ -44,6 +44,8 @@ enum Command {
     Render(RenderArgs),
     /// Train what is missing or stale, then render: photos to gallery in one command
     Compare(CompareArgs),
+    /// The whole job end to end on a tiny random model: train, render, gallery, study kit
+    Demo(DemoArgs),
     /// Blind human evaluation: rater pairs out, votes in, win / tie / loss with statistics
     #[command(subcommand)]
     Study(StudyCommand),
@@ -71,6 +73,57 @@ struct RenderArgs {
 }
 
 #[derive(Args)]
+struct DemoArgs {
+    /// Folder for everything the demo makes
+    #[arg(long, default_value = "moslora-demo")]
+    out: PathBuf,
+    /// Training steps per adapter (default: the recipe's 500)
+    #[arg(long)]
+    train_steps: Option<u64>,
+    /// Sampling steps per image (default: 30)
+    #[arg(long)]
+    render_steps: Option<usize>,
+}
+
+fn print_demo(r: &moslora::demo::DemoReport) {
+    println!();
+    println!("The demo ran end to end on a TINY SDXL-architecture model with RANDOM weights:");
+    println!("its pictures are abstract colour noise and LoRA and MoSLoRA look alike there.");
+    println!("That is expected; for real pictures train on SDXL base 1.0 (README: \"Train on your own photos with SDXL\").");
+    println!();
+    for o in &r.trained {
+        println!(
+            "  {:<8} {} steps in {:.0} s, final loss {:.4}",
+            o.kind.label(),
+            o.steps_done,
+            o.seconds,
+            o.losses.last().copied().unwrap_or(f32::NAN)
+        );
+    }
+    println!("  run config:    {}", r.config_path.display());
+    for a in r.adapters() {
+        println!("  adapter:       {}", a.display());
+    }
+    for c in r.loss_curves() {
+        println!("  loss curve:    {}", c.display());
+    }
+    println!("  grids:         {}", r.render_dir.join("grids").display());
+    println!(
+        "  contact sheet: {}",
+        r.render_dir.join(&r.manifest.contact_sheet).display()
+    );
+    println!("  gallery:       {}", r.gallery().display());
+    println!(
+        "  study page:    {} ({} trials; give the folder to raters)",
+        r.study_dir.join("index.html").display(),
+        r.study_trials
+    );
+    println!("  study key:     {} (keep it apart; tally with: moslora study tally --key {} VOTES.json...)", r.study_key.display(), r.study_key.display());
+    println!();
+    println!("Open the gallery:  xdg-open {}", r.gallery().display());
+}
+
+#[derive(Args)]
 struct CompareArgs {
     /// The run's configuration
     run: PathBuf,
@@ -85,9 +138,11 @@ impl moslora::render::RenderProgress for RenderBar {
     fn start(&mut self, total: u64) {
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("  render [{bar:30}] {pos}/{len} images {msg} {elapsed} elapsed, {eta} left")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "  render [{bar:30}] {pos}/{len} images {msg} {elapsed} elapsed, {eta} left",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(250));
         self.bar = Some(bar);
@@ -289,19 +344,50 @@ fn run(cli: Cli) -> Result<()> {
         Command::Render(a) => {
             let cfg = RunConfig::load(&a.run)?;
             let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
-            let extra = a.adapters.iter().map(|s| moslora::render::Column::parse(s)).collect::<Result<Vec<_>>>()?;
-            let plan = moslora::render::plan(&cfg, a.prompts.as_deref(), a.set.as_deref(), a.seeds, extra, a.only_adapters)?;
+            let extra = a
+                .adapters
+                .iter()
+                .map(|s| moslora::render::Column::parse(s))
+                .collect::<Result<Vec<_>>>()?;
+            let plan = moslora::render::plan(
+                &cfg,
+                a.prompts.as_deref(),
+                a.set.as_deref(),
+                a.seeds,
+                extra,
+                a.only_adapters,
+            )?;
             let m = moslora::render::render(&cfg, &plan, opts, &mut RenderBar { bar: None })?;
             print_render_summary(&m, &plan.out);
+            Ok(())
+        }
+        Command::Demo(a) => {
+            let o = moslora::demo::DemoOptions {
+                dir: a.out,
+                train_steps: a.train_steps,
+                render_steps: a.render_steps,
+            };
+            let r = moslora::demo::run(&o, &mut Bar { bar: None }, &mut RenderBar { bar: None })?;
+            print_demo(&r);
             Ok(())
         }
         Command::Compare(a) => {
             let cfg = RunConfig::load(&a.run)?;
             let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
-            let (outcomes, m) =
-                moslora::render::compare(&cfg, opts, &mut Bar { bar: None }, &mut RenderBar { bar: None })?;
+            let (outcomes, m) = moslora::render::compare(
+                &cfg,
+                opts,
+                &mut Bar { bar: None },
+                &mut RenderBar { bar: None },
+            )?;
             for o in &outcomes {
-                println!("{}: trained {} steps in {:.1} s -> {}", o.kind.label(), o.steps_done, o.seconds, o.adapter.display());
+                println!(
+                    "{}: trained {} steps in {:.1} s -> {}",
+                    o.kind.label(),
+                    o.steps_done,
+                    o.seconds,
+                    o.adapter.display()
+                );
             }
             print_render_summary(&m, &cfg.render_dir());
             Ok(())

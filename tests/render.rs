@@ -47,7 +47,11 @@ fn config(out: &Path) -> RunConfig {
     c.render.seeds = vec![0, 1];
     c.render.include_base = true;
     let prompts = out.join("prompts.yaml");
-    std::fs::write(&prompts, "prompts:\n  - \"a [V] {class} in the snow\"\n  - \"a red [V] {class}\"\n").unwrap();
+    std::fs::write(
+        &prompts,
+        "prompts:\n  - \"a [V] {class} in the snow\"\n  - \"a red [V] {class}\"\n",
+    )
+    .unwrap();
     c.render.prompts = Some(prompts);
     c
 }
@@ -57,7 +61,14 @@ fn trained() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let out = scratch("trained");
-        train::train(&config(&out), &AdapterKind::BOTH, RunOptions::default(), false, &mut Quiet).unwrap();
+        train::train(
+            &config(&out),
+            &AdapterKind::BOTH,
+            RunOptions::default(),
+            false,
+            &mut Quiet,
+        )
+        .unwrap();
         out
     })
 }
@@ -113,20 +124,39 @@ fn renders_are_fair_reproducible_and_fully_listed() {
     let a = scratch("a");
     let (m, rec) = render_into(&cfg, &a);
     assert_eq!(rec.rendered, 2 * 2 * 3);
-    assert_eq!(m.adapters.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["base", "lora", "moslora"]);
+    assert_eq!(
+        m.adapters
+            .iter()
+            .map(|x| x.name.as_str())
+            .collect::<Vec<_>>(),
+        ["base", "lora", "moslora"]
+    );
 
     // Same prompt and seed: the same initial noise in every column, and it is torch.randn's.
     let mut noise: HashMap<(String, u64), BTreeSet<String>> = HashMap::new();
     for i in &m.images {
-        noise.entry((i.prompt_id.clone(), i.seed)).or_default().insert(i.noise_sha256.clone());
+        noise
+            .entry((i.prompt_id.clone(), i.seed))
+            .or_default()
+            .insert(i.noise_sha256.clone());
     }
     for ((p, seed), hashes) in &noise {
-        assert_eq!(hashes.len(), 1, "{p} seed {seed}: columns started from different noise");
+        assert_eq!(
+            hashes.len(),
+            1,
+            "{p} seed {seed}: columns started from different noise"
+        );
         let redrawn = seeded_randn(*seed, &[1, 4, 8, 8]);
         let mut bytes = vec![0u8; 256 * 4];
         redrawn.copy_data_u8(&mut bytes, 256);
-        let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-        assert!(hashes.contains(&hex), "{p} seed {seed}: recorded noise is not the re-drawn noise");
+        let hex: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(
+            hashes.contains(&hex),
+            "{p} seed {seed}: recorded noise is not the re-drawn noise"
+        );
     }
 
     // The manifest lists every file in the folder and nothing else.
@@ -138,20 +168,38 @@ fn renders_are_fair_reproducible_and_fully_listed() {
     let layout = GridLayout::new(64, 64, 2, 3);
     for g in &m.grids {
         let grid = image::open(a.join(&g.file)).unwrap().to_rgb8();
-        assert_eq!(grid.dimensions(), (layout.width(), layout.height()), "{}", g.file);
+        assert_eq!(
+            grid.dimensions(),
+            (layout.width(), layout.height()),
+            "{}",
+            g.file
+        );
         for (r, seed) in [0u64, 1].iter().enumerate() {
             for (c, name) in ["base", "lora", "moslora"].iter().enumerate() {
-                let e = m.images.iter().find(|i| i.prompt_id == g.prompt_id && i.seed == *seed && i.adapter == *name).unwrap();
+                let e = m
+                    .images
+                    .iter()
+                    .find(|i| i.prompt_id == g.prompt_id && i.seed == *seed && i.adapter == *name)
+                    .unwrap();
                 let cell = image::open(a.join(&e.file)).unwrap().to_rgb8();
                 let (x, y) = layout.cell_origin(r as u32, c as u32);
                 let crop = image::imageops::crop_imm(&grid, x, y, 64, 64).to_image();
-                assert!(crop == cell, "{}: cell ({r}, {c}) is not {}", g.file, e.file);
+                assert!(
+                    crop == cell,
+                    "{}: cell ({r}, {c}) is not {}",
+                    g.file,
+                    e.file
+                );
             }
         }
     }
     // The gallery references only files that exist.
     let html = std::fs::read_to_string(a.join("index.html")).unwrap();
-    for src in html.split("src=\"").skip(1).map(|s| s.split('"').next().unwrap()) {
+    for src in html
+        .split("src=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+    {
         assert!(a.join(src).exists(), "gallery references missing {src}");
     }
 
@@ -159,7 +207,12 @@ fn renders_are_fair_reproducible_and_fully_listed() {
     let b = scratch("b");
     let (m2, _) = render_into(&cfg, &b);
     for i in &m2.images {
-        assert_eq!(std::fs::read(a.join(&i.file)).unwrap(), std::fs::read(b.join(&i.file)).unwrap(), "{}", i.file);
+        assert_eq!(
+            std::fs::read(a.join(&i.file)).unwrap(),
+            std::fs::read(b.join(&i.file)).unwrap(),
+            "{}",
+            i.file
+        );
     }
     // Rendering again in place reuses every image.
     let (_, rec) = render_into(&cfg, &a);
@@ -178,8 +231,17 @@ fn merged_adapter_renders_like_the_unmerged_one() {
     let uncond = text.encode_negative(None, &cond).unwrap();
     let mut den = Denoiser::load(&dir, opts).unwrap();
     let path = cfg.output.join("moslora/adapter.safetensors");
-    AdapterFile::read(&path).unwrap().apply(&mut den.unet, 1.0, &path).unwrap();
-    let o = GenerateOptions { steps: 8, guidance: 5.0, width: 64, height: 64, seed: 3 };
+    AdapterFile::read(&path)
+        .unwrap()
+        .apply(&mut den.unet, 1.0, &path)
+        .unwrap();
+    let o = GenerateOptions {
+        steps: 8,
+        guidance: 5.0,
+        width: 64,
+        height: 64,
+        seed: 3,
+    };
     let noise = den.initial_noise(3, 64, 64).unwrap();
     let unmerged = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
     adapter::merge_all(&mut den.unet);
@@ -188,14 +250,23 @@ fn merged_adapter_renders_like_the_unmerged_one() {
     common::assert_close("merged vs unmerged latents", &merged, &unmerged, 1e-4);
     adapter::remove_all(&mut den.unet);
     let base = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
-    println!("adapter effect on latents: {:.3e}", common::max_abs_diff(&base, &unmerged));
+    println!(
+        "adapter effect on latents: {:.3e}",
+        common::max_abs_diff(&base, &unmerged)
+    );
 }
 
 #[test]
 fn compare_twice_does_not_retrain() {
     let out = scratch("compare");
     let cfg = config(&out);
-    let (trained, m) = render::compare(&cfg, RunOptions::default(), &mut Quiet, &mut Recorder::default()).unwrap();
+    let (trained, m) = render::compare(
+        &cfg,
+        RunOptions::default(),
+        &mut Quiet,
+        &mut Recorder::default(),
+    )
+    .unwrap();
     assert_eq!(trained.len(), 2);
     assert_eq!(m.images.len(), 12);
     let adapter = out.join("lora/adapter.safetensors");
@@ -203,12 +274,21 @@ fn compare_twice_does_not_retrain() {
     let mut rec = Recorder::default();
     let (trained, _) = render::compare(&cfg, RunOptions::default(), &mut Quiet, &mut rec).unwrap();
     assert!(trained.is_empty(), "compare retrained up-to-date adapters");
-    assert_eq!(std::fs::metadata(&adapter).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&adapter).unwrap().modified().unwrap(),
+        before
+    );
     assert_eq!((rec.rendered, rec.reused), (0, 12));
     // A changed training setting makes the adapters stale: both retrain.
     let mut changed = cfg.clone();
     changed.train.learning_rate = 2e-4;
-    let (trained, _) = render::compare(&changed, RunOptions::default(), &mut Quiet, &mut Recorder::default()).unwrap();
+    let (trained, _) = render::compare(
+        &changed,
+        RunOptions::default(),
+        &mut Quiet,
+        &mut Recorder::default(),
+    )
+    .unwrap();
     assert_eq!(trained.len(), 2);
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -234,8 +314,15 @@ fn bad_input_is_refused_clearly() {
     let e = render_error(&cfg, Some(empty.to_str().unwrap()), Vec::new());
     assert!(e.contains("empty.yaml") && e.contains("no prompts"), "{e}");
     // An unknown adapter file.
-    let e = render_error(&cfg, None, vec![Column::parse("mine=/nonexistent/adapter.safetensors").unwrap()]);
-    assert!(e.contains("/nonexistent/adapter.safetensors") && e.contains("does not exist"), "{e}");
+    let e = render_error(
+        &cfg,
+        None,
+        vec![Column::parse("mine=/nonexistent/adapter.safetensors").unwrap()],
+    );
+    assert!(
+        e.contains("/nonexistent/adapter.safetensors") && e.contains("does not exist"),
+        "{e}"
+    );
     // A read-only output folder: one clear error, and no manifest listing anything.
     let ro = dir.join("readonly");
     std::fs::create_dir_all(&ro).unwrap();
@@ -243,11 +330,19 @@ fn bad_input_is_refused_clearly() {
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o555);
     std::fs::set_permissions(&ro, perms).unwrap();
     // root may write anyway; sysfs refuses even root.
-    let target = if std::fs::write(ro.join("probe"), b"").is_ok() { PathBuf::from("/sys/moslora-renders") } else { ro.clone() };
+    let target = if std::fs::write(ro.join("probe"), b"").is_ok() {
+        PathBuf::from("/sys/moslora-renders")
+    } else {
+        ro.clone()
+    };
     let mut c = cfg.clone();
     c.render.out = Some(target.clone());
     let e = render_error(&c, None, Vec::new());
-    assert!(e.contains(target.to_str().unwrap()) && (e.contains("not writable") || e.contains("cannot create")), "{e}");
+    assert!(
+        e.contains(target.to_str().unwrap())
+            && (e.contains("not writable") || e.contains("cannot create")),
+        "{e}"
+    );
     assert!(!target.join("manifest.json").exists());
     // A prompt without "[V]": a warning, and it still renders.
     let plain = dir.join("plain.yaml");
@@ -255,11 +350,23 @@ fn bad_input_is_refused_clearly() {
     let mut c = cfg.clone();
     c.render.out = Some(dir.join("plain"));
     c.render.seeds = vec![0];
-    let plan = render::plan(&c, Some(plain.to_str().unwrap()), None, None, Vec::new(), false).unwrap();
+    let plan = render::plan(
+        &c,
+        Some(plain.to_str().unwrap()),
+        None,
+        None,
+        Vec::new(),
+        false,
+    )
+    .unwrap();
     let mut rec = Recorder::default();
     let m = render::render(&c, &plan, RunOptions::default(), &mut rec).unwrap();
     assert_eq!(m.images.len(), 3);
-    assert!(rec.notes.iter().any(|n| n.contains("no \"[V]\"")), "{:?}", rec.notes);
+    assert!(
+        rec.notes.iter().any(|n| n.contains("no \"[V]\"")),
+        "{:?}",
+        rec.notes
+    );
     let mut perms = std::fs::metadata(&ro).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&ro, perms).unwrap();

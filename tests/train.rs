@@ -375,3 +375,55 @@ fn training_from_the_command_line_writes_adapters_that_render() {
     assert_eq!(image::open(&png).unwrap().width(), 64);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn prior_preservation_makes_class_images_and_samples_are_rendered() {
+    let out = scratch("prior");
+    let mut cfg = config(&out, 2);
+    cfg.render.steps = 3;
+    cfg.train.sample_every = 1;
+    cfg.train.prior_preservation = Some(moslora::config::PriorPreservation {
+        class_images: out.join("class"),
+        generate: 2,
+        prompt: "a photo of {class}".into(),
+        weight: 1.0,
+    });
+    let o = train::train(
+        &cfg,
+        &[AdapterKind::Lora],
+        RunOptions::default(),
+        false,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(o[0].losses.iter().all(|l| l.is_finite()));
+    for i in 0..2 {
+        let p = out.join(format!("class/class_{i:04}.png"));
+        assert_eq!(image::open(&p).unwrap().width(), 64, "{}", p.display());
+    }
+    for step in [1, 2] {
+        let p = out.join(format!("lora/samples/step_{step:06}.png"));
+        assert!(image::open(&p).is_ok(), "{}", p.display());
+    }
+    // A second run finds the class images already there and makes none.
+    let before = std::fs::metadata(out.join("class/class_0000.png"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    train::train(
+        &cfg,
+        &[AdapterKind::Lora],
+        RunOptions::default(),
+        false,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::metadata(out.join("class/class_0000.png"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}

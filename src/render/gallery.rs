@@ -9,7 +9,11 @@ use crate::error::Result;
 
 /// Escape text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 const STYLE: &str = r#"
@@ -75,10 +79,21 @@ filter.addEventListener('input', apply); apply();
 /// Write `index.html` into the render folder.
 pub fn write(out: &Path, m: &Manifest) -> Result<()> {
     let mut h = String::new();
-    let title = format!("{} — {}", m.subject.name, m.adapters.iter().map(|a| a.label.as_str()).collect::<Vec<_>>().join(" vs "));
+    let title = format!(
+        "{} — {}",
+        m.subject.name,
+        m.adapters
+            .iter()
+            .map(|a| a.label.as_str())
+            .collect::<Vec<_>>()
+            .join(" vs ")
+    );
     h.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
-    h.push_str(&format!("<title>{}</title><style>{STYLE}</style></head><body>\n", esc(&title)));
+    h.push_str(&format!(
+        "<title>{}</title><style>{STYLE}</style></head><body>\n",
+        esc(&title)
+    ));
     h.push_str(&format!("<header><h1>{}</h1>", esc(&title)));
     let s = &m.settings;
     h.push_str(&format!(
@@ -95,7 +110,11 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
     ));
     h.push_str("<div class=\"photos\">");
     for p in &m.subject.photos {
-        h.push_str(&format!("<img src=\"{}\" alt=\"training photo\" data-caption=\"training photo {}\">", esc(p), esc(p)));
+        h.push_str(&format!(
+            "<img src=\"{}\" alt=\"training photo\" data-caption=\"training photo {}\">",
+            esc(p),
+            esc(p)
+        ));
     }
     h.push_str("</div>");
     if let Some(curve) = &m.loss_curve {
@@ -105,7 +124,10 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
         ));
     }
     h.push_str("</header>\n<div class=\"tools\"><input id=\"filter\" type=\"search\" placeholder=\"Filter prompts…\" autofocus><span id=\"count\" class=\"meta\"></span>");
-    h.push_str(&format!("<a class=\"meta\" href=\"{}\">contact sheet</a></div>\n<main>\n", esc(&m.contact_sheet)));
+    h.push_str(&format!(
+        "<a class=\"meta\" href=\"{}\">contact sheet</a></div>\n<main>\n",
+        esc(&m.contact_sheet)
+    ));
     let seeds: Vec<u64> = {
         let mut v: Vec<u64> = m.images.iter().map(|i| i.seed).collect();
         v.sort();

@@ -38,24 +38,43 @@ pub struct Column {
 
 impl Column {
     pub fn base() -> Self {
-        Column { name: "base".into(), label: "Base".into(), adapter: None }
+        Column {
+            name: "base".into(),
+            label: "Base".into(),
+            adapter: None,
+        }
     }
 
     /// The run's own adapter of `kind`.
     pub fn of_run(cfg: &RunConfig, kind: AdapterKind) -> Self {
-        Column { name: kind.name().into(), label: kind.label().into(), adapter: Some(RunPaths::new(cfg, kind).adapter()) }
+        Column {
+            name: kind.name().into(),
+            label: kind.label().into(),
+            adapter: Some(RunPaths::new(cfg, kind).adapter()),
+        }
     }
 
     /// `NAME=FILE` from the command line.
     pub fn parse(spec: &str) -> Result<Self> {
-        let (name, file) = spec
-            .split_once('=')
-            .ok_or_else(|| Error::msg(format!("--adapter {spec:?}: expected NAME=FILE, e.g. rank16=runs/r16.safetensors")))?;
-        let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let (name, file) = spec.split_once('=').ok_or_else(|| {
+            Error::msg(format!(
+                "--adapter {spec:?}: expected NAME=FILE, e.g. rank16=runs/r16.safetensors"
+            ))
+        })?;
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !ok {
-            return Err(Error::msg(format!("--adapter {spec:?}: NAME may use letters, digits, - and _")));
+            return Err(Error::msg(format!(
+                "--adapter {spec:?}: NAME may use letters, digits, - and _"
+            )));
         }
-        Ok(Column { name: name.to_ascii_lowercase(), label: name.to_string(), adapter: Some(PathBuf::from(file)) })
+        Ok(Column {
+            name: name.to_ascii_lowercase(),
+            label: name.to_string(),
+            adapter: Some(PathBuf::from(file)),
+        })
     }
 }
 
@@ -89,7 +108,12 @@ pub fn plan(
 ) -> Result<RenderPlan> {
     let source = match prompts_source {
         Some(s) => s.to_string(),
-        None => cfg.render.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "study8".into()),
+        None => cfg
+            .render
+            .prompts
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "study8".into()),
     };
     let prompts = prompts::load(&source, set.or(cfg.render.set.as_deref()))?;
     let mut columns = Vec::new();
@@ -107,11 +131,19 @@ pub fn plan(
         }
         columns.push(c);
     }
-    Ok(RenderPlan { prompts, seeds: seeds.unwrap_or_else(|| cfg.render.seeds.clone()), columns, out: cfg.render_dir() })
+    Ok(RenderPlan {
+        prompts,
+        seeds: seeds.unwrap_or_else(|| cfg.render.seeds.clone()),
+        columns,
+        out: cfg.render_dir(),
+    })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn tensor_sha256(t: &Tensor) -> Result<String> {
@@ -125,17 +157,34 @@ fn tensor_sha256(t: &Tensor) -> Result<String> {
 /// Check up front that the output folder can be written, so a read-only folder fails with one
 /// clear message before any work.
 fn check_writable(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::msg(format!("cannot create the render folder {} ({e})", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::msg(format!(
+            "cannot create the render folder {} ({e})",
+            dir.display()
+        ))
+    })?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| Error::msg(format!("the render folder {} is not writable ({e})", dir.display())))?;
+    std::fs::write(&probe, b"").map_err(|e| {
+        Error::msg(format!(
+            "the render folder {} is not writable ({e})",
+            dir.display()
+        ))
+    })?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
 
 /// Render the plan. Returns the manifest written to `plan.out`.
-pub fn render(cfg: &RunConfig, plan: &RenderPlan, opts: RunOptions, progress: &mut dyn RenderProgress) -> Result<Manifest> {
+pub fn render(
+    cfg: &RunConfig,
+    plan: &RenderPlan,
+    opts: RunOptions,
+    progress: &mut dyn RenderProgress,
+) -> Result<Manifest> {
     if plan.columns.is_empty() {
-        return Err(Error::msg("nothing to render: no adapters and no base column"));
+        return Err(Error::msg(
+            "nothing to render: no adapters and no base column",
+        ));
     }
     // Read every adapter before the long work, so a missing or foreign file fails first.
     let mut adapters: Vec<(Column, Option<(AdapterFile, String)>)> = Vec::new();
@@ -193,7 +242,11 @@ pub fn render(cfg: &RunConfig, plan: &RenderPlan, opts: RunOptions, progress: &m
     let prompt_entries: Vec<PromptEntry> = plan
         .prompts
         .iter()
-        .map(|p| PromptEntry { id: p.id.clone(), template: p.template.clone(), text: cfg.subject.fill(&p.template) })
+        .map(|p| PromptEntry {
+            id: p.id.clone(),
+            template: p.template.clone(),
+            text: cfg.subject.fill(&p.template),
+        })
         .collect();
     let embeds: Vec<(PromptEmbeds, PromptEmbeds)> = {
         let text = TextEncoders::load(&dir, opts)?;
@@ -209,7 +262,13 @@ pub fn render(cfg: &RunConfig, plan: &RenderPlan, opts: RunOptions, progress: &m
     let identity = crate::train::model_identity(&dir, &mut den.unet, opts.dtype)?;
 
     let previous: HashMap<String, ImageEntry> = Manifest::read(out)
-        .map(|m| m.images.into_iter().filter(|i| out.join(&i.file).exists()).map(|i| (i.key.clone(), i)).collect())
+        .map(|m| {
+            m.images
+                .into_iter()
+                .filter(|i| out.join(&i.file).exists())
+                .map(|i| (i.key.clone(), i))
+                .collect()
+        })
         .unwrap_or_default();
 
     let total = (plan.columns.len() * plan.prompts.len() * plan.seeds.len()) as u64;
@@ -271,7 +330,10 @@ pub fn render(cfg: &RunConfig, plan: &RenderPlan, opts: RunOptions, progress: &m
                     ("prompt", p.text.clone()),
                     ("seed", seed.to_string()),
                     ("adapter", column.label.clone()),
-                    ("settings", serde_json::to_string(&settings).expect("serialisable")),
+                    (
+                        "settings",
+                        serde_json::to_string(&settings).expect("serialisable"),
+                    ),
                 ];
                 picture::write_png(&out.join(&file), &img, &meta)?;
                 images.push(ImageEntry {
@@ -329,8 +391,10 @@ fn write_grids(
     prompts: &[PromptEntry],
     images: &[ImageEntry],
 ) -> Result<Vec<GridEntry>> {
-    let by_key: HashMap<(&str, u64, &str), &ImageEntry> =
-        images.iter().map(|i| ((i.prompt_id.as_str(), i.seed, i.adapter.as_str()), i)).collect();
+    let by_key: HashMap<(&str, u64, &str), &ImageEntry> = images
+        .iter()
+        .map(|i| ((i.prompt_id.as_str(), i.seed, i.adapter.as_str()), i))
+        .collect();
     let mut grids = Vec::new();
     for p in prompts {
         let mut rows = Vec::new();
@@ -350,7 +414,10 @@ fn write_grids(
         let (page, _) = picture::grid(&p.text, &cols, &row_labels, &rows);
         let file = format!("grids/{}.png", p.id);
         picture::write_png(&out.join(&file), &page, &[("prompt", p.text.clone())])?;
-        grids.push(GridEntry { prompt_id: p.id.clone(), file });
+        grids.push(GridEntry {
+            prompt_id: p.id.clone(),
+            file,
+        });
     }
     Ok(grids)
 }
@@ -359,18 +426,31 @@ fn write_grids(
 fn write_contact_sheet(out: &Path, grids: &[GridEntry]) -> Result<String> {
     let imgs: Vec<RgbImage> = grids
         .iter()
-        .map(|g| image::open(out.join(&g.file)).map(|i| i.to_rgb8()).map_err(|e| Error::msg(format!("{}: {e}", g.file))))
+        .map(|g| {
+            image::open(out.join(&g.file))
+                .map(|i| i.to_rgb8())
+                .map_err(|e| Error::msg(format!("{}: {e}", g.file)))
+        })
         .collect::<Result<_>>()?;
     let (w, h) = imgs[0].dimensions();
     let scale = (600.0 / w.max(h) as f64).min(1.0);
     let (tw, th) = ((w as f64 * scale) as u32, (h as f64 * scale) as u32);
     let cols = (imgs.len() as f64).sqrt().ceil() as u32;
     let rows = (imgs.len() as u32).div_ceil(cols);
-    let mut sheet = RgbImage::from_pixel(cols * (tw + 8) + 8, rows * (th + 8) + 8, image::Rgb([235, 235, 235]));
+    let mut sheet = RgbImage::from_pixel(
+        cols * (tw + 8) + 8,
+        rows * (th + 8) + 8,
+        image::Rgb([235, 235, 235]),
+    );
     for (i, img) in imgs.iter().enumerate() {
         let small = image::imageops::resize(img, tw, th, image::imageops::FilterType::Triangle);
         let (c, r) = (i as u32 % cols, i as u32 / cols);
-        image::imageops::replace(&mut sheet, &small, (8 + c * (tw + 8)) as i64, (8 + r * (th + 8)) as i64);
+        image::imageops::replace(
+            &mut sheet,
+            &small,
+            (8 + c * (tw + 8)) as i64,
+            (8 + r * (th + 8)) as i64,
+        );
     }
     let file = "contact_sheet.png".to_string();
     picture::write_png(&out.join(&file), &sheet, &[])?;
@@ -383,15 +463,19 @@ fn copy_photos(cfg: &RunConfig, out: &Path) -> Result<Vec<String>> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| crate::train::dataset::PHOTO_EXTENSIONS.contains(&e.to_lowercase().as_str()))
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                crate::train::dataset::PHOTO_EXTENSIONS.contains(&e.to_lowercase().as_str())
+            })
         })
         .collect();
     names.sort();
     let mut rel = Vec::new();
     for p in names {
-        let name = p.file_name().expect("a file").to_string_lossy().into_owned();
+        let name = p
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
         let dest = out.join("photos").join(&name);
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
         crate::fsutil::write_bytes(&dest, &bytes)?;
@@ -415,7 +499,10 @@ fn copy_loss_curve(cfg: &RunConfig, out: &Path) -> Result<Option<String>> {
 fn remove_stale(out: &Path, m: &Manifest) -> Result<()> {
     let keep: std::collections::HashSet<String> = m.files().into_iter().collect();
     for sub in ["images", "grids", "photos"] {
-        for e in std::fs::read_dir(out.join(sub)).map_err(|e| Error::io(&out.join(sub), e))?.flatten() {
+        for e in std::fs::read_dir(out.join(sub))
+            .map_err(|e| Error::io(&out.join(sub), e))?
+            .flatten()
+        {
             let rel = format!("{sub}/{}", e.file_name().to_string_lossy());
             if !keep.contains(&rel) {
                 let _ = std::fs::remove_file(e.path());
@@ -433,20 +520,27 @@ pub fn compare(
     train_progress: &mut dyn crate::train::Progress,
     render_progress: &mut dyn RenderProgress,
 ) -> Result<(Vec<crate::train::TrainOutcome>, Manifest)> {
-    let stale: Vec<AdapterKind> =
-        AdapterKind::BOTH.into_iter().filter(|&k| !crate::train::is_current(cfg, k, &RunPaths::new(cfg, k).adapter())).collect();
+    let stale: Vec<AdapterKind> = AdapterKind::BOTH
+        .into_iter()
+        .filter(|&k| !crate::train::is_current(cfg, k, &RunPaths::new(cfg, k).adapter()))
+        .collect();
     let mut outcomes = Vec::new();
     if !stale.is_empty() {
         for &k in &stale {
             // A checkpoint of other settings cannot be resumed: start that adapter afresh.
             let ckpt = RunPaths::new(cfg, k).checkpoint();
-            if !crate::train::checkpoint::matches(&ckpt, &crate::train::training_fingerprint(cfg, k)) {
+            if !crate::train::checkpoint::matches(
+                &ckpt,
+                &crate::train::training_fingerprint(cfg, k),
+            ) {
                 let _ = std::fs::remove_dir_all(&ckpt);
             }
         }
         outcomes = crate::train::train(cfg, &stale, opts, true, train_progress)?;
         if outcomes.iter().any(|o| o.interrupted) {
-            return Err(Error::msg("training was interrupted; run the same command again to continue"));
+            return Err(Error::msg(
+                "training was interrupted; run the same command again to continue",
+            ));
         }
     } else {
         render_progress.note("LoRA and MoSLoRA adapters are up to date: not retraining");

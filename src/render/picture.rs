@@ -32,7 +32,9 @@ pub fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, size: f32, colo
         let id = f.glyph_id(c);
         let glyph = id.with_scale_and_position(scale, ab_glyph::point(caret, baseline));
         caret += sf.h_advance(id);
-        let Some(outlined) = f.outline_glyph(glyph) else { continue };
+        let Some(outlined) = f.outline_glyph(glyph) else {
+            continue;
+        };
         let b = outlined.px_bounds();
         outlined.draw(|gx, gy, cov| {
             let (px, py) = (b.min.x as i64 + gx as i64, b.min.y as i64 + gy as i64);
@@ -71,8 +73,11 @@ pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
             enc.add_text_chunk(k.to_string(), v.clone())
                 .map_err(|e| Error::msg(format!("PNG text chunk {k}: {e}")))?;
         }
-        let mut w = enc.write_header().map_err(|e| Error::msg(format!("PNG: {e}")))?;
-        w.write_image_data(img.as_raw()).map_err(|e| Error::msg(format!("PNG: {e}")))?;
+        let mut w = enc
+            .write_header()
+            .map_err(|e| Error::msg(format!("PNG: {e}")))?;
+        w.write_image_data(img.as_raw())
+            .map_err(|e| Error::msg(format!("PNG: {e}")))?;
     }
     Ok(out)
 }
@@ -109,7 +114,15 @@ pub struct GridLayout {
 impl GridLayout {
     pub fn new(cell_w: u32, cell_h: u32, rows: u32, cols: u32) -> Self {
         let label = (cell_w.min(cell_h) / 8).clamp(12, 28);
-        GridLayout { cell_w, cell_h, rows, cols, left: label * 4, top: label * 4, gap: 4 }
+        GridLayout {
+            cell_w,
+            cell_h,
+            rows,
+            cols,
+            left: label * 4,
+            top: label * 4,
+            gap: 4,
+        }
     }
     pub fn label_size(&self) -> f32 {
         (self.cell_w.min(self.cell_h) / 8).clamp(12, 28) as f32
@@ -122,7 +135,10 @@ impl GridLayout {
     }
     /// Top-left pixel of cell (row, col).
     pub fn cell_origin(&self, row: u32, col: u32) -> (u32, u32) {
-        (self.left + self.gap + col * (self.cell_w + self.gap), self.top + self.gap + row * (self.cell_h + self.gap))
+        (
+            self.left + self.gap + col * (self.cell_w + self.gap),
+            self.top + self.gap + row * (self.cell_h + self.gap),
+        )
     }
 }
 
@@ -140,17 +156,38 @@ pub fn grid(
     let size = layout.label_size();
     let ink = Rgb([20, 20, 20]);
     let title = fit_text(title, size, (layout.width() - 2 * layout.gap) as f32);
-    draw_text(&mut page, &title, layout.gap as f32 + 2.0, size * 0.3, size, ink);
+    draw_text(
+        &mut page,
+        &title,
+        layout.gap as f32 + 2.0,
+        size * 0.3,
+        size,
+        ink,
+    );
     for (c, label) in col_labels.iter().enumerate() {
         let (x, _) = layout.cell_origin(0, c as u32);
         let text = fit_text(label, size, cw as f32);
         let w = text_width(&text, size);
-        draw_text(&mut page, &text, x as f32 + (cw as f32 - w) / 2.0, layout.top as f32 - size * 1.5, size, ink);
+        draw_text(
+            &mut page,
+            &text,
+            x as f32 + (cw as f32 - w) / 2.0,
+            layout.top as f32 - size * 1.5,
+            size,
+            ink,
+        );
     }
     for (r, row) in cells.iter().enumerate() {
         let (_, y) = layout.cell_origin(r as u32, 0);
         let text = fit_text(&row_labels[r], size * 0.8, (layout.left - 6) as f32);
-        draw_text(&mut page, &text, 4.0, y as f32 + ch as f32 / 2.0 - size * 0.5, size * 0.8, ink);
+        draw_text(
+            &mut page,
+            &text,
+            4.0,
+            y as f32 + ch as f32 / 2.0 - size * 0.5,
+            size * 0.8,
+            ink,
+        );
         for (c, img) in row.iter().enumerate() {
             let (x, y) = layout.cell_origin(r as u32, c as u32);
             image::imageops::replace(&mut page, img, x as i64, y as i64);

@@ -35,7 +35,10 @@ pub fn load(source: &str, set: Option<&str>) -> Result<Vec<PromptTemplate>> {
                     names.join(", ")
                 )));
             }
-            (crate::fsutil::read_to_string(path)?, path.display().to_string())
+            (
+                crate::fsutil::read_to_string(path)?,
+                path.display().to_string(),
+            )
         }
     };
     parse(&text, set).map_err(|e| Error::msg(format!("{origin}: {e}")))
@@ -74,14 +77,21 @@ pub fn parse(text: &str, set: Option<&str>) -> std::result::Result<Vec<PromptTem
             ));
         }
     };
-    let list: Vec<String> = list.into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect();
+    let list: Vec<String> = list
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
     if list.is_empty() {
         return Err("has no prompts".into());
     }
     Ok(list
         .into_iter()
         .enumerate()
-        .map(|(i, template)| PromptTemplate { id: format!("p{i:02}"), template })
+        .map(|(i, template)| PromptTemplate {
+            id: format!("p{i:02}"),
+            template,
+        })
         .collect())
 }
 
@@ -100,8 +110,14 @@ mod tests {
 
     #[test]
     fn empty_and_wrong_sets_are_refused() {
-        assert!(parse("prompts: []\n", None).unwrap_err().contains("no prompts"));
-        assert!(parse("object: [a]\nlive: [b]\n", Some("x")).unwrap_err().contains("no list named `x`"));
-        assert!(parse("- a\n- b\n", None).unwrap_err().contains("not a prompt set"));
+        assert!(parse("prompts: []\n", None)
+            .unwrap_err()
+            .contains("no prompts"));
+        assert!(parse("object: [a]\nlive: [b]\n", Some("x"))
+            .unwrap_err()
+            .contains("no list named `x`"));
+        assert!(parse("- a\n- b\n", None)
+            .unwrap_err()
+            .contains("not a prompt set"));
     }
 }

@@ -134,6 +134,68 @@ pub struct TrainData {
     /// Class images for prior preservation, their prompt, and the loss weight.
     pub class: Option<(Vec<Example>, PromptEmbeds, f64)>,
     pub scaling_factor: f64,
+    /// Kept only when `train.sample_every` asks for sample renders during training.
+    pub sampler: Option<Sampler>,
+}
+
+/// What sample renders during training need besides the UNet.
+pub struct Sampler {
+    pub vae: AutoencoderKL,
+    pub uncond: PromptEmbeds,
+    pub scheduler: crate::sdxl::config::SchedulerConfig,
+}
+
+/// Make class images with the base model until `class_images` holds `generate` of them
+/// (prior preservation), as diffusers' DreamBooth script does.
+fn generate_class_images(
+    cfg: &RunConfig,
+    dir: &ModelDir,
+    text: &TextEncoders,
+    opts: RunOptions,
+    note: &mut impl FnMut(&str),
+) -> Result<()> {
+    let Some(pp) = &cfg.train.prior_preservation else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&pp.class_images).map_err(|e| Error::io(&pp.class_images, e))?;
+    let have = std::fs::read_dir(&pp.class_images)
+        .map_err(|e| Error::io(&pp.class_images, e))?
+        .flatten()
+        .filter(|e| {
+            e.path()
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| dataset::PHOTO_EXTENSIONS.contains(&x.to_lowercase().as_str()))
+        })
+        .count();
+    if have >= pp.generate {
+        return Ok(());
+    }
+    let prompt = cfg.subject.fill(&pp.prompt);
+    note(&format!(
+        "prior preservation: making {} class images of {prompt:?} with the base model in {}",
+        pp.generate - have,
+        pp.class_images.display()
+    ));
+    let cond = text.encode(&prompt)?;
+    let uncond = text.encode_negative(None, &cond)?;
+    let den = crate::sdxl::pipeline::Denoiser::load(dir, opts)?;
+    let size = cfg.train.resolution;
+    for i in have..pp.generate {
+        let o = crate::sdxl::pipeline::GenerateOptions {
+            steps: cfg.render.steps,
+            guidance: cfg.render.guidance,
+            width: size,
+            height: size,
+            seed: cfg.seed.wrapping_add(i as u64),
+        };
+        let noise = den.initial_noise(o.seed, size, size)?;
+        let latents = den.sample(&cond, &uncond, &noise, &o, |_| {})?;
+        let img = crate::render::picture::from_tensor(&den.decode(&latents))?;
+        let path = pp.class_images.join(format!("class_{i:04}.png"));
+        crate::render::picture::write_png(&path, &img, &[("prompt", prompt.clone())])?;
+    }
+    Ok(())
 }
 
 /// Load the photos, embed the prompts and encode the latents. The text encoders and the VAE
@@ -158,6 +220,8 @@ pub fn prepare_data(
         Some(pp) => Some(text.encode(&cfg.subject.fill(&pp.prompt))?),
         None => None,
     };
+    generate_class_images(cfg, dir, &text, opts, &mut note)?;
+    let uncond = text.encode_negative(None, &instance_prompt)?;
     drop(text);
 
     let w = dir.weights("vae", Kind::Float, opts.device)?;
@@ -196,11 +260,22 @@ pub fn prepare_data(
         }
         _ => None,
     };
+    let scaling_factor = vae.scaling_factor();
+    let sampler = if cfg.train.sample_every > 0 {
+        Some(Sampler {
+            vae,
+            uncond,
+            scheduler: dir.scheduler_config()?,
+        })
+    } else {
+        None
+    };
     Ok(TrainData {
         instance,
         instance_prompt,
         class,
-        scaling_factor: vae.scaling_factor(),
+        scaling_factor,
+        sampler,
     })
 }
 
@@ -435,16 +510,11 @@ pub fn train_adapter(
     let mut losses: Vec<f32> = Vec::new();
     let mut lrs: Vec<f64> = Vec::new();
     if resume {
-        match checkpoint::load(&paths.checkpoint(), &fingerprint, unet, &mut opt)? {
-            Some(state) => {
-                losses = state.losses;
-                lrs = state.learning_rates;
-                progress.note(&format!("{}: resuming at step {}", kind.label(), opt.step));
-            }
-            None => progress.note(&format!(
-                "{}: no checkpoint to resume from, starting afresh",
-                kind.label()
-            )),
+        // No checkpoint (a first run, or `compare` starting afresh): train from step 0.
+        if let Some(state) = checkpoint::load(&paths.checkpoint(), &fingerprint, unet, &mut opt)? {
+            losses = state.losses;
+            lrs = state.learning_rates;
+            progress.note(&format!("{}: resuming at step {}", kind.label(), opt.step));
         }
     } else {
         // A fresh run must not leave an older run's checkpoint to be resumed later.
@@ -510,6 +580,18 @@ pub fn train_adapter(
             .copied()
             .unwrap_or(value as f64);
         progress.step(step, value, smoothed);
+        if let Some(s) = &data.sampler {
+            if step % cfg.train.sample_every == 0 || step == total {
+                write_sample(
+                    cfg,
+                    data,
+                    s,
+                    unet,
+                    opts,
+                    &paths.samples().join(format!("step_{step:06}.png")),
+                )?;
+            }
+        }
         let every = cfg.train.checkpoint_every;
         if every > 0 && step % every == 0 && step < total {
             checkpoint::save(
@@ -554,6 +636,41 @@ pub fn train_adapter(
         layers,
         parameters: n_params,
     })
+}
+
+/// A sample render of the training prompt with the adapter as it is now (seed 0, unmerged).
+fn write_sample(
+    cfg: &RunConfig,
+    data: &TrainData,
+    s: &Sampler,
+    unet: &UNet2DConditionModel,
+    opts: RunOptions,
+    path: &Path,
+) -> Result<()> {
+    let size = cfg.train.resolution;
+    let o = crate::sdxl::pipeline::GenerateOptions {
+        steps: cfg.render.steps.min(30),
+        guidance: cfg.render.guidance,
+        width: size,
+        height: size,
+        seed: 0,
+    };
+    let noise = crate::sdxl::pipeline::seeded_randn(0, &[1, 4, size / 8, size / 8]);
+    let latents = crate::sdxl::pipeline::sample_latents(
+        unet,
+        &s.scheduler,
+        opts,
+        &data.instance_prompt,
+        &s.uncond,
+        &noise,
+        &o,
+        |_| {},
+    )?;
+    let _guard = tch::no_grad_guard();
+    let rgb =
+        crate::sdxl::pipeline::to_rgb8(&s.vae.decode(&(latents / data.scaling_factor)).get(0));
+    let img = crate::render::picture::from_tensor(&rgb)?;
+    crate::render::picture::write_png(path, &img, &[("prompt", cfg.instance_prompt())])
 }
 
 /// Is the adapter at `path` finished and trained with exactly these settings?
