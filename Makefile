@@ -66,7 +66,7 @@ $(VENV)/.browser: $(VENV)/.reference
 browser: $(VENV)/.browser
 
 test: $(FIXTURES)/.stamp $(VENV)/.browser
-	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release -- --test-threads=1
+	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release --no-fail-fast -- --test-threads=1
 
 # The whole job on a tiny random model: train LoRA and MoSLoRA (500 steps each), render the
 # comparison, build the blind study kit. Results under target/demo/.

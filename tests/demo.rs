@@ -13,8 +13,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Every `src="..."` / `href="..."` of a page that is a relative path must exist.
-fn assert_references_exist(page: &Path) {
+/// Every `src="..."` / `href="..."` of a page that is a relative path must exist; returns how
+/// many there are.
+fn assert_references_exist(page: &Path) -> usize {
     let html = std::fs::read_to_string(page).unwrap();
     let dir = page.parent().unwrap();
     let mut n = 0;
@@ -36,7 +37,7 @@ fn assert_references_exist(page: &Path) {
             n += 1;
         }
     }
-    assert!(n > 0, "{} references no file at all", page.display());
+    n
 }
 
 fn assert_png(path: &Path) {
@@ -91,9 +92,10 @@ fn demo_makes_every_promised_output() {
             assert_png(&p);
         }
     }
-    assert_references_exist(&renders.join("index.html"));
+    assert!(assert_references_exist(&renders.join("index.html")) > m.images.len());
 
-    // The study kit: the page's references exist, and the key matches the study folder.
+    // The study kit: the page's references exist (its images are listed in its embedded trial
+    // data, checked below through the key), and the key matches the study folder.
     let study = out.join("study");
     assert_references_exist(&study.join("index.html"));
     let key: serde_json::Value =
@@ -200,7 +202,7 @@ fn readme_documents_every_subcommand() {
     // And nothing documented that does not exist.
     for part in readme.split("`moslora ").skip(1) {
         let word = part.split([' ', '`']).next().unwrap();
-        if word.starts_with('-') || word.is_empty() {
+        if word.starts_with('-') || word.is_empty() || word.chars().all(|c| c.is_ascii_uppercase()) {
             continue;
         }
         assert!(
