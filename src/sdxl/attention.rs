@@ -197,17 +197,28 @@ impl Transformer2DModel {
 
     /// `x`: `(B, C, H, W)`; `context`: `(B, M, cross_attention_dim)`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let mut hs = self.project_in(x);
+        for block in &self.transformer_blocks {
+            hs = block.forward(&hs, context);
+        }
+        self.project_out(&hs, x)
+    }
+
+    /// The feature map `x` (B, C, H, W) normalised and projected to tokens (B, H*W, inner).
+    pub fn project_in(&self, x: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().expect("a 4-D feature map");
         let hs = self
             .norm
             .forward(x)
             .permute([0, 2, 3, 1])
             .reshape([b, h * w, c]);
-        let mut hs = self.proj_in.forward(&hs);
-        for block in &self.transformer_blocks {
-            hs = block.forward(&hs, context);
-        }
-        let hs = self.proj_out.forward(&hs);
+        self.proj_in.forward(&hs)
+    }
+
+    /// Tokens back to a feature map shaped like the transformer's input `x`, plus `x`.
+    pub fn project_out(&self, hs: &Tensor, x: &Tensor) -> Tensor {
+        let (b, _, h, w) = x.size4().expect("a 4-D feature map");
+        let hs = self.proj_out.forward(hs);
         let inner = hs.size()[2];
         hs.reshape([b, h, w, inner])
             .permute([0, 3, 1, 2])

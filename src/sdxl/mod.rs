@@ -15,5 +15,6 @@ pub mod single_file;
 pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;
+pub mod unet_segments;
 pub mod vae;
 pub mod weights;

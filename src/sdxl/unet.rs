@@ -13,6 +13,7 @@ use super::unet_blocks::{
     BlockChannels, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock, DownBlock2D, ResnetParams,
     UNetMidBlock2DCrossAttn, UpBlock, UpBlock2D,
 };
+use super::unet_segments::{self, Conditioning, Segment};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -230,6 +231,28 @@ impl UNet2DConditionModel {
         text_embeds: &Tensor,
         time_ids: &Tensor,
     ) -> Tensor {
+        let (h, cond) = self.head(
+            sample,
+            timesteps,
+            encoder_hidden_states,
+            text_embeds,
+            time_ids,
+        );
+        let h = unet_segments::run(&self.segments(), h, &cond);
+        self.tail(&h)
+    }
+
+    /// The part before the chain of segments: inputs cast, the time embedding, `conv_in`.
+    /// Nothing here is ever adapted. Returns `conv_in`'s output (the first skip) and what
+    /// the segments read besides their input.
+    pub fn head(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        encoder_hidden_states: &Tensor,
+        text_embeds: &Tensor,
+        time_ids: &Tensor,
+    ) -> (Tensor, Conditioning) {
         let sample = sample.to_device(self.device).to_kind(self.kind);
         let context = encoder_hidden_states
             .to_device(self.device)
@@ -242,32 +265,22 @@ impl UNet2DConditionModel {
         let up_factor = 1i64 << (self.up_blocks.len() - 1);
         let (h, w) = (sample.size()[2], sample.size()[3]);
         let forward_upsample_size = h % up_factor != 0 || w % up_factor != 0;
+        let cond = Conditioning {
+            emb,
+            context,
+            forward_upsample_size,
+        };
+        (self.conv_in.forward(&sample), cond)
+    }
 
-        let mut h = self.conv_in.forward(&sample);
-        let mut skips = vec![h.shallow_clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&h, &emb, &context);
-            h = out;
-            skips.extend(states);
-        }
+    /// The down blocks, the mid block and the up blocks as one chain of segments.
+    pub fn segments(&self) -> Vec<Segment<'_>> {
+        unet_segments::plan(&self.down_blocks, &self.mid_block, &self.up_blocks)
+    }
 
-        h = self.mid_block.forward(&h, &emb, &context);
-
-        let last = self.up_blocks.len() - 1;
-        for (i, block) in self.up_blocks.iter().enumerate() {
-            let block_skips = skips.split_off(skips.len() - block.num_skips());
-            let upsample_size = match skips.last() {
-                Some(next) if i < last && forward_upsample_size => {
-                    let s = next.size();
-                    Some([s[2], s[3]])
-                }
-                _ => None,
-            };
-            h = block.forward(&h, &block_skips, &emb, &context, upsample_size);
-        }
-
-        self.conv_out
-            .forward(&self.conv_norm_out.forward(&h).silu())
+    /// The part after the chain: `conv_norm_out`, SiLU, `conv_out`.
+    pub fn tail(&self, h: &Tensor) -> Tensor {
+        self.conv_out.forward(&self.conv_norm_out.forward(h).silu())
     }
 
     /// Every `Linear` inside every attention (`attn1` and `attn2` of every transformer block:

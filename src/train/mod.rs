@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod dataset;
 pub mod loss_log;
 pub mod optimizer;
+pub mod recompute;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -380,15 +381,25 @@ pub fn loss(
     prior_weight: f64,
 ) -> Tensor {
     let t = batch.timesteps.to_kind(Kind::Float);
-    let pred = unet
-        .forward(
-            &batch.noisy,
-            &t,
-            &batch.hidden,
-            &batch.pooled,
-            &batch.time_ids,
-        )
-        .to_kind(Kind::Float);
+    let pred = unet.forward(
+        &batch.noisy,
+        &t,
+        &batch.hidden,
+        &batch.pooled,
+        &batch.time_ids,
+    );
+    prediction_loss(&pred, batch, sched, snr_gamma, prior_weight)
+}
+
+/// [`loss`] from the UNet's prediction for the batch.
+pub fn prediction_loss(
+    pred: &Tensor,
+    batch: &Batch,
+    sched: &DdpmSchedule,
+    snr_gamma: Option<f64>,
+    prior_weight: f64,
+) -> Tensor {
+    let pred = pred.to_kind(Kind::Float);
     let target = batch.target.to_kind(Kind::Float);
     let n = batch.n_instance;
     let total = pred.size()[0];
@@ -418,6 +429,70 @@ pub fn loss(
     } else {
         mse(&pred, &target, &batch.timesteps)
     }
+}
+
+/// The loss of one batch with its gradients accumulated into the trained adapter tensors.
+/// With `checkpointing` only segment inputs are kept through the forward pass and each
+/// segment is recomputed in the backward pass ([`recompute`]): less memory, more arithmetic,
+/// the same gradients. Returns the loss, detached.
+pub fn loss_backward(
+    unet: &UNet2DConditionModel,
+    batch: &Batch,
+    sched: &DdpmSchedule,
+    snr_gamma: Option<f64>,
+    prior_weight: f64,
+    checkpointing: bool,
+) -> Tensor {
+    if checkpointing {
+        let t = batch.timesteps.to_kind(Kind::Float);
+        let inputs = recompute::UNetInputs {
+            sample: &batch.noisy,
+            timesteps: &t,
+            encoder_hidden_states: &batch.hidden,
+            text_embeds: &batch.pooled,
+            time_ids: &batch.time_ids,
+        };
+        recompute::loss_backward(unet, &inputs, |pred| {
+            prediction_loss(pred, batch, sched, snr_gamma, prior_weight)
+        })
+    } else {
+        let l = loss(unet, batch, sched, snr_gamma, prior_weight);
+        l.backward();
+        l.detach()
+    }
+}
+
+/// One optimizer step of a run: the batch of step `opt.step + 1`, its loss and gradients,
+/// clipping, and the AdamW update at the scheduled learning rate. Returns the loss before
+/// the update and the learning rate; a non-finite loss leaves the adapters as they were.
+pub fn train_step(
+    cfg: &RunConfig,
+    data: &TrainData,
+    sched: &DdpmSchedule,
+    unet: &UNet2DConditionModel,
+    opt: &mut AdamW,
+    opts: RunOptions,
+) -> (f32, f64) {
+    let step = opt.step + 1;
+    let batch = make_batch(data, sched, cfg, step, opts.device, opts.dtype);
+    let prior_weight = data.class.as_ref().map(|c| c.2).unwrap_or(0.0);
+    opt.zero_grad();
+    let l = loss_backward(
+        unet,
+        &batch,
+        sched,
+        cfg.train.snr_gamma,
+        prior_weight,
+        cfg.train.gradient_checkpointing,
+    );
+    let value = l.double_value(&[]) as f32;
+    if !value.is_finite() {
+        return (value, 0.0);
+    }
+    opt.clip_grad_norm(cfg.train.max_grad_norm);
+    let lr = learning_rate(cfg, step);
+    opt.step(lr);
+    (value, lr)
 }
 
 /// The learning rate at optimizer step `step` (1-based), as diffusers' `get_scheduler`.
@@ -538,7 +613,6 @@ pub fn train_adapter(
     let total = cfg.train.steps;
     progress.start(kind, total, opt.step);
     let started = Instant::now();
-    let prior_weight = data.class.as_ref().map(|c| c.2).unwrap_or(0.0);
     let mut smoothed = loss_log::smooth(&losses, 0.9)
         .last()
         .copied()
@@ -550,9 +624,7 @@ pub fn train_adapter(
             break;
         }
         let step = opt.step + 1;
-        let batch = make_batch(data, &sched, cfg, step, opts.device, opts.dtype);
-        let l = loss(unet, &batch, &sched, cfg.train.snr_gamma, prior_weight);
-        let value = l.double_value(&[]) as f32;
+        let (value, lr) = train_step(cfg, data, &sched, unet, &mut opt, opts);
         if !value.is_finite() {
             let kept = if paths.checkpoint().exists() {
                 format!(
@@ -568,11 +640,6 @@ pub fn train_adapter(
                 kind.label()
             )));
         }
-        opt.zero_grad();
-        l.backward();
-        opt.clip_grad_norm(cfg.train.max_grad_norm);
-        let lr = learning_rate(cfg, step);
-        opt.step(lr);
         losses.push(value);
         lrs.push(lr);
         smoothed = loss_log::smooth(&losses, 0.9)
