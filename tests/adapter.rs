@@ -1,6 +1,7 @@
 //! LoRA and MoSLoRA adapters on the tiny UNet: parity with peft (forward and two training
 //! steps), and the mixer's algebra (identity = LoRA, butterfly = the two-subspace sum, merged =
-//! unmerged, orthogonal init, zero mixer = no gradient).
+//! unmerged, orthogonal init, zero mixer = no gradient). On the tiny text encoders: parity
+//! with peft, and the same seeded start for LoRA and MoSLoRA.
 
 mod common;
 
@@ -12,6 +13,8 @@ use moslora::adapter::{self, lowrank, AdapterConfig, LowRankAdapter, MixerInit};
 use moslora::config::Adam;
 use moslora::schedule::ddpm::DdpmSchedule;
 use moslora::sdxl::config::{read_json, SchedulerConfig, UNetConfig};
+use moslora::sdxl::model_dir::ModelDir;
+use moslora::sdxl::pipeline::{RunOptions, TextEncoders};
 use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{SafetensorsSource, Weights};
 use moslora::train::optimizer::AdamW;
@@ -282,4 +285,103 @@ fn lora_and_moslora_start_from_the_same_a() {
     }
     // rank 4 mixers on 136 layers
     assert_eq!(p2.len(), 136 * 3);
+}
+
+/// The tiny model's two text encoders (real-download layout).
+fn text_encoders() -> TextEncoders {
+    let dir = ModelDir::open(&tiny_model()).unwrap();
+    TextEncoders::load(&dir, RunOptions::default()).unwrap()
+}
+
+#[test]
+fn text_encoder_lora_matches_peft() {
+    let r = reference("te_lora");
+    let mut text = text_encoders();
+    let ids = (r["ids"].shallow_clone(), r["ids_2"].shallow_clone());
+    let base = tch::no_grad(|| text.embed(&ids)).unwrap();
+    let targets: Vec<String> = adapter::TEXT_ENCODER_LINEARS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (c, model) in adapter::text_encoder_parts(&mut text) {
+        let layers = adapter::targeted(model, &targets);
+        assert_eq!(
+            layers.len(),
+            5 * 4,
+            "{}: 5 layers x 4 projections",
+            c.prefix()
+        );
+        for l in layers {
+            let key = |part: &str| format!("{}.{}.{part}", c.prefix(), l.name);
+            let a = r[&key("lora_A")].shallow_clone();
+            let b = r[&key("lora_B")].shallow_clone();
+            l.adapter = Some(LowRankAdapter::from_tensors(a, b, None, false, 8.0));
+        }
+    }
+    // What training and rendering use: both penultimate layers side by side, and the pooled
+    // projection of text_encoder_2.
+    let ours = tch::no_grad(|| text.embed(&ids)).unwrap();
+    let want = Tensor::cat(&[&r["penultimate"], &r["penultimate_2"]], -1);
+    // Tolerance: 1e-4 max abs error, as for every model part.
+    assert_close(
+        "text-encoder LoRA hidden_states[-2] (both) vs peft",
+        &ours.hidden,
+        &want,
+        1e-4,
+    );
+    assert_close(
+        "text-encoder LoRA text_embeds vs peft",
+        &ours.pooled,
+        &r["text_embeds_2"],
+        1e-4,
+    );
+    let moved = common::max_abs_diff(&base.hidden, &ours.hidden);
+    println!("the adapters move hidden_states[-2] by up to {moved:.3}");
+    assert!(moved > 1e-2, "the adapters must change the output");
+    // Merged into the weights, the same embeddings.
+    adapter::merge_text_encoders(&mut text);
+    let merged = tch::no_grad(|| text.embed(&ids)).unwrap();
+    assert_close("merged text encoders", &merged.hidden, &ours.hidden, 1e-5);
+}
+
+#[test]
+fn text_encoder_adapters_of_lora_and_moslora_start_from_the_same_a() {
+    let targets = vec!["q_proj".to_string(), "self_attn.out_proj".to_string()];
+    let mut params = Vec::new();
+    for mixer in [MixerInit::None, MixerInit::Orthogonal] {
+        let mut text = text_encoders();
+        let cfg = AdapterConfig {
+            mixer,
+            text_encoder_targets: targets.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            adapter::inject_text_encoders(&mut text, &cfg, 11).unwrap(),
+            2 * 5 * 2
+        );
+        let p: HashMap<String, Tensor> = adapter::text_encoder_parameters(&mut text)
+            .into_iter()
+            .collect();
+        params.push(p);
+    }
+    let (lora, moslora) = (&params[0], &params[1]);
+    assert_eq!(lora.len(), 2 * 10 * 2, "A and B of 20 layers");
+    assert_eq!(moslora.len(), 2 * 10 * 3, "and a mixer each");
+    for (name, t) in lora {
+        assert!(t.equal(&moslora[name]), "{name} differs at init");
+    }
+    // The two encoders draw from their own streams, so they do not share A.
+    let a1 = &lora["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"];
+    let a2 = &lora["text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"];
+    assert!(!a1.equal(a2));
+    // A name that is no text-encoder projection is refused before anything loads.
+    let bad = AdapterConfig {
+        text_encoder_targets: vec!["to_q".into()],
+        ..Default::default()
+    };
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("text_encoder_targets") && e.contains("q_proj"),
+        "{e}"
+    );
 }

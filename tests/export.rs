@@ -12,13 +12,15 @@ use std::process::Command;
 use std::rc::Rc;
 
 use common::tiny_model;
-use moslora::adapter::export::{export, kohya_name, ExportFormat};
+use moslora::adapter::export::{export, kohya_component_name, kohya_name, ExportFormat};
 use moslora::adapter::file::{self, AdapterFile, AdapterMeta, ModelIdentity, FORMAT_VERSION};
-use moslora::adapter::{self, AdapterConfig, MixerInit};
+use moslora::adapter::{self, AdapterConfig, Component, MixerInit};
 use moslora::config::RunConfig;
 use moslora::sdxl::config::{presets, UNetConfig};
 use moslora::sdxl::model_dir::ModelDir;
-use moslora::sdxl::pipeline::{generate_with, load_unet, GenerateOptions, RunOptions};
+use moslora::sdxl::pipeline::{
+    generate_with, load_unet, Denoiser, GenerateOptions, RunOptions, TextEncoders,
+};
 use moslora::sdxl::sgm_names::Layout;
 use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{ShapeSource, TensorSource, Weights};
@@ -105,6 +107,11 @@ fn python(script: &str, args: &[&Path]) {
 /// run's so that 4 steps move the picture visibly: an export that lost the adapter must not
 /// pass for one that kept it.
 fn trained(kind: AdapterKind, alpha: Option<f64>, out: &Path) -> PathBuf {
+    trained_on(kind, alpha, &[], out)
+}
+
+/// `trained`, with adapters on `text_encoder_targets` of both text encoders too.
+fn trained_on(kind: AdapterKind, alpha: Option<f64>, text: &[&str], out: &Path) -> PathBuf {
     let mut c = RunConfig {
         model: tiny_model(),
         output: out.to_path_buf(),
@@ -118,8 +125,62 @@ fn trained(kind: AdapterKind, alpha: Option<f64>, out: &Path) -> PathBuf {
     c.train.checkpoint_every = 0;
     c.train.learning_rate = 2e-2;
     c.adapter.alpha = alpha;
+    c.adapter.text_encoder_targets = text.iter().map(|s| s.to_string()).collect();
     train::train(&c, &[kind], RunOptions::default(), false, &mut Quiet).unwrap();
     RunPaths::new(&c, kind).adapter()
+}
+
+/// moslora's render before text encoders could carry adapters: the prompt encoded by the
+/// base text encoders, the adapter's UNet layers merged. For a UNet-only adapter this is
+/// `render`; for one with text-encoder layers, the picture without them.
+fn render_unet_layers(model: &Path, adapter: &Path) -> Tensor {
+    let dir = ModelDir::open(model).unwrap();
+    let opts = RunOptions::default();
+    let text = TextEncoders::load(&dir, opts).unwrap();
+    let cond = text.encode(PROMPT).unwrap();
+    let uncond = text.encode_negative(None, &cond).unwrap();
+    drop(text);
+    let mut den = Denoiser::load(&dir, opts).unwrap();
+    let f = AdapterFile::read(adapter).unwrap();
+    f.apply(&mut den.unet, 1.0, adapter).unwrap();
+    adapter::merge_all(&mut den.unet);
+    let noise = den.initial_noise(SEED, SIZE, SIZE).unwrap();
+    let latents = den
+        .sample(&cond, &uncond, &noise, &options(), |_| {})
+        .unwrap();
+    den.decode(&latents).permute([1, 2, 0]).to_kind(Kind::Float)
+}
+
+/// Render each file with diffusers' `load_lora_weights` (one Python start for all) and
+/// compare with moslora's render `ours`.
+fn check_in_diffusers(dir: &Path, jobs: &[(String, PathBuf, Tensor)]) {
+    let pngs: Vec<PathBuf> = (0..jobs.len())
+        .map(|i| dir.join(format!("diffusers-{i}.png")))
+        .collect();
+    let model = tiny_model();
+    let (prompt, seed, steps, size) = (
+        PathBuf::from(PROMPT),
+        PathBuf::from(SEED.to_string()),
+        PathBuf::from(STEPS.to_string()),
+        PathBuf::from(SIZE.to_string()),
+    );
+    let mut args: Vec<&Path> = vec![
+        &model, &jobs[0].1, &prompt, &seed, &steps, &size, &size, &pngs[0],
+    ];
+    for (job, png) in jobs.iter().zip(&pngs).skip(1) {
+        args.push(&job.1);
+        args.push(png);
+    }
+    python("check_lora_export.py", &args);
+    for ((what, _, ours), png) in jobs.iter().zip(&pngs) {
+        let theirs = read_png(png);
+        let diff = mean_pixel_diff(ours, &theirs);
+        println!("{what}: diffusers load_lora_weights vs moslora, mean abs pixel difference {diff:.4} (tolerance 1 level of 255)");
+        assert!(
+            diff < 1.0,
+            "{what}: mean abs pixel difference {diff} >= 1/255"
+        );
+    }
 }
 
 /// A MoSLoRA with alpha != rank (scale 2) and random B, saved as `moslora train` saves one.
@@ -162,37 +223,38 @@ fn tensors(path: &Path) -> HashMap<String, Tensor> {
         .collect()
 }
 
-/// The exported factors give exactly the adapter's update `scale * B M A` for every layer.
+/// The exported factors give exactly the adapter's update `scale * B M A` for every layer of
+/// every component.
 fn check_factors(adapter: &Path, kohya: &Path, peft: &Path) {
     let f = AdapterFile::read(adapter).unwrap();
     let (k, p) = (tensors(kohya), tensors(peft));
     let layout = Layout::sdxl();
-    assert_eq!(
-        k.len(),
-        3 * f.layers.len(),
-        "kohya: down, up, alpha per layer"
-    );
-    assert_eq!(p.len(), 2 * f.layers.len(), "diffusers: A, B per layer");
+    let n = f.layer_count();
+    assert_eq!(k.len(), 3 * n, "kohya: down, up, alpha per layer");
+    assert_eq!(p.len(), 2 * n, "diffusers: A, B per layer");
     let rank = f.meta.adapter.rank as f64;
     let alpha = f.meta.adapter.alpha();
     let mut worst: f64 = 0.0;
-    for (module, t) in &f.layers {
-        let down = match &t.mixer {
-            Some(m) => m.matmul(&t.a),
-            None => t.a.shallow_clone(),
-        };
-        let want = t.b.matmul(&down) * (alpha / rank);
-        let key = kohya_name(module, &layout).unwrap();
-        let kd = &k[&format!("{key}.lora_down.weight")];
-        assert!(kd.equal(&down), "{key}: lora_down is not M A");
-        let ka = k[&format!("{key}.alpha")].double_value(&[]);
-        assert_eq!(ka, alpha, "{key}: alpha");
-        let kw = k[&format!("{key}.lora_up.weight")].matmul(kd) * (ka / rank);
-        let pw = p[&format!("unet.{module}.lora_B.weight")]
-            .matmul(&p[&format!("unet.{module}.lora_A.weight")]);
-        let scale = want.abs().max().double_value(&[]).max(1e-12);
-        for got in [kw, pw] {
-            worst = worst.max((got - &want).abs().max().double_value(&[]) / scale);
+    for c in Component::ALL {
+        for (module, t) in f.component_layers(c) {
+            let down = match &t.mixer {
+                Some(m) => m.matmul(&t.a),
+                None => t.a.shallow_clone(),
+            };
+            let want = t.b.matmul(&down) * (alpha / rank);
+            let key = kohya_component_name(c, module, &layout).unwrap();
+            let kd = &k[&format!("{key}.lora_down.weight")];
+            assert!(kd.equal(&down), "{key}: lora_down is not M A");
+            let ka = k[&format!("{key}.alpha")].double_value(&[]);
+            assert_eq!(ka, alpha, "{key}: alpha");
+            let kw = k[&format!("{key}.lora_up.weight")].matmul(kd) * (ka / rank);
+            let prefix = c.prefix();
+            let pw = p[&format!("{prefix}.{module}.lora_B.weight")]
+                .matmul(&p[&format!("{prefix}.{module}.lora_A.weight")]);
+            let scale = want.abs().max().double_value(&[]).max(1e-12);
+            for got in [kw, pw] {
+                worst = worst.max((got - &want).abs().max().double_value(&[]) / scale);
+            }
         }
     }
     println!(
@@ -229,34 +291,81 @@ fn exported_loras_render_in_diffusers_like_in_moslora() {
             jobs.push((format!("{name} as {format}"), file, ours.shallow_clone()));
         }
     }
-    // One Python start renders every file.
-    let pngs: Vec<PathBuf> = (0..jobs.len())
-        .map(|i| dir.join(format!("diffusers-{i}.png")))
-        .collect();
-    let model = tiny_model();
-    let (prompt, seed, steps, size) = (
-        PathBuf::from(PROMPT),
-        PathBuf::from(SEED.to_string()),
-        PathBuf::from(STEPS.to_string()),
-        PathBuf::from(SIZE.to_string()),
+    check_in_diffusers(&dir, &jobs);
+}
+
+#[test]
+fn exported_text_encoder_loras_render_in_diffusers_like_in_moslora() {
+    let dir = scratch("render-te");
+    // diffusers' DreamBooth text-encoder targets, and alpha 8 at rank 4 (scale 2).
+    let targets = ["q_proj", "k_proj", "v_proj", "out_proj"];
+    let moslora = trained_on(
+        AdapterKind::Moslora,
+        Some(8.0),
+        &targets,
+        &dir.join("run-moslora"),
     );
-    let mut args: Vec<&Path> = vec![
-        &model, &jobs[0].1, &prompt, &seed, &steps, &size, &size, &pngs[0],
-    ];
-    for (job, png) in jobs.iter().zip(&pngs).skip(1) {
-        args.push(&job.1);
-        args.push(png);
+    let f = AdapterFile::read(&moslora).unwrap();
+    assert_eq!((f.text_encoder.len(), f.text_encoder_2.len()), (20, 20));
+    let ours = render(&tiny_model(), Some(&moslora));
+    let without = render_unet_layers(&tiny_model(), &moslora);
+    let moved = mean_pixel_diff(&ours, &without);
+    println!("the text-encoder layers change the picture by {moved:.2} levels on average");
+    assert!(
+        moved > 1.0,
+        "the text-encoder layers barely change the picture ({moved:.3}): the test would prove nothing"
+    );
+    let kohya = dir.join("moslora-te.kohya.safetensors");
+    let peft = dir.join("moslora-te.diffusers.safetensors");
+    let k = export(&moslora, ExportFormat::Kohya, &kohya, &Layout::sdxl()).unwrap();
+    export(&moslora, ExportFormat::Diffusers, &peft, &Layout::sdxl()).unwrap();
+    assert_eq!(k.layers, 136 + 40);
+    check_factors(&moslora, &kohya, &peft);
+    let names: Vec<String> = tensors(&kohya).into_keys().collect();
+    for want in [
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
+        "lora_te2_text_model_encoder_layers_4_self_attn_out_proj.alpha",
+    ] {
+        assert!(names.iter().any(|n| n == want), "kohya export lacks {want}");
     }
-    python("check_lora_export.py", &args);
-    for ((what, _, ours), png) in jobs.iter().zip(&pngs) {
-        let theirs = read_png(png);
-        let diff = mean_pixel_diff(ours, &theirs);
-        println!("{what}: diffusers load_lora_weights vs moslora, mean abs pixel difference {diff:.4} (tolerance 1 level of 255)");
-        assert!(
-            diff < 1.0,
-            "{what}: mean abs pixel difference {diff} >= 1/255"
-        );
-    }
+    let jobs: Vec<(String, PathBuf, Tensor)> = [("kohya", kohya), ("diffusers", peft)]
+        .into_iter()
+        .map(|(format, file)| {
+            (
+                format!("MoSLoRA with text encoders as {format}"),
+                file,
+                ours.shallow_clone(),
+            )
+        })
+        .collect();
+    check_in_diffusers(&dir, &jobs);
+}
+
+#[test]
+fn unet_only_adapters_load_and_render_as_before() {
+    let dir = scratch("unet-only");
+    let path = scaled_moslora(&dir);
+    // No text-encoder field in a UNet-only adapter's metadata: the file is what moslora wrote
+    // before text encoders could be adapted, and older builds (which refuse unknown fields)
+    // still read it.
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, st) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let json = &st.metadata().as_ref().unwrap()["moslora"];
+    assert!(!json.contains("text_encoder"), "{json}");
+    let f = AdapterFile::read(&path).unwrap();
+    assert!(!f.has_text_encoder_layers());
+    assert_eq!((f.layer_count(), f.layers.len()), (136, 136));
+    let now = render(&tiny_model(), Some(&path));
+    let before = render_unet_layers(&tiny_model(), &path);
+    assert!(
+        now.equal(&before),
+        "a UNet-only adapter renders differently"
+    );
+    let base = render(&tiny_model(), None);
+    assert!(
+        mean_pixel_diff(&now, &base) > 1.0,
+        "the adapter must matter"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Side-by-side renders on the tiny model: identical noise across adapters, byte-identical
 //! re-renders, grid layout, a manifest that lists exactly the files there, `compare` that
-//! does not retrain, merged = unmerged, and clear errors for bad input.
+//! does not retrain, merged = unmerged, text-encoder adapters with their own prompt
+//! embeddings, and clear errors for bad input.
 
 mod common;
 
@@ -9,15 +10,19 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::tiny_model;
-use moslora::adapter::{self, file::AdapterFile};
+use moslora::adapter::file::{self, AdapterFile, AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use moslora::adapter::{self, AdapterConfig};
 use moslora::config::RunConfig;
 use moslora::render::manifest::Manifest;
 use moslora::render::picture::GridLayout;
 use moslora::render::{self, Column, RenderProgress};
 use moslora::sdxl::model_dir::ModelDir;
-use moslora::sdxl::pipeline::{seeded_randn, Denoiser, GenerateOptions, RunOptions, TextEncoders};
+use moslora::sdxl::pipeline::{
+    generate_with, load_unet, seeded_randn, Denoiser, GenerateOptions, RunOptions, TextEncoders,
+};
 use moslora::train::{self, AdapterKind, Quiet};
 use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -290,6 +295,102 @@ fn compare_twice_does_not_retrain() {
     )
     .unwrap();
     assert_eq!(trained.len(), 2);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// An adapter with random B in the UNet and in both text encoders, saved as training saves
+/// one.
+fn text_encoder_adapter(out: &Path) -> PathBuf {
+    let dir = ModelDir::open(&tiny_model()).unwrap();
+    let opts = RunOptions::default();
+    let mut unet = load_unet(&dir, opts).unwrap();
+    let mut text = TextEncoders::load(&dir, opts).unwrap();
+    let cfg = AdapterConfig {
+        text_encoder_targets: vec!["q_proj".into(), "v_proj".into()],
+        ..AdapterConfig::default()
+    };
+    let mut layers = adapter::inject(&mut unet, &cfg, 1).unwrap();
+    layers += adapter::inject_text_encoders(&mut text, &cfg, 1).unwrap();
+    tch::manual_seed(5);
+    let mut randomize = |l: &mut moslora::sdxl::nn::Linear| {
+        let a = l.adapter.as_mut().unwrap();
+        a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
+    };
+    adapter::adapted(&mut unet)
+        .into_iter()
+        .for_each(&mut randomize);
+    for (_, m) in adapter::text_encoder_parts(&mut text) {
+        adapter::adapted(m).into_iter().for_each(&mut randomize);
+    }
+    let meta = AdapterMeta {
+        format_version: FORMAT_VERSION,
+        name: "te".into(),
+        adapter: cfg,
+        base_model: ModelIdentity::default(),
+        training: serde_json::json!({}),
+        steps: 0,
+        layers,
+    };
+    let path = out.join("te.safetensors");
+    file::save_with_text(&mut unet, Some(&mut text), &meta, &path).unwrap();
+    path
+}
+
+#[test]
+fn text_encoder_adapters_render_with_their_own_prompt_embeddings() {
+    let out = scratch("te");
+    let adapter = text_encoder_adapter(&out);
+    let mut cfg = config(&out);
+    cfg.render.seeds = vec![2];
+    cfg.render.out = Some(out.join("renders"));
+    let column = Column::parse(&format!("te={}", adapter.display())).unwrap();
+    let plan = render::plan(&cfg, None, None, None, vec![column], true).unwrap();
+    let m = render::render(&cfg, &plan, RunOptions::default(), &mut Recorder::default()).unwrap();
+    assert_eq!(m.images.len(), 2 * 2, "2 prompts x (base, te)");
+    // Each image is what `generate` makes of its prompt with the column's adapter: the
+    // prompts were encoded through the adapted text encoders for the adapter's column only.
+    let o = GenerateOptions {
+        steps: cfg.render.steps,
+        guidance: cfg.render.guidance,
+        width: 64,
+        height: 64,
+        seed: 2,
+    };
+    for p in &m.prompts {
+        let mut pixels = Vec::new();
+        for name in ["base", "te"] {
+            let i = m
+                .images
+                .iter()
+                .find(|i| i.prompt_id == p.id && i.adapter == name)
+                .unwrap();
+            let png = image::open(cfg.render_dir().join(&i.file))
+                .unwrap()
+                .to_rgb8();
+            let with = (name == "te").then_some((adapter.as_path(), 1.0));
+            let want = generate_with(
+                &cfg.model,
+                &p.text,
+                None,
+                with,
+                &o,
+                RunOptions::default(),
+                |_| {},
+            )
+            .unwrap()
+            .permute([1, 2, 0])
+            .contiguous();
+            let mut bytes = vec![0u8; want.numel()];
+            want.copy_data_u8(&mut bytes, want.numel());
+            assert!(
+                png.as_raw() == &bytes,
+                "{}: render differs from generate with the same adapter",
+                i.file
+            );
+            pixels.push(bytes);
+        }
+        assert_ne!(pixels[0], pixels[1], "the adapter must change the picture");
+    }
     std::fs::remove_dir_all(&out).unwrap();
 }
 

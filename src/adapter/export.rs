@@ -6,7 +6,9 @@
 //! projection, `down = M A` (r x in), which is exact: `B (M A) x = B M (A x)`, with the same
 //! rank and alpha. A plain LoRA is exported as it is.
 //!
-//! moslora adapts UNet layers only, so there are no `lora_te1_`/`lora_te2_` text-encoder keys.
+//! Text-encoder adapters go under `lora_te1_`/`lora_te2_` (kohya) or `text_encoder.`/
+//! `text_encoder_2.` (diffusers), with their module paths as in the real SDXL download
+//! (`text_model.encoder.layers.0.self_attn.q_proj`), the names both kohya and diffusers use.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +16,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::file::AdapterFile;
-use super::LowRankAdapter;
+use super::{Component, LowRankAdapter};
 use crate::error::{Error, Result};
 use crate::sdxl::sgm_names::{unet_path, Layout};
 use crate::sdxl::weights::save_safetensors;
@@ -22,9 +24,11 @@ use crate::sdxl::weights::save_safetensors;
 /// The LoRA file layouts moslora writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
-    /// `lora_unet_<SGM module path>.lora_down.weight` / `.lora_up.weight` / `.alpha`.
+    /// `lora_unet_<SGM module path>.lora_down.weight` / `.lora_up.weight` / `.alpha`, and
+    /// `lora_te1_`/`lora_te2_<module path>` for the text encoders.
     Kohya,
-    /// `unet.<diffusers module path>.lora_A.weight` / `.lora_B.weight` (PEFT), as
+    /// `unet.<diffusers module path>.lora_A.weight` / `.lora_B.weight` (PEFT), and
+    /// `text_encoder.`/`text_encoder_2.<module path>`, as
     /// `StableDiffusionXLPipeline.load_lora_weights` reads natively.
     Diffusers,
 }
@@ -66,6 +70,17 @@ pub fn kohya_name(module: &str, layout: &Layout) -> Option<String> {
     unet_path(module, layout).map(|p| format!("lora_unet_{}", p.replace('.', "_")))
 }
 
+/// kohya's name of a module of `component`: the UNet's SGM path (see [`kohya_name`]), or the
+/// text encoder's module path with `.` -> `_` after `lora_te1_`/`lora_te2_`
+/// (`text_model.encoder.layers.0.self_attn.q_proj` ->
+/// `lora_te1_text_model_encoder_layers_0_self_attn_q_proj`).
+pub fn kohya_component_name(component: Component, module: &str, layout: &Layout) -> Option<String> {
+    match component {
+        Component::Unet => kohya_name(module, layout),
+        c => Some(format!("{}{}", c.kohya_prefix(), module.replace('.', "_"))),
+    }
+}
+
 /// Write the adapter at `adapter` as a plain LoRA in `format` to `out` (atomically). `layout`
 /// is the UNet's block structure (SDXL's unless the model says otherwise): kohya names
 /// depend on it.
@@ -81,7 +96,10 @@ pub fn export(
     let alpha = meta.adapter.alpha();
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let f32cpu = |t: Tensor| t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
-    for (module, t) in &file.layers {
+    let layers = Component::ALL
+        .into_iter()
+        .flat_map(|c| file.component_layers(c).iter().map(move |(m, t)| (c, m, t)));
+    for (component, module, t) in layers {
         let a = LowRankAdapter::from_tensors(
             t.a.shallow_clone(),
             t.b.shallow_clone(),
@@ -92,7 +110,7 @@ pub fn export(
         let (down, up) = a.folded();
         match format {
             ExportFormat::Kohya => {
-                let key = kohya_name(module, layout).ok_or_else(|| {
+                let key = kohya_component_name(component, module, layout).ok_or_else(|| {
                     Error::msg(format!(
                         "{}: layer `{module}` has no kohya (SGM) name",
                         adapter.display()
@@ -112,8 +130,9 @@ pub fn export(
                 } else {
                     up * (alpha / rank as f64)
                 };
-                tensors.push((format!("unet.{module}.lora_A.weight"), f32cpu(down)));
-                tensors.push((format!("unet.{module}.lora_B.weight"), f32cpu(up)));
+                let prefix = component.prefix();
+                tensors.push((format!("{prefix}.{module}.lora_A.weight"), f32cpu(down)));
+                tensors.push((format!("{prefix}.{module}.lora_B.weight"), f32cpu(up)));
             }
         }
     }
@@ -159,7 +178,7 @@ pub fn export(
     }
     save_safetensors(&tensors, Some(md), out)?;
     Ok(Exported {
-        layers: file.layers.len(),
+        layers: file.layer_count(),
         rank,
         alpha,
         mixer_folded: meta.adapter.mixer != super::MixerInit::None,
@@ -231,6 +250,22 @@ mod tests {
             )
             .as_deref(),
             Some("lora_unet_output_blocks_5_1_transformer_blocks_1_attn2_to_k")
+        );
+    }
+
+    #[test]
+    fn kohya_names_of_text_encoders_keep_hf_paths() {
+        let (l, m) = (
+            Layout::sdxl(),
+            "text_model.encoder.layers.0.self_attn.q_proj",
+        );
+        assert_eq!(
+            kohya_component_name(Component::TextEncoder, m, &l).as_deref(),
+            Some("lora_te1_text_model_encoder_layers_0_self_attn_q_proj")
+        );
+        assert_eq!(
+            kohya_component_name(Component::TextEncoder2, m, &l).as_deref(),
+            Some("lora_te2_text_model_encoder_layers_0_self_attn_q_proj")
         );
     }
 

@@ -1,6 +1,7 @@
 //! Adapter files: `.safetensors` with `unet.<module>.lora_A.weight` (r x in),
 //! `.lora_B.weight` (out x r) and, for MoSLoRA, `.lora_AB.weight` (the r x r mixer, named as
-//! in the MoSLoRA authors' code), plus metadata under the `moslora` key (JSON).
+//! in the MoSLoRA authors' code), plus metadata under the `moslora` key (JSON). Text-encoder
+//! adapters sit beside them under `text_encoder.<module>` and `text_encoder_2.<module>`.
 //!
 //! A plain LoRA file in this layout is also diffusers' PEFT layout.
 
@@ -11,8 +12,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use super::{adapted, AdapterConfig, LowRankAdapter, MixerInit};
+use super::{
+    adapted, text_encoder_parts, Adaptable, AdapterConfig, Component, LowRankAdapter, MixerInit,
+};
 use crate::error::{Error, Result};
+use crate::sdxl::pipeline::TextEncoders;
 use crate::sdxl::unet::UNet2DConditionModel;
 use crate::sdxl::weights::{save_safetensors, MappedFile};
 
@@ -44,7 +48,7 @@ pub struct AdapterMeta {
     /// Optimizer steps done.
     #[serde(default)]
     pub steps: u64,
-    /// Number of adapted layers.
+    /// Number of adapted layers, in every component together.
     pub layers: usize,
 }
 
@@ -82,14 +86,43 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Write the UNet's adapters (atomically).
 pub fn save(unet: &mut UNet2DConditionModel, meta: &AdapterMeta, path: &Path) -> Result<()> {
+    save_parts(&mut [(Component::Unet, unet)], meta, path)
+}
+
+/// Write the adapters of the UNet and, when given, of both text encoders (atomically).
+pub fn save_with_text(
+    unet: &mut UNet2DConditionModel,
+    text: Option<&mut TextEncoders>,
+    meta: &AdapterMeta,
+    path: &Path,
+) -> Result<()> {
+    let mut parts: Vec<(Component, &mut dyn Adaptable)> = vec![(Component::Unet, unet)];
+    if let Some(text) = text {
+        for (c, m) in text_encoder_parts(text) {
+            parts.push((c, m));
+        }
+    }
+    save_parts(&mut parts, meta, path)
+}
+
+/// Write the adapters of the given parts under their components' prefixes (atomically).
+pub fn save_parts(
+    parts: &mut [(Component, &mut dyn Adaptable)],
+    meta: &AdapterMeta,
+    path: &Path,
+) -> Result<()> {
     let mut tensors = Vec::new();
-    for l in adapted(unet) {
-        let a = l.adapter.as_ref().expect("adapted");
-        let f32cpu = |t: &Tensor| t.detach().to_kind(Kind::Float).to_device(Device::Cpu);
-        tensors.push((format!("unet.{}.lora_A.weight", l.name), f32cpu(&a.a)));
-        tensors.push((format!("unet.{}.lora_B.weight", l.name), f32cpu(&a.b)));
-        if let Some(m) = &a.mixer {
-            tensors.push((format!("unet.{}.lora_AB.weight", l.name), f32cpu(m)));
+    let f32cpu = |t: &Tensor| t.detach().to_kind(Kind::Float).to_device(Device::Cpu);
+    for (c, model) in parts.iter_mut() {
+        let prefix = c.prefix();
+        for l in adapted(&mut **model) {
+            let a = l.adapter.as_ref().expect("adapted");
+            let name = &l.name;
+            tensors.push((format!("{prefix}.{name}.lora_A.weight"), f32cpu(&a.a)));
+            tensors.push((format!("{prefix}.{name}.lora_B.weight"), f32cpu(&a.b)));
+            if let Some(m) = &a.mixer {
+                tensors.push((format!("{prefix}.{name}.lora_AB.weight"), f32cpu(m)));
+            }
         }
     }
     let mut md = HashMap::new();
@@ -111,8 +144,12 @@ pub struct LayerTensors {
 /// A loaded adapter file.
 pub struct AdapterFile {
     pub meta: AdapterMeta,
-    /// module path -> tensors
+    /// UNet module path -> tensors
     pub layers: BTreeMap<String, LayerTensors>,
+    /// `text_encoder` module path -> tensors (empty for a UNet-only adapter)
+    pub text_encoder: BTreeMap<String, LayerTensors>,
+    /// `text_encoder_2` module path -> tensors (empty for a UNet-only adapter)
+    pub text_encoder_2: BTreeMap<String, LayerTensors>,
 }
 
 impl AdapterFile {
@@ -144,32 +181,42 @@ impl AdapterFile {
                 meta.format_version
             )));
         }
-        let mut parts: BTreeMap<String, HashMap<String, Tensor>> = BTreeMap::new();
+        let mut parts: BTreeMap<(Component, String), HashMap<String, Tensor>> = BTreeMap::new();
         for (name, _) in f.tensors().tensors() {
-            let rest = name
-                .strip_prefix("unet.")
-                .and_then(|r| r.strip_suffix(".weight"))
+            let (component, rest) = Component::split(&name)
                 .ok_or_else(|| bad(format!("unexpected tensor `{name}`")))?;
             let (module, part) = rest
-                .rsplit_once('.')
+                .strip_suffix(".weight")
+                .and_then(|r| r.rsplit_once('.'))
                 .ok_or_else(|| bad(format!("unexpected tensor `{name}`")))?;
             parts
-                .entry(module.to_string())
+                .entry((component, module.to_string()))
                 .or_default()
                 .insert(part.to_string(), f.load(&name)?);
         }
-        let mut layers = BTreeMap::new();
-        for (module, mut p) in parts {
+        let mut file = AdapterFile {
+            meta,
+            layers: BTreeMap::new(),
+            text_encoder: BTreeMap::new(),
+            text_encoder_2: BTreeMap::new(),
+        };
+        let (rank, mixer_kind) = (file.meta.adapter.rank, file.meta.adapter.mixer);
+        for ((component, module), mut p) in parts {
+            // UNet layers are named bare in messages, as before text encoders had adapters.
+            let shown = match component {
+                Component::Unet => module.clone(),
+                c => format!("{}.{module}", c.prefix()),
+            };
             let (Some(a), Some(b)) = (p.remove("lora_A"), p.remove("lora_B")) else {
-                return Err(bad(format!("layer `{module}` lacks lora_A or lora_B")));
+                return Err(bad(format!("layer `{shown}` lacks lora_A or lora_B")));
             };
             let mixer = p.remove("lora_AB");
             if let Some(extra) = p.keys().next() {
                 return Err(bad(format!(
-                    "layer `{module}` has an unknown part `{extra}`"
+                    "layer `{shown}` has an unknown part `{extra}`"
                 )));
             }
-            let r = meta.adapter.rank;
+            let r = rank;
             let ok = a.size().len() == 2
                 && a.size()[0] == r
                 && b.size().len() == 2
@@ -177,34 +224,94 @@ impl AdapterFile {
                 && mixer.as_ref().is_none_or(|m| m.size() == [r, r]);
             if !ok {
                 return Err(bad(format!(
-                    "layer `{module}`: tensor shapes A {:?}, B {:?} do not fit rank {r}",
+                    "layer `{shown}`: tensor shapes A {:?}, B {:?} do not fit rank {r}",
                     a.size(),
                     b.size()
                 )));
             }
-            if (meta.adapter.mixer == MixerInit::None) != mixer.is_none() {
+            if (mixer_kind == MixerInit::None) != mixer.is_none() {
                 return Err(bad(format!(
-                    "layer `{module}`: mixer presence contradicts metadata"
+                    "layer `{shown}`: mixer presence contradicts metadata"
                 )));
             }
-            layers.insert(module, LayerTensors { a, b, mixer });
+            file.layers_mut(component)
+                .insert(module, LayerTensors { a, b, mixer });
         }
-        if layers.len() != meta.layers {
+        if file.layer_count() != file.meta.layers {
             return Err(bad(format!(
                 "holds {} layers, its metadata says {} (truncated or edited file)",
-                layers.len(),
-                meta.layers
+                file.layer_count(),
+                file.meta.layers
             )));
         }
-        Ok(AdapterFile { meta, layers })
+        Ok(file)
     }
 
-    /// Attach this adapter to the UNet (replacing any adapter there), scaled by `scale` on top
-    /// of alpha/r. Refuses a file made for another architecture, naming the first layer that
-    /// does not fit.
+    /// One component's layers, by module path.
+    pub fn component_layers(&self, c: Component) -> &BTreeMap<String, LayerTensors> {
+        match c {
+            Component::Unet => &self.layers,
+            Component::TextEncoder => &self.text_encoder,
+            Component::TextEncoder2 => &self.text_encoder_2,
+        }
+    }
+
+    fn layers_mut(&mut self, c: Component) -> &mut BTreeMap<String, LayerTensors> {
+        match c {
+            Component::Unet => &mut self.layers,
+            Component::TextEncoder => &mut self.text_encoder,
+            Component::TextEncoder2 => &mut self.text_encoder_2,
+        }
+    }
+
+    /// Does the adapter change the text encoders too (prompts must then be encoded with it)?
+    pub fn has_text_encoder_layers(&self) -> bool {
+        !self.text_encoder.is_empty() || !self.text_encoder_2.is_empty()
+    }
+
+    /// Adapted layers in every component together.
+    pub fn layer_count(&self) -> usize {
+        Component::ALL
+            .iter()
+            .map(|&c| self.component_layers(c).len())
+            .sum()
+    }
+
+    /// Attach this adapter's UNet layers to the UNet (replacing any adapter there), scaled by
+    /// `scale` on top of alpha/r. Refuses a file made for another architecture, naming the
+    /// first layer that does not fit.
     pub fn apply(&self, unet: &mut UNet2DConditionModel, scale: f64, path: &Path) -> Result<()> {
-        let mut by_name: HashMap<String, &mut crate::sdxl::nn::Linear> = unet
-            .attention_linears_mut()
+        self.attach(Component::Unet, unet, scale, path)
+    }
+
+    /// Attach this adapter's text-encoder layers to both text encoders, as `apply` does for
+    /// the UNet (nothing for a UNet-only adapter).
+    pub fn apply_text_encoders(
+        &self,
+        text: &mut TextEncoders,
+        scale: f64,
+        path: &Path,
+    ) -> Result<()> {
+        for (c, model) in text_encoder_parts(text) {
+            self.attach(c, model, scale, path)?;
+        }
+        Ok(())
+    }
+
+    /// Attach one component's layers to the model part `model`.
+    pub fn attach<M: Adaptable + ?Sized>(
+        &self,
+        component: Component,
+        model: &mut M,
+        scale: f64,
+        path: &Path,
+    ) -> Result<()> {
+        let layers = self.component_layers(component);
+        if layers.is_empty() {
+            return Ok(());
+        }
+        let mut by_name: HashMap<String, &mut crate::sdxl::nn::Linear> = model
+            .adaptable_linears_mut()
             .into_iter()
             .map(|l| (l.name.clone(), l))
             .collect();
@@ -215,15 +322,21 @@ impl AdapterFile {
                 self.meta.base_model.name
             ))
         };
-        for (module, t) in &self.layers {
+        // UNet layers are named bare, as before text encoders had adapters.
+        let shown = |module: &str| match component {
+            Component::Unet => module.to_string(),
+            c => format!("{}.{module}", c.prefix()),
+        };
+        for (module, t) in layers {
             let l = by_name
                 .get_mut(module)
-                .ok_or_else(|| foreign(format!("the model has no layer `{module}`")))?;
+                .ok_or_else(|| foreign(format!("the model has no layer `{}`", shown(module))))?;
             let (out_dim, in_dim) = (l.out_dim(), l.in_dim());
             if t.a.size()[1] != in_dim || t.b.size()[0] != out_dim {
                 return Err(foreign(format!(
-                    "layer `{module}` is {in_dim} -> {out_dim} in the model but {} -> {} in \
+                    "layer `{}` is {in_dim} -> {out_dim} in the model but {} -> {} in \
                      the adapter",
+                    shown(module),
                     t.a.size()[1],
                     t.b.size()[0]
                 )));

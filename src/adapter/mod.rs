@@ -1,6 +1,8 @@
 //! LoRA and MoSLoRA adapters: one code path, `(A, mixer, B, scale)`, where plain LoRA is the
-//! absent mixer. Injected by target name into the frozen SDXL model, without copying it.
+//! absent mixer. Injected by target name into the frozen SDXL model, without copying it: into
+//! the UNet, and optionally into both text encoders ([`Component`]).
 
+pub mod component;
 pub mod export;
 pub mod file;
 pub mod lowrank;
@@ -10,11 +12,20 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::sdxl::nn::Linear;
+use crate::sdxl::pipeline::TextEncoders;
 use crate::sdxl::unet::UNet2DConditionModel;
+pub use component::{text_encoder_parts, Adaptable, Component};
 pub use lowrank::{AInit, LowRankAdapter, MixerInit};
 
 /// The attention projections of every UNet attention (560 layers in SDXL).
 pub const DEFAULT_TARGETS: &[&str] = &["to_q", "to_k", "to_v", "to_out.0"];
+
+/// The self-attention projections of a CLIP text encoder, what `text_encoder_targets` may
+/// name (diffusers' DreamBooth scripts adapt all four).
+pub const TEXT_ENCODER_LINEARS: &[&str] = &["q_proj", "k_proj", "v_proj", "out_proj"];
+
+/// Seed offset of the mixers' stream, apart from A's.
+const MIXER_STREAM: u64 = 0x6d69_7865;
 
 /// What to attach and how to start it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,6 +42,12 @@ pub struct AdapterConfig {
     pub init_a: AInit,
     #[serde(default = "default_targets")]
     pub targets: Vec<String>,
+    /// Self-attention projections of both text encoders to adapt as well, with the same rank,
+    /// alpha, mixer and init (e.g. `[q_proj, k_proj, v_proj, out_proj]`). Empty: the text
+    /// encoders stay frozen. Left out of files and fingerprints when empty, so that
+    /// UNet-only adapters and checkpoints read and match as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text_encoder_targets: Vec<String>,
 }
 
 fn default_rank() -> i64 {
@@ -54,6 +71,7 @@ impl Default for AdapterConfig {
             mixer: default_mixer(),
             init_a: default_init_a(),
             targets: default_targets(),
+            text_encoder_targets: Vec::new(),
         }
     }
 }
@@ -81,6 +99,15 @@ impl AdapterConfig {
                 "adapter.targets is empty: name at least one layer, e.g. to_q",
             ));
         }
+        for t in &self.text_encoder_targets {
+            if !TEXT_ENCODER_LINEARS.iter().any(|n| matches_target(t, n)) {
+                return Err(Error::msg(format!(
+                    "adapter.text_encoder_targets: `{t}` is no text-encoder attention layer \
+                     (valid: {}, optionally prefixed by self_attn.)",
+                    TEXT_ENCODER_LINEARS.join(", ")
+                )));
+            }
+        }
         if let Some(a) = self.alpha {
             if !(a.is_finite() && a > 0.0) {
                 return Err(Error::msg(format!(
@@ -98,17 +125,21 @@ pub fn matches_target(module: &str, target: &str) -> bool {
     module == target || module.ends_with(&format!(".{target}"))
 }
 
-/// The linear layers of the UNet that the targets select, in module order.
-pub fn targeted<'a>(unet: &'a mut UNet2DConditionModel, targets: &[String]) -> Vec<&'a mut Linear> {
-    unet.attention_linears_mut()
+/// The linear layers of a model part that the targets select, in module order.
+pub fn targeted<'a, M: Adaptable + ?Sized>(
+    model: &'a mut M,
+    targets: &[String],
+) -> Vec<&'a mut Linear> {
+    model
+        .adaptable_linears_mut()
         .into_iter()
         .filter(|l| targets.iter().any(|t| matches_target(&l.name, t)))
         .collect()
 }
 
-/// Attach fresh adapters. A is drawn from one seeded stream and the mixers from another, so
-/// a LoRA and a MoSLoRA made with the same seed start from the same A (and B = 0): they differ
-/// in the mixer alone. Returns how many layers were adapted.
+/// Attach fresh adapters to the UNet. A is drawn from one seeded stream and the mixers from
+/// another, so a LoRA and a MoSLoRA made with the same seed start from the same A (and
+/// B = 0): they differ in the mixer alone. Returns how many layers were adapted.
 pub fn inject(unet: &mut UNet2DConditionModel, cfg: &AdapterConfig, seed: u64) -> Result<usize> {
     cfg.validate()?;
     let layers = targeted(unet, &cfg.targets);
@@ -119,13 +150,45 @@ pub fn inject(unet: &mut UNet2DConditionModel, cfg: &AdapterConfig, seed: u64) -
             cfg.targets
         )));
     }
+    attach_fresh(layers, cfg, seed)
+}
+
+/// Attach fresh adapters to both text encoders' `text_encoder_targets` (none when that list
+/// is empty), each encoder from its own seeded streams, drawn the same way as the UNet's so
+/// that LoRA and MoSLoRA again differ in the mixer alone. Returns how many layers were
+/// adapted in both together.
+pub fn inject_text_encoders(
+    text: &mut TextEncoders,
+    cfg: &AdapterConfig,
+    seed: u64,
+) -> Result<usize> {
+    cfg.validate()?;
+    if cfg.text_encoder_targets.is_empty() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for (c, model) in text_encoder_parts(text) {
+        let layers = targeted(model, &cfg.text_encoder_targets);
+        if layers.is_empty() {
+            return Err(Error::msg(format!(
+                "adapter.text_encoder_targets {:?} match no layer of {}",
+                cfg.text_encoder_targets,
+                c.prefix()
+            )));
+        }
+        n += attach_fresh(layers, cfg, seed.wrapping_add(c.seed_offset()))?;
+    }
+    Ok(n)
+}
+
+fn attach_fresh(layers: Vec<&mut Linear>, cfg: &AdapterConfig, seed: u64) -> Result<usize> {
     let n = layers.len();
     tch::manual_seed(seed as i64);
-    let mut a_inits = Vec::with_capacity(n);
-    for l in &layers {
-        a_inits.push(lowrank::init_a(l.in_dim(), cfg.rank, cfg.init_a)?);
-    }
-    tch::manual_seed(seed.wrapping_add(0x6d69_7865) as i64);
+    let a_inits: Vec<Tensor> = layers
+        .iter()
+        .map(|l| lowrank::init_a(l.in_dim(), cfg.rank, cfg.init_a))
+        .collect::<Result<_>>()?;
+    tch::manual_seed(seed.wrapping_add(MIXER_STREAM) as i64);
     for (l, a) in layers.into_iter().zip(a_inits) {
         let device = l.weight.device();
         let mixer = lowrank::init_mixer(cfg.rank, cfg.mixer)?;
@@ -142,18 +205,19 @@ pub fn inject(unet: &mut UNet2DConditionModel, cfg: &AdapterConfig, seed: u64) -
     Ok(n)
 }
 
-/// Every adapted layer with its adapter.
-pub fn adapted(unet: &mut UNet2DConditionModel) -> Vec<&mut Linear> {
-    unet.attention_linears_mut()
+/// Every adapted layer of a model part, with its adapter.
+pub fn adapted<M: Adaptable + ?Sized>(model: &mut M) -> Vec<&mut Linear> {
+    model
+        .adaptable_linears_mut()
         .into_iter()
         .filter(|l| l.adapter.is_some())
         .collect()
 }
 
-/// The trained tensors, named `<module>.lora_A.weight` and so on (the file's names).
-pub fn trained_parameters(unet: &mut UNet2DConditionModel) -> Vec<(String, Tensor)> {
+/// The trained tensors of a model part, named `<module>.lora_A.weight` and so on.
+pub fn trained_parameters<M: Adaptable + ?Sized>(model: &mut M) -> Vec<(String, Tensor)> {
     let mut out = Vec::new();
-    for l in adapted(unet) {
+    for l in adapted(model) {
         let a = l.adapter.as_ref().expect("adapted");
         for (part, t) in a.trained() {
             out.push((format!("{}.{part}.weight", l.name), t));
@@ -162,29 +226,56 @@ pub fn trained_parameters(unet: &mut UNet2DConditionModel) -> Vec<(String, Tenso
     out
 }
 
-pub fn merge_all(unet: &mut UNet2DConditionModel) {
-    for l in adapted(unet) {
+/// The trained tensors of both text encoders, named `<component>.<module>.lora_A.weight`:
+/// both encoders have `text_model.*` modules, and no UNet module starts with a component
+/// name, so these names never collide with each other or with the UNet's bare ones.
+pub fn text_encoder_parameters(text: &mut TextEncoders) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    for (c, model) in text_encoder_parts(text) {
+        for (name, t) in trained_parameters(model) {
+            out.push((format!("{}.{name}", c.prefix()), t));
+        }
+    }
+    out
+}
+
+pub fn merge_all<M: Adaptable + ?Sized>(model: &mut M) {
+    for l in adapted(model) {
         l.merge();
     }
 }
 
-pub fn unmerge_all(unet: &mut UNet2DConditionModel) {
-    for l in adapted(unet) {
+pub fn unmerge_all<M: Adaptable + ?Sized>(model: &mut M) {
+    for l in adapted(model) {
         l.unmerge();
     }
 }
 
 /// Remove every adapter (unmerging first), leaving the base model as loaded.
-pub fn remove_all(unet: &mut UNet2DConditionModel) {
-    for l in adapted(unet) {
+pub fn remove_all<M: Adaptable + ?Sized>(model: &mut M) {
+    for l in adapted(model) {
         l.unmerge();
         l.adapter = None;
     }
 }
 
+/// `merge_all` on both text encoders.
+pub fn merge_text_encoders(text: &mut TextEncoders) {
+    for (_, model) in text_encoder_parts(text) {
+        merge_all(model);
+    }
+}
+
+/// `remove_all` on both text encoders.
+pub fn remove_text_encoders(text: &mut TextEncoders) {
+    for (_, model) in text_encoder_parts(text) {
+        remove_all(model);
+    }
+}
+
 /// Number of trained adapter parameters.
-pub fn count_parameters(unet: &mut UNet2DConditionModel) -> i64 {
-    trained_parameters(unet)
+pub fn count_parameters<M: Adaptable + ?Sized>(model: &mut M) -> i64 {
+    trained_parameters(model)
         .iter()
         .map(|(_, t)| t.numel() as i64)
         .sum()

@@ -2,7 +2,8 @@
 //! base model), from the SAME initial noise, with the same sampler, into labelled grids, a
 //! contact sheet and a gallery page.
 //!
-//! Fast by construction: prompt embeddings once per prompt, adapters merged into the weights
+//! Fast by construction: prompt embeddings once per prompt (and per adapter that changes the
+//! text encoders), adapters merged into the weights
 //! (one merge per column, not a side branch per layer per step), the conditional and
 //! unconditional passes in one batch, and images whose inputs did not change reused.
 
@@ -238,7 +239,6 @@ pub fn render(
         seed,
     };
 
-    // Prompt embeddings once per prompt, then the text encoders are freed.
     let prompt_entries: Vec<PromptEntry> = plan
         .prompts
         .iter()
@@ -248,15 +248,35 @@ pub fn render(
             text: cfg.subject.fill(&p.template),
         })
         .collect();
-    let embeds: Vec<(PromptEmbeds, PromptEmbeds)> = {
-        let text = TextEncoders::load(&dir, opts)?;
+    // Prompt embeddings once per prompt with the base text encoders, and once per prompt for
+    // each column whose adapter changes the text encoders; then the text encoders are freed.
+    let encode_all = |text: &TextEncoders| -> Result<Vec<(PromptEmbeds, PromptEmbeds)>> {
         let mut v = Vec::new();
         for p in &prompt_entries {
             let cond = text.encode(&p.text)?;
             let uncond = text.encode_negative(settings.negative_prompt.as_deref(), &cond)?;
             v.push((cond, uncond));
         }
-        v
+        Ok(v)
+    };
+    let (base_embeds, column_embeds) = {
+        let mut text = TextEncoders::load(&dir, opts)?;
+        let base = encode_all(&text)?;
+        let mut per_column = Vec::new();
+        for (column, loaded) in &adapters {
+            let own = match (loaded, &column.adapter) {
+                (Some((f, _)), Some(path)) if f.has_text_encoder_layers() => {
+                    f.apply_text_encoders(&mut text, 1.0, path)?;
+                    adapter::merge_text_encoders(&mut text);
+                    let v = encode_all(&text)?;
+                    adapter::remove_text_encoders(&mut text);
+                    Some(v)
+                }
+                _ => None,
+            };
+            per_column.push(own);
+        }
+        (base, per_column)
     };
     let mut den = Denoiser::load(&dir, opts)?;
     let identity = crate::train::model_identity(&dir, &mut den.unet, opts.dtype)?;
@@ -276,8 +296,9 @@ pub fn render(
     let mut images = Vec::new();
     let mut adapter_entries = Vec::new();
     let mut done = 0;
-    for (column, loaded) in &adapters {
+    for ((column, loaded), own_embeds) in adapters.iter().zip(&column_embeds) {
         adapter::remove_all(&mut den.unet);
+        let embeds = own_embeds.as_ref().unwrap_or(&base_embeds);
         let mut entry = AdapterEntry {
             name: column.name.clone(),
             label: column.label.clone(),

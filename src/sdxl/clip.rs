@@ -273,6 +273,19 @@ impl ClipTextModel {
         self.encoder.layers.len()
     }
 
+    /// Every self-attention projection (`q_proj`, `k_proj`, `v_proj`, `out_proj` of each
+    /// layer), in layer order: what text-encoder adapters target. Filter by `Linear::name`.
+    pub fn attention_linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.encoder
+            .layers
+            .iter_mut()
+            .flat_map(|l| {
+                let a = &mut l.self_attn;
+                [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.out_proj]
+            })
+            .collect()
+    }
+
     /// Run the model on token ids of shape (batch, seq) (or (seq): treated as a batch of one;
     /// any leading dimensions are flattened into the batch, as transformers does).
     ///

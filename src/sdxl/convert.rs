@@ -27,7 +27,7 @@ use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
 use super::weights::{safetensors_dtype, Init, MappedFile, ShapeSource, TensorSource, Weights};
 use crate::adapter::file::AdapterFile;
-use crate::adapter::LowRankAdapter;
+use crate::adapter::{Component, LowRankAdapter};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
@@ -56,8 +56,13 @@ pub fn convert(model: &ModelDir, out: &Path, o: &WriteOptions) -> Result<Written
     write_model(model, out, o, &HashMap::new())
 }
 
-/// Write `model` with the adapter at `adapter` merged into its UNet (`W0 + scale * alpha/r *
-/// B M A`, computed in f32 and then rounded to the output dtype, as `generate --adapter` does).
+/// Adapters to merge: component (`unet`, `text_encoder`, `text_encoder_2`) -> weight tensor
+/// name -> adapter.
+type Merged = HashMap<String, HashMap<String, LowRankAdapter>>;
+
+/// Write `model` with the adapter at `adapter` merged into its UNet and, when it adapts them,
+/// its text encoders (`W0 + scale * alpha/r * B M A`, computed in f32 and then rounded to the
+/// output dtype, as `generate --adapter` does).
 pub fn merge(
     model: &ModelDir,
     adapter: &Path,
@@ -67,7 +72,6 @@ pub fn merge(
 ) -> Result<Written> {
     let file = AdapterFile::read(adapter)?;
     let configs = configs_of(model)?;
-    let shapes: HashMap<String, Vec<i64>> = listing("unet", &configs)?.into_iter().collect();
     let foreign = |what: String| {
         Error::msg(format!(
             "adapter {} does not fit the model {}: {what} (it was trained on `{}`)",
@@ -76,32 +80,46 @@ pub fn merge(
             file.meta.base_model.name
         ))
     };
-    let mut adapters = HashMap::new();
-    for (module, t) in &file.layers {
-        let name = format!("{module}.weight");
-        let shape = shapes
-            .get(&name)
-            .ok_or_else(|| foreign(format!("the model has no layer `{module}`")))?;
-        let fits = shape.len() == 2 && shape[0] == t.b.size()[0] && shape[1] == t.a.size()[1];
-        if !fits {
-            return Err(foreign(format!(
-                "layer `{module}` is {shape:?} in the model but {} -> {} in the adapter",
-                t.a.size()[1],
-                t.b.size()[0]
-            )));
+    let mut adapters: Merged = HashMap::new();
+    let mut merged = 0;
+    for c in Component::ALL {
+        let layers = file.component_layers(c);
+        if layers.is_empty() {
+            continue;
         }
-        let mut a = LowRankAdapter::from_tensors(
-            t.a.shallow_clone(),
-            t.b.shallow_clone(),
-            t.mixer.as_ref().map(Tensor::shallow_clone),
-            file.meta.adapter.mixer.trained(),
-            file.meta.adapter.alpha(),
-        );
-        a.scale *= scale;
-        adapters.insert(name, a);
+        let shapes: HashMap<String, Vec<i64>> =
+            listing(c.prefix(), &configs)?.into_iter().collect();
+        let into = adapters.entry(c.prefix().to_string()).or_default();
+        for (module, t) in layers {
+            let name = format!("{module}.weight");
+            let shape = shapes.get(&name).ok_or_else(|| {
+                foreign(format!(
+                    "the model has no layer `{module}` in {}",
+                    c.prefix()
+                ))
+            })?;
+            let fits = shape.len() == 2 && shape[0] == t.b.size()[0] && shape[1] == t.a.size()[1];
+            if !fits {
+                return Err(foreign(format!(
+                    "layer `{module}` is {shape:?} in the model but {} -> {} in the adapter",
+                    t.a.size()[1],
+                    t.b.size()[0]
+                )));
+            }
+            let mut a = LowRankAdapter::from_tensors(
+                t.a.shallow_clone(),
+                t.b.shallow_clone(),
+                t.mixer.as_ref().map(Tensor::shallow_clone),
+                file.meta.adapter.mixer.trained(),
+                file.meta.adapter.alpha(),
+            );
+            a.scale *= scale;
+            into.insert(name, a);
+            merged += 1;
+        }
     }
     let mut w = write_model(model, out, o, &adapters)?;
-    w.merged_layers = adapters.len();
+    w.merged_layers = merged;
     Ok(w)
 }
 
@@ -234,7 +252,7 @@ fn write_model(
     model: &ModelDir,
     out: &Path,
     o: &WriteOptions,
-    adapters: &HashMap<String, LowRankAdapter>,
+    adapters: &Merged,
 ) -> Result<Written> {
     let same = out
         .canonicalize()
@@ -279,18 +297,18 @@ type Piece = (i64, String, Vec<i64>);
 
 const WEIGHT_COMPONENTS: [&str; 4] = ["unet", "vae", "text_encoder", "text_encoder_2"];
 
-/// Adapters apply to the UNet only.
+/// The component's adapters are merged as its tensors are read.
 fn reader<'a>(
     model: &ModelDir,
     component: &str,
     kind: Kind,
-    adapters: &'a HashMap<String, LowRankAdapter>,
+    adapters: &'a Merged,
     none: &'a HashMap<String, LowRankAdapter>,
 ) -> Result<ComponentReader<'a>> {
     Ok(ComponentReader {
         w: model.weights(component, kind, Device::Cpu)?,
         kind,
-        adapters: if component == "unet" { adapters } else { none },
+        adapters: adapters.get(component).unwrap_or(none),
     })
 }
 
@@ -321,7 +339,7 @@ fn write_single_file(
     configs: &ModelConfigs,
     out: &Path,
     kind: Kind,
-    adapters: &HashMap<String, LowRankAdapter>,
+    adapters: &Merged,
 ) -> Result<usize> {
     let layout = configs.layout()?;
     let dtype = safetensors_dtype(kind)?;
@@ -418,7 +436,7 @@ fn write_folder(
     configs: &ModelConfigs,
     out: &Path,
     kind: Kind,
-    adapters: &HashMap<String, LowRankAdapter>,
+    adapters: &Merged,
 ) -> Result<usize> {
     let tmp = fsutil::temp_path(out);
     let _ = std::fs::remove_dir_all(&tmp);
@@ -447,7 +465,7 @@ fn fill_folder(
     configs: &ModelConfigs,
     dir: &Path,
     kind: Kind,
-    adapters: &HashMap<String, LowRankAdapter>,
+    adapters: &Merged,
 ) -> Result<usize> {
     let dtype = safetensors_dtype(kind)?;
     let none = HashMap::new();

@@ -111,13 +111,24 @@ impl TextEncoders {
     /// encoders side by side, and text_encoder_2's projected pooled output.
     pub fn encode(&self, prompt: &str) -> Result<PromptEmbeds> {
         let _guard = tch::no_grad_guard();
+        self.embed(&self.token_ids(prompt)?)
+    }
+
+    /// The prompt's token ids for each encoder's tokenizer, (1, 77) each.
+    pub fn token_ids(&self, prompt: &str) -> Result<(Tensor, Tensor)> {
         let ids = |t: &ClipTokenizer| -> Result<Tensor> {
             Ok(Tensor::from_slice(&t.encode(prompt)?)
                 .unsqueeze(0)
                 .to_device(self.device))
         };
-        let out1 = self.text_encoder.forward(&ids(&self.tokenizer)?);
-        let out2 = self.text_encoder_2.forward(&ids(&self.tokenizer_2)?);
+        Ok((ids(&self.tokenizer)?, ids(&self.tokenizer_2)?))
+    }
+
+    /// `encode` from token ids, recording gradients unless the caller disabled them: with
+    /// trained text-encoder adapters the embeddings are part of the training graph.
+    pub fn embed(&self, ids: &(Tensor, Tensor)) -> Result<PromptEmbeds> {
+        let out1 = self.text_encoder.forward(&ids.0);
+        let out2 = self.text_encoder_2.forward(&ids.1);
         let penultimate = |hs: &[Tensor]| hs[hs.len() - 2].shallow_clone();
         let hidden = Tensor::cat(
             &[
@@ -348,7 +359,8 @@ pub fn generate(
     generate_with(dir, prompt, negative, None, o, opts, on_step)
 }
 
-/// `generate` with an optional adapter file and strength, merged into the UNet's weights.
+/// `generate` with an optional adapter file and strength, merged into the weights of the UNet
+/// (and of the text encoders when it adapts them).
 pub fn generate_with(
     dir: &Path,
     prompt: &str,
@@ -364,7 +376,12 @@ pub fn generate_with(
         Some((p, s)) => Some((crate::adapter::file::AdapterFile::read(p)?, p, s)),
         None => None,
     };
-    let text = TextEncoders::load(&dir, opts)?;
+    let mut text = TextEncoders::load(&dir, opts)?;
+    // Text-encoder adapters change the prompt embeddings: they go in (merged) before encoding.
+    if let Some((file, path, scale)) = &adapter {
+        file.apply_text_encoders(&mut text, *scale, path)?;
+        crate::adapter::merge_text_encoders(&mut text);
+    }
     let cond = text.encode(prompt)?;
     let uncond = text.encode_negative(negative, &cond)?;
     drop(text);

@@ -1,5 +1,5 @@
-//! Resumable checkpoints: the adapter, the optimizer state, the step and the loss history,
-//! in one folder swapped in atomically (a crash never leaves a half-written checkpoint where a
+//! Resumable checkpoints: the adapter (UNet and text-encoder layers), the optimizer state, the
+//! step and the loss history, in one folder swapped in atomically (a crash never leaves a half-written checkpoint where a
 //! good one was).
 //!
 //! No generator state is needed: every draw of step `s` comes from a generator seeded with
@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::optimizer::AdamW;
-use crate::adapter::adapted;
 use crate::adapter::file::{self, AdapterFile, AdapterMeta};
+use crate::adapter::{adapted, text_encoder_parts, Adaptable, Component};
 use crate::error::{Error, Result};
+use crate::sdxl::pipeline::TextEncoders;
 use crate::sdxl::unet::UNet2DConditionModel;
 use crate::sdxl::weights::save_safetensors;
 
@@ -34,10 +35,14 @@ fn sibling(dir: &Path, tag: &str) -> PathBuf {
     dir.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
 }
 
+/// Write a checkpoint of the UNet's adapters and, when the run trains them, the text
+/// encoders' (`text`).
+#[allow(clippy::too_many_arguments)]
 pub fn save(
     dir: &Path,
     fingerprint: &str,
     unet: &mut UNet2DConditionModel,
+    mut text: Option<&mut TextEncoders>,
     opt: &AdamW,
     meta: &AdapterMeta,
     losses: &[f32],
@@ -47,7 +52,8 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut write = || -> Result<()> {
-        file::save(unet, meta, &tmp.join("adapter.safetensors"))?;
+        let text = text.as_deref_mut();
+        file::save_with_text(unet, text, meta, &tmp.join("adapter.safetensors"))?;
         save_safetensors(&opt.state(), None, &tmp.join("optimizer.safetensors"))?;
         let state = State {
             step: opt.step,
@@ -71,12 +77,14 @@ pub fn save(
     Ok(())
 }
 
-/// Restore a checkpoint into freshly injected adapters and optimizer. `Ok(None)` when there
-/// is no checkpoint; an error when it belongs to other settings or is damaged.
+/// Restore a checkpoint into freshly injected adapters (of the UNet, and of the text encoders
+/// when given) and optimizer. `Ok(None)` when there is no checkpoint; an error when it belongs
+/// to other settings or is damaged.
 pub fn load(
     dir: &Path,
     fingerprint: &str,
     unet: &mut UNet2DConditionModel,
+    text: Option<&mut TextEncoders>,
     opt: &mut AdamW,
 ) -> Result<Option<State>> {
     let state_path = dir.join("state.json");
@@ -95,19 +103,30 @@ pub fn load(
     let adapter_path = dir.join("adapter.safetensors");
     let saved = AdapterFile::read(&adapter_path)?;
     let _guard = tch::no_grad_guard();
-    for l in adapted(unet) {
-        let t = saved.layers.get(&l.name).ok_or_else(|| {
-            Error::msg(format!(
-                "{}: checkpoint lacks layer `{}`",
-                adapter_path.display(),
-                l.name
-            ))
-        })?;
-        let a = l.adapter.as_mut().expect("adapted");
-        a.a.detach().copy_(&t.a);
-        a.b.detach().copy_(&t.b);
-        if let (Some(m), Some(tm)) = (&a.mixer, &t.mixer) {
-            m.detach().copy_(tm);
+    let restore = |c: Component, model: &mut dyn Adaptable| -> Result<()> {
+        let layers = saved.component_layers(c);
+        for l in adapted(model) {
+            let t = layers.get(&l.name).ok_or_else(|| {
+                Error::msg(format!(
+                    "{}: checkpoint lacks {} layer `{}`",
+                    adapter_path.display(),
+                    c.prefix(),
+                    l.name
+                ))
+            })?;
+            let a = l.adapter.as_mut().expect("adapted");
+            a.a.detach().copy_(&t.a);
+            a.b.detach().copy_(&t.b);
+            if let (Some(m), Some(tm)) = (&a.mixer, &t.mixer) {
+                m.detach().copy_(tm);
+            }
+        }
+        Ok(())
+    };
+    restore(Component::Unet, unet)?;
+    if let Some(text) = text {
+        for (c, model) in text_encoder_parts(text) {
+            restore(c, model)?;
         }
     }
     let opt_path = dir.join("optimizer.safetensors");

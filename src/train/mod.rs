@@ -1,15 +1,18 @@
-//! DreamBooth training of LoRA and MoSLoRA adapters on the frozen SDXL UNet.
+//! DreamBooth training of LoRA and MoSLoRA adapters on the frozen SDXL UNet (and optionally
+//! on both text encoders, [`text`]).
 //!
 //! Epsilon prediction on the DDPM forward process, MSE loss, AdamW, gradient clipping. Prompt
-//! embeddings and VAE latents are computed once before the first step. Every random draw of
-//! step `s` comes from a generator seeded with (seed, s), so a run is reproducible on the CPU
-//! and a resumed run continues exactly where the interrupted one would have gone.
+//! embeddings (unless the text encoders are adapted) and VAE latents are computed once before
+//! the first step. Every random draw of step `s` comes from a generator seeded with (seed, s),
+//! so a run is reproducible on the CPU and a resumed run continues exactly where the
+//! interrupted one would have gone.
 
 pub mod checkpoint;
 pub mod dataset;
 pub mod loss_log;
 pub mod optimizer;
 pub mod recompute;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +35,7 @@ use crate::sdxl::unet::UNet2DConditionModel;
 use crate::sdxl::vae::AutoencoderKL;
 use dataset::Example;
 use optimizer::AdamW;
+use text::TextTraining;
 
 /// Set by the Ctrl-C handler: the loop writes a checkpoint and stops cleanly.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -205,8 +209,19 @@ pub fn prepare_data(
     cfg: &RunConfig,
     dir: &ModelDir,
     opts: RunOptions,
-    mut note: impl FnMut(&str),
+    note: impl FnMut(&str),
 ) -> Result<TrainData> {
+    prepare_data_and_text(cfg, dir, opts, note).map(|(data, _)| data)
+}
+
+/// `prepare_data`, keeping the text encoders when the run adapts them
+/// (`adapter.text_encoder_targets`).
+pub fn prepare_data_and_text(
+    cfg: &RunConfig,
+    dir: &ModelDir,
+    opts: RunOptions,
+    mut note: impl FnMut(&str),
+) -> Result<(TrainData, Option<TextEncoders>)> {
     let photos = dataset::load_photos(&cfg.subject.images)?;
     note(&format!(
         "{} photos in {}",
@@ -223,7 +238,7 @@ pub fn prepare_data(
     };
     generate_class_images(cfg, dir, &text, opts, &mut note)?;
     let uncond = text.encode_negative(None, &instance_prompt)?;
-    drop(text);
+    let text = (!cfg.adapter.text_encoder_targets.is_empty()).then_some(text);
 
     let w = dir.weights("vae", Kind::Float, opts.device)?;
     let vae = AutoencoderKL::new(&w, &dir.vae_config()?)?;
@@ -271,13 +286,14 @@ pub fn prepare_data(
     } else {
         None
     };
-    Ok(TrainData {
+    let data = TrainData {
         instance,
         instance_prompt,
         class,
         scaling_factor,
         sampler,
-    })
+    };
+    Ok((data, text))
 }
 
 fn warn_if_truncated(text: &TextEncoders, prompt: &str, note: &mut impl FnMut(&str)) {
@@ -473,8 +489,25 @@ pub fn train_step(
     opt: &mut AdamW,
     opts: RunOptions,
 ) -> (f32, f64) {
+    train_step_with(cfg, data, None, sched, unet, opt, opts)
+}
+
+/// [`train_step`] of a run that may also train text-encoder adapters (`text`): the batch's
+/// prompt embeddings are then computed afresh, with gradients.
+pub fn train_step_with(
+    cfg: &RunConfig,
+    data: &TrainData,
+    text: Option<&TextTraining>,
+    sched: &DdpmSchedule,
+    unet: &UNet2DConditionModel,
+    opt: &mut AdamW,
+    opts: RunOptions,
+) -> (f32, f64) {
     let step = opt.step + 1;
-    let batch = make_batch(data, sched, cfg, step, opts.device, opts.dtype);
+    let mut batch = make_batch(data, sched, cfg, step, opts.device, opts.dtype);
+    if let Some(t) = text {
+        t.condition(&mut batch, opts.dtype);
+    }
     let prior_weight = data.class.as_ref().map(|c| c.2).unwrap_or(0.0);
     opt.zero_grad();
     let l = loss_backward(
@@ -573,10 +606,39 @@ pub fn train_adapter(
     resume: bool,
     progress: &mut dyn Progress,
 ) -> Result<TrainOutcome> {
+    train_adapter_with(
+        cfg, kind, data, unet, None, identity, opts, resume, progress,
+    )
+}
+
+/// [`train_adapter`], with the text encoders (without adapters yet) when the run adapts them
+/// too: their adapters then train, checkpoint and save beside the UNet's.
+#[allow(clippy::too_many_arguments)]
+pub fn train_adapter_with(
+    cfg: &RunConfig,
+    kind: AdapterKind,
+    data: &TrainData,
+    unet: &mut UNet2DConditionModel,
+    mut text: Option<&mut TextTraining>,
+    identity: &ModelIdentity,
+    opts: RunOptions,
+    resume: bool,
+    progress: &mut dyn Progress,
+) -> Result<TrainOutcome> {
     let paths = RunPaths::new(cfg, kind);
     let acfg = kind.adapter_config(cfg);
-    let layers = adapter::inject(unet, &acfg, cfg.seed)?;
-    let params = adapter::trained_parameters(unet);
+    if text.is_none() && !acfg.text_encoder_targets.is_empty() {
+        return Err(Error::msg(
+            "adapter.text_encoder_targets is set but the text encoders were not given: \
+             train with train::train or train_adapter_with",
+        ));
+    }
+    let mut layers = adapter::inject(unet, &acfg, cfg.seed)?;
+    let mut params = adapter::trained_parameters(unet);
+    if let Some(t) = text.as_deref_mut() {
+        layers += adapter::inject_text_encoders(&mut t.encoders, &acfg, cfg.seed)?;
+        params.extend(adapter::text_encoder_parameters(&mut t.encoders));
+    }
     let n_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
     let mut opt = AdamW::new(params, cfg.train.adam.clone());
     let sched = DdpmSchedule::new(&ModelDir::open(&cfg.model)?.scheduler_config()?)?;
@@ -586,7 +648,10 @@ pub fn train_adapter(
     let mut lrs: Vec<f64> = Vec::new();
     if resume {
         // No checkpoint (a first run, or `compare` starting afresh): train from step 0.
-        if let Some(state) = checkpoint::load(&paths.checkpoint(), &fingerprint, unet, &mut opt)? {
+        let encoders = text.as_deref_mut().map(|t| &mut t.encoders);
+        if let Some(state) =
+            checkpoint::load(&paths.checkpoint(), &fingerprint, unet, encoders, &mut opt)?
+        {
             losses = state.losses;
             lrs = state.learning_rates;
             progress.note(&format!("{}: resuming at step {}", kind.label(), opt.step));
@@ -624,7 +689,7 @@ pub fn train_adapter(
             break;
         }
         let step = opt.step + 1;
-        let (value, lr) = train_step(cfg, data, &sched, unet, &mut opt, opts);
+        let (value, lr) = train_step_with(cfg, data, text.as_deref(), &sched, unet, &mut opt, opts);
         if !value.is_finite() {
             let kept = if paths.checkpoint().exists() {
                 format!(
@@ -652,6 +717,7 @@ pub fn train_adapter(
                 write_sample(
                     cfg,
                     data,
+                    text.as_deref(),
                     s,
                     unet,
                     opts,
@@ -665,6 +731,7 @@ pub fn train_adapter(
                 &paths.checkpoint(),
                 &fingerprint,
                 unet,
+                text.as_deref_mut().map(|t| &mut t.encoders),
                 &opt,
                 &meta(step),
                 &losses,
@@ -679,6 +746,7 @@ pub fn train_adapter(
         &paths.checkpoint(),
         &fingerprint,
         unet,
+        text.as_deref_mut().map(|t| &mut t.encoders),
         &opt,
         &meta(opt.step),
         &losses,
@@ -691,7 +759,8 @@ pub fn train_adapter(
         &[(kind.label(), &losses)],
     )?;
     if !interrupted {
-        adapter::file::save(unet, &meta(opt.step), &paths.adapter())?;
+        let encoders = text.map(|t| &mut t.encoders);
+        adapter::file::save_with_text(unet, encoders, &meta(opt.step), &paths.adapter())?;
     }
     Ok(TrainOutcome {
         kind,
@@ -709,6 +778,7 @@ pub fn train_adapter(
 fn write_sample(
     cfg: &RunConfig,
     data: &TrainData,
+    text: Option<&TextTraining>,
     s: &Sampler,
     unet: &UNet2DConditionModel,
     opts: RunOptions,
@@ -723,11 +793,16 @@ fn write_sample(
         seed: 0,
     };
     let noise = crate::sdxl::pipeline::seeded_randn(0, &[1, 4, size / 8, size / 8]);
+    // With text-encoder adapters the prompt reads as the adapters make it read now.
+    let adapted_prompt = match text {
+        Some(t) => Some(tch::no_grad(|| t.instance_embeds())?),
+        None => None,
+    };
     let latents = crate::sdxl::pipeline::sample_latents(
         unet,
         &s.scheduler,
         opts,
-        &data.instance_prompt,
+        adapted_prompt.as_ref().unwrap_or(&data.instance_prompt),
         &s.uncond,
         &noise,
         &o,
@@ -759,14 +834,26 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<Vec<TrainOutcome>> {
     let dir = ModelDir::open(&cfg.model)?;
-    let data = prepare_data(cfg, &dir, opts, |m| progress.note(m))?;
+    let (data, text) = prepare_data_and_text(cfg, &dir, opts, |m| progress.note(m))?;
+    let mut text = text.map(|t| TextTraining::new(t, cfg)).transpose()?;
     let mut unet = crate::sdxl::pipeline::load_unet(&dir, opts)?;
     let identity = model_identity(&dir, &mut unet, opts.dtype)?;
     let mut out = Vec::new();
     for &kind in kinds {
         adapter::remove_all(&mut unet);
-        let o = train_adapter(
-            cfg, kind, &data, &mut unet, &identity, opts, resume, progress,
+        if let Some(t) = text.as_mut() {
+            adapter::remove_text_encoders(&mut t.encoders);
+        }
+        let o = train_adapter_with(
+            cfg,
+            kind,
+            &data,
+            &mut unet,
+            text.as_mut(),
+            &identity,
+            opts,
+            resume,
+            progress,
         )?;
         let stop = o.interrupted;
         out.push(o);

@@ -9,8 +9,8 @@ the PNG saved as diffusers saves it, and `unload_lora_weights`. Extra LORA_FILE 
 reuse the loaded pipeline (one Python start for several files).
 
 A loader that skips keys it does not understand only warns, and the picture is then silently
-wrong; so every LoRA layer in the file must end up as a LoRA layer in the UNet, or the script
-exits non-zero.
+wrong; so every LoRA layer in the file must end up as a LoRA layer in its component (the UNet,
+text_encoder or text_encoder_2), or the script exits non-zero.
 """
 
 import sys
@@ -20,16 +20,25 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors import safe_open
 
 
+# Key prefixes of each component, in kohya's and in diffusers' (PEFT) format.
+PREFIXES = {
+    "unet": ("lora_unet_", "unet."),
+    "text_encoder": ("lora_te1_", "text_encoder."),
+    "text_encoder_2": ("lora_te2_", "text_encoder_2."),
+}
+
+
 def layers_in_file(path):
+    """LoRA layers per component."""
     with safe_open(path, "pt") as f:
         keys = list(f.keys())
     down = [k for k in keys if k.endswith(".lora_down.weight") or k.endswith(".lora_A.weight")]
-    return len(down)
+    return {c: sum(k.startswith(p) for k in down for p in ps) for c, ps in PREFIXES.items()}
 
 
-def lora_layers_in_unet(unet):
+def lora_layers_in(model):
     n = 0
-    for _, module in unet.named_modules():
+    for _, module in model.named_modules():
         a = getattr(module, "lora_A", None)
         if isinstance(a, torch.nn.ModuleDict) and len(a) > 0:
             n += 1
@@ -48,9 +57,11 @@ def main(argv):
     ok = True
     for lora, out in jobs:
         pipe.load_lora_weights(lora, adapter_name="exported")
-        want, got = layers_in_file(lora), lora_layers_in_unet(pipe.unet)
-        print(f"{lora}: {got} LoRA layers in the UNet, {want} in the file", flush=True)
-        ok &= want == got and want > 0
+        want = layers_in_file(lora)
+        got = {c: lora_layers_in(getattr(pipe, c)) for c in PREFIXES}
+        for c in PREFIXES:
+            print(f"{lora}: {got[c]} LoRA layers in {c}, {want[c]} in the file", flush=True)
+        ok &= want == got and want["unet"] > 0
         image = pipe(
             prompt,
             num_inference_steps=int(steps),
