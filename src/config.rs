@@ -391,7 +391,7 @@ impl RunConfig {
             // Recomputed UNet segments take the prompt embeddings as constants, so no
             // gradient would reach text-encoder adapters.
             (
-                !(t.gradient_checkpointing && !self.adapter.text_encoder_targets.is_empty()),
+                !t.gradient_checkpointing || self.adapter.text_encoder_targets.is_empty(),
                 "train.gradient_checkpointing cannot train text-encoder adapters: set it to \
                  false or empty adapter.text_encoder_targets",
             ),

@@ -17,7 +17,9 @@ use moslora::adapter::{self, AdapterConfig, MixerInit};
 use moslora::config::RunConfig;
 use moslora::sdxl::convert::{self, WriteOptions};
 use moslora::sdxl::model_dir::ModelDir;
-use moslora::sdxl::pipeline::{generate_with, load_unet, GenerateOptions, RunOptions};
+use moslora::sdxl::pipeline::{
+    generate_with, load_unet, GenerateOptions, RunOptions, TextEncoders,
+};
 use moslora::sdxl::sgm_names::Layout;
 use moslora::train::{self, AdapterKind, Quiet, RunPaths};
 use tch::{Device, Kind, Tensor};
@@ -297,20 +299,31 @@ fn half_precision_single_files() {
     }
 }
 
-/// A MoSLoRA with random B (so that it moves the picture), saved as training saves one.
+/// A MoSLoRA with random B (so that it moves the picture), in the UNet and in both text
+/// encoders (whose fused OpenCLIP projections a single file stores as one tensor), saved as
+/// training saves one.
 fn random_moslora(dir: &Path) -> PathBuf {
     let model = ModelDir::open(&tiny_model()).unwrap();
     let mut unet = load_unet(&model, RunOptions::default()).unwrap();
+    let mut text = TextEncoders::load(&model, RunOptions::default()).unwrap();
     let cfg = AdapterConfig {
         mixer: MixerInit::Orthogonal,
         alpha: Some(2.0),
+        text_encoder_targets: vec!["q_proj".into(), "v_proj".into(), "out_proj".into()],
         ..AdapterConfig::default()
     };
-    let layers = adapter::inject(&mut unet, &cfg, 5).unwrap();
+    let mut layers = adapter::inject(&mut unet, &cfg, 5).unwrap();
+    layers += adapter::inject_text_encoders(&mut text, &cfg, 5).unwrap();
     tch::manual_seed(13);
-    for l in adapter::adapted(&mut unet) {
+    let mut randomize = |l: &mut moslora::sdxl::nn::Linear| {
         let a = l.adapter.as_mut().unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
+    };
+    adapter::adapted(&mut unet)
+        .into_iter()
+        .for_each(&mut randomize);
+    for (_, m) in adapter::text_encoder_parts(&mut text) {
+        adapter::adapted(m).into_iter().for_each(&mut randomize);
     }
     let meta = AdapterMeta {
         format_version: FORMAT_VERSION,
@@ -325,7 +338,7 @@ fn random_moslora(dir: &Path) -> PathBuf {
         layers,
     };
     let path = dir.join("adapter.safetensors");
-    file::save(&mut unet, &meta, &path).unwrap();
+    file::save_with_text(&mut unet, Some(&mut text), &meta, &path).unwrap();
     path
 }
 
@@ -372,9 +385,9 @@ fn merged_models_render_like_the_adapter() {
     .unwrap();
     let layers = moslora::adapter::file::AdapterFile::read(&adapter)
         .unwrap()
-        .layers
-        .len();
+        .layer_count();
     assert_eq!(w.merged_layers, layers, "every adapted layer");
+    assert_eq!(layers, 136 + 2 * 5 * 3, "UNet and text-encoder layers");
     convert::merge(
         &ModelDir::open(&file).unwrap(),
         &adapter,
