@@ -25,7 +25,7 @@ OPENCLIP  := open-clip-torch==3.3.0
 
 BIN := target/release/moslora
 
-.PHONY: all build test demo fixtures venv clean fmt clippy browser
+.PHONY: all build test demo bench fixtures venv clean fmt clippy browser
 
 all: build
 
@@ -72,6 +72,11 @@ test: $(FIXTURES)/.stamp $(VENV)/.browser
 # comparison, build the blind study kit. Results under target/demo/.
 demo: build
 	$(BIN) demo --out target/demo
+
+# moslora against the diffusers + peft reference on the same models, batches, threads and
+# steps (bench/run.py); writes bench/results/cpu-<date>.md. BENCH_QUICK=1: a short smoke run.
+bench: build $(VENV)/.reference
+	$(PY) bench/run.py
 
 fmt:
 	cargo fmt --all

@@ -30,7 +30,7 @@ fn unet_with(mixer: MixerInit) -> UNet2DConditionModel {
     for l in adapter::adapted(&mut unet) {
         let a = l.adapter.as_mut().unwrap();
         tch::no_grad(|| {
-            let _ = a.b.copy_(&(Tensor::randn_like(&a.b) * 0.1));
+            a.b.copy_(&(Tensor::randn_like(&a.b) * 0.1));
         });
     }
     unet

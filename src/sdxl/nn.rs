@@ -41,13 +41,15 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
-        match &self.adapter {
-            Some(a) if !a.merged => {
-                let kind = y.kind();
-                (y + a.forward(x)).to_kind(kind)
-            }
-            _ => y,
+        match self.active_adapter() {
+            Some(a) => add_branch(y, &a.forward(x)),
+            None => y,
         }
+    }
+
+    /// The adapter, unless there is none or it is merged into the weight.
+    pub fn active_adapter(&self) -> Option<&LowRankAdapter> {
+        self.adapter.as_ref().filter(|a| !a.merged)
     }
 
     /// Fold the adapter into the frozen weight (`W0 + scale * B M A`): rendering then costs
@@ -75,6 +77,18 @@ impl Linear {
             let _ = self.weight.g_sub_(&delta);
             a.merged = false;
         }
+    }
+}
+
+/// The frozen output plus an adapter branch (f32), in the frozen output's dtype (no cast when
+/// they already agree, as on the CPU in f32).
+fn add_branch(y: Tensor, branch: &Tensor) -> Tensor {
+    let kind = y.kind();
+    let sum = y + branch;
+    if sum.kind() == kind {
+        sum
+    } else {
+        sum.to_kind(kind)
     }
 }
 

@@ -18,7 +18,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
@@ -226,7 +226,18 @@ impl MappedFile {
             what: format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
         })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        Tensor::f_from_data_size(view.data(), &shape, kind).map_err(Error::from)
+        let data = view.data();
+        let t = Tensor::f_from_data_size(data, &shape, kind).map_err(Error::from)?;
+        // The copy is what the model keeps: release the map's pages of this tensor from the
+        // resident set now, or loading peaks at twice the weights (map plus copies).
+        let offset = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        // SAFETY: a read-only shared file mapping (`Mmap::map`): released pages are read back
+        // from the file if touched again, so every later borrow of the map sees the same bytes.
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, offset, data.len())
+        };
+        Ok(t)
     }
 }
 

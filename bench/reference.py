@@ -1,0 +1,402 @@
+"""The reference side of the benchmarks: diffusers + peft doing what moslora-bench does.
+
+    python bench/reference.py make-model --config bench/configs/small --out target/bench/small-sdxl
+    python bench/reference.py train-step --model DIR --adapter moslora --resolution 512 ...
+    python bench/reference.py sample --model DIR --lora FILE --steps 50 --size 256 ...
+    python bench/reference.py recipe --model DIR --images assets/subject --out DIR ...
+
+Each command prints one line `RESULT {json}` (seconds and the peak resident memory of this
+process), like `moslora-bench`.
+
+What it mirrors:
+* training: diffusers' examples/dreambooth/train_dreambooth_lora_sdxl.py: the UNet frozen
+  (`requires_grad_(False)`, weights in the run's dtype, LoRA parameters upcast to f32),
+  `unet.add_adapter(LoraConfig(r, lora_alpha=r, init_lora_weights="gaussian",
+  target_modules=["to_k", "to_q", "to_v", "to_out.0"]))`, cached latents sampled from their
+  posterior each step, precomputed prompt embeddings, DDPM noise, MSE on the noise in f32,
+  backward, `clip_grad_norm_(params, 1.0)`, `torch.optim.AdamW(lr 1e-4, weight decay 1e-4)`,
+  `zero_grad()`; autocast in bf16/f16 as accelerate's mixed precision does;
+  `unet.enable_gradient_checkpointing()` for `--gradient-checkpointing`;
+* MoSLoRA (absent from peft): each LoRA layer's `lora_A` becomes A followed by a trainable
+  r x r `lora_AB` mixer, as in the MoSLoRA authors' code, initialised orthogonally;
+* sampling: `StableDiffusionXLPipeline` with the adapter loaded by `load_lora_weights`, then
+  `fuse_lora()` and `unload_lora_weights()` (diffusers' fastest documented path), Euler,
+  classifier-free guidance, VAE decode to a PIL image.
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def peak_rss_mib():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def median(xs):
+    v = sorted(xs)
+    n = len(v)
+    if n == 0:
+        return float("nan")
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def setup(args):
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "f32")]
+    return device, dtype
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gpu_peak(device):
+    if device.type != "cuda":
+        return {}
+    return {
+        "peak_cuda_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+        "peak_cuda_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20,
+    }
+
+
+class MoSLoRADown(nn.Linear):
+    """`lora_A` followed by the trainable r x r mixer `lora_AB` (MoSLoRA). Keeps A's
+    `weight` attribute, which peft's forward reads for the input dtype."""
+
+    def __init__(self, a: nn.Linear):
+        r = a.out_features
+        super().__init__(a.in_features, r, bias=False, device=a.weight.device,
+                         dtype=a.weight.dtype)
+        self.weight = a.weight
+        self.lora_AB = nn.Linear(r, r, bias=False, device=a.weight.device, dtype=a.weight.dtype)
+        nn.init.orthogonal_(self.lora_AB.weight)
+
+    def forward(self, x):
+        return self.lora_AB(F.linear(x, self.weight))
+
+
+def add_adapter(unet, kind, rank):
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=TARGETS))
+    if kind == "moslora":
+        from peft.tuners.lora import LoraLayer
+
+        for module in unet.modules():
+            if isinstance(module, LoraLayer):
+                for name in list(module.lora_A.keys()):
+                    module.lora_A[name] = MoSLoRADown(module.lora_A[name])
+    # As the script's `cast_training_params`: trained tensors in f32 whatever the base dtype.
+    for p in unet.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def autocast(device, dtype):
+    if dtype == torch.float32:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def load_unet(model, device, dtype):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(model) / "unet", torch_dtype=dtype)
+    unet.requires_grad_(False)
+    return unet.to(device)
+
+
+def cmd_train_step(args):
+    from diffusers import DDPMScheduler
+
+    device, dtype = setup(args)
+    unet = load_unet(args.model, device, dtype)
+    params = add_adapter(unet, args.adapter, args.rank)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    sched = DDPMScheduler.from_pretrained(Path(args.model) / "scheduler")
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
+    cfg = unet.config
+    torch.manual_seed(0)
+    side = args.resolution // 8
+    # Cached latent posteriors of 5 photos and the prompt's embeddings, as moslora-bench.
+    mean = (torch.randn(5, cfg.in_channels, side, side) * 5.0).to(device)
+    std = torch.full((5, cfg.in_channels, side, side), 0.05).to(device)
+    pooled_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    b = args.batch
+    hidden = torch.randn(1, 77, cfg.cross_attention_dim).repeat(b, 1, 1).to(device, dtype)
+    pooled = torch.randn(1, pooled_dim).repeat(b, 1).to(device, dtype)
+    r = float(args.resolution)
+    time_ids = torch.tensor([[r, r, 0, 0, r, r]] * b).to(device, dtype)
+    cond = {"text_embeds": pooled, "time_ids": time_ids}
+    times, losses = [], []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        idx = torch.randint(0, 5, (b,))
+        latents = (mean[idx] + std[idx] * torch.randn(b, cfg.in_channels, side, side,
+                                                      device=device)) * 0.13025
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), device=device)
+        noisy = sched.add_noise(latents, noise, timesteps).to(dtype)
+        with autocast(device, dtype):
+            pred = unet(noisy, timesteps, hidden, added_cond_kwargs=cond, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        value = loss.item()
+        sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+        losses.append(value)
+    return {
+        "what": "train-step", "side": "reference", "adapter": args.adapter, "rank": args.rank,
+        "batch": b, "resolution": args.resolution,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "threads": torch.get_num_threads(), "device": args.device, "dtype": str(dtype),
+        "seconds": times, "median_s": median(times), "losses": losses,
+        "peak_rss_mib": peak_rss_mib(), **gpu_peak(device),
+    }
+
+
+def cmd_sample(args):
+    from diffusers import StableDiffusionXLPipeline
+
+    device, dtype = setup(args)
+    pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if args.lora:
+        pipe.load_lora_weights(args.lora)
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+    gen = torch.Generator("cpu").manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        image = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                     height=args.size, width=args.size, generator=gen).images[0]
+    sync(device)
+    seconds = time.perf_counter() - t0
+    if args.out:
+        image.save(args.out)
+    return {
+        "what": "sample", "side": "reference", "steps": args.steps, "guidance": args.guidance,
+        "size": args.size, "adapter": bool(args.lora), "threads": torch.get_num_threads(),
+        "device": args.device, "dtype": str(dtype), "image_s": seconds,
+        "peak_rss_mib": peak_rss_mib(), **gpu_peak(device),
+    }
+
+
+def encode_prompt(tokenizers, encoders, prompt, device):
+    """train_dreambooth_lora_sdxl.py's `encode_prompt`: penultimate hidden states of both
+    encoders side by side, text_encoder_2's projected pooled output."""
+    embeds = []
+    pooled = None
+    for tok, enc in zip(tokenizers, encoders):
+        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids.to(device)
+        out = enc(ids, output_hidden_states=True, return_dict=False)
+        pooled = out[0]
+        embeds.append(out[-1][-2])
+    return torch.cat(embeds, dim=-1), pooled
+
+
+def load_photos(folder, resolution):
+    """The script's DreamBoothDataset transforms with --center_crop and no flip (as in the
+    moslora run it is compared with): EXIF orientation, RGB, the short side resized to the
+    resolution (torchvision's `Resize(int)` on a PIL image: PIL bilinear), centre crop,
+    [-1, 1]; with `original_size` and the crop's top-left for the micro-conditioning."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    pixels, time_ids = [], []
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix.lower() not in {".jpg", ".jpeg", ".png", ".webp"}:
+            continue
+        image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        original = (image.height, image.width)
+        w, h = image.size
+        short, long = min(w, h), max(w, h)
+        size_long = int(resolution * long / short)
+        new = (resolution, size_long) if w <= h else (size_long, resolution)
+        image = image.resize(new, Image.BILINEAR)
+        top = int(round((image.height - resolution) / 2.0))
+        left = int(round((image.width - resolution) / 2.0))
+        image = image.crop((left, top, left + resolution, top + resolution))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        pixels.append(x * 2.0 - 1.0)
+        time_ids.append(list(original) + [top, left, resolution, resolution])
+    return torch.stack(pixels), torch.tensor(time_ids, dtype=torch.float32)
+
+
+def cmd_recipe(args):
+    """Photos to a trained adapter file, as the script with --cache_latents does."""
+    from diffusers import (AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline)
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    device, dtype = setup(args)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    model = Path(args.model)
+    tokenizers = [CLIPTokenizer.from_pretrained(model / n) for n in ["tokenizer", "tokenizer_2"]]
+    encoders = [CLIPTextModel.from_pretrained(model / "text_encoder", torch_dtype=dtype),
+                CLIPTextModelWithProjection.from_pretrained(model / "text_encoder_2",
+                                                            torch_dtype=dtype)]
+    vae = AutoencoderKL.from_pretrained(model / "vae", torch_dtype=torch.float32).to(device)
+    unet = load_unet(model, device, dtype)
+    for m in encoders + [vae]:
+        m.requires_grad_(False)
+        m.to(device)
+    with torch.no_grad():
+        hidden, pooled = encode_prompt(tokenizers, encoders, args.prompt, device)
+        pixels, time_ids = load_photos(args.images, args.resolution)
+        posterior = vae.encode(pixels.to(device)).latent_dist
+    del encoders  # the text encoders are not trained: their output is all the loop needs
+    mean, std = posterior.mean, posterior.std
+    scaling = vae.config.scaling_factor
+    params = add_adapter(unet, args.adapter, args.rank)
+    unet.train()
+    sched = DDPMScheduler.from_pretrained(model / "scheduler")
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
+    b = args.batch
+    hidden_b, pooled_b = hidden.repeat(b, 1, 1).to(dtype), pooled.repeat(b, 1).to(dtype)
+    losses = []
+    for _ in range(args.steps):
+        idx = torch.randint(0, len(mean), (b,))
+        latents = (mean[idx] + std[idx] * torch.randn_like(mean[idx])) * scaling
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), device=device)
+        noisy = sched.add_noise(latents, noise, timesteps).to(dtype)
+        cond = {"text_embeds": pooled_b, "time_ids": time_ids[idx].to(device, dtype)}
+        with autocast(device, dtype):
+            pred = unet(noisy, timesteps, hidden_b, added_cond_kwargs=cond, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=layers)
+    return {
+        "what": "recipe", "side": "reference", "adapter": args.adapter, "steps": args.steps,
+        "batch": b, "resolution": args.resolution, "threads": torch.get_num_threads(),
+        "final_loss": losses[-1], "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def cmd_make_model(args):
+    """A random SDXL-architecture pipeline from the configs in `--config`, seeded, written by
+    `save_pretrained`: moslora and this script then load the same weights."""
+    import shutil
+
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTokenizer
+
+    cfg = Path(args.config)
+    read = lambda p: json.loads((cfg / p).read_text())  # noqa: E731
+    torch.manual_seed(args.seed)
+    unet = UNet2DConditionModel.from_config(read("unet/config.json"))
+    vae = AutoencoderKL.from_config(read("vae/config.json"))
+    te = CLIPTextModel(CLIPTextConfig.from_json_file(cfg / "text_encoder/config.json"))
+    te2 = CLIPTextModelWithProjection(
+        CLIPTextConfig.from_json_file(cfg / "text_encoder_2/config.json"))
+    sched = EulerDiscreteScheduler.from_config(read("scheduler/scheduler_config.json"))
+    vocab = ROOT / "assets" / "clip"
+    tok = CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"),
+                        pad_token="<|endoftext|>", model_max_length=77)
+    tok2 = CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"), pad_token="!",
+                         model_max_length=77)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2,
+                                     tokenizer=tok, tokenizer_2=tok2, unet=unet, scheduler=sched)
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return {"what": "make-model", "out": str(out),
+            "unet_parameters": sum(p.numel() for p in unet.parameters())}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--model", required=True)
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+        p.add_argument("--threads", type=int, default=None)
+        return p
+
+    p = common(sub.add_parser("train-step"))
+    p.add_argument("--adapter", default="moslora", choices=["lora", "moslora"])
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--resolution", type=int, required=True)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+
+    p = common(sub.add_parser("sample"))
+    p.add_argument("--lora", default=None, help="a diffusers/kohya LoRA file")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--prompt", default="a photo of sks toy on the beach")
+    p.add_argument("--out", default=None)
+
+    p = common(sub.add_parser("recipe"))
+    p.add_argument("--images", required=True)
+    p.add_argument("--prompt", default="a photo of sks toy")
+    p.add_argument("--adapter", default="lora", choices=["lora", "moslora"])
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("make-model")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    args = ap.parse_args()
+    run = {"train-step": cmd_train_step, "sample": cmd_sample, "recipe": cmd_recipe,
+           "make-model": cmd_make_model}[args.command]
+    print("RESULT " + json.dumps(run(args)), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""`make bench`: moslora against the diffusers + peft reference (bench/reference.py) on the
+same SDXL-architecture models, the same batches, the same thread count and the same number
+of steps, in alternating runs (moslora, reference, moslora, reference, ...), one case per
+process so that each peak resident memory is that case's alone.
+
+    python bench/run.py              # the full CPU benchmark (about 20 minutes on 2 cores)
+    BENCH_QUICK=1 python bench/run.py   # a short smoke run of every case
+
+Prints the table and writes it, with the machine and the versions, to
+bench/results/cpu-<date>.md (and the raw runs to cpu-<date>.json beside it).
+
+Environment: BENCH_THREADS (default: OMP_NUM_THREADS, else the number of cores),
+BENCH_ROUNDS (override the rounds of every case), BENCH_OUT (results folder).
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "target" / "bench"
+BIN = ROOT / "target" / "release" / "moslora-bench"
+MOSLORA = ROOT / "target" / "release" / "moslora"
+PY = sys.executable
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+THREADS = int(os.environ.get("BENCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
+              or os.cpu_count())
+OUT = Path(os.environ.get("BENCH_OUT") or ROOT / "bench" / "results")
+# Wait for other processes' load to settle before each run, at most this long.
+QUIET_WAIT_S = 0 if QUICK else 180
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def running_others():
+    """Runnable tasks on the machine besides the one reading (from /proc/loadavg)."""
+    samples = []
+    for _ in range(5):
+        samples.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
+        time.sleep(0.1)
+    return statistics.mean(samples)
+
+
+def wait_quiet():
+    """Start a measurement only while the machine is otherwise idle (it may be shared),
+    waiting at most QUIET_WAIT_S; returns the load seen."""
+    deadline = time.time() + QUIET_WAIT_S
+    while True:
+        busy = running_others()
+        if busy < 0.5 or time.time() >= deadline:
+            return busy
+        time.sleep(3)
+
+
+def run_measured(argv, env_extra=None):
+    """Run one measured process after waiting for quiet; returns its RESULT json (if any),
+    wall and CPU seconds, and its peak resident memory (MiB) from wait4: ru_maxrss of
+    exactly this child."""
+    env = dict(os.environ)
+    env.update({
+        "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1",
+    })
+    env.update(env_extra or {})
+    busy = wait_quiet()
+    load1 = float(Path("/proc/loadavg").read_text().split()[0])
+    out_path = BENCH / "run.stdout"
+    err_path = BENCH / "run.stderr"
+    with open(out_path, "w") as fo, open(err_path, "w") as fe:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env, stdout=fo, stderr=fe)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    out, err = out_path.read_text(), err_path.read_text()
+    if code != 0:
+        raise SystemExit(f"failed ({code}): {' '.join(map(str, argv))}\n{err[-3000:]}")
+    result = None
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+    return {
+        "result": result, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+        "peak_rss_mib": ru.ru_maxrss / 1024, "load1": load1, "busy": busy,
+    }
+
+
+# --- what is measured ---------------------------------------------------------------------
+
+def models():
+    """The tiny and small models, made once by diffusers from the configs and seeded, in
+    diffusers' `save_pretrained` layout: both sides load these same files."""
+    made = {}
+    for name, cfg in [("tiny", ROOT / "configs" / "tiny"),
+                      ("small", ROOT / "bench" / "configs" / "small")]:
+        out = BENCH / f"{name}-sdxl"
+        stamp = out / ".config"
+        key = json.dumps({p.relative_to(cfg).as_posix(): p.read_text()
+                          for p in sorted(cfg.rglob("*.json"))})
+        if not (stamp.exists() and stamp.read_text() == key):
+            log(f"making the {name} model in {out}")
+            subprocess.run([PY, ROOT / "bench" / "reference.py", "make-model", "--config", cfg,
+                            "--out", out], check=True, stdout=subprocess.DEVNULL,
+                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            stamp.write_text(key)
+        made[name] = out
+    return made
+
+
+def sample_adapters(small):
+    """A MoSLoRA adapter with non-zero B for the small model, and its exact plain-LoRA export
+    (mixer folded) that diffusers' `load_lora_weights` reads."""
+    ours = BENCH / "small-moslora.safetensors"
+    theirs = BENCH / "small-moslora-diffusers.safetensors"
+    if not ours.exists() or ours.stat().st_mtime < (small / ".config").stat().st_mtime:
+        subprocess.run([BIN, "make-adapter", "--model", small, "--adapter", "moslora",
+                        "--out", ours], check=True, stdout=subprocess.DEVNULL)
+        theirs.unlink(missing_ok=True)
+    if not theirs.exists():
+        subprocess.run([MOSLORA, "export", ours, "--format", "diffusers", "--out", theirs],
+                       check=True, stdout=subprocess.DEVNULL)
+    return ours, theirs
+
+
+def recipe_config(tiny, steps):
+    """moslora's RUN.yaml for the whole recipe, set to do the reference loop's work: one
+    centre crop per photo (no flips) encoded once, batch 4, 500 steps, rank 4."""
+    d = BENCH / "recipe"
+    d.mkdir(parents=True, exist_ok=True)
+    run_yaml = d / "run.yaml"
+    run_yaml.write_text(f"""model: {tiny}
+output: {d / 'moslora-out'}
+seed: 0
+device: cpu
+subject:
+  images: {ROOT / 'assets' / 'subject'}
+  identifier: sks
+  class: toy
+  prompt: "a photo of [V] {{class}}"
+train:
+  steps: {steps}
+  batch_size: 4
+  learning_rate: 1.0e-4
+  resolution: 64
+  center_crop: true
+  random_flip: false
+  crops_per_image: 1
+  checkpoint_every: 0
+adapter:
+  rank: 4
+  alpha: 4
+""")
+    return run_yaml
+
+
+def cases(m):
+    tiny, small = m["tiny"], m["small"]
+    ref = [PY, ROOT / "bench" / "reference.py"]
+    q = QUICK
+    tiny_steps = ["--warmup", "2" if q else "5", "--steps", "5" if q else "30"]
+    small_res = "256" if q else "512"
+    small_steps = ["--warmup", "0" if q else "1", "--steps", "1" if q else "2"]
+    common = ["--threads", str(THREADS), "--rank", "4", "--batch", "4"]
+    out = []
+    for kind in ["lora", "moslora"]:
+        args = ["train-step", "--model", tiny, "--adapter", kind, "--resolution", "64",
+                *common, *tiny_steps]
+        out.append({"id": f"tiny-step-{kind}", "label": f"tiny: training step, {kind_label(kind)}",
+                    "ours": [BIN, *args], "theirs": [*ref, *args], "metric": "median_s",
+                    "rounds": 1 if q else 3, "target": 0.7})
+    for kind, ckpt in [("lora", False), ("moslora", False), ("moslora", True)]:
+        args = ["train-step", "--model", small, "--adapter", kind, "--resolution", small_res,
+                *common, *small_steps] + (["--gradient-checkpointing"] if ckpt else [])
+        label = f"small: training step, {kind_label(kind)}" + (
+            ", gradient checkpointing" if ckpt else "")
+        out.append({"id": f"small-step-{kind}" + ("-ckpt" if ckpt else ""), "label": label,
+                    "ours": [BIN, *args], "theirs": [*ref, *args], "metric": "median_s",
+                    "rounds": 1 if (q or ckpt) else 2, "target": None if ckpt else 1.0})
+    steps = 20 if q else 500
+    run_yaml = recipe_config(tiny, steps)
+    out.append({
+        "id": "tiny-recipe", "label": f"tiny: whole recipe, photos to LoRA, {steps} steps",
+        "ours": [MOSLORA, "train", run_yaml, "--adapter", "lora"],
+        "theirs": [*ref, "recipe", "--model", tiny, "--images", ROOT / "assets" / "subject",
+                   "--prompt", "a photo of sks toy", "--adapter", "lora", "--resolution", "64",
+                   "--steps", str(steps), "--threads", str(THREADS),
+                   "--out", BENCH / "recipe" / "reference-out"],
+        "metric": "wall_s", "rounds": 1 if q else 2, "target": 0.7})
+    ours_adapter, their_adapter = sample_adapters(small)
+    size, sample_steps = ("128", "5") if q else ("256", "50")
+    common_s = ["--model", small, "--steps", sample_steps, "--guidance", "5", "--size", size,
+                "--threads", str(THREADS)]
+    out.append({
+        "id": "small-sample",
+        "label": f"small: one {sample_steps}-step {size} px image, guidance 5, MoSLoRA merged",
+        "ours": [BIN, "sample", *common_s, "--adapter", ours_adapter],
+        "theirs": [*ref, "sample", *common_s, "--lora", their_adapter],
+        "metric": "image_s", "rounds": 1 if q else 2, "target": 1.0})
+    return out
+
+
+def kind_label(kind):
+    return {"lora": "LoRA", "moslora": "MoSLoRA"}[kind]
+
+
+def seconds_of(run, metric):
+    if metric == "wall_s":
+        return run["wall_s"]
+    return run["result"][metric]
+
+
+def measure(case):
+    rounds = int(os.environ.get("BENCH_ROUNDS") or case["rounds"])
+    runs = {"ours": [], "theirs": []}
+    for r in range(rounds):
+        for side in ["ours", "theirs"]:
+            log(f"  {case['id']} round {r + 1}/{rounds}: {'moslora' if side == 'ours' else 'reference'}")
+            res = run_measured(case[side])
+            runs[side].append(res)
+            log(f"    {seconds_of(res, case['metric']):.3f} s, peak {res['peak_rss_mib']:.0f} MiB,"
+                f" load {res['load1']:.2f}")
+    return runs
+
+
+def summary(case, runs):
+    t = {s: statistics.median(seconds_of(r, case["metric"]) for r in runs[s]) for s in runs}
+    mem = {s: statistics.median(r["peak_rss_mib"] for r in runs[s]) for s in runs}
+    load = max(r["load1"] for s in runs for r in runs[s])
+    return {"id": case["id"], "label": case["label"], "target": case["target"],
+            "rounds": len(runs["ours"]), "ours_s": t["ours"], "theirs_s": t["theirs"],
+            "time_ratio": t["ours"] / t["theirs"], "ours_mib": mem["ours"],
+            "theirs_mib": mem["theirs"], "mem_ratio": mem["ours"] / mem["theirs"],
+            "max_load1": load}
+
+
+def machine():
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = "unknown"
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal"):
+            mem = f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    versions = subprocess.run(
+        [PY, "-c", "import torch, diffusers, peft, transformers; print(torch.__version__, "
+         "diffusers.__version__, peft.__version__, transformers.__version__)"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    ).stdout.split()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "threads": THREADS,
+            "kernel": platform.release(), "torch": versions[0] if versions else "?",
+            "diffusers": versions[1] if len(versions) > 1 else "?",
+            "peft": versions[2] if len(versions) > 2 else "?",
+            "transformers": versions[3] if len(versions) > 3 else "?", "commit": commit}
+
+
+def fmt_s(s):
+    return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def table(rows):
+    lines = ["| case | moslora | reference | time ratio | moslora peak RSS | reference peak RSS "
+             "| memory ratio | target (ratio) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        target = f"<= {r['target']}" if r["target"] else "-"
+        lines.append(
+            f"| {r['label']} | {fmt_s(r['ours_s'])} | {fmt_s(r['theirs_s'])} | "
+            f"**{r['time_ratio']:.2f}** | {r['ours_mib']:.0f} MiB | {r['theirs_mib']:.0f} MiB | "
+            f"**{r['mem_ratio']:.2f}** | {target} |")
+    return "\n".join(lines)
+
+
+def checkpointing_line(rows):
+    by = {r["id"]: r for r in rows}
+    if "small-step-moslora" not in by or "small-step-moslora-ckpt" not in by:
+        return ""
+    a, b = by["small-step-moslora"], by["small-step-moslora-ckpt"]
+    return ("Gradient checkpointing (small, MoSLoRA, batch 4): peak memory "
+            f"{b['ours_mib']:.0f} / {a['ours_mib']:.0f} MiB = **{b['ours_mib'] / a['ours_mib']:.2f}x**"
+            f" for moslora (time {b['ours_s'] / a['ours_s']:.2f}x), "
+            f"{b['theirs_mib']:.0f} / {a['theirs_mib']:.0f} MiB = "
+            f"{b['theirs_mib'] / a['theirs_mib']:.2f}x for the reference "
+            f"(time {b['theirs_s'] / a['theirs_s']:.2f}x). Target: at most 0.6x.")
+
+
+def main():
+    if not BIN.exists() or not MOSLORA.exists():
+        raise SystemExit("build first: cargo build --release (make bench does)")
+    BENCH.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now()
+    info = machine()
+    log(f"bench: {info['cpu']}, {info['nproc']} cores, {THREADS} threads"
+        + (" (BENCH_QUICK)" if QUICK else ""))
+    m = models()
+    rows, raw = [], {}
+    for case in cases(m):
+        log(case["label"])
+        runs = measure(case)
+        raw[case["id"]] = runs
+        rows.append(summary(case, runs))
+    took = (datetime.datetime.now() - started).total_seconds()
+    date = started.strftime("%Y-%m-%d")
+    head = (f"# CPU benchmark, {date}{' (BENCH_QUICK smoke run: not for quoting)' if QUICK else ''}\n\n"
+            f"- machine: {info['cpu']}, {info['nproc']} cores (`nproc`), {info['memory']} memory, "
+            f"Linux {info['kernel']}\n"
+            f"- threads: {THREADS} on both sides (OMP_NUM_THREADS, `tch::set_num_threads`, "
+            f"`torch.set_num_threads`)\n"
+            f"- moslora {info['commit']} (tch 0.24, libtorch {info['torch']}); reference: "
+            f"diffusers {info['diffusers']}, peft {info['peft']}, transformers "
+            f"{info['transformers']}, torch {info['torch']}\n"
+            f"- models: `configs/tiny` (8.0M-parameter UNet) and `bench/configs/small` "
+            f"(201M-parameter UNet: channels 128/256/512, transformer depths 1/2/4, "
+            f"cross-attention 512), random weights written once by diffusers and loaded by both\n"
+            f"- runs alternate moslora / reference; each number is the median over rounds "
+            f"(training steps: of each run's median step after warm-up); peak RSS: the "
+            f"process's maximum resident memory (`wait4`), one case per process\n"
+            f"- highest 1-minute load average seen at a run's start: "
+            f"{max(r['max_load1'] for r in rows):.2f}; whole benchmark: {took / 60:.1f} min\n")
+    body = "\n".join([head, table(rows), "", checkpointing_line(rows), ""])
+    print(body)
+    OUT.mkdir(parents=True, exist_ok=True)
+    stem = OUT / f"cpu-{date}{'-quick' if QUICK else ''}"
+    stem.with_suffix(".md").write_text(body)
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"machine": info, "quick": QUICK, "rows": rows, "runs": raw}, indent=1, default=str))
+    log(f"written: {stem.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
