@@ -29,7 +29,13 @@ fn main() -> moslora::Result<()> {
     let uncond = text.encode_negative(None, &cond)?;
     let mut den = Denoiser::load(&dir, opts)?;
     AdapterFile::read(&adapter_path)?.apply(&mut den.unet, 1.0, &adapter_path)?;
-    let o = GenerateOptions { steps: 50, guidance: 5.0, width: size, height: size, seed: 0 };
+    let o = GenerateOptions {
+        steps: 50,
+        guidance: 5.0,
+        width: size,
+        height: size,
+        seed: 0,
+    };
     let noise = den.initial_noise(0, size, size)?;
     let (mut merged, mut unmerged) = (Vec::new(), Vec::new());
     for _ in 0..repeats {
@@ -43,7 +49,11 @@ fn main() -> moslora::Result<()> {
             let latents = den.sample(&cond, &uncond, &noise, &o, |_| {})?;
             let _ = den.decode(&latents);
             let s = t.elapsed().as_secs_f64();
-            if merge { merged.push(s) } else { unmerged.push(s) }
+            if merge {
+                merged.push(s)
+            } else {
+                unmerged.push(s)
+            }
         }
     }
     let (m, u) = (median(merged), median(unmerged));
