@@ -48,6 +48,7 @@ else
 fi
 
 log() { echo "[gpu.sh $(date +%H:%M:%S)] $*" >&2; }
+SCRIPT_START_S=$SECONDS
 
 # The binaries load the libtorch of this machine's torch (same 2.11 ABI as the build's).
 TORCH_LIB=$("$PYTHON" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
@@ -78,11 +79,23 @@ if [ "$DEVICE" = cuda ] && command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2
 fi
 
+# The whole run must end inside the device machine's 10-minute command limit: each case gets
+# at most its own limit and what is left of BUDGET_S, and is skipped when too little is left.
+BUDGET_S=${BUDGET_S:-540}
+START_S=$SCRIPT_START_S
+
 # measure NAME TIMEOUT CMD...: runs CMD, keeps its RESULT line as $WORK/NAME.json with the
-# GPU peak added; a failed or timed-out case is recorded as such and the script goes on.
+# GPU peak added; a failed, skipped or timed-out case is recorded as such and the script goes on.
 measure() {
   local name=$1 limit=$2
   shift 2
+  local left=$((BUDGET_S - (SECONDS - START_S) - 15))
+  if [ "$left" -lt 30 ]; then
+    log "$name: skipped, ${left}s of the budget left"
+    echo '{"failed": "skipped: out of time"}' >"$WORK/$name.json"
+    return
+  fi
+  [ "$left" -lt "$limit" ] && limit=$left
   log "$name: $*"
   local poller="" idle=0
   if [ "$HAVE_SMI" = 1 ]; then
@@ -129,14 +142,16 @@ SAMPLE=(sample --model "$MODEL" "${DEV[@]}" --steps "$SAMPLE_STEPS" --guidance 5
 "$BIN/moslora" export "$WORK/moslora.safetensors" --format diffusers \
   --out "$WORK/moslora-diffusers.safetensors" >/dev/null
 
+# Most important first: the steps and the images, then checkpointing.
 REF=("$PYTHON" "$ROOT/bench/reference.py")
-measure ours-step 240 "$BIN/moslora-bench" "${STEP[@]}"
-[ "$REF_OK" = 1 ] && measure ref-step 300 "${REF[@]}" "${STEP[@]}"
-measure ours-step-ckpt 240 "$BIN/moslora-bench" "${STEP[@]}" --gradient-checkpointing
-[ "$REF_OK" = 1 ] && measure ref-step-ckpt 300 "${REF[@]}" "${STEP[@]}" --gradient-checkpointing
-measure ours-sample 180 "$BIN/moslora-bench" "${SAMPLE[@]}" --adapter "$WORK/moslora.safetensors" \
+measure ours-step 180 "$BIN/moslora-bench" "${STEP[@]}"
+[ "$REF_OK" = 1 ] && measure ref-step 180 "${REF[@]}" "${STEP[@]}"
+measure ours-sample 150 "$BIN/moslora-bench" "${SAMPLE[@]}" --adapter "$WORK/moslora.safetensors" \
   --out "$WORK/ours.png"
-[ "$REF_OK" = 1 ] && measure ref-sample 240 "${REF[@]}" "${SAMPLE[@]}" \
+[ "$REF_OK" = 1 ] && measure ref-sample 150 "${REF[@]}" "${SAMPLE[@]}" \
   --lora "$WORK/moslora-diffusers.safetensors" --out "$WORK/reference.png"
+measure ours-step-ckpt 150 "$BIN/moslora-bench" "${STEP[@]}" --gradient-checkpointing
+[ "$REF_OK" = 1 ] && measure ref-step-ckpt 150 "${REF[@]}" "${STEP[@]}" --gradient-checkpointing
+log "done in $((SECONDS - START_S)) s"
 
 "$PYTHON" "$ROOT/bench/gpu_table.py" "$WORK" "$RESULTS" "$DRY" "$BATCH"

@@ -183,7 +183,7 @@ def cases(m):
     ref = [PY, ROOT / "bench" / "reference.py"]
     q = QUICK
     tiny_steps = ["--warmup", "2" if q else "5", "--steps", "5" if q else "30"]
-    small_res = "256" if q else "512"
+    small_res = "128" if q else "512"
     # Two warm-up steps: the first step or two of either side run slower (allocator and
     # kernel set-up), and a step is the steady state being compared.
     small_steps = ["--warmup", "0" if q else "2", "--steps", "1" if q else "3"]
