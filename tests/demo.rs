@@ -202,7 +202,8 @@ fn readme_documents_every_subcommand() {
     // And nothing documented that does not exist.
     for part in readme.split("`moslora ").skip(1) {
         let word = part.split([' ', '`']).next().unwrap();
-        if word.starts_with('-') || word.is_empty() || word.chars().all(|c| c.is_ascii_uppercase()) {
+        if word.starts_with('-') || word.is_empty() || word.chars().all(|c| c.is_ascii_uppercase())
+        {
             continue;
         }
         assert!(
