@@ -10,6 +10,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod sdxl;
 pub mod study;
+pub mod toyworld;
 pub mod train;
 
 pub use error::{Error, Result};

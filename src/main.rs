@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli;
+
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -49,6 +51,10 @@ enum Command {
     /// Blind human evaluation: rater pairs out, votes in, win / tie / loss with statistics
     #[command(subcommand)]
     Study(StudyCommand),
+    /// Pretrain the toy world's small SDXL-architecture model from scratch (the demo's model)
+    Pretrain(cli::toy::PretrainArgs),
+    /// Draw a contact sheet of the toy world's captioned pictures
+    World(cli::toy::WorldArgs),
 }
 
 #[derive(Args)]
@@ -361,6 +367,8 @@ fn run(cli: Cli) -> Result<()> {
             print_render_summary(&m, &plan.out);
             Ok(())
         }
+        Command::Pretrain(a) => cli::toy::run_pretrain(a),
+        Command::World(a) => cli::toy::run_world(a),
         Command::Demo(a) => {
             let o = moslora::demo::DemoOptions {
                 dir: a.out,

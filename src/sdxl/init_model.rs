@@ -31,14 +31,31 @@ pub struct InitOptions<'a> {
 /// Write a random pipeline to `out` (built in a sibling temporary folder, then renamed, so an
 /// interrupted run leaves nothing that looks like a model).
 pub fn init_model(out: &Path, o: &InitOptions) -> Result<()> {
-    let [unet_json, vae_json, te_json, te2_json, sched_json] = presets::texts(o.preset)
-        .ok_or_else(|| {
-            Error::msg(format!(
-                "unknown preset {:?}: expected one of {}",
-                o.preset,
-                presets::NAMES.join(", ")
-            ))
-        })?;
+    let texts = presets::texts(o.preset).ok_or_else(|| {
+        Error::msg(format!(
+            "unknown preset {:?}: expected one of {}",
+            o.preset,
+            presets::NAMES.join(", ")
+        ))
+    })?;
+    let spec = PipelineSpec {
+        configs: texts.map(str::to_string),
+        vocab: CLIP_VOCAB,
+        merges: CLIP_MERGES,
+    };
+    init_model_with(out, o, &spec)
+}
+
+/// What a random pipeline is made of: the five config texts (unet, vae, text_encoder,
+/// text_encoder_2, scheduler) and the tokenizers' vocabulary and merges.
+pub struct PipelineSpec<'a> {
+    pub configs: [String; 5],
+    pub vocab: &'a str,
+    pub merges: &'a str,
+}
+
+/// [`init_model`] from explicit configs and vocabulary (`o.preset` is not read).
+pub fn init_model_with(out: &Path, o: &InitOptions, spec: &PipelineSpec) -> Result<()> {
     if out.exists() {
         let empty = std::fs::read_dir(out)
             .map(|mut d| d.next().is_none())
@@ -52,11 +69,7 @@ pub fn init_model(out: &Path, o: &InitOptions) -> Result<()> {
     }
     let tmp = fsutil::temp_path(out);
     let _ = std::fs::remove_dir_all(&tmp);
-    let result = write_all(
-        &tmp,
-        o,
-        [unet_json, vae_json, te_json, te2_json, sched_json],
-    );
+    let result = write_all(&tmp, o, spec);
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -67,8 +80,9 @@ pub fn init_model(out: &Path, o: &InitOptions) -> Result<()> {
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
 }
 
-fn write_all(dir: &Path, o: &InitOptions, texts: [&str; 5]) -> Result<()> {
-    let [unet_json, vae_json, te_json, te2_json, sched_json] = texts;
+fn write_all(dir: &Path, o: &InitOptions, spec: &PipelineSpec) -> Result<()> {
+    let [unet_json, vae_json, te_json, te2_json, sched_json] =
+        spec.configs.each_ref().map(String::as_str);
     let parse = |name: &str, text: &str| -> Result<serde_json::Value> {
         serde_json::from_str(text).map_err(|e| Error::msg(format!("preset {name}: {e}")))
     };
@@ -102,8 +116,8 @@ fn write_all(dir: &Path, o: &InitOptions, texts: [&str; 5]) -> Result<()> {
             ClipTextModel::new(w, &cfg, proj).map(drop)
         })?;
     }
-    write_tokenizer(&dir.join("tokenizer"), "<|endoftext|>")?;
-    write_tokenizer(&dir.join("tokenizer_2"), "!")?;
+    write_tokenizer_files(&dir.join("tokenizer"), "<|endoftext|>", spec.vocab, spec.merges)?;
+    write_tokenizer_files(&dir.join("tokenizer_2"), "!", spec.vocab, spec.merges)?;
     fsutil::write_bytes(
         &dir.join("scheduler/scheduler_config.json"),
         sched_json.as_bytes(),
@@ -167,12 +181,17 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 /// A tokenizer folder as the SDXL download ships it: vocab.json, merges.txt,
 /// special_tokens_map.json and tokenizer_config.json (whose pad token differs per folder).
 pub fn write_tokenizer(dir: &Path, pad: &str) -> Result<()> {
+    write_tokenizer_files(dir, pad, CLIP_VOCAB, CLIP_MERGES)
+}
+
+/// [`write_tokenizer`] with another vocabulary and merges (the toy world's reduced CLIP BPE).
+pub fn write_tokenizer_files(dir: &Path, pad: &str, vocab: &str, merges: &str) -> Result<()> {
     let token = |c: &str| {
         json!({"__type": "AddedToken", "content": c, "lstrip": false, "normalized": true,
                "rstrip": false, "single_word": false})
     };
-    fsutil::write_bytes(&dir.join("vocab.json"), CLIP_VOCAB.as_bytes())?;
-    fsutil::write_bytes(&dir.join("merges.txt"), CLIP_MERGES.as_bytes())?;
+    fsutil::write_bytes(&dir.join("vocab.json"), vocab.as_bytes())?;
+    fsutil::write_bytes(&dir.join("merges.txt"), merges.as_bytes())?;
     let special = json!({
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",

@@ -416,6 +416,58 @@ impl TensorSource for RandomSource {
     }
 }
 
+/// Tensors from another source, handed out with gradients on and remembered: a model built
+/// from it can be trained from scratch or further (pretraining), its tensors being the
+/// parameters.
+pub struct TrainableSource {
+    inner: Rc<dyn TensorSource>,
+    made: RefCell<Vec<(String, Tensor)>>,
+}
+
+impl TrainableSource {
+    pub fn new(inner: Rc<dyn TensorSource>) -> Self {
+        TrainableSource {
+            inner,
+            made: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The parameters handed out so far (shallow clones: the model's own tensors).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.made
+            .borrow()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+}
+
+impl TensorSource for TrainableSource {
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[i64],
+        init: Init,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor> {
+        let t = self
+            .inner
+            .tensor(name, shape, init, kind, device)?
+            .detach()
+            .copy()
+            .set_requires_grad(true);
+        self.made
+            .borrow_mut()
+            .push((name.to_string(), t.shallow_clone()));
+        Ok(t)
+    }
+
+    fn unused(&self, used: &[String]) -> Vec<String> {
+        self.inner.unused(used)
+    }
+}
+
 /// Shapes only: every tensor is a stride-0 view of one element, so a full-size model can be
 /// "built" without allocating its weights. Records every name and shape asked for.
 pub struct ShapeSource {

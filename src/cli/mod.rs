@@ -1,0 +1,3 @@
+//! The command line's command groups, one module each (the rest still lives in main.rs).
+
+pub mod toy;
