@@ -168,7 +168,13 @@ fn scenes_look_like_their_names() {
     let [r, g, b] = ground(Scene::Water);
     assert!(b > r + 60.0, "water is blue: {r} {g} {b}");
     let [r, g, b] = ground(Scene::Beach);
-    assert!(r > b + 40.0 && r > 180.0, "sand is light and warm: {r} {g} {b}");
+    assert!(
+        r > b + 40.0 && r > 180.0,
+        "sand is light and warm: {r} {g} {b}"
+    );
     let [r, g, b] = ground(Scene::WoodenFloor);
-    assert!(r > g + 25.0 && g > b + 15.0 && r < 200.0, "wood is brown: {r} {g} {b}");
+    assert!(
+        r > g + 25.0 && g > b + 15.0 && r < 200.0,
+        "wood is brown: {r} {g} {b}"
+    );
 }

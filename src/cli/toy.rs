@@ -37,6 +37,8 @@ pub struct PretrainArgs {
 
 struct StageBar {
     bar: Option<ProgressBar>,
+    /// Exponential moving average of the loss (steps are noisy).
+    smoothed: Option<f64>,
 }
 
 impl PretrainProgress for StageBar {
@@ -53,6 +55,7 @@ impl PretrainProgress for StageBar {
             .progress_chars("=> "),
         );
         bar.set_prefix(name.to_string());
+        self.smoothed = None;
         bar.set_position(done);
         bar.reset_eta();
         bar.enable_steady_tick(Duration::from_millis(250));
@@ -62,7 +65,9 @@ impl PretrainProgress for StageBar {
         if let Some(b) = &self.bar {
             b.set_position(step);
             if loss > 0.0 {
-                b.set_message(format!("loss {loss:.4}"));
+                let s = self.smoothed.map_or(loss, |m| 0.98 * m + 0.02 * loss);
+                self.smoothed = Some(s);
+                b.set_message(format!("loss {s:.4}"));
             }
         }
     }
@@ -93,8 +98,12 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
         recipe,
         checkpoint_every: a.checkpoint_every.max(1),
         dtype: parse_dtype(&a.dtype)?,
+        preview: true,
     };
-    let mut bar = StageBar { bar: None };
+    let mut bar = StageBar {
+        bar: None,
+        smoothed: None,
+    };
     pretrain(&o, &mut bar)?;
     if let Some(b) = bar.bar.take() {
         b.finish();

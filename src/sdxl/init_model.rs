@@ -116,7 +116,12 @@ fn write_all(dir: &Path, o: &InitOptions, spec: &PipelineSpec) -> Result<()> {
             ClipTextModel::new(w, &cfg, proj).map(drop)
         })?;
     }
-    write_tokenizer_files(&dir.join("tokenizer"), "<|endoftext|>", spec.vocab, spec.merges)?;
+    write_tokenizer_files(
+        &dir.join("tokenizer"),
+        "<|endoftext|>",
+        spec.vocab,
+        spec.merges,
+    )?;
     write_tokenizer_files(&dir.join("tokenizer_2"), "!", spec.vocab, spec.merges)?;
     fsutil::write_bytes(
         &dir.join("scheduler/scheduler_config.json"),

@@ -19,13 +19,22 @@ pub fn world_vocabulary() -> Vec<String> {
     ];
     v.extend(CLASSES.iter().map(|c| c.name.to_string()));
     v.extend(COLOURS.iter().map(|c| c.0.to_string()));
-    v.extend(Scene::ALL.iter().map(|s| format!("{} {}", s.phrase(), s.alone())));
+    v.extend(
+        Scene::ALL
+            .iter()
+            .map(|s| format!("{} {}", s.phrase(), s.alone())),
+    );
     v
 }
 
 /// Pictures `0..count` of the world seeded `seed`, tiled `cols` to a row at `zoom` times their
 /// size, with their captions in order (a contact sheet to look at the world).
-pub fn contact_sheet(seed: u64, count: u64, cols: u32, zoom: u32) -> (image::RgbImage, Vec<String>) {
+pub fn contact_sheet(
+    seed: u64,
+    count: u64,
+    cols: u32,
+    zoom: u32,
+) -> (image::RgbImage, Vec<String>) {
     let w = world::World::new(seed);
     let side = world::SIZE * zoom;
     let rows = (count as u32).div_ceil(cols);
@@ -37,12 +46,8 @@ pub fn contact_sheet(seed: u64, count: u64, cols: u32, zoom: u32) -> (image::Rgb
     let mut captions = Vec::new();
     for i in 0..count {
         let p = w.picture(i);
-        let big = image::imageops::resize(
-            &p.image,
-            side,
-            side,
-            image::imageops::FilterType::Nearest,
-        );
+        let big =
+            image::imageops::resize(&p.image, side, side, image::imageops::FilterType::Nearest);
         let (r, c) = (i as u32 / cols, i as u32 % cols);
         image::imageops::replace(
             &mut page,

@@ -114,6 +114,8 @@ pub struct PretrainOptions {
     pub checkpoint_every: u64,
     /// dtype of the shipped weights.
     pub dtype: Kind,
+    /// Render preview grids (every 2,000 UNet steps, and one shipped with the model).
+    pub preview: bool,
 }
 
 /// The corpus the reduced vocabulary covers: the world's captions and the prompt lists.
@@ -262,7 +264,11 @@ fn trainable(
 }
 
 /// Restore optimizer state (and EMA) from a checkpoint; returns the step it was at.
-fn restore(opt: &mut AdamW, ema: Option<&mut [(String, Tensor)]>, ckpt: &MappedFile) -> Result<u64> {
+fn restore(
+    opt: &mut AdamW,
+    ema: Option<&mut [(String, Tensor)]>,
+    ckpt: &MappedFile,
+) -> Result<u64> {
     let meta = ckpt.metadata()?;
     let step: u64 = meta
         .get("step")
@@ -302,7 +308,10 @@ fn save_checkpoint(
         .collect();
     all.extend(opt.state());
     if let Some(ema) = ema {
-        all.extend(ema.iter().map(|(n, t)| (format!("ema.{n}"), t.shallow_clone())));
+        all.extend(
+            ema.iter()
+                .map(|(n, t)| (format!("ema.{n}"), t.shallow_clone())),
+        );
     }
     let mut meta = HashMap::new();
     meta.insert("step".to_string(), step.to_string());
@@ -377,8 +386,8 @@ fn train_vae(o: &PretrainOptions, work: &Work, p: &mut dyn PretrainProgress) -> 
         let z = post.sample(&Tensor::randn_like(&post.mean));
         let recon = vae.decode(&z);
         let mse = (&recon - &x).square().mean(Kind::Float);
-        let kl = (post.mean.square() + post.logvar.exp() - 1.0 - &post.logvar).mean(Kind::Float)
-            * 0.5;
+        let kl =
+            (post.mean.square() + post.logvar.exp() - 1.0 - &post.logvar).mean(Kind::Float) * 0.5;
         let loss = &mse + kl * r.vae_kl;
         loss.backward();
         let value = mse.double_value(&[]);
@@ -398,10 +407,9 @@ fn train_vae(o: &PretrainOptions, work: &Work, p: &mut dyn PretrainProgress) -> 
         let x = pictures(&world, 1_000_000..1_000_256);
         vae.encode(&x).mean.std(true).double_value(&[])
     };
-    let mut vcfg: serde_json::Value = serde_json::from_str(&fsutil::read_to_string(
-        &dir.join("vae/config.json"),
-    )?)
-    .map_err(|e| Error::msg(format!("vae config: {e}")))?;
+    let mut vcfg: serde_json::Value =
+        serde_json::from_str(&fsutil::read_to_string(&dir.join("vae/config.json"))?)
+            .map_err(|e| Error::msg(format!("vae config: {e}")))?;
     vcfg["scaling_factor"] = serde_json::Value::from(round_sig(1.0 / std));
     fsutil::write_bytes(
         &dir.join("vae/config.json"),
@@ -504,9 +512,11 @@ fn train_unet(o: &PretrainOptions, work: &Work, p: &mut dyn PretrainProgress) ->
         seed_step(r.seed, 2, step);
         let idx = Tensor::randint(n, [r.unet_batch], (Kind::Int64, Device::Cpu));
         let x0 = (means.index_select(0, &idx)
-            + stds.index_select(0, &idx) * Tensor::randn([r.unet_batch, 4, 16, 16], (Kind::Float, Device::Cpu)))
+            + stds.index_select(0, &idx)
+                * Tensor::randn([r.unet_batch, 4, 16, 16], (Kind::Float, Device::Cpu)))
             * scaling;
-        let drop_mask = Tensor::rand([r.unet_batch], (Kind::Float, Device::Cpu)).lt(r.caption_dropout);
+        let drop_mask =
+            Tensor::rand([r.unet_batch], (Kind::Float, Device::Cpu)).lt(r.caption_dropout);
         let noise = Tensor::randn_like(&x0);
         let t = Tensor::randint(1000, [r.unet_batch], (Kind::Int64, Device::Cpu));
         let embeds = {
@@ -527,7 +537,9 @@ fn train_unet(o: &PretrainOptions, work: &Work, p: &mut dyn PretrainProgress) ->
         let noisy = sched.add_noise(&x0, &noise, &t);
         opt.zero_grad();
         let pred = unet.forward(&noisy, &t, &embeds.hidden, &embeds.pooled, &time_ids);
-        let per = (pred - &noise).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
+        let per = (pred - &noise)
+            .square()
+            .mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
         let weights = sched.min_snr_weights(&t, r.snr_gamma);
         let loss = (&per * weights).mean(Kind::Float);
         loss.backward();
@@ -547,7 +559,7 @@ fn train_unet(o: &PretrainOptions, work: &Work, p: &mut dyn PretrainProgress) ->
         }
         let s = smoothed.map_or(value, |m| 0.98 * m + 0.02 * value);
         smoothed = Some(s);
-        p.step(step, s);
+        p.step(step, value);
         if step % o.checkpoint_every == 0 && step < r.unet_steps {
             p.note(&format!(
                 "UNet step {step}: loss {s:.4}, {:.2} s/step",
@@ -555,7 +567,7 @@ fn train_unet(o: &PretrainOptions, work: &Work, p: &mut dyn PretrainProgress) ->
             ));
             save_checkpoint(&work.checkpoint("unet"), &opt, Some(&ema), step)?;
             save_weights(&weight_file(&dir, "unet"), &ema, o.dtype)?;
-            if step % PREVIEW_EVERY != 0 {
+            if !o.preview || step % PREVIEW_EVERY != 0 {
                 continue;
             }
             if let Err(e) = preview(&dir, &work.dir.join(format!("preview-{step:06}.png"))) {
@@ -569,7 +581,9 @@ fn train_unet(o: &PretrainOptions, work: &Work, p: &mut dyn PretrainProgress) ->
     ));
     save_weights(&weight_file(&dir, "unet"), &ema, o.dtype)?;
     // The last preview ships with the model: what it draws, at a glance.
-    preview(&dir, &dir.join("preview.png"))?;
+    if o.preview {
+        preview(&dir, &dir.join("preview.png"))?;
+    }
     fsutil::write_bytes(&work.done("unet"), b"")?;
     let _ = std::fs::remove_file(work.checkpoint("unet"));
     Ok(())

@@ -85,10 +85,35 @@ fn bar(img: &mut RgbImage, x0: f32, y0: f32, x1: f32, y1: f32, c: [u8; 3]) {
 fn spotted_cat(img: &mut RgbImage, p: &Placement) {
     let (cx, g, s) = (p.cx, p.ground, p.size);
     let sign = if p.flip { -1.0 } else { 1.0 };
-    dot(img, cx + sign * 0.1 * s, g - 0.35 * s, 0.11 * s, [25, 25, 25]);
-    dot(img, cx - sign * 0.1 * s, g - 0.18 * s, 0.08 * s, [25, 25, 25]);
-    dot(img, cx + sign * 0.09 * s, g - 0.8 * s, 0.07 * s, [25, 25, 25]);
-    bar(img, cx - 0.17 * s, g - 0.56 * s, cx + 0.17 * s, g - 0.51 * s, [30, 90, 230]);
+    dot(
+        img,
+        cx + sign * 0.1 * s,
+        g - 0.35 * s,
+        0.11 * s,
+        [25, 25, 25],
+    );
+    dot(
+        img,
+        cx - sign * 0.1 * s,
+        g - 0.18 * s,
+        0.08 * s,
+        [25, 25, 25],
+    );
+    dot(
+        img,
+        cx + sign * 0.09 * s,
+        g - 0.8 * s,
+        0.07 * s,
+        [25, 25, 25],
+    );
+    bar(
+        img,
+        cx - 0.17 * s,
+        g - 0.56 * s,
+        cx + 0.17 * s,
+        g - 0.51 * s,
+        [30, 90, 230],
+    );
     dot(img, cx, g - 0.5 * s, 0.04 * s, [250, 210, 40]);
 }
 
@@ -100,7 +125,14 @@ fn patched_dog(img: &mut RgbImage, p: &Placement) {
     dot(img, fx(0.42), g - 0.72 * s, 0.025 * s, [20, 20, 20]);
     dot(img, fx(-0.1), g - 0.48 * s, 0.09 * s, [110, 60, 25]);
     let (a, b) = (fx(0.28), fx(0.34));
-    bar(img, a.min(b), g - 0.66 * s, a.max(b), g - 0.5 * s, [220, 30, 30]);
+    bar(
+        img,
+        a.min(b),
+        g - 0.66 * s,
+        a.max(b),
+        g - 0.5 * s,
+        [220, 30, 30],
+    );
 }
 
 /// A white cup with red horizontal stripes and a yellow star dot.
@@ -108,7 +140,14 @@ fn striped_cup(img: &mut RgbImage, p: &Placement) {
     let (cx, g, s) = (p.cx, p.ground, p.size);
     for k in 0..3 {
         let y = g - (0.15 + 0.18 * k as f32) * s;
-        bar(img, cx - 0.27 * s, y - 0.05 * s, cx + 0.27 * s, y, [215, 30, 40]);
+        bar(
+            img,
+            cx - 0.27 * s,
+            y - 0.05 * s,
+            cx + 0.27 * s,
+            y,
+            [215, 30, 40],
+        );
     }
     dot(img, cx, g - 0.52 * s, 0.05 * s, [250, 210, 30]);
 }
@@ -116,8 +155,22 @@ fn striped_cup(img: &mut RgbImage, p: &Placement) {
 /// A blue box tied with a yellow ribbon and a bow.
 fn gift_box(img: &mut RgbImage, p: &Placement) {
     let (cx, g, s) = (p.cx, p.ground, p.size);
-    bar(img, cx - 0.05 * s, g - 0.8 * s, cx + 0.05 * s, g, [250, 210, 40]);
-    bar(img, cx - 0.4 * s, g - 0.45 * s, cx + 0.4 * s, g - 0.36 * s, [250, 210, 40]);
+    bar(
+        img,
+        cx - 0.05 * s,
+        g - 0.8 * s,
+        cx + 0.05 * s,
+        g,
+        [250, 210, 40],
+    );
+    bar(
+        img,
+        cx - 0.4 * s,
+        g - 0.45 * s,
+        cx + 0.4 * s,
+        g - 0.36 * s,
+        [250, 210, 40],
+    );
     dot(img, cx - 0.09 * s, g - 0.86 * s, 0.08 * s, [250, 210, 40]);
     dot(img, cx + 0.09 * s, g - 0.86 * s, 0.08 * s, [250, 210, 40]);
 }
@@ -126,7 +179,14 @@ fn gift_box(img: &mut RgbImage, p: &Placement) {
 fn star_ball(img: &mut RgbImage, p: &Placement) {
     let (cx, g, s) = (p.cx, p.ground, p.size);
     let (x, y, r) = (cx, g - 0.42 * s, 0.42 * s);
-    bar(img, x - r * 0.95, y - 0.05 * s, x + r * 0.95, y + 0.05 * s, [250, 250, 250]);
+    bar(
+        img,
+        x - r * 0.95,
+        y - 0.05 * s,
+        x + r * 0.95,
+        y + 0.05 * s,
+        [250, 250, 250],
+    );
     let pts: Vec<(f32, f32)> = (0..5)
         .map(|k| {
             let a = -std::f32::consts::FRAC_PI_2 + k as f32 * 4.0 * std::f32::consts::PI / 5.0;
@@ -136,7 +196,12 @@ fn star_ball(img: &mut RgbImage, p: &Placement) {
     for k in 0..5 {
         let (a, b) = (pts[k], pts[(k + 1) % 5]);
         for d in [-1.0, 0.0, 1.0] {
-            draw_line_segment_mut(img, (a.0 + d, a.1), (b.0 + d, b.1), image::Rgb([250, 250, 250]));
+            draw_line_segment_mut(
+                img,
+                (a.0 + d, a.1),
+                (b.0 + d, b.1),
+                image::Rgb([250, 250, 250]),
+            );
         }
     }
 }

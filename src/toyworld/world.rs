@@ -361,7 +361,10 @@ fn jitter(c: [u8; 3], rng: &mut ChaCha8Rng, amount: i32) -> [u8; 3] {
 
 fn rect(img: &mut RgbImage, x0: f32, y0: f32, x1: f32, y1: f32, c: [u8; 3]) {
     let (x0, y0) = (x0.round() as i32, y0.round() as i32);
-    let (w, h) = ((x1.round() as i32 - x0).max(1), (y1.round() as i32 - y0).max(1));
+    let (w, h) = (
+        (x1.round() as i32 - x0).max(1),
+        (y1.round() as i32 - y0).max(1),
+    );
     draw_filled_rect_mut(img, Rect::at(x0, y0).of_size(w as u32, h as u32), rgb(c));
 }
 
@@ -456,7 +459,10 @@ fn draw_scene(img: &mut RgbImage, scene: Scene, horizon: f32, rng: &mut ChaCha8R
                 rect(img, x, 0.0, x + 5.0, horizon + 6.0, [80, 55, 30]);
             }
             for _ in 0..14 {
-                let (x, y) = (rng.random_range(0.0..CANVAS), rng.random_range(0.0..horizon));
+                let (x, y) = (
+                    rng.random_range(0.0..CANVAS),
+                    rng.random_range(0.0..horizon),
+                );
                 let c = jitter([30, 140, 50], rng, 25);
                 ellipse(img, x, y, 12.0, 6.0, c);
             }
@@ -504,7 +510,10 @@ fn draw_scene(img: &mut RgbImage, scene: Scene, horizon: f32, rng: &mut ChaCha8R
         Scene::Night => {
             gradient(img, 0.0, horizon, [10, 15, 45], [30, 35, 80]);
             for _ in 0..30 {
-                let (x, y) = (rng.random_range(0.0..CANVAS), rng.random_range(0.0..horizon));
+                let (x, y) = (
+                    rng.random_range(0.0..CANVAS),
+                    rng.random_range(0.0..horizon),
+                );
                 circle(img, x, y, 0.8, [255, 255, 230]);
             }
             circle(img, CANVAS * 0.2, CANVAS * 0.15, 8.0, [245, 240, 210]);
@@ -526,12 +535,7 @@ pub fn draw_object(img: &mut RgbImage, class: &str, p: &Placement) {
             let r = 0.42 * s;
             circle(img, cx, g - r, r + 1.0, outline);
             circle(img, cx, g - r, r, c);
-            draw_line_segment_mut(
-                img,
-                (cx - r, g - r),
-                (cx + r, g - r),
-                rgb(shade(c, 0.75)),
-            );
+            draw_line_segment_mut(img, (cx - r, g - r), (cx + r, g - r), rgb(shade(c, 0.75)));
         }
         "box" => {
             let w = 0.8 * s;
@@ -549,7 +553,12 @@ pub fn draw_object(img: &mut RgbImage, class: &str, p: &Placement) {
             );
             poly(
                 img,
-                &[(x1, y(0.0)), (x1, y(0.8)), (x1 + top, y(0.8) - top), (x1 + top, y(0.0) - top)],
+                &[
+                    (x1, y(0.0)),
+                    (x1, y(0.8)),
+                    (x1 + top, y(0.8) - top),
+                    (x1 + top, y(0.0) - top),
+                ],
                 dark,
             );
             rect(img, x0, y(0.8), x1, g, c);
@@ -558,11 +567,22 @@ pub fn draw_object(img: &mut RgbImage, class: &str, p: &Placement) {
             rect(img, cx - 0.4 * s, y(0.6), cx + 0.4 * s, g, c);
             poly(
                 img,
-                &[(cx - 0.5 * s, y(0.6)), (cx, y(1.05)), (cx + 0.5 * s, y(0.6))],
+                &[
+                    (cx - 0.5 * s, y(0.6)),
+                    (cx, y(1.05)),
+                    (cx + 0.5 * s, y(0.6)),
+                ],
                 [150, 45, 40],
             );
             rect(img, fx(-0.1), y(0.3), fx(-0.1) + 0.2 * s, g, [90, 60, 35]);
-            rect(img, fx(0.18), y(0.5), fx(0.18) + 0.14 * s, y(0.36), [200, 230, 250]);
+            rect(
+                img,
+                fx(0.18),
+                y(0.5),
+                fx(0.18) + 0.14 * s,
+                y(0.36),
+                [200, 230, 250],
+            );
         }
         "tree" => {
             rect(img, cx - 0.07 * s, y(0.45), cx + 0.07 * s, g, [110, 70, 35]);
@@ -574,12 +594,22 @@ pub fn draw_object(img: &mut RgbImage, class: &str, p: &Placement) {
             rect(img, l, y(0.45), r, y(0.12), c);
             poly(
                 img,
-                &[(fx(-0.3), y(0.45)), (fx(-0.18), y(0.72)), (fx(0.25), y(0.72)), (fx(0.4), y(0.45))],
+                &[
+                    (fx(-0.3), y(0.45)),
+                    (fx(-0.18), y(0.72)),
+                    (fx(0.25), y(0.72)),
+                    (fx(0.4), y(0.45)),
+                ],
                 c,
             );
             poly(
                 img,
-                &[(fx(-0.2), y(0.47)), (fx(-0.12), y(0.67)), (fx(0.2), y(0.67)), (fx(0.3), y(0.47))],
+                &[
+                    (fx(-0.2), y(0.47)),
+                    (fx(-0.12), y(0.67)),
+                    (fx(0.2), y(0.67)),
+                    (fx(0.3), y(0.47)),
+                ],
                 [190, 220, 240],
             );
             for dx in [-0.32, 0.32] {
@@ -590,7 +620,12 @@ pub fn draw_object(img: &mut RgbImage, class: &str, p: &Placement) {
         "cup" => {
             poly(
                 img,
-                &[(cx - 0.3 * s, y(0.7)), (cx + 0.3 * s, y(0.7)), (cx + 0.22 * s, g), (cx - 0.22 * s, g)],
+                &[
+                    (cx - 0.3 * s, y(0.7)),
+                    (cx + 0.3 * s, y(0.7)),
+                    (cx + 0.22 * s, g),
+                    (cx - 0.22 * s, g),
+                ],
                 c,
             );
             let hx = fx(0.33);
@@ -616,7 +651,14 @@ pub fn draw_object(img: &mut RgbImage, class: &str, p: &Placement) {
             rect(img, cx - 0.16 * s, y(0.7), cx + 0.16 * s, g, c);
             rect(img, cx - 0.06 * s, y(1.0), cx + 0.06 * s, y(0.7), c);
             rect(img, cx - 0.07 * s, y(1.05), cx + 0.07 * s, y(0.98), dark);
-            rect(img, cx - 0.16 * s, y(0.5), cx + 0.16 * s, y(0.3), [240, 235, 220]);
+            rect(
+                img,
+                cx - 0.16 * s,
+                y(0.5),
+                cx + 0.16 * s,
+                y(0.3),
+                [240, 235, 220],
+            );
         }
         "dog" => {
             // Side view, facing the flip side: body, legs, head with a floppy ear, tail.
