@@ -15,6 +15,9 @@
 //! Measured errors are printed (`cargo test --release --test metrics_parity -- --nocapture`).
 
 mod common;
+mod metrics_support;
+
+use metrics_support::{case, fx, photo, renders_folder, repo, scratch};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,35 +37,6 @@ use tch::{Device, Kind, Tensor};
 const EMB_TOL: f64 = 1e-4;
 const SCORE_TOL: f64 = 1e-5;
 const PIXEL_TOL: f64 = 1e-6;
-
-fn fx() -> PathBuf {
-    let dir = common::fixtures();
-    assert!(
-        dir.join("tiny-clip").is_dir(),
-        "metric fixtures missing at {}: run `make fixtures`",
-        dir.display()
-    );
-    dir
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-#[derive(serde::Deserialize)]
-struct Case {
-    renders: Vec<String>,
-    photos: Vec<String>,
-    prompts: Vec<String>,
-}
-
-fn case() -> Case {
-    serde_json::from_str(&std::fs::read_to_string(fx().join("ref/metrics.json")).unwrap()).unwrap()
-}
-
-fn photo(name: &str) -> PathBuf {
-    fx().join("metric-photos").join(format!("{name}.png"))
-}
 
 const NAMES: [&str; 8] = [
     "wide",
@@ -201,111 +175,6 @@ fn dino_features_match_transformers_and_eps_is_reported() {
     for (a, b) in s6.iter().zip(&want) {
         assert!((a - b).abs() <= SCORE_TOL, "eps 1e-6 DINO score {a} vs {b}");
     }
-}
-
-/// A render folder of the fixture pictures: LoRA's images are the case's renders, MoSLoRA's
-/// the same pictures (so every pair ties), the case's photos the subject photos.
-fn renders_folder(dir: &Path) -> Manifest {
-    let c = case();
-    let _ = std::fs::remove_dir_all(dir);
-    for sub in ["images", "photos"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    let templates = [
-        "a [V] {class} on the beach",
-        "a red [V] {class}",
-        "a photo of a [V] {class} in the snow at night",
-    ];
-    let prompts: Vec<PromptEntry> = templates
-        .iter()
-        .enumerate()
-        .map(|(i, t)| PromptEntry {
-            id: format!("p{i}"),
-            template: t.to_string(),
-            text: t.replace("[V]", "sks").replace("{class}", "dog"),
-        })
-        .collect();
-    for (p, want) in prompts.iter().zip(&c.prompts) {
-        assert_eq!(&metrics::clip_t_prompt(&p.template, "dog"), want);
-    }
-    let mut images = Vec::new();
-    for adapter in ["lora", "moslora"] {
-        for (i, name) in c.renders.iter().enumerate() {
-            let file = format!("images/p{i}_s0_{adapter}.png");
-            std::fs::copy(photo(name), dir.join(&file)).unwrap();
-            images.push(ImageEntry {
-                file,
-                prompt_id: format!("p{i}"),
-                prompt: prompts[i].text.clone(),
-                seed: 0,
-                adapter: adapter.into(),
-                noise_sha256: format!("noise{i}"),
-                width: 0,
-                height: 0,
-                key: format!("{adapter}{i}"),
-                scores: None,
-            });
-        }
-    }
-    let photos: Vec<String> = c
-        .photos
-        .iter()
-        .map(|n| {
-            let rel = format!("photos/{n}.png");
-            std::fs::copy(photo(n), dir.join(&rel)).unwrap();
-            rel
-        })
-        .collect();
-    let m = Manifest {
-        format_version: 1,
-        subject: Subject {
-            name: "fixture".into(),
-            identifier: "sks".into(),
-            class: "dog".into(),
-            photos,
-        },
-        model: moslora::adapter::file::ModelIdentity {
-            name: "none".into(),
-            architecture: String::new(),
-            weights: String::new(),
-        },
-        settings: Settings {
-            steps: 1,
-            guidance: 1.0,
-            scheduler: "euler".into(),
-            width: 0,
-            height: 0,
-            negative_prompt: None,
-            dtype: "f32".into(),
-        },
-        adapters: ["lora", "moslora"]
-            .iter()
-            .map(|n| AdapterEntry {
-                name: n.to_string(),
-                label: if *n == "lora" { "LoRA" } else { "MoSLoRA" }.into(),
-                file: None,
-                sha256: None,
-                rank: None,
-                mixer: None,
-                steps: None,
-            })
-            .collect(),
-        prompts,
-        images,
-        grids: Vec::new(),
-        contact_sheet: "contact_sheet.png".into(),
-        gallery: "index.html".into(),
-        loss_curve: None,
-        metrics: None,
-    };
-    m.write(dir).unwrap();
-    m
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("moslora-metrics-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 fn options() -> ScoreOptions {
