@@ -8,7 +8,9 @@
 //! - [`page`]: the self-contained rater page.
 //! - [`tally`]: reads votes files against the key and computes the statistics.
 //! - [`report`]: prints and writes the tally (table, Markdown, CSV, JSON, bar chart).
+//! - [`auto_metrics`]: the automatic metrics on the same pairs, and how often votes agree.
 
+pub mod auto_metrics;
 pub mod make;
 pub mod page;
 pub mod report;

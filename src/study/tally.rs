@@ -232,6 +232,9 @@ pub struct Tally {
     pub per_subject: Vec<SubjectRow>,
     pub per_rater: Vec<RaterRow>,
     pub files: Vec<FileNote>,
+    /// The automatic metrics on the same pairs, when the render folders were scored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub auto_metrics: Vec<super::auto_metrics::MetricAgreement>,
 }
 
 /// One rater's answer to one trial.
@@ -682,6 +685,7 @@ pub fn compute(key: &Key, raters: &[RaterVotes], files: Vec<FileNote>) -> Tally 
         per_subject,
         per_rater,
         files,
+        auto_metrics: super::auto_metrics::compute(key, raters),
     }
 }
 
