@@ -84,18 +84,60 @@ pub fn read_image(path: &Path) -> Result<DynamicImage> {
     Ok(img)
 }
 
-/// Run `f` on `BATCH`-sized batches of preprocessed pictures and stack the rows.
-fn batched(imgs: &[DynamicImage], pre: &Preprocess, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
-    let rows: Vec<Tensor> = imgs
+/// Run `f` on `BATCH`-sized batches of preprocessed pictures ((3, S, S) each) and stack the
+/// rows.
+fn batched(pixels: &[Tensor], f: impl Fn(&Tensor) -> Tensor) -> Tensor {
+    let rows: Vec<Tensor> = pixels
         .chunks(BATCH)
-        .map(|chunk| tch::no_grad(|| f(&pre.batch(chunk))).to_kind(Kind::Float))
+        .map(|chunk| tch::no_grad(|| f(&Tensor::stack(chunk, 0))).to_kind(Kind::Float))
         .collect();
     Tensor::cat(&rows, 0).to_device(Device::Cpu)
 }
 
+/// Decode every picture and preprocess it for each of `pre`, on a few threads (decoding a
+/// 1024 px PNG and resampling it cost more than the encoders per image on a small CPU); the
+/// decoded picture is dropped at once, so memory holds only the small pixel tensors.
+/// `out[k][i]`: picture `i` for preprocessing `k`. The first unreadable file fails, named.
+pub fn prepare(paths: &[PathBuf], pre: &[&Preprocess]) -> Result<Vec<Vec<Tensor>>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(paths.len().max(1));
+    let chunk = paths.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<Vec<Tensor>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|p| {
+                            let img = read_image(p)?;
+                            Ok(pre.iter().map(|q| q.pixel_values(&img)).collect())
+                        })
+                        .collect::<Result<Vec<Vec<Tensor>>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a preprocessing thread panicked"))
+            .collect()
+    });
+    let mut out: Vec<Vec<Tensor>> = pre.iter().map(|_| Vec::with_capacity(paths.len())).collect();
+    for part in parts {
+        for per_image in part? {
+            for (k, t) in per_image.into_iter().enumerate() {
+                out[k].push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// CLIP image embeddings (projected, not normalised), (n, projection_dim).
 pub fn clip_image_embeds(clip: &LoadedClip, imgs: &[DynamicImage]) -> Tensor {
-    batched(imgs, &clip.preprocess, |px| clip.model.image_embeds(px))
+    let px: Vec<Tensor> = imgs.iter().map(|i| clip.preprocess.pixel_values(i)).collect();
+    batched(&px, |px| clip.model.image_embeds(px))
 }
 
 /// CLIP text embeddings (projected, not normalised), (n, projection_dim). Every prompt is
@@ -125,7 +167,8 @@ pub fn clip_text_embeds(clip: &LoadedClip, texts: &[String]) -> Result<Tensor> {
 
 /// DINO features (class token after the final norm), (n, hidden).
 pub fn dino_features(dino: &LoadedDino, imgs: &[DynamicImage]) -> Tensor {
-    batched(imgs, &dino.preprocess, |px| dino.model.cls_features(px))
+    let px: Vec<Tensor> = imgs.iter().map(|i| dino.preprocess.pixel_values(i)).collect();
+    batched(&px, |px| dino.model.cls_features(px))
 }
 
 /// For every row of `a`: its mean cosine with the rows of `b`.
@@ -185,15 +228,6 @@ pub fn score(dir: &Path, opts: &ScoreOptions, progress: &mut dyn ScoreProgress) 
             "lists no subject photos: DINO and CLIP-I compare every render with them",
         ));
     }
-    // Every picture decoded before any model is loaded or anything is written: a bad file
-    // fails first, naming itself.
-    let read = |rel: &String| read_image(&dir.join(rel));
-    let photos: Vec<DynamicImage> = m.subject.photos.iter().map(read).collect::<Result<_>>()?;
-    let renders: Vec<DynamicImage> = m
-        .images
-        .iter()
-        .map(|i| read(&i.file))
-        .collect::<Result<_>>()?;
     let clip = opts
         .clip
         .as_deref()
@@ -204,18 +238,39 @@ pub fn score(dir: &Path, opts: &ScoreOptions, progress: &mut dyn ScoreProgress) 
         .as_deref()
         .map(|d| load_dino(d, opts.device, opts.dino_eps))
         .transpose()?;
+    // Every picture decoded and preprocessed before anything runs or is written: a bad file
+    // fails first, naming itself.
+    let mut pres: Vec<&Preprocess> = Vec::new();
+    pres.extend(clip.as_ref().map(|c| &c.preprocess));
+    pres.extend(dino.as_ref().map(|d| &d.preprocess));
+    let paths: Vec<PathBuf> = m
+        .subject
+        .photos
+        .iter()
+        .chain(m.images.iter().map(|i| &i.file))
+        .map(|rel| dir.join(rel))
+        .collect();
+    let mut pixels = prepare(&paths, &pres)?.into_iter();
+    let np = m.subject.photos.len();
+    let split = |v: Vec<Tensor>| {
+        let mut photos = v;
+        let renders = photos.split_off(np);
+        (photos, renders)
+    };
+    let clip_px = clip.as_ref().map(|_| split(pixels.next().expect("clip pixels")));
+    let dino_px = dino.as_ref().map(|_| split(pixels.next().expect("dino pixels")));
     progress.note(&format!(
         "scoring {} images against {} subject photos",
-        renders.len(),
-        photos.len()
+        m.images.len(),
+        np
     ));
 
     let n = m.images.len();
     let mut scores = vec![ImageScores::default(); n];
     let mut ceiling = ImageScores::default();
-    if let Some(c) = &clip {
-        let photo_emb = clip_image_embeds(c, &photos);
-        let render_emb = clip_image_embeds(c, &renders);
+    if let (Some(c), Some((photos, renders))) = (&clip, &clip_px) {
+        let photo_emb = batched(photos, |px| c.model.image_embeds(px));
+        let render_emb = batched(renders, |px| c.model.image_embeds(px));
         ceiling.clip_i = pairwise_mean(&photo_emb);
         if n > 0 {
             for (s, v) in scores.iter_mut().zip(mean_cosine(&render_emb, &photo_emb)) {
@@ -236,11 +291,11 @@ pub fn score(dir: &Path, opts: &ScoreOptions, progress: &mut dyn ScoreProgress) 
             }
         }
     }
-    if let Some(d) = &dino {
-        let photo_f = dino_features(d, &photos);
+    if let (Some(d), Some((photos, renders))) = (&dino, &dino_px) {
+        let photo_f = batched(photos, |px| d.model.cls_features(px));
         ceiling.dino = pairwise_mean(&photo_f);
         if n > 0 {
-            let render_f = dino_features(d, &renders);
+            let render_f = batched(renders, |px| d.model.cls_features(px));
             for (s, v) in scores.iter_mut().zip(mean_cosine(&render_f, &photo_f)) {
                 s.dino = Some(v);
             }
