@@ -51,6 +51,7 @@ REF_SCRIPTS := $(wildcard tests/reference/*.py)
 $(FIXTURES)/.stamp: $(VENV)/.reference $(REF_SCRIPTS) $(wildcard configs/tiny/*/*.json)
 	mkdir -p $(FIXTURES)
 	$(PY) tests/reference/make_fixtures.py $(FIXTURES)
+	$(PY) tests/reference/make_metric_fixtures.py $(FIXTURES)
 	touch $@
 
 fixtures: $(FIXTURES)/.stamp

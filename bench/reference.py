@@ -4,6 +4,8 @@
     python bench/reference.py train-step --model DIR --adapter moslora --resolution 512 ...
     python bench/reference.py sample --model DIR --lora FILE --steps 50 --size 256 ...
     python bench/reference.py recipe --model DIR --images assets/subject --out DIR ...
+    python bench/reference.py make-score-case --out target/bench/score
+    python bench/reference.py score --renders DIR --clip DIR --dino DIR ...
 
 Each command prints one line `RESULT {json}` (seconds and the peak resident memory of this
 process), like `moslora-bench`.
@@ -21,7 +23,12 @@ What it mirrors:
   r x r `lora_AB` mixer, as in the MoSLoRA authors' code, initialised orthogonally;
 * sampling: `StableDiffusionXLPipeline` with the adapter loaded by `load_lora_weights`, then
   `fuse_lora()` and `unload_lora_weights()` (diffusers' fastest documented path), Euler,
-  classifier-free guidance, VAE decode to a PIL image.
+  classifier-free guidance, VAE decode to a PIL image;
+* scoring (DINO, CLIP-I, CLIP-T), as the published DreamBooth-metric scripts do it: every
+  picture opened with PIL, `CLIPProcessor` + `CLIPModel.get_image_features` /
+  `get_text_features`, DINO as `ViTModel` with torchvision's Resize(256)/CenterCrop(224)
+  protocol (written out with PIL and torch), batches of 32 under `no_grad`, mean cosines,
+  the scores written as CSV.
 """
 
 import argparse
@@ -348,6 +355,156 @@ def cmd_make_model(args):
             "unet_parameters": sum(p.numel() for p in unet.parameters())}
 
 
+# --- scoring --------------------------------------------------------------------------------
+
+SCORE_PROMPTS = ["a [V] {class} in the snow", "a [V] {class} on the beach",
+                 "a [V] {class} with a city in the background", "a red [V] {class}",
+                 "a watercolor painting of a [V] {class}", "a [V] {class} floating on top of water",
+                 "a [V] {class} on top of a wooden table in a cozy kitchen",
+                 "a [V] {class} wearing a tiny santa hat"]
+
+
+def picture(w, h, seed):
+    import numpy as np
+    g = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([128 + 100 * np.sin(x / (9 + seed % 7) + y / 37),
+                    128 + 100 * np.cos(y / (13 + seed % 5) - x / 41),
+                    255 * (x + y) / (w + h)], -1)
+    img += g.normal(0, 10, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def cmd_make_score_case(args):
+    """A ViT-B/32-shaped CLIP and a ViT-S/16-shaped DINO with random weights, and a render
+    folder of `--renders` pictures (8 prompts x seeds x LoRA/MoSLoRA) plus 5 subject photos."""
+    import shutil
+    from PIL import Image
+    from transformers import (CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer,
+                              ViTConfig, ViTModel)
+    sys.path.insert(0, str(ROOT / "tests" / "reference"))
+    from make_fixtures import make_clip_vocab
+
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    torch.manual_seed(0)
+    vocab = out / "vocab"
+    make_clip_vocab(vocab)
+    clip = CLIPModel(CLIPConfig(
+        text_config=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8,
+                         num_hidden_layers=12),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                           num_hidden_layers=12, patch_size=32), projection_dim=512))
+    clip.save_pretrained(out / "clip")
+    CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"),
+                  pad_token="<|endoftext|>", model_max_length=77).save_pretrained(out / "clip")
+    CLIPImageProcessorPil().save_pretrained(out / "clip")
+    ViTModel(ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                       intermediate_size=1536, patch_size=16, layer_norm_eps=1e-12),
+             add_pooling_layer=False).save_pretrained(out / "dino")
+    r = out / "renders"
+    (r / "images").mkdir(parents=True)
+    (r / "photos").mkdir()
+    photos = []
+    for i in range(5):
+        rel = f"photos/photo{i}.png"
+        Image.fromarray(picture(640, 480, 100 + i)).save(r / rel)
+        photos.append(rel)
+    seeds = args.renders // (2 * len(SCORE_PROMPTS))
+    prompts = [{"id": f"p{i}", "template": t, "text": t.replace("[V]", "sks").replace("{class}", "toy")}
+               for i, t in enumerate(SCORE_PROMPTS)]
+    images = []
+    for adapter in ["lora", "moslora"]:
+        for p in prompts:
+            for seed in range(seeds):
+                rel = f"images/{p['id']}_s{seed}_{adapter}.png"
+                Image.fromarray(picture(args.size, args.size, len(images))).save(r / rel)
+                images.append({"file": rel, "prompt_id": p["id"], "prompt": p["text"], "seed": seed,
+                               "adapter": adapter, "noise_sha256": f"{p['id']}-{seed}",
+                               "width": args.size, "height": args.size, "key": rel})
+    manifest = {
+        "format_version": 1,
+        "subject": {"name": "bench", "identifier": "sks", "class": "toy", "photos": photos},
+        "model": {"name": "none", "architecture": "", "weights": ""},
+        "settings": {"steps": 50, "guidance": 5.0, "scheduler": "euler", "width": args.size,
+                     "height": args.size, "negative_prompt": None, "dtype": "f32"},
+        "adapters": [{"name": "lora", "label": "LoRA"}, {"name": "moslora", "label": "MoSLoRA"}],
+        "prompts": prompts, "images": images, "grids": [], "contact_sheet": "contact_sheet.png",
+        "gallery": "index.html"}
+    (r / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return {"what": "make-score-case", "images": len(images), "out": str(out)}
+
+
+def dino_pixels(img):
+    """torchvision's Resize(256, BICUBIC) + CenterCrop(224) + ToTensor + Normalize(ImageNet),
+    written out with PIL and torch (torchvision is not installed here)."""
+    import numpy as np
+    from PIL import Image
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    nl = int(256 * long / short)
+    img = img.resize((256, nl) if w <= h else (nl, 256), Image.BICUBIC)
+    W, H = img.size
+    top, left = int(round((H - 224) / 2.0)), int(round((W - 224) / 2.0))
+    img = img.crop((left, top, left + 224, top + 224))
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def cmd_score(args):
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor, ViTModel
+    setup(args)
+    t0 = time.perf_counter()
+    r = Path(args.renders)
+    m = json.loads((r / "manifest.json").read_text())
+    clip = CLIPModel.from_pretrained(args.clip).eval()
+    proc = CLIPProcessor.from_pretrained(args.clip)
+    dino = ViTModel.from_pretrained(args.dino, add_pooling_layer=False).eval()
+    photos = [Image.open(r / p).convert("RGB") for p in m["subject"]["photos"]]
+    renders = [Image.open(r / i["file"]).convert("RGB") for i in m["images"]]
+    templates = {p["id"]: p["template"] for p in m["prompts"]}
+    cls = m["subject"]["class"]
+    texts = [" ".join(templates[i["prompt_id"]].replace("[V]", " ").replace("{class}", cls).split())
+             for i in m["images"]]
+
+    def feats(fn, items):
+        return torch.cat([fn(items[k:k + 32]) for k in range(0, len(items), 32)])
+
+    def clip_img(b):
+        f = clip.get_image_features(pixel_values=proc(images=b, return_tensors="pt")["pixel_values"])
+        return getattr(f, "pooler_output", f)
+
+    def clip_txt(b):
+        enc = proc(text=b, padding=True, return_tensors="pt")
+        f = clip.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        return getattr(f, "pooler_output", f)
+
+    def dino_img(b):
+        return dino(pixel_values=torch.stack([dino_pixels(x) for x in b])).last_hidden_state[:, 0]
+
+    def norm(x):
+        return x / x.norm(dim=-1, keepdim=True)
+
+    with torch.no_grad():
+        cp, cr = norm(feats(clip_img, photos)), norm(feats(clip_img, renders))
+        unique = sorted(set(texts))
+        ct = norm(feats(clip_txt, unique))
+        ct = ct[[unique.index(t) for t in texts]]
+        dp, dr = norm(feats(dino_img, photos)), norm(feats(dino_img, renders))
+        clip_i = (cr @ cp.T).mean(1)
+        clip_t = (cr * ct).sum(1)
+        dino_s = (dr @ dp.T).mean(1)
+    lines = ["file,dino,clip_i,clip_t"] + [
+        f"{i['file']},{d:.6f},{a:.6f},{b:.6f}"
+        for i, d, a, b in zip(m["images"], dino_s.tolist(), clip_i.tolist(), clip_t.tolist())]
+    (r / "scores-reference.csv").write_text("\n".join(lines) + "\n")
+    return {"what": "score", "images": len(renders), "score_s": time.perf_counter() - t0,
+            "peak_rss_mib": peak_rss_mib()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -392,9 +549,23 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("make-score-case")
+    p.add_argument("--out", required=True)
+    p.add_argument("--renders", type=int, default=64)
+    p.add_argument("--size", type=int, default=1024)
+
+    p = sub.add_parser("score")
+    p.add_argument("--renders", required=True)
+    p.add_argument("--clip", required=True)
+    p.add_argument("--dino", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    p.add_argument("--threads", type=int, default=None)
+
     args = ap.parse_args()
     run = {"train-step": cmd_train_step, "sample": cmd_sample, "recipe": cmd_recipe,
-           "make-model": cmd_make_model}[args.command]
+           "make-model": cmd_make_model, "make-score-case": cmd_make_score_case,
+           "score": cmd_score}[args.command]
     print("RESULT " + json.dumps(run(args)), flush=True)
 
 

@@ -178,6 +178,19 @@ adapter:
     return run_yaml
 
 
+def score_case():
+    """The scoring case's encoders (random ViT-B/32-shaped CLIP, ViT-S/16-shaped DINO) and
+    render folder (64 pictures of 1024 px, 5 photos), made once by the reference script."""
+    size = 256 if QUICK else 1024
+    out = BENCH / f"score-{size}"
+    if not (out / "renders" / "manifest.json").exists():
+        log(f"making the scoring case in {out}")
+        subprocess.run([PY, ROOT / "bench" / "reference.py", "make-score-case", "--out", out,
+                        "--renders", "64", "--size", str(size)], check=True,
+                       stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return out, size
+
+
 def cases(m):
     tiny, small = m["tiny"], m["small"]
     ref = [PY, ROOT / "bench" / "reference.py"]
@@ -223,6 +236,15 @@ def cases(m):
         "ours": [BIN, "sample", *common_s, "--adapter", ours_adapter],
         "theirs": [*ref, "sample", *common_s, "--lora", their_adapter],
         "metric": "image_s", "rounds": 1 if q else 3, "target": 1.0})
+    score_dir, score_size = score_case()
+    args = ["score", "--renders", score_dir / "renders", "--clip", score_dir / "clip",
+            "--dino", score_dir / "dino", "--threads", str(THREADS)]
+    out.append({
+        "id": "score-64",
+        "label": f"scoring 64 images of {score_size} px against 5 photos: ViT-B/32 CLIP "
+                 "(CLIP-I, CLIP-T) + ViT-S/16 DINO",
+        "ours": [BIN, *args], "theirs": [*ref, *args], "metric": "score_s",
+        "rounds": 1 if q else 3, "target": 1.0})
     return out
 
 

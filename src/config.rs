@@ -32,6 +32,26 @@ pub struct RunConfig {
     pub adapter: AdapterConfig,
     #[serde(default)]
     pub render: Render,
+    /// Encoders for the automatic metrics; `compare` scores its renders when one is given.
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+/// `metrics: {clip: DIR, dino: DIR}`: transformers folders of a CLIPModel (CLIP-I, CLIP-T)
+/// and a DINO ViTModel. Neither given: no scoring.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    #[serde(default)]
+    pub clip: Option<PathBuf>,
+    #[serde(default)]
+    pub dino: Option<PathBuf>,
+}
+
+impl Metrics {
+    pub fn any(&self) -> bool {
+        self.clip.is_some() || self.dino.is_some()
+    }
 }
 
 /// How `render` and `compare` draw the comparison.
@@ -352,6 +372,12 @@ impl RunConfig {
         if let Some(p) = &mut self.render.out {
             abs(p);
         }
+        for p in [&mut self.metrics.clip, &mut self.metrics.dino]
+            .into_iter()
+            .flatten()
+        {
+            abs(p);
+        }
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -496,6 +522,16 @@ mod tests {
             assert_eq!(c.train.batch_size, 4);
             assert_eq!(c.train.learning_rate, 1e-4);
         }
+    }
+
+    #[test]
+    fn metrics_section() {
+        let c = RunConfig::parse("metrics:\n  clip: enc/clip\n  dino: enc/dino\n").unwrap();
+        assert_eq!(c.metrics.clip, Some(PathBuf::from("enc/clip")));
+        assert!(c.metrics.any());
+        assert!(!RunConfig::parse("").unwrap().metrics.any());
+        let e = RunConfig::parse("metrics:\n  clp: x\n").unwrap_err();
+        assert!(e.contains("did you mean `clip`?"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,8 @@ enum Command {
     Render(RenderArgs),
     /// Train what is missing or stale, then render: photos to gallery in one command
     Compare(CompareArgs),
+    /// Score a render folder: DINO, CLIP-I and CLIP-T per image, per adapter, paired
+    Score(ScoreArgs),
     /// The whole job end to end on a tiny random model: train, render, gallery, study kit
     Demo(DemoArgs),
     /// Blind human evaluation: rater pairs out, votes in, win / tie / loss with statistics
@@ -127,6 +129,36 @@ fn print_demo(r: &moslora::demo::DemoReport) {
     println!("  study key:     {} (keep it apart; tally with: moslora study tally --key {} VOTES.json...)", r.study_key.display(), r.study_key.display());
     println!();
     println!("Open the gallery:  xdg-open {}", r.gallery().display());
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// A render folder (`moslora render` or `compare`)
+    renders: PathBuf,
+    /// A transformers CLIPModel folder, e.g. openai/clip-vit-base-patch32 (CLIP-I, CLIP-T)
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    /// A transformers ViTModel DINO folder, e.g. facebook/dino-vits16 (DINO)
+    #[arg(long)]
+    dino: Option<PathBuf>,
+    /// cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// Score a render folder and print the tables.
+fn run_score(dir: &std::path::Path, opts: &moslora::metrics::ScoreOptions) -> Result<()> {
+    struct Notes;
+    impl moslora::metrics::ScoreProgress for Notes {
+        fn note(&mut self, msg: &str) {
+            eprintln!("{msg}");
+        }
+    }
+    let s = moslora::metrics::score(dir, opts, &mut Notes)?;
+    print!("{}", moslora::metrics::report::text(&s.manifest));
+    let names: Vec<String> = s.files.iter().map(|f| f.display().to_string()).collect();
+    println!("wrote {}", names.join(", "));
+    Ok(())
 }
 
 #[derive(Args)]
@@ -398,7 +430,25 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             print_render_summary(&m, &cfg.render_dir());
+            if cfg.metrics.any() {
+                let o = moslora::metrics::ScoreOptions {
+                    clip: cfg.metrics.clip.clone(),
+                    dino: cfg.metrics.dino.clone(),
+                    device: opts.device,
+                    dino_eps: None,
+                };
+                run_score(&cfg.render_dir(), &o)?;
+            }
             Ok(())
+        }
+        Command::Score(a) => {
+            let o = moslora::metrics::ScoreOptions {
+                clip: a.clip,
+                dino: a.dino,
+                device: moslora::runtime::parse_device(&a.device)?,
+                dino_eps: None,
+            };
+            run_score(&a.renders, &o)
         }
         Command::Generate(a) => {
             let opts = a.device.options()?;

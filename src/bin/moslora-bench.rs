@@ -39,6 +39,40 @@ enum Command {
     Sample(SampleArgs),
     /// A random adapter with non-zero B (what `sample` applies)
     MakeAdapter(MakeAdapterArgs),
+    /// Seconds to score a render folder (DINO, CLIP-I, CLIP-T): what `moslora score` does
+    Score(ScoreArgs),
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[arg(long)]
+    renders: PathBuf,
+    #[arg(long)]
+    clip: PathBuf,
+    #[arg(long)]
+    dino: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+/// The whole `moslora score`: encoders loaded, pictures decoded and preprocessed, both
+/// encoders run in batches, the statistics, every output written.
+fn score(a: &ScoreArgs) -> Result<serde_json::Value> {
+    if let Some(n) = a.threads {
+        tch::set_num_threads(n);
+    }
+    let t0 = Instant::now();
+    let opts = moslora::metrics::ScoreOptions {
+        clip: Some(a.clip.clone()),
+        dino: Some(a.dino.clone()),
+        device: moslora::runtime::parse_device(&a.device)?,
+        dino_eps: None,
+    };
+    let s = moslora::metrics::score(&a.renders, &opts, &mut moslora::metrics::Quiet)?;
+    Ok(json!({"what": "score", "images": s.manifest.images.len(),
+              "score_s": t0.elapsed().as_secs_f64()}))
 }
 
 #[derive(Args)]
@@ -305,6 +339,7 @@ fn main() -> ExitCode {
         Command::TrainStep(a) => train_step(a),
         Command::Sample(a) => sample(a),
         Command::MakeAdapter(a) => make_adapter(a),
+        Command::Score(a) => score(a),
     };
     match result {
         Ok(v) => {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::manifest::Manifest;
+use super::manifest::{ImageScores, Manifest, MetricsSummary};
 use crate::error::Result;
 
 /// Escape text for HTML content and attribute values.
@@ -42,6 +42,10 @@ td img { width: 200px; max-width: 22vw; border-radius: 4px; display: block; curs
 #box img { max-width: 92vw; max-height: 82vh; image-rendering: auto; border-radius: 6px; }
 #box p { color: #eef; margin: 12px; font-size: 14px; text-align: center; }
 .hidden { display: none; }
+.metrics table { border-collapse: collapse; margin: 6px 0 12px; font-size: 13px; }
+.metrics th, .metrics td { padding: 3px 10px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
+.metrics p { color: var(--muted); font-size: 12px; margin: 4px 0; max-width: 900px; }
+.score { font-size: 11px; color: var(--muted); padding: 2px 0 4px; font-variant-numeric: tabular-nums; }
 "#;
 
 const SCRIPT: &str = r#"
@@ -75,6 +79,57 @@ function apply() {
 }
 filter.addEventListener('input', apply); apply();
 "#;
+
+/// "DINO 0.612 · CLIP-I 0.781 · CLIP-T 0.301" (only the metrics that were measured).
+fn scores_line(s: &ImageScores) -> String {
+    ImageScores::NAMES
+        .iter()
+        .filter_map(|k| {
+            s.get(k)
+                .map(|v| format!("{} {v:.3}", ImageScores::title(k)))
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+fn html_table(header: &[&str], rows: &[[String; 5]]) -> String {
+    let mut t = String::from("<table><tr>");
+    for c in header {
+        t.push_str(&format!("<th>{}</th>", esc(c)));
+    }
+    t.push_str("</tr>");
+    for r in rows {
+        t.push_str("<tr>");
+        for c in r {
+            t.push_str(&format!("<td>{}</td>", esc(c)));
+        }
+        t.push_str("</tr>");
+    }
+    t.push_str("</table>");
+    t
+}
+
+/// The automatic metrics' tables (written by `moslora score`).
+fn metrics_section(s: &MetricsSummary) -> String {
+    let mut h = String::from(
+        "<details class=\"metrics\" open><summary>automatic metrics (DINO, CLIP-I, CLIP-T)</summary>",
+    );
+    h.push_str(&html_table(&MetricsSummary::TABLE_HEADER, &s.table_rows()));
+    h.push_str(&format!(
+        "<p>Mean [95 % bootstrap interval] over each adapter's images. DINO and CLIP-I: mean cosine with each of the {} subject photos; CLIP-T: cosine with the prompt, {}. The last row is the photos against each other.</p>",
+        s.photos,
+        esc(&s.clip_t_prompt)
+    ));
+    if let Some(title) = s.paired_title() {
+        h.push_str(&format!("<p><b>{}</b></p>", esc(&title)));
+        h.push_str(&html_table(
+            &MetricsSummary::PAIRED_HEADER,
+            &s.paired_rows(),
+        ));
+    }
+    h.push_str("</details>");
+    h
+}
 
 /// Write `index.html` into the render folder.
 pub fn write(out: &Path, m: &Manifest) -> Result<()> {
@@ -123,6 +178,9 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
             esc(curve)
         ));
     }
+    if let Some(ms) = &m.metrics {
+        h.push_str(&metrics_section(ms));
+    }
     h.push_str("</header>\n<div class=\"tools\"><input id=\"filter\" type=\"search\" placeholder=\"Filter prompts…\" autofocus><span id=\"count\" class=\"meta\"></span>");
     h.push_str(&format!(
         "<a class=\"meta\" href=\"{}\">contact sheet</a></div>\n<main>\n",
@@ -150,12 +208,16 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
             for a in &m.adapters {
                 match m.images.iter().find(|i| i.prompt_id == p.id && i.seed == *seed && i.adapter == a.name) {
                     Some(i) => h.push_str(&format!(
-                        "<td><img loading=\"lazy\" src=\"{}\" alt=\"{}\" data-caption=\"{} — {} — seed {}\"></td>",
+                        "<td><img loading=\"lazy\" src=\"{}\" alt=\"{}\" data-caption=\"{} — {} — seed {}{}\">{}</td>",
                         esc(&i.file),
                         esc(&a.label),
                         esc(&a.label),
                         esc(&p.text),
-                        seed
+                        seed,
+                        i.scores.map(|s| format!(" — {}", scores_line(&s))).unwrap_or_default(),
+                        i.scores
+                            .map(|s| format!("<div class=\"score\">{}</div>", scores_line(&s)))
+                            .unwrap_or_default()
                     )),
                     None => h.push_str("<td></td>"),
                 }

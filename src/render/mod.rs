@@ -331,7 +331,12 @@ pub fn render(
                 );
                 done += 1;
                 if let Some(prev) = previous.get(&key).filter(|prev| prev.file == file) {
-                    images.push(prev.clone());
+                    // The pixels are reused; scores belong to a scoring run of the old
+                    // manifest, whose tables this one does not carry: score again.
+                    images.push(ImageEntry {
+                        scores: None,
+                        ..prev.clone()
+                    });
                     progress.image(done, &column.label, true);
                     continue;
                 }
@@ -367,6 +372,7 @@ pub fn render(
                     width: settings.width,
                     height: settings.height,
                     key,
+                    scores: None,
                 });
                 progress.image(done, &column.label, false);
             }
@@ -397,6 +403,7 @@ pub fn render(
         contact_sheet,
         gallery: "index.html".into(),
         loss_curve,
+        metrics: None,
     };
     gallery::write(out, &manifest)?;
     remove_stale(out, &manifest)?;

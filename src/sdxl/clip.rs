@@ -1,6 +1,11 @@
-//! SDXL's two CLIP text encoders, after transformers' `modeling_clip.py`:
-//! `text_encoder` is `CLIPTextModel` (OpenAI CLIP ViT-L/14, `quick_gelu`) and `text_encoder_2`
-//! is `CLIPTextModelWithProjection` (OpenCLIP ViT-bigG/14, `gelu`, plus `text_projection`).
+//! The pre-norm transformer encoder of transformers' `modeling_clip.py`, and SDXL's two CLIP
+//! text encoders built on it: `text_encoder` is `CLIPTextModel` (OpenAI CLIP ViT-L/14,
+//! `quick_gelu`) and `text_encoder_2` is `CLIPTextModelWithProjection` (OpenCLIP ViT-bigG/14,
+//! `gelu`, plus `text_projection`).
+//!
+//! The same encoder ([`ClipEncoder`], configured by an [`EncoderConfig`]) also serves the CLIP
+//! vision tower (no causal mask) and DINO's `ViTModel` (the same block under other tensor names,
+//! [`VIT_LAYER_NAMES`]): see `clip_model.rs` and `vit.rs`.
 //!
 //! Tensor names are those of a real SDXL download (`text_model.` prefix; `text_projection` at the
 //! top level). The stored `text_model.embeddings.position_ids` buffer is not read: it is always
@@ -28,7 +33,7 @@ impl Activation {
             "quick_gelu" => Ok(Activation::QuickGelu),
             "gelu" => Ok(Activation::Gelu),
             other => Err(Error::msg(format!(
-                "CLIP text encoder: unsupported `hidden_act` {other:?} (expected \"quick_gelu\" or \"gelu\")"
+                "transformer encoder: unsupported `hidden_act` {other:?} (expected \"quick_gelu\" or \"gelu\")"
             ))),
         }
     }
@@ -38,6 +43,91 @@ impl Activation {
             Activation::QuickGelu => x * (x * 1.702).sigmoid(),
             Activation::Gelu => x.gelu("none"),
         }
+    }
+}
+
+/// Where one encoder layer's tensors are, relative to the layer (`<stack>.N.`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerNames {
+    /// The stack's name: `layers.N` (CLIP) or `layer.N` (ViT).
+    pub stack: &'static str,
+    pub q: &'static str,
+    pub k: &'static str,
+    pub v: &'static str,
+    pub out: &'static str,
+    pub norm1: &'static str,
+    pub norm2: &'static str,
+    pub fc1: &'static str,
+    pub fc2: &'static str,
+}
+
+/// `CLIPEncoderLayer` names (text and vision towers).
+pub const CLIP_LAYER_NAMES: LayerNames = LayerNames {
+    stack: "layers",
+    q: "self_attn.q_proj",
+    k: "self_attn.k_proj",
+    v: "self_attn.v_proj",
+    out: "self_attn.out_proj",
+    norm1: "layer_norm1",
+    norm2: "layer_norm2",
+    fc1: "mlp.fc1",
+    fc2: "mlp.fc2",
+};
+
+/// `ViTLayer` names (DINO as transformers' `ViTModel`): the same pre-norm block.
+pub const VIT_LAYER_NAMES: LayerNames = LayerNames {
+    stack: "layer",
+    q: "attention.attention.query",
+    k: "attention.attention.key",
+    v: "attention.attention.value",
+    out: "attention.output.dense",
+    norm1: "layernorm_before",
+    norm2: "layernorm_after",
+    fc1: "intermediate.dense",
+    fc2: "output.dense",
+};
+
+/// The shape of one pre-norm transformer encoder: what the text towers, the CLIP vision tower
+/// and ViT share. `causal` is the only behavioural switch (text towers attend causally).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderConfig {
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_attention_heads: i64,
+    pub num_hidden_layers: i64,
+    pub activation: Activation,
+    pub layer_norm_eps: f64,
+    pub causal: bool,
+    /// Biases on the query/key/value projections (always in CLIP; ViT's `qkv_bias`).
+    pub qkv_bias: bool,
+    pub names: LayerNames,
+}
+
+impl EncoderConfig {
+    /// The encoder of a CLIP text tower.
+    pub fn clip_text(cfg: &ClipTextConfig) -> Result<Self> {
+        Ok(EncoderConfig {
+            hidden_size: cfg.hidden_size,
+            intermediate_size: cfg.intermediate_size,
+            num_attention_heads: cfg.num_attention_heads,
+            num_hidden_layers: cfg.num_hidden_layers,
+            activation: Activation::from_name(&cfg.hidden_act)?,
+            layer_norm_eps: cfg.layer_norm_eps,
+            causal: true,
+            qkv_bias: true,
+            names: CLIP_LAYER_NAMES,
+        })
+    }
+
+    /// Refuse a head count that does not divide the width, naming the component.
+    pub fn check(&self, component: &str) -> Result<()> {
+        if self.num_attention_heads <= 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::msg(format!(
+                "{component}: `hidden_size` {} is not a multiple of `num_attention_heads` {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -81,22 +171,27 @@ pub struct ClipAttention {
     pub out_proj: Linear,
     pub num_heads: i64,
     pub head_dim: i64,
+    pub causal: bool,
 }
 
 impl ClipAttention {
-    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+    /// `w` is the encoder layer; the projections are found by `cfg.names`.
+    pub fn new(w: &Weights, cfg: &EncoderConfig) -> Result<Self> {
         let d = cfg.hidden_size;
+        let n = &cfg.names;
         Ok(ClipAttention {
-            q_proj: Linear::new(&w.pp("q_proj"), d, d, true)?,
-            k_proj: Linear::new(&w.pp("k_proj"), d, d, true)?,
-            v_proj: Linear::new(&w.pp("v_proj"), d, d, true)?,
-            out_proj: Linear::new(&w.pp("out_proj"), d, d, true)?,
+            q_proj: Linear::new(&w.pp(n.q), d, d, cfg.qkv_bias)?,
+            k_proj: Linear::new(&w.pp(n.k), d, d, cfg.qkv_bias)?,
+            v_proj: Linear::new(&w.pp(n.v), d, d, cfg.qkv_bias)?,
+            out_proj: Linear::new(&w.pp(n.out), d, d, true)?,
             num_heads: cfg.num_attention_heads,
             head_dim: d / cfg.num_attention_heads,
+            causal: cfg.causal,
         })
     }
 
-    /// Causal self-attention over (batch, seq, hidden).
+    /// Self-attention over (batch, seq, hidden): causal for the text towers, full for the
+    /// vision towers (every patch sees every patch, no mask at all).
     ///
     /// The text models attend causally and SDXL passes no padding mask, so padding tokens are
     /// attended to like any other token (before the EOS they cannot be seen anyway). The causal
@@ -118,7 +213,7 @@ impl ClipAttention {
             &v,
             None::<Tensor>,
             0.0,
-            true,
+            self.causal,
             None,
             false,
         );
@@ -137,11 +232,22 @@ pub struct ClipMlp {
 }
 
 impl ClipMlp {
-    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+    /// `w` is the encoder layer; fc1 and fc2 are found by `cfg.names`.
+    pub fn new(w: &Weights, cfg: &EncoderConfig) -> Result<Self> {
         Ok(ClipMlp {
-            fc1: Linear::new(&w.pp("fc1"), cfg.hidden_size, cfg.intermediate_size, true)?,
-            fc2: Linear::new(&w.pp("fc2"), cfg.intermediate_size, cfg.hidden_size, true)?,
-            activation: Activation::from_name(&cfg.hidden_act)?,
+            fc1: Linear::new(
+                &w.pp(cfg.names.fc1),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                true,
+            )?,
+            fc2: Linear::new(
+                &w.pp(cfg.names.fc2),
+                cfg.intermediate_size,
+                cfg.hidden_size,
+                true,
+            )?,
+            activation: cfg.activation,
         })
     }
 
@@ -160,13 +266,13 @@ pub struct ClipEncoderLayer {
 }
 
 impl ClipEncoderLayer {
-    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+    pub fn new(w: &Weights, cfg: &EncoderConfig) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(ClipEncoderLayer {
-            self_attn: ClipAttention::new(&w.pp("self_attn"), cfg)?,
-            layer_norm1: LayerNorm::new(&w.pp("layer_norm1"), d, eps)?,
-            mlp: ClipMlp::new(&w.pp("mlp"), cfg)?,
-            layer_norm2: LayerNorm::new(&w.pp("layer_norm2"), d, eps)?,
+            self_attn: ClipAttention::new(w, cfg)?,
+            layer_norm1: LayerNorm::new(&w.pp(cfg.names.norm1), d, eps)?,
+            mlp: ClipMlp::new(w, cfg)?,
+            layer_norm2: LayerNorm::new(&w.pp(cfg.names.norm2), d, eps)?,
         })
     }
 
@@ -182,11 +288,22 @@ pub struct ClipEncoder {
 }
 
 impl ClipEncoder {
-    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+    /// `w` is the encoder (`text_model.encoder`, `vision_model.encoder`, ViT's `encoder`).
+    pub fn new(w: &Weights, cfg: &EncoderConfig) -> Result<Self> {
+        cfg.check(w.component())?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| ClipEncoderLayer::new(&w.pp("layers").pp(i), cfg))
+            .map(|i| ClipEncoderLayer::new(&w.pp(cfg.names.stack).pp(i), cfg))
             .collect::<Result<_>>()?;
         Ok(ClipEncoder { layers })
+    }
+
+    /// Every layer in turn; only the last output is kept (the vision towers need no other).
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut x = x.shallow_clone();
+        for layer in &self.layers {
+            x = layer.forward(&x);
+        }
+        x
     }
 }
 
@@ -226,17 +343,11 @@ impl ClipTextModel {
     /// Load from `w` rooted at the component (`text_model.*`, `text_projection.weight`), in
     /// `w.kind()` on `w.device()`.
     pub fn new(w: &Weights, cfg: &ClipTextConfig, with_projection: bool) -> Result<Self> {
-        if cfg.num_attention_heads <= 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
-            return Err(Error::msg(format!(
-                "{}: `hidden_size` {} is not a multiple of `num_attention_heads` {}",
-                w.component(),
-                cfg.hidden_size,
-                cfg.num_attention_heads
-            )));
-        }
+        let enc = EncoderConfig::clip_text(cfg)?;
+        enc.check(w.component())?;
         let tm = w.pp("text_model");
         let embeddings = ClipTextEmbeddings::new(&tm.pp("embeddings"), cfg)?;
-        let encoder = ClipEncoder::new(&tm.pp("encoder"), cfg)?;
+        let encoder = ClipEncoder::new(&tm.pp("encoder"), &enc)?;
         let final_layer_norm = LayerNorm::new(
             &tm.pp("final_layer_norm"),
             cfg.hidden_size,

@@ -2,9 +2,12 @@
 
 pub mod attention;
 pub mod clip;
+pub mod clip_model;
 pub mod config;
 pub mod convert;
 pub mod embeddings;
+pub mod encoders;
+pub mod image_processing;
 pub mod init_model;
 pub mod model_dir;
 pub mod nn;
@@ -17,4 +20,5 @@ pub mod unet;
 pub mod unet_blocks;
 pub mod unet_segments;
 pub mod vae;
+pub mod vit;
 pub mod weights;

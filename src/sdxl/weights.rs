@@ -34,6 +34,8 @@ pub enum Init {
     /// Uniform in +-1/sqrt(fan_in), fan_in = product of all dimensions but the first
     /// (PyTorch's default for linear and convolution layers).
     FanIn,
+    /// Every element the given value (CLIP's `logit_scale` starts at its config's value).
+    Constant(f64),
 }
 
 /// A provider of named tensors.
@@ -402,6 +404,7 @@ impl TensorSource for RandomSource {
         let t = match init {
             Init::Zeros => Tensor::zeros(shape, opts),
             Init::Ones => Tensor::ones(shape, opts),
+            Init::Constant(v) => Tensor::full(shape, v, opts),
             Init::Normal(std) => Tensor::randn(shape, opts) * std,
             Init::FanIn => {
                 let fan_in: i64 = shape.iter().skip(1).product::<i64>().max(1);
@@ -504,6 +507,10 @@ impl TensorSource for ShapeSource {
         self.seen
             .borrow_mut()
             .push((name.to_string(), shape.to_vec()));
+        if shape.is_empty() {
+            // A scalar (CLIP's `logit_scale`): nothing to save by a stride-0 view.
+            return Ok(Tensor::zeros(shape, (kind, device)));
+        }
         Ok(Tensor::zeros([1], (kind, device)).expand(shape, false))
     }
 }

@@ -8,7 +8,9 @@
 //! - [`page`]: the self-contained rater page.
 //! - [`tally`]: reads votes files against the key and computes the statistics.
 //! - [`report`]: prints and writes the tally (table, Markdown, CSV, JSON, bar chart).
+//! - [`auto_metrics`]: the automatic metrics on the same pairs, and how often votes agree.
 
+pub mod auto_metrics;
 pub mod make;
 pub mod page;
 pub mod report;
@@ -202,62 +204,6 @@ pub fn tally_dir_for(key: &Path) -> PathBuf {
     key.with_file_name(format!("{stem}.tally"))
 }
 
-/// A small seeded generator (SplitMix64): every random choice of a study (names, sides,
-/// order, repeats) comes from one recorded seed, so a study can be remade exactly.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// A seed from the operating system's randomness, for studies made without `--seed`.
-    pub fn fresh_seed() -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        h.write_u128(now);
-        h.write_u32(std::process::id());
-        h.finish()
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (rejection sampling, so without modulo bias).
-    pub fn below(&mut self, n: usize) -> usize {
-        assert!(n > 0);
-        let n = n as u64;
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let v = self.next_u64();
-            if v < zone {
-                return (v % n) as usize;
-            }
-        }
-    }
-
-    /// Fisher-Yates.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
-
-    /// `len` random lowercase hex digits.
-    pub fn hex(&mut self, len: usize) -> String {
-        (0..len)
-            .map(|_| char::from_digit(self.below(16) as u32, 16).expect("digit"))
-            .collect()
-    }
-}
+/// The seeded generator every random choice of a study comes from (shared with the metrics'
+/// bootstrap).
+pub use crate::metrics::stats::Rng;

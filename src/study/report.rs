@@ -180,6 +180,19 @@ pub fn text(t: &Tally) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    if !t.auto_metrics.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nAutomatic metrics on the same pairs ({b} - {a}; a metric tie is |difference| <= {})",
+            crate::metrics::TIE_MARGIN
+        );
+        let mut rows = vec![super::auto_metrics::HEADER
+            .iter()
+            .map(|h| h.to_string())
+            .collect()];
+        rows.extend(super::auto_metrics::rows(&t.auto_metrics));
+        out.push_str(&table(&rows));
+    }
     out
 }
 
@@ -265,6 +278,19 @@ pub fn markdown(t: &Tally) -> String {
             r.left_percent.map_or("-".into(), |p| format!("{p:.0}")),
             r.median_seconds.map_or("-".into(), |s| format!("{s:.1}")),
         );
+    }
+    if !t.auto_metrics.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Automatic metrics on the same pairs\n\n{b} − {a} per pair; a metric tie is |difference| ≤ {}. \
+             Agreement counts the non-tie votes on pairs the metric decides.\n",
+            crate::metrics::TIE_MARGIN
+        );
+        let _ = writeln!(md, "| {} |", super::auto_metrics::HEADER.join(" | "));
+        let _ = writeln!(md, "|{}", "---|".repeat(super::auto_metrics::HEADER.len()));
+        for r in super::auto_metrics::rows(&t.auto_metrics) {
+            let _ = writeln!(md, "| {} |", r.join(" | "));
+        }
     }
     md.push_str("\n## Votes files\n\n");
     for f in &t.files {

@@ -39,37 +39,8 @@ pub fn wilson(k: usize, n: usize) -> Option<(f64, f64)> {
     Some(((centre - half).max(0.0), (centre + half).min(1.0)))
 }
 
-/// Exact two-sided sign test: the probability, under Binomial(wins + losses, 1/2), of a split
-/// at least as uneven as the one seen. `None` when there is no non-tie vote.
-pub fn sign_test(wins: usize, losses: usize) -> Option<f64> {
-    let n = wins + losses;
-    if n == 0 {
-        return None;
-    }
-    let k = wins.min(losses);
-    // Terms C(n, i) / 2^n by the ratio C(n, i) / C(n, i - 1) = (n - i + 1) / i: directly while
-    // 2^-n is a normal float, in log space beyond (so large studies do not underflow).
-    let mut tail = 0.0f64;
-    if n <= 1000 {
-        let mut term = 0.5f64.powi(n as i32);
-        for i in 0..=k {
-            if i > 0 {
-                term *= (n - i + 1) as f64 / i as f64;
-            }
-            tail += term;
-        }
-    } else {
-        let ln2n = n as f64 * std::f64::consts::LN_2;
-        let mut ln_c = 0.0f64;
-        for i in 0..=k {
-            if i > 0 {
-                ln_c += ((n - i + 1) as f64).ln() - (i as f64).ln();
-            }
-            tail += (ln_c - ln2n).exp();
-        }
-    }
-    Some((2.0 * tail).min(1.0))
-}
+/// The exact sign test lives with the automatic metrics' statistics (one copy for both).
+pub use crate::metrics::stats::sign_test;
 
 /// Fleiss' kappa of a table `items x categories` of rating counts. Items with fewer than two
 /// ratings are skipped; `None` when nothing is left or agreement by chance is already total.
@@ -261,6 +232,9 @@ pub struct Tally {
     pub per_subject: Vec<SubjectRow>,
     pub per_rater: Vec<RaterRow>,
     pub files: Vec<FileNote>,
+    /// The automatic metrics on the same pairs, when the render folders were scored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub auto_metrics: Vec<super::auto_metrics::MetricAgreement>,
 }
 
 /// One rater's answer to one trial.
@@ -711,6 +685,7 @@ pub fn compute(key: &Key, raters: &[RaterVotes], files: Vec<FileNote>) -> Tally 
         per_subject,
         per_rater,
         files,
+        auto_metrics: super::auto_metrics::compute(key, raters),
     }
 }
 

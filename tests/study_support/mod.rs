@@ -178,6 +178,7 @@ pub fn write_render(dir: &Path, spec: &RenderSpec) -> PathBuf {
                     width: spec.size as i64,
                     height: spec.size as i64,
                     key: sha_hex(&format!("{tag}")),
+                    scores: None,
                 });
             }
         }
@@ -195,6 +196,7 @@ pub fn write_render(dir: &Path, spec: &RenderSpec) -> PathBuf {
             width: spec.size as i64,
             height: spec.size as i64,
             key: sha_hex("alone-key"),
+            scores: None,
         });
     }
     let adapters = ADAPTERS
@@ -245,6 +247,7 @@ pub fn write_render(dir: &Path, spec: &RenderSpec) -> PathBuf {
         contact_sheet: "contact_sheet.png".into(),
         gallery: "index.html".into(),
         loss_curve: None,
+        metrics: None,
     };
     m.write(dir).unwrap();
     dir.to_path_buf()
