@@ -57,6 +57,8 @@ enum Command {
     Pretrain(cli::toy::PretrainArgs),
     /// Draw a contact sheet of the toy world's captioned pictures
     World(cli::toy::WorldArgs),
+    /// Train the toy world's judge: a small CLIP for `score` on toy-world renders
+    Judge(cli::toy::JudgeArgs),
 }
 
 #[derive(Args)]
@@ -401,6 +403,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Pretrain(a) => cli::toy::run_pretrain(a),
         Command::World(a) => cli::toy::run_world(a),
+        Command::Judge(a) => cli::toy::run_judge(a),
         Command::Demo(a) => {
             let o = moslora::demo::DemoOptions {
                 dir: a.out,

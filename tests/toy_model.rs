@@ -1,6 +1,6 @@
-//! The toy world's shipped base model: a diffusers folder that diffusers renders exactly as
-//! moslora does (same token ids, embeddings, final latents and pixels), and pretraining that
-//! learns.
+//! The toy world's pretraining: a few steps lower both losses, and the folder it writes is a
+//! diffusers folder that diffusers renders exactly as moslora does (same token ids,
+//! embeddings, final latents and pixels).
 
 mod common;
 
@@ -20,19 +20,6 @@ const PIXEL_TOL: f64 = 0.5;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The shipped model (MOSLORA_TOY_MODEL overrides, to check a freshly pretrained one).
-fn toy_model() -> PathBuf {
-    let p = std::env::var_os("MOSLORA_TOY_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("assets/toy-model"));
-    assert!(
-        p.join("model_index.json").exists(),
-        "no toy model at {}",
-        p.display()
-    );
-    p
 }
 
 fn python(script: &str, args: &[&Path]) {
@@ -60,9 +47,9 @@ fn read_png(path: &Path) -> Tensor {
         .to_kind(Kind::Float)
 }
 
-#[test]
-fn the_shipped_toy_model_renders_as_diffusers_does() {
-    let model = toy_model();
+/// Render `model` with diffusers and with moslora, and compare stage by stage.
+fn renders_as_diffusers_does(model: &Path) {
+    let model = model.to_path_buf();
     let out = tempfile_dir("toy-ref");
     python("ref_toy_model.py", &[&model, &out]);
     let r: std::collections::HashMap<String, Tensor> =
@@ -164,7 +151,7 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 #[test]
-fn a_few_pretraining_steps_lower_both_losses() {
+fn a_few_pretraining_steps_lower_both_losses_and_diffusers_renders_the_folder() {
     let dir = tempfile_dir("pretrain");
     let recipe = Recipe {
         vae_steps: 40,
@@ -191,6 +178,7 @@ fn a_few_pretraining_steps_lower_both_losses() {
     println!("VAE reconstruction MSE {v0:.4} -> {v1:.4}; UNet epsilon MSE {u0:.4} -> {u1:.4}");
     assert!(v1 < 0.7 * v0, "VAE loss {v0:.4} -> {v1:.4}");
     assert!(u1 < 0.9 * u0, "UNet loss {u0:.4} -> {u1:.4}");
-    // The folder is complete and loads like any SDXL folder.
+    // The folder is complete, loads like any SDXL folder, and diffusers renders it as we do.
     ModelDir::open(&o.out).unwrap();
+    renders_as_diffusers_does(&o.out);
 }

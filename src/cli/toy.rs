@@ -136,3 +136,45 @@ pub fn run_world(a: WorldArgs) -> Result<()> {
     println!("{} pictures -> {}", a.count, a.out.display());
     Ok(())
 }
+
+#[derive(Args)]
+pub struct JudgeArgs {
+    /// The toy model folder (its tokenizer is the judge's)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Folder for the judge (a transformers CLIPModel folder)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Training steps
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run_judge(a: JudgeArgs) -> Result<()> {
+    use moslora::toyworld::judge;
+    let mut recipe = judge::JudgeRecipe {
+        seed: a.seed,
+        ..Default::default()
+    };
+    if let Some(s) = a.steps {
+        recipe.steps = s;
+    }
+    let mut bar = StageBar {
+        bar: None,
+        smoothed: None,
+    };
+    bar.stage("judge", recipe.steps, 0);
+    let tok_dir = a.model.join("tokenizer");
+    let model = judge::train(&a.out, &tok_dir, &recipe, |s, l| bar.step(s, l))?;
+    if let Some(b) = bar.bar.take() {
+        b.finish();
+    }
+    let tok = moslora::sdxl::tokenizer::ClipTokenizer::from_dir(&tok_dir)?;
+    let report = judge::evaluate(&model, &tok, a.seed)?;
+    let text = serde_json::to_string_pretty(&report).expect("report serialises");
+    moslora::fsutil::write_bytes(&a.out.join("report.json"), text.as_bytes())?;
+    println!("{text}");
+    Ok(())
+}

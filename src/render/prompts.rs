@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 pub const BUNDLED: &[(&str, &str)] = &[
     ("study8", include_str!("../../prompts/study8.yaml")),
     ("dreambooth", include_str!("../../prompts/dreambooth.yaml")),
+    ("toy", include_str!("../../prompts/toy.yaml")),
 ];
 
 /// One prompt template with its stable id (`p00`, `p01`, ...).

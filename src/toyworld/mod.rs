@@ -3,6 +3,7 @@
 //! can be seen and measured on a machine with no GPU and no downloads; it uses the same code
 //! paths as real SDXL, and nothing in the product special-cases it.
 
+pub mod judge;
 pub mod pretrain;
 pub mod subjects;
 pub mod vocab;

@@ -85,7 +85,7 @@ impl Default for Recipe {
             vae_lr: 1e-3,
             vae_kl: 1e-6,
             unet_steps: 4500,
-            unet_batch: 32,
+            unet_batch: 16,
             unet_lr: 6e-4,
             unet_warmup: 200,
             pictures: 10000,
@@ -232,7 +232,35 @@ fn make_skeleton(dir: &Path, r: &Recipe) -> Result<()> {
         dtype: Kind::Float,
         force: true,
     };
-    init_model_with(dir, &o, &spec)
+    init_model_with(dir, &o, &spec)?;
+    spread_token_embeddings(dir, r.seed)
+}
+
+/// The text encoders stay frozen at random values, so their outputs must tell words apart.
+/// With CLIP's own initialisation (embeddings N(0, 0.02)) the layers' random biases swamp
+/// the tokens: two different captions come out with cosine 0.998 and the UNet cannot learn
+/// to read them. Token embeddings N(0, 1) (PyTorch's default for `nn.Embedding`) and
+/// position embeddings N(0, 0.3) make the token the largest part of the residual stream.
+fn spread_token_embeddings(dir: &Path, seed: u64) -> Result<()> {
+    for (i, component) in ["text_encoder", "text_encoder_2"].iter().enumerate() {
+        let path = dir.join(component).join("model.safetensors");
+        let mut tensors = Tensor::read_safetensors(&path).map_err(Error::from)?;
+        tch::manual_seed((seed.wrapping_mul(1000) + 500 + i as u64) as i64);
+        for (name, t) in tensors.iter_mut() {
+            let std = if name.ends_with("token_embedding.weight") {
+                1.0
+            } else if name.ends_with("position_embedding.weight") {
+                0.3
+            } else {
+                continue;
+            };
+            *t = Tensor::randn(t.size().as_slice(), (Kind::Float, Device::Cpu)) * std;
+        }
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        save_safetensors(&tensors, Some(meta), &path)?;
+    }
+    Ok(())
 }
 
 fn weight_file(dir: &Path, component: &str) -> PathBuf {
