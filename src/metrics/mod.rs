@@ -123,7 +123,10 @@ pub fn prepare(paths: &[PathBuf], pre: &[&Preprocess]) -> Result<Vec<Vec<Tensor>
             .map(|h| h.join().expect("a preprocessing thread panicked"))
             .collect()
     });
-    let mut out: Vec<Vec<Tensor>> = pre.iter().map(|_| Vec::with_capacity(paths.len())).collect();
+    let mut out: Vec<Vec<Tensor>> = pre
+        .iter()
+        .map(|_| Vec::with_capacity(paths.len()))
+        .collect();
     for part in parts {
         for per_image in part? {
             for (k, t) in per_image.into_iter().enumerate() {
@@ -136,7 +139,10 @@ pub fn prepare(paths: &[PathBuf], pre: &[&Preprocess]) -> Result<Vec<Vec<Tensor>
 
 /// CLIP image embeddings (projected, not normalised), (n, projection_dim).
 pub fn clip_image_embeds(clip: &LoadedClip, imgs: &[DynamicImage]) -> Tensor {
-    let px: Vec<Tensor> = imgs.iter().map(|i| clip.preprocess.pixel_values(i)).collect();
+    let px: Vec<Tensor> = imgs
+        .iter()
+        .map(|i| clip.preprocess.pixel_values(i))
+        .collect();
     batched(&px, |px| clip.model.image_embeds(px))
 }
 
@@ -167,7 +173,10 @@ pub fn clip_text_embeds(clip: &LoadedClip, texts: &[String]) -> Result<Tensor> {
 
 /// DINO features (class token after the final norm), (n, hidden).
 pub fn dino_features(dino: &LoadedDino, imgs: &[DynamicImage]) -> Tensor {
-    let px: Vec<Tensor> = imgs.iter().map(|i| dino.preprocess.pixel_values(i)).collect();
+    let px: Vec<Tensor> = imgs
+        .iter()
+        .map(|i| dino.preprocess.pixel_values(i))
+        .collect();
     batched(&px, |px| dino.model.cls_features(px))
 }
 
@@ -257,8 +266,12 @@ pub fn score(dir: &Path, opts: &ScoreOptions, progress: &mut dyn ScoreProgress) 
         let renders = photos.split_off(np);
         (photos, renders)
     };
-    let clip_px = clip.as_ref().map(|_| split(pixels.next().expect("clip pixels")));
-    let dino_px = dino.as_ref().map(|_| split(pixels.next().expect("dino pixels")));
+    let clip_px = clip
+        .as_ref()
+        .map(|_| split(pixels.next().expect("clip pixels")));
+    let dino_px = dino
+        .as_ref()
+        .map(|_| split(pixels.next().expect("dino pixels")));
     progress.note(&format!(
         "scoring {} images against {} subject photos",
         m.images.len(),
