@@ -10,7 +10,9 @@ Prints the table and writes it, with the machine and the versions, to
 bench/results/cpu-<date>.md (and the raw runs to cpu-<date>.json beside it).
 
 Environment: BENCH_THREADS (default: OMP_NUM_THREADS, else the number of cores),
-BENCH_ROUNDS (override the rounds of every case), BENCH_OUT (results folder).
+BENCH_ROUNDS (override the rounds of every case), BENCH_OUT (results folder), BENCH_ONLY
+(comma-separated case ids to run, e.g. score-64), BENCH_QUIET_WAIT (seconds to wait for an
+idle machine before each run), BENCH_RETRIES (re-measurements of a contended run).
 """
 
 import datetime
@@ -33,11 +35,12 @@ THREADS = int(os.environ.get("BENCH_THREADS") or os.environ.get("OMP_NUM_THREADS
               or os.cpu_count())
 OUT = Path(os.environ.get("BENCH_OUT") or ROOT / "bench" / "results")
 # Wait for other processes' load to settle before each run, at most this long.
-QUIET_WAIT_S = 0 if QUICK else 180
+QUIET_WAIT_S = int(os.environ.get("BENCH_QUIET_WAIT") or (0 if QUICK else 180))
 # A run during which the rest of the machine used more than this many cores is measured again
 # (at most RETRIES times).
 CONTENDED = 0.1
-RETRIES = 0 if QUICK else 3
+RETRIES = int(os.environ.get("BENCH_RETRIES") or (0 if QUICK else 3))
+ONLY = [c for c in os.environ.get("BENCH_ONLY", "").split(",") if c]
 
 
 def log(msg):
@@ -192,9 +195,23 @@ def score_case():
 
 
 def cases(m):
-    tiny, small = m["tiny"], m["small"]
     ref = [PY, ROOT / "bench" / "reference.py"]
     q = QUICK
+    out = [] if m is None else sdxl_cases(m, ref, q)
+    score_dir, score_size = score_case()
+    args = ["score", "--renders", score_dir / "renders", "--clip", score_dir / "clip",
+            "--dino", score_dir / "dino", "--threads", str(THREADS)]
+    out.append({
+        "id": "score-64",
+        "label": f"scoring 64 images of {score_size} px against 5 photos: ViT-B/32 CLIP "
+                 "(CLIP-I, CLIP-T) + ViT-S/16 DINO",
+        "ours": [BIN, *args], "theirs": [*ref, *args], "metric": "score_s",
+        "rounds": 1 if q else 3, "target": 1.0})
+    return out
+
+
+def sdxl_cases(m, ref, q):
+    tiny, small = m["tiny"], m["small"]
     tiny_steps = ["--warmup", "2" if q else "5", "--steps", "5" if q else "30"]
     small_res = "128" if q else "512"
     # Two warm-up steps: the first step or two of either side run slower (allocator and
@@ -236,15 +253,6 @@ def cases(m):
         "ours": [BIN, "sample", *common_s, "--adapter", ours_adapter],
         "theirs": [*ref, "sample", *common_s, "--lora", their_adapter],
         "metric": "image_s", "rounds": 1 if q else 3, "target": 1.0})
-    score_dir, score_size = score_case()
-    args = ["score", "--renders", score_dir / "renders", "--clip", score_dir / "clip",
-            "--dino", score_dir / "dino", "--threads", str(THREADS)]
-    out.append({
-        "id": "score-64",
-        "label": f"scoring 64 images of {score_size} px against 5 photos: ViT-B/32 CLIP "
-                 "(CLIP-I, CLIP-T) + ViT-S/16 DINO",
-        "ours": [BIN, *args], "theirs": [*ref, *args], "metric": "score_s",
-        "rounds": 1 if q else 3, "target": 1.0})
     return out
 
 
@@ -353,9 +361,12 @@ def main():
     info = machine()
     log(f"bench: {info['cpu']}, {info['nproc']} cores, {THREADS} threads"
         + (" (BENCH_QUICK)" if QUICK else ""))
-    m = models()
+    # The SDXL models are made only for the cases that use them.
+    m = None if ONLY and all(c.startswith("score") for c in ONLY) else models()
     rows, raw = [], {}
     for case in cases(m):
+        if ONLY and case["id"] not in ONLY:
+            continue
         log(case["label"])
         runs = measure(case)
         raw[case["id"]] = runs

@@ -76,6 +76,32 @@ fn preprocessing_matches_the_python_processors() {
     }
 }
 
+/// JPEG decoders differ (PIL: libjpeg-turbo; here: the `image` crate), so a JPEG photo's
+/// pixels may differ slightly before any preprocessing; measured and bounded here.
+#[test]
+fn jpeg_decoding_difference_is_small() {
+    let r = common::reference("metrics");
+    let path = fx().join("metric-photos/wide.jpg");
+    let img = metrics::read_image(&path).unwrap().to_rgb8();
+    let ours = Tensor::from_slice(img.as_raw()).view([img.height() as i64, img.width() as i64, 3]);
+    let theirs = &r["jpeg.decoded"];
+    let diff = (ours.to_kind(Kind::Int) - theirs.to_kind(Kind::Int)).abs();
+    let max = diff.max().int64_value(&[]);
+    let share = diff
+        .gt(0)
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    let px = Preprocess::clip(224).pixel_values(&metrics::read_image(&path).unwrap());
+    let err = common::max_abs_diff(&px, &r["clip.pixel_values.jpeg"]);
+    println!(
+        "JPEG: decoded pixels differ by at most {max} levels ({:.2} % of values differ); \
+         CLIP pixel values by {err:.2e}",
+        100.0 * share
+    );
+    assert!(max <= 8, "JPEG decoders differ by {max} levels");
+}
+
 fn stack_ref(r: &HashMap<String, Tensor>, which: &str) -> Tensor {
     let v: Vec<Tensor> = NAMES
         .iter()

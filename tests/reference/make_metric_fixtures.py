@@ -175,6 +175,11 @@ def main():
         img.save(photos_dir / f"{name}.png")
         images[name] = Image.open(photos_dir / f"{name}.png")
 
+    # A JPEG: PIL decodes with libjpeg-turbo, moslora with the `image` crate's decoder; the
+    # test measures how far apart they are (the resampling itself is exact).
+    images["wide"].convert("RGB").save(photos_dir / "wide.jpg", quality=90)
+    jpeg = Image.open(photos_dir / "wide.jpg")
+
     clip, tok = make_clip(fx)
     dino = make_dino(fx)
     proc = CLIPImageProcessorPil()
@@ -185,6 +190,8 @@ def main():
     for i, n in enumerate(names):
         ref[f"clip.pixel_values.{n}"] = clip_px[i]
         ref[f"dino.pixel_values.{n}"] = dino_px[i]
+    ref["clip.pixel_values.jpeg"] = proc(jpeg, return_tensors="pt")["pixel_values"][0]
+    ref["jpeg.decoded"] = torch.from_numpy(np.array(jpeg.convert("RGB")))
     with torch.no_grad():
         img_emb = clip.get_image_features(pixel_values=clip_px)
         img_emb = getattr(img_emb, "pooler_output", img_emb)
