@@ -25,7 +25,7 @@ OPENCLIP  := open-clip-torch==3.3.0
 
 BIN := target/release/moslora
 
-.PHONY: all build test demo bench fixtures venv clean fmt clippy browser
+.PHONY: all build test demo bench fixtures venv clean fmt clippy browser toy-model
 
 all: build
 
@@ -73,6 +73,11 @@ test: $(FIXTURES)/.stamp $(VENV)/.browser
 # comparison, build the blind study kit. Results under target/demo/.
 demo: build
 	$(BIN) demo --out target/demo
+
+# The toy world's base model and judge, from scratch (hours on 2 cores; re-running resumes).
+toy-model: build
+	$(BIN) pretrain --out target/toy/toy-model --dtype f16
+	$(BIN) judge --model target/toy/toy-model --out target/toy/toy-judge
 
 # moslora against the diffusers + peft reference on the same models, batches, threads and
 # steps (bench/run.py); writes bench/results/cpu-<date>.md. BENCH_QUICK=1: a short smoke run.
