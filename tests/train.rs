@@ -194,6 +194,97 @@ fn an_interrupted_and_resumed_run_equals_the_uninterrupted_one() {
     std::fs::remove_dir_all(&parts).unwrap();
 }
 
+/// A run file for the SIGINT test: `steps` steps, a checkpoint every 3.
+fn write_long_run(dir: &Path, steps: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let yaml = format!(
+        "model: {}\noutput: {}\nsubject:\n  images: {}\ntrain:\n  steps: {steps}\n  \
+         resolution: 64\n  batch_size: 1\n  crops_per_image: 1\n  checkpoint_every: 3\n",
+        tiny_model().display(),
+        dir.join("out").display(),
+        repo().join("assets/subject").display()
+    );
+    let path = dir.join("run.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn a_real_sigint_checkpoints_and_resume_ends_where_the_whole_run_ends() {
+    let root = scratch("sigint");
+    let steps = 60;
+    let (whole, parts) = (
+        write_long_run(&root.join("whole"), steps),
+        write_long_run(&root.join("parts"), steps),
+    );
+    let (ok, err) = moslora(&["train", whole.to_str().unwrap(), "--adapter", "moslora"]);
+    assert!(ok, "{err}");
+
+    // Ctrl-C as a terminal delivers it: SIGINT to the running process, once the run is past
+    // its first checkpoint (step 3) and so in the middle of training.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .args(["train", parts.to_str().unwrap(), "--adapter", "moslora"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = root.join("parts/out/moslora");
+    let started = std::time::Instant::now();
+    while !out.join("checkpoint/state.json").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be interrupted"
+        );
+        assert!(started.elapsed().as_secs() < 300, "no checkpoint after 5 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(130), "exit status after SIGINT: {err}");
+    assert!(err.contains("interrupted: saving a checkpoint"), "{err}");
+    let stopped: u64 = err
+        .split("stopped at step ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `stopped at step N` in: {err}"));
+    println!("SIGINT stopped the run at step {stopped} of {steps}");
+    assert!(
+        (3..steps).contains(&stopped),
+        "stopped at step {stopped}: not mid-run"
+    );
+    assert!(
+        !out.join("adapter.safetensors").exists(),
+        "an interrupted run must not write the final adapter"
+    );
+    let state = std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap();
+    assert!(state.contains(&format!("{stopped}")), "{state}");
+
+    let (ok, err) = moslora(&[
+        "train",
+        parts.to_str().unwrap(),
+        "--adapter",
+        "moslora",
+        "--resume",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("resuming at step {stopped}")), "{err}");
+    assert_same_tensors(
+        &root.join("whole/out/moslora/adapter.safetensors"),
+        &out.join("adapter.safetensors"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("whole/out/moslora/loss.csv")).unwrap(),
+        std::fs::read_to_string(out.join("loss.csv")).unwrap()
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// How many layers of each component have moved B away from its zero start.
 fn trained_layers(path: &Path) -> Vec<(Component, usize, usize)> {
     let f = AdapterFile::read(path).unwrap();
