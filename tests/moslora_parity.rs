@@ -83,9 +83,11 @@ fn attach(u: &mut UNet2DConditionModel, r: &HashMap<String, Tensor>, init: &str)
 #[test]
 fn moslora_matches_the_reference_for_every_mixer_init() {
     let r = reference("moslora");
-    let sched =
-        DdpmSchedule::new(&read_json::<SchedulerConfig>(&tiny_model().join("scheduler/scheduler_config.json")).unwrap())
-            .unwrap();
+    let sched = DdpmSchedule::new(
+        &read_json::<SchedulerConfig>(&tiny_model().join("scheduler/scheduler_config.json"))
+            .unwrap(),
+    )
+    .unwrap();
     let max_norm = r["max_grad_norm"].double_value(&[]);
     let lr = r["lr"].double_value(&[]);
     let hp = Adam {
@@ -97,7 +99,11 @@ fn moslora_matches_the_reference_for_every_mixer_init() {
     let b = batch(&r);
     for (init, how) in INITS {
         let mut u = unet();
-        assert_eq!(attach(&mut u, &r, init), 136, "tiny UNet attention projections");
+        assert_eq!(
+            attach(&mut u, &r, init),
+            136,
+            "tiny UNet attention projections"
+        );
         // Forward. Tolerance 1e-4 max abs error, as for every model part (f32 through the
         // whole UNet, outputs of order 1).
         let fwd = tch::no_grad(|| {
@@ -142,9 +148,13 @@ fn moslora_matches_the_reference_for_every_mixer_init() {
                 worst_grad[slot] = worst_grad[slot].max(e);
                 // Tolerance: 1e-4 relative to the tensor's largest gradient: the gradients run
                 // back through the whole f32 UNet, summed in another order than torch's.
-                assert!(e < 1e-4, "{init}: gradient of {name} at step {step}: {e:.2e}");
-                if init == "zero" && !name.contains(".lora_AB.") {
-                    // The zero mixer blocks A's and B's gradients exactly.
+                assert!(
+                    e < 1e-4,
+                    "{init}: gradient of {name} at step {step}: {e:.2e}"
+                );
+                if init == "zero" && step == 0 && !name.contains(".lora_AB.") {
+                    // While it is zero, the mixer blocks A's and B's gradients exactly (the
+                    // first step moves it, since B is not zero here).
                     assert_eq!(want.abs().max().double_value(&[]), 0.0);
                     assert_eq!(got.abs().max().double_value(&[]), 0.0, "{name}");
                 }
@@ -162,13 +172,26 @@ fn moslora_matches_the_reference_for_every_mixer_init() {
             );
             opt.step(lr);
         }
+        // What two steps moved each tensor, ours against the reference's. Tolerance: 1e-3 of
+        // the tensor's largest move. AdamW divides each gradient by its running RMS, so the
+        // gradients' 1e-5 (relative to a tensor's largest) can grow in elements whose gradient
+        // is small; the moves are of the order of the learning rate (2e-3 here), so 1e-3 of
+        // them is about 2e-6 in absolute terms. The zero mixer's values are its moves alone.
         let mut worst = 0.0f64;
         for (name, t) in adapter::trained_parameters(&mut u) {
             let want = &r[&reference_key(init, &name, "updated")];
-            let e = rel_err(&t.detach(), want);
+            let start = &r[&reference_key(init, &name, "initial")];
+            let moved = want - start;
+            assert!(
+                moved.abs().max().double_value(&[]) > 0.1 * lr,
+                "{init}: {name} did not move in the reference"
+            );
+            let e = rel_err(&(t.detach() - start), &moved);
             worst = worst.max(e);
-            // Tolerance: 1e-5 relative to the tensor's largest value, as the LoRA test.
-            assert!(e < 1e-5, "{init}: {name} after two AdamW steps: {e:.2e}");
+            assert!(
+                e < 1e-3,
+                "{init}: {name} after two AdamW steps: {e:.2e} of its move"
+            );
         }
         // A fixed mixer stays what it was.
         if !how.trained() {
@@ -180,7 +203,7 @@ fn moslora_matches_the_reference_for_every_mixer_init() {
         }
         println!(
             "{init}: worst gradient errors A {:.1e}, M {:.1e}, B {:.1e} (tolerance 1e-4); \
-             factors after two AdamW steps {worst:.1e} (tolerance 1e-5)",
+             moves of two AdamW steps within {worst:.1e} (tolerance 1e-3)",
             worst_grad[0], worst_grad[1], worst_grad[2]
         );
     }

@@ -235,7 +235,10 @@ fn a_real_sigint_checkpoints_and_resume_ends_where_the_whole_run_ends() {
             child.try_wait().unwrap().is_none(),
             "the run ended before it could be interrupted"
         );
-        assert!(started.elapsed().as_secs() < 300, "no checkpoint after 5 minutes");
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no checkpoint after 5 minutes"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let kill = Command::new("kill")
@@ -245,7 +248,11 @@ fn a_real_sigint_checkpoints_and_resume_ends_where_the_whole_run_ends() {
     assert!(kill.success());
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(130), "exit status after SIGINT: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "exit status after SIGINT: {err}"
+    );
     assert!(err.contains("interrupted: saving a checkpoint"), "{err}");
     let stopped: u64 = err
         .split("stopped at step ")
@@ -273,7 +280,10 @@ fn a_real_sigint_checkpoints_and_resume_ends_where_the_whole_run_ends() {
         "--resume",
     ]);
     assert!(ok, "{err}");
-    assert!(err.contains(&format!("resuming at step {stopped}")), "{err}");
+    assert!(
+        err.contains(&format!("resuming at step {stopped}")),
+        "{err}"
+    );
     assert_same_tensors(
         &root.join("whole/out/moslora/adapter.safetensors"),
         &out.join("adapter.safetensors"),

@@ -77,7 +77,10 @@ fn min_snr_and_prior_preservation_losses_and_gradients_match_diffusers() {
             }
         }
         let l = train::loss(&u, &batch, &sched, snr, prior_weight);
-        let (ours, theirs) = (l.double_value(&[]), r[&format!("loss.{case}")].double_value(&[]));
+        let (ours, theirs) = (
+            l.double_value(&[]),
+            r[&format!("loss.{case}")].double_value(&[]),
+        );
         let rel = ((ours - theirs) / theirs).abs();
         // Tolerance: 1e-5 relative (f32 losses of order 1 through the whole UNet).
         println!("{case}: loss {ours:.8} vs diffusers {theirs:.8} (relative error {rel:.1e}, tolerance 1e-5)");
@@ -92,7 +95,10 @@ fn min_snr_and_prior_preservation_losses_and_gradients_match_diffusers() {
             worst = worst.max(e);
             // Tolerance: 1e-4 relative to the tensor's largest gradient (backward through the
             // f32 UNet, summed in another order).
-            assert!(e < 1e-4, "{case}: gradient of {name}: relative error {e:.2e}");
+            assert!(
+                e < 1e-4,
+                "{case}: gradient of {name}: relative error {e:.2e}"
+            );
         }
         println!("{case}: gradients of all 272 LoRA tensors within {worst:.1e} (tolerance 1e-4)");
         losses.push(ours);
@@ -154,13 +160,29 @@ fn batches_and_noise_offset_match_diffusers() {
         cfg.train.noise_offset = offset.parse().unwrap();
         let b = train::make_batch(&data, &sched, &cfg, step, Device::Cpu, Kind::Float);
         let want = |k: &str| &r[&format!("batch.{offset}.{k}")];
-        assert!(b.timesteps.equal(want("timesteps")), "offset {offset}: timesteps");
-        assert!(b.time_ids.equal(want("time_ids")), "offset {offset}: time_ids");
+        assert!(
+            b.timesteps.equal(want("timesteps")),
+            "offset {offset}: timesteps"
+        );
+        assert!(
+            b.time_ids.equal(want("time_ids")),
+            "offset {offset}: time_ids"
+        );
         // The same draws, combined the same way: the noise is exact; the noisy latents go
         // through sqrt(abar_t), which diffusers takes of float32 alphas_cumprod.
         // Tolerance: 1e-6 absolute on values of order 1.
-        assert_close(&format!("offset {offset}: target noise"), &b.target, want("target"), 0.0);
-        assert_close(&format!("offset {offset}: noisy latents"), &b.noisy, want("noisy"), 1e-6);
+        assert_close(
+            &format!("offset {offset}: target noise"),
+            &b.target,
+            want("target"),
+            0.0,
+        );
+        assert_close(
+            &format!("offset {offset}: noisy latents"),
+            &b.noisy,
+            want("noisy"),
+            1e-6,
+        );
         assert_eq!(b.n_instance, 2);
         // Instance rows carry the instance prompt, class rows the class prompt.
         let rows: Vec<f64> = (0..4).map(|i| b.pooled.double_value(&[i, 0])).collect();
@@ -175,7 +197,10 @@ fn batches_and_noise_offset_match_diffusers() {
         .double_value(&[]);
     assert!(spread < 1e-6, "offset varies over the image: {spread}");
     let size = shift.abs().max().double_value(&[]);
-    assert!(size > 0.01 && size < 0.5, "offset of size {size} for noise_offset 0.1");
+    assert!(
+        size > 0.01 && size < 0.5,
+        "offset of size {size} for noise_offset 0.1"
+    );
 }
 
 #[test]
@@ -192,7 +217,11 @@ fn learning_rate_schedules_match_diffusers_get_scheduler() {
             continue;
         }
         let parts: Vec<&str> = rest.split('.').collect();
-        let (name, steps, warmup) = (parts[0], parts[1].parse().unwrap(), parts[2].parse().unwrap());
+        let (name, steps, warmup) = (
+            parts[0],
+            parts[1].parse().unwrap(),
+            parts[2].parse().unwrap(),
+        );
         let mut cfg = RunConfig::default();
         cfg.train.lr_schedule = serde_json::from_value(serde_json::json!(name)).unwrap();
         cfg.train.steps = steps;

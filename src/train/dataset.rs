@@ -118,12 +118,14 @@ pub fn resize_short_side(img: &RgbImage, size: u32) -> RgbImage {
     imageops::resize(img, nw, nh, imageops::FilterType::Triangle)
 }
 
-/// Crop offsets (top, left) of each variant: the centre (rounded as diffusers does), or
-/// `count` uniform random offsets drawn from the given generator state.
+/// Crop offsets (top, left) of each variant: the centre, or `count` uniform random offsets
+/// drawn from the given generator state. The centre is rounded as diffusers' script and
+/// torchvision's `CenterCrop` round it, with Python's `round`: halves go to the even integer
+/// (an excess of 21 pixels gives 10, not 11).
 pub fn crop_offsets(h: u32, w: u32, size: u32, center: bool, count: usize) -> Vec<(u32, u32)> {
     if center {
-        let top = ((h - size) as f64 / 2.0).round() as u32;
-        let left = ((w - size) as f64 / 2.0).round() as u32;
+        let top = ((h - size) as f64 / 2.0).round_ties_even() as u32;
+        let left = ((w - size) as f64 / 2.0).round_ties_even() as u32;
         return vec![(top, left)];
     }
     (0..count)

@@ -38,7 +38,7 @@ LR = 1e-3
 WEIGHT_DECAY = 1e-2
 # Small enough that clipping scales every step's gradients (the norms are recorded and the
 # Rust test checks that they exceed it).
-MAX_GRAD_NORM = 0.05
+MAX_GRAD_NORM = 1e-3
 INITS = ["zero", "identity", "kaiming", "orthogonal", "normal", "butterfly"]
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
