@@ -203,11 +203,13 @@ fn scaled_moslora(out: &Path) -> PathBuf {
         ..AdapterConfig::default()
     };
     let layers = adapter::inject(&mut unet, &cfg, 3).unwrap();
-    tch::manual_seed(11);
+    // The global generator is locked while this test draws: see moslora::runtime::seeded.
+    let rng = moslora::runtime::seeded(11);
     for l in adapter::adapted(&mut unet) {
         let a = l.adapter.as_mut().unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
     }
+    drop(rng);
     let meta = AdapterMeta {
         format_version: FORMAT_VERSION,
         name: "moslora".into(),
@@ -286,8 +288,10 @@ fn exported_loras_render_in_diffusers_like_in_moslora() {
         let ours = render(&tiny_model(), Some(adapter));
         let moved = mean_pixel_diff(&ours, &base);
         println!("{name}: the adapter changes the picture by {moved:.2} levels on average");
+        // A clearly trained adapter (measured 7.3 and 9.6 levels): the parity below is set
+        // at a tenth of this effect.
         assert!(
-            moved > 1.0,
+            moved > 5.0,
             "{name}: the adapter barely changes the picture ({moved:.3}): the test would prove nothing"
         );
         let kohya = dir.join(format!("{name}.kohya.safetensors"));
@@ -325,8 +329,9 @@ fn exported_text_encoder_loras_render_in_diffusers_like_in_moslora() {
     let without = render_unet_layers(&tiny_model(), &moslora);
     let moved = mean_pixel_diff(&ours, &without);
     println!("the text-encoder layers change the picture by {moved:.2} levels on average");
+    // Measured 9.3 levels; the parity below is set at a tenth of this effect.
     assert!(
-        moved > 1.0,
+        moved > 5.0,
         "the text-encoder layers barely change the picture ({moved:.3}): the test would prove nothing"
     );
     let kohya = dir.join("moslora-te.kohya.safetensors");
