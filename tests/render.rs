@@ -36,9 +36,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(out: &Path) -> RunConfig {
-    let mut c = RunConfig::default();
-    c.model = tiny_model();
-    c.output = out.to_path_buf();
+    let mut c = RunConfig {
+        model: tiny_model(),
+        output: out.to_path_buf(),
+        ..RunConfig::default()
+    };
     c.subject.images = repo().join("assets/subject");
     c.subject.class_noun = "toy".into();
     c.train.steps = 3;

@@ -145,8 +145,10 @@ fn batches_and_noise_offset_match_diffusers() {
         scaling_factor: 0.13025,
         sampler: None,
     };
-    let mut cfg = RunConfig::default();
-    cfg.seed = 42;
+    let mut cfg = RunConfig {
+        seed: 42,
+        ..RunConfig::default()
+    };
     cfg.train.batch_size = 2;
     let step = 3;
     assert_eq!(

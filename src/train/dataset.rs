@@ -198,6 +198,7 @@ fn crops_of_resized(
 
 /// Encode every crop/flip variant of every photo once. Draws crop offsets from libtorch's
 /// global generator (seed it first).
+#[allow(clippy::too_many_arguments)]
 pub fn encode_examples(
     photos: &[Photo],
     vae: &AutoencoderKL,

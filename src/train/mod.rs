@@ -715,7 +715,7 @@ pub fn train_adapter_with(
             .unwrap_or(value as f64);
         progress.step(step, value, smoothed);
         if let Some(s) = &data.sampler {
-            if step % cfg.train.sample_every == 0 || step == total {
+            if step.is_multiple_of(cfg.train.sample_every) || step == total {
                 write_sample(
                     cfg,
                     data,
@@ -728,7 +728,7 @@ pub fn train_adapter_with(
             }
         }
         let every = cfg.train.checkpoint_every;
-        if every > 0 && step % every == 0 && step < total {
+        if every > 0 && step.is_multiple_of(every) && step < total {
             checkpoint::save(
                 &paths.checkpoint(),
                 &fingerprint,
