@@ -22,6 +22,9 @@ REF_PKGS  := diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 safetensors==0.
              accelerate==1.15.0 numpy pillow $(SELENIUM)
 # Only the CLIP BPE merges file is needed from open-clip; its own dependencies are not.
 OPENCLIP  := open-clip-torch==3.3.0
+# torchvision (the release made for torch 2.11) for the photo references: diffusers' DreamBooth
+# preprocessing uses its transforms. Without dependencies, so the pinned torch stays.
+TORCHVISION := torchvision==0.26.0
 
 BIN := target/release/moslora
 
@@ -40,7 +43,11 @@ $(VENV)/.reference: $(VENV)/.torch
 	$(PY) -m pip install --quiet --no-deps $(OPENCLIP)
 	touch $@
 
-venv: $(VENV)/.reference
+$(VENV)/.torchvision: $(VENV)/.reference
+	$(PY) -m pip install --quiet --no-deps $(TORCHVISION)
+	touch $@
+
+venv: $(VENV)/.reference $(VENV)/.torchvision
 
 build: $(VENV)/.torch
 	cargo build --release
@@ -48,7 +55,7 @@ build: $(VENV)/.torch
 # Fixtures: a tiny random SDXL pipeline saved by diffusers, the real CLIP vocabulary, and
 # reference outputs, all cached under target/ and remade when a script changes.
 REF_SCRIPTS := $(wildcard tests/reference/*.py)
-$(FIXTURES)/.stamp: $(VENV)/.reference $(REF_SCRIPTS) $(wildcard configs/tiny/*/*.json)
+$(FIXTURES)/.stamp: $(VENV)/.reference $(VENV)/.torchvision $(REF_SCRIPTS) $(wildcard configs/tiny/*/*.json)
 	mkdir -p $(FIXTURES)
 	$(PY) tests/reference/make_fixtures.py $(FIXTURES)
 	$(PY) tests/reference/make_metric_fixtures.py $(FIXTURES)

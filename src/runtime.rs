@@ -67,3 +67,18 @@ pub fn dtype_name(kind: Kind) -> &'static str {
         _ => "other",
     }
 }
+
+/// libtorch has one global random generator per process. A seed followed by draws gives the
+/// seeded numbers only if no other thread seeds or draws in between: two runs in one process
+/// (tests run in parallel threads, a library user's threads) would otherwise take each
+/// other's numbers. Every seeded sequence of draws in moslora holds this lock: seed with it,
+/// draw, drop the guard. Not reentrant: a function holding it must not call another that
+/// takes it.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Lock the global generator and seed it; the draws made while the guard lives are the seed's.
+pub fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    let guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    guard
+}

@@ -159,7 +159,6 @@ fn random_adapter(in_dim: i64, out_dim: i64, rank: i64, mixer: MixerInit) -> Low
 
 #[test]
 fn identity_mixer_equals_lora() {
-    tch::manual_seed(3);
     let mut u = unet();
     adapter::inject(
         &mut u,
@@ -170,10 +169,13 @@ fn identity_mixer_equals_lora() {
         5,
     )
     .unwrap();
+    // The global generator is locked while this test draws: see moslora::runtime::seeded.
+    let rng = moslora::runtime::seeded(3);
     for l in adapter::adapted(&mut u) {
         let a = l.adapter.as_mut().unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.05;
     }
+    drop(rng);
     let r = reference("lora");
     let with_identity = forward(&u, &batch(&r));
     for l in adapter::adapted(&mut u) {
@@ -185,7 +187,8 @@ fn identity_mixer_equals_lora() {
 
 #[test]
 fn butterfly_mixer_is_the_two_subspace_sum() {
-    tch::manual_seed(4);
+    // The global generator is locked while this test draws: see moslora::runtime::seeded.
+    let _rng = moslora::runtime::seeded(4);
     let a = random_adapter(24, 16, 4, MixerInit::Butterfly);
     let (a1, a2) = (a.a.narrow(0, 0, 2), a.a.narrow(0, 2, 2));
     let (b1, b2) = (a.b.narrow(1, 0, 2), a.b.narrow(1, 2, 2));
@@ -204,13 +207,15 @@ fn butterfly_mixer_is_the_two_subspace_sum() {
 
 #[test]
 fn merged_forward_equals_unmerged() {
-    tch::manual_seed(5);
     let mut u = unet();
     adapter::inject(&mut u, &AdapterConfig::default(), 9).unwrap();
+    // The global generator is locked while this test draws: see moslora::runtime::seeded.
+    let rng = moslora::runtime::seeded(5);
     for l in adapter::adapted(&mut u) {
         let a = l.adapter.as_mut().unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.05;
     }
+    drop(rng);
     let r = reference("lora");
     let base_only = forward(&unet(), &batch(&r));
     let unmerged = forward(&u, &batch(&r));
@@ -228,8 +233,10 @@ fn merged_forward_equals_unmerged() {
 #[test]
 fn orthogonal_mixer_is_orthogonal() {
     for r in [2, 4, 8, 16] {
-        tch::manual_seed(r);
-        let m = lowrank::orthogonal(r);
+        let m = {
+            let _rng = moslora::runtime::seeded(r);
+            lowrank::orthogonal(r)
+        };
         let eye = Tensor::eye(r, (Kind::Float, Device::Cpu));
         assert_close(&format!("M M^T (rank {r})"), &m.matmul(&m.tr()), &eye, 1e-5);
         assert_close(&format!("M^T M (rank {r})"), &m.tr().matmul(&m), &eye, 1e-5);

@@ -151,9 +151,14 @@ fn render_unet_layers(model: &Path, adapter: &Path) -> Tensor {
     den.decode(&latents).permute([1, 2, 0]).to_kind(Kind::Float)
 }
 
+/// One export to render in diffusers: what it is, the file, moslora's render of it, and how
+/// far the adapter moves moslora's picture (mean levels), the effect the parity is set against.
+type Job = (String, PathBuf, Tensor, f64);
+
 /// Render each file with diffusers' `load_lora_weights` (one Python start for all) and
-/// compare with moslora's render `ours`.
-fn check_in_diffusers(dir: &Path, jobs: &[(String, PathBuf, Tensor)]) {
+/// compare with moslora's render `ours`: the difference must be under a tenth of the adapter's
+/// effect (and under 1 level), so that an export that lost part of the adapter cannot pass.
+fn check_in_diffusers(dir: &Path, jobs: &[Job]) {
     let pngs: Vec<PathBuf> = (0..jobs.len())
         .map(|i| dir.join(format!("diffusers-{i}.png")))
         .collect();
@@ -172,13 +177,17 @@ fn check_in_diffusers(dir: &Path, jobs: &[(String, PathBuf, Tensor)]) {
         args.push(png);
     }
     python("check_lora_export.py", &args);
-    for ((what, _, ours), png) in jobs.iter().zip(&pngs) {
+    for ((what, _, ours, effect), png) in jobs.iter().zip(&pngs) {
         let theirs = read_png(png);
         let diff = mean_pixel_diff(ours, &theirs);
-        println!("{what}: diffusers load_lora_weights vs moslora, mean abs pixel difference {diff:.4} (tolerance 1 level of 255)");
+        let tol = (effect / 10.0).min(1.0);
+        println!(
+            "{what}: diffusers load_lora_weights vs moslora, mean abs pixel difference {diff:.4} \
+             (tolerance {tol:.3}: a tenth of the adapter's effect {effect:.2}, at most 1 level)"
+        );
         assert!(
-            diff < 1.0,
-            "{what}: mean abs pixel difference {diff} >= 1/255"
+            diff < tol,
+            "{what}: mean abs pixel difference {diff} >= {tol} (effect {effect})"
         );
     }
 }
@@ -194,11 +203,13 @@ fn scaled_moslora(out: &Path) -> PathBuf {
         ..AdapterConfig::default()
     };
     let layers = adapter::inject(&mut unet, &cfg, 3).unwrap();
-    tch::manual_seed(11);
+    // The global generator is locked while this test draws: see moslora::runtime::seeded.
+    let rng = moslora::runtime::seeded(11);
     for l in adapter::adapted(&mut unet) {
         let a = l.adapter.as_mut().unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
     }
+    drop(rng);
     let meta = AdapterMeta {
         format_version: FORMAT_VERSION,
         name: "moslora".into(),
@@ -272,13 +283,15 @@ fn exported_loras_render_in_diffusers_like_in_moslora() {
     let lora = trained(AdapterKind::Lora, None, &dir.join("run-lora"));
     let moslora = trained(AdapterKind::Moslora, Some(8.0), &dir.join("run-moslora"));
     let base = render(&tiny_model(), None);
-    let mut jobs: Vec<(String, PathBuf, Tensor)> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
     for (name, adapter) in [("lora", &lora), ("moslora-alpha8", &moslora)] {
         let ours = render(&tiny_model(), Some(adapter));
         let moved = mean_pixel_diff(&ours, &base);
         println!("{name}: the adapter changes the picture by {moved:.2} levels on average");
+        // A clearly trained adapter (measured 7.3 and 9.6 levels): the parity below is set
+        // at a tenth of this effect.
         assert!(
-            moved > 1.0,
+            moved > 5.0,
             "{name}: the adapter barely changes the picture ({moved:.3}): the test would prove nothing"
         );
         let kohya = dir.join(format!("{name}.kohya.safetensors"));
@@ -288,7 +301,12 @@ fn exported_loras_render_in_diffusers_like_in_moslora() {
         assert_eq!(k.mixer_folded, name != "lora");
         check_factors(adapter, &kohya, &peft);
         for (format, file) in [("kohya", kohya), ("diffusers", peft)] {
-            jobs.push((format!("{name} as {format}"), file, ours.shallow_clone()));
+            jobs.push((
+                format!("{name} as {format}"),
+                file,
+                ours.shallow_clone(),
+                moved,
+            ));
         }
     }
     check_in_diffusers(&dir, &jobs);
@@ -311,8 +329,9 @@ fn exported_text_encoder_loras_render_in_diffusers_like_in_moslora() {
     let without = render_unet_layers(&tiny_model(), &moslora);
     let moved = mean_pixel_diff(&ours, &without);
     println!("the text-encoder layers change the picture by {moved:.2} levels on average");
+    // Measured 9.3 levels; the parity below is set at a tenth of this effect.
     assert!(
-        moved > 1.0,
+        moved > 5.0,
         "the text-encoder layers barely change the picture ({moved:.3}): the test would prove nothing"
     );
     let kohya = dir.join("moslora-te.kohya.safetensors");
@@ -328,13 +347,14 @@ fn exported_text_encoder_loras_render_in_diffusers_like_in_moslora() {
     ] {
         assert!(names.iter().any(|n| n == want), "kohya export lacks {want}");
     }
-    let jobs: Vec<(String, PathBuf, Tensor)> = [("kohya", kohya), ("diffusers", peft)]
+    let jobs: Vec<Job> = [("kohya", kohya), ("diffusers", peft)]
         .into_iter()
         .map(|(format, file)| {
             (
                 format!("MoSLoRA with text encoders as {format}"),
                 file,
                 ours.shallow_clone(),
+                moved,
             )
         })
         .collect();

@@ -26,7 +26,8 @@ fn unet_with(mixer: MixerInit) -> UNet2DConditionModel {
     };
     adapter::inject(&mut unet, &cfg, 7).unwrap();
     // B starts at zero, which would leave A and the mixer without gradient: give it values.
-    tch::manual_seed(3);
+    // The global generator is locked while this test draws: see moslora::runtime::seeded.
+    let _rng = moslora::runtime::seeded(3);
     for l in adapter::adapted(&mut unet) {
         let a = l.adapter.as_mut().unwrap();
         tch::no_grad(|| {
@@ -38,7 +39,8 @@ fn unet_with(mixer: MixerInit) -> UNet2DConditionModel {
 
 /// A batch of `n` latents of `h` x `w` (with `prior` class rows after the instance rows).
 fn batch(n: i64, prior: i64, h: i64, w: i64) -> Batch {
-    tch::manual_seed(11);
+    // The global generator is locked while this test draws: see moslora::runtime::seeded.
+    let _rng = moslora::runtime::seeded(11);
     let total = n + prior;
     let f = (Kind::Float, Device::Cpu);
     Batch {

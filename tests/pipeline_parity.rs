@@ -15,9 +15,15 @@ use tch::{Kind, Tensor};
 /// Parity tolerance for tensors: 1e-4 max abs error, as for every model part.
 const TOL: f64 = 1e-4;
 
+/// The reference cases (tests/reference/ref_pipeline.py's CASES): a plain classifier-free
+/// guided render and one with a negative prompt and a non-square size. An empty or shortened
+/// list fails here rather than letting the loops below pass on nothing.
 fn cases() -> Vec<Value> {
     let text = std::fs::read_to_string(fixtures().join("ref/pipeline.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = cases.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["cfg", "negative"], "reference cases");
+    cases
 }
 
 fn options(case: &Value) -> GenerateOptions {
@@ -52,6 +58,7 @@ fn pipeline_matches_diffusers_stage_by_stage() {
     let opts = RunOptions::default();
     let text = TextEncoders::load(&dir, opts).unwrap();
     let den = Denoiser::load(&dir, opts).unwrap();
+    let mut compared = 0;
     for case in cases() {
         let name = case["name"].as_str().unwrap();
         let r = reference(&format!("pipeline_{name}"));
@@ -100,7 +107,9 @@ fn pipeline_matches_diffusers_stage_by_stage() {
             diff < 1.0,
             "{name}: mean abs pixel difference {diff} >= 1/255"
         );
+        compared += 1;
     }
+    assert_eq!(compared, 2, "every reference case compared");
 }
 
 #[test]

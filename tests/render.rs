@@ -36,9 +36,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(out: &Path) -> RunConfig {
-    let mut c = RunConfig::default();
-    c.model = tiny_model();
-    c.output = out.to_path_buf();
+    let mut c = RunConfig {
+        model: tiny_model(),
+        output: out.to_path_buf(),
+        ..RunConfig::default()
+    };
     c.subject.images = repo().join("assets/subject");
     c.subject.class_noun = "toy".into();
     c.train.steps = 3;
@@ -46,6 +48,9 @@ fn config(out: &Path) -> RunConfig {
     c.train.batch_size = 2;
     c.train.crops_per_image = 1;
     c.train.checkpoint_every = 0;
+    // Far above a real run's rate, so that three steps give adapters whose effect on a render
+    // stands well clear of the merge tolerance.
+    c.train.learning_rate = 1e-3;
     c.render.steps = 4;
     c.render.width = Some(64);
     c.render.height = Some(64);
@@ -145,6 +150,8 @@ fn renders_are_fair_reproducible_and_fully_listed() {
             .or_default()
             .insert(i.noise_sha256.clone());
     }
+    let torch_randn = common::reference("training");
+    assert_eq!(noise.len(), 2 * 2, "2 prompts x 2 seeds");
     for ((p, seed), hashes) in &noise {
         assert_eq!(
             hashes.len(),
@@ -152,6 +159,13 @@ fn renders_are_fair_reproducible_and_fully_listed() {
             "{p} seed {seed}: columns started from different noise"
         );
         let redrawn = seeded_randn(*seed, &[1, 4, 8, 8]);
+        // torch.randn((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(seed)),
+        // drawn in Python by tests/reference/ref_training.py: bit for bit.
+        let torch_noise = &torch_randn[&format!("noise.seed{seed}")];
+        assert!(
+            redrawn.equal(torch_noise),
+            "seed {seed}: moslora's noise is not torch.randn's"
+        );
         let mut bytes = vec![0u8; 256 * 4];
         redrawn.copy_data_u8(&mut bytes, 256);
         let hex: String = Sha256::digest(&bytes)
@@ -255,9 +269,13 @@ fn merged_adapter_renders_like_the_unmerged_one() {
     common::assert_close("merged vs unmerged latents", &merged, &unmerged, 1e-4);
     adapter::remove_all(&mut den.unet);
     let base = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
-    println!(
-        "adapter effect on latents: {:.3e}",
-        common::max_abs_diff(&base, &unmerged)
+    let effect = common::max_abs_diff(&base, &unmerged);
+    println!("adapter effect on latents: {effect:.3e} (must exceed 100 x the tolerance, 1e-2)");
+    // Merging that did nothing (or an adapter that does nothing) would pass the comparison
+    // above; the adapter must move the latents far beyond its tolerance.
+    assert!(
+        effect > 1e-2,
+        "the adapter moves the latents by only {effect:.3e}: the merge check proves nothing"
     );
 }
 
@@ -311,7 +329,8 @@ fn text_encoder_adapter(out: &Path) -> PathBuf {
     };
     let mut layers = adapter::inject(&mut unet, &cfg, 1).unwrap();
     layers += adapter::inject_text_encoders(&mut text, &cfg, 1).unwrap();
-    tch::manual_seed(5);
+    // The global generator is locked while this test draws: see moslora::runtime::seeded.
+    let rng = moslora::runtime::seeded(5);
     let mut randomize = |l: &mut moslora::sdxl::nn::Linear| {
         let a = l.adapter.as_mut().unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
@@ -322,6 +341,7 @@ fn text_encoder_adapter(out: &Path) -> PathBuf {
     for (_, m) in adapter::text_encoder_parts(&mut text) {
         adapter::adapted(m).into_iter().for_each(&mut randomize);
     }
+    drop(rng);
     let meta = AdapterMeta {
         format_version: FORMAT_VERSION,
         name: "te".into(),

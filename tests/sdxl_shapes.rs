@@ -1,6 +1,9 @@
 //! The full-size SDXL base 1.0 layout: every tensor name and shape of the `sdxl-base` preset
-//! equals the table read off diffusers/transformers (configs/sdxl-base-1.0/tensor_shapes.json).
+//! equals the table that tests/reference/ref_shapes.py reads off diffusers/transformers models
+//! built on the meta device from configs/sdxl-base-1.0/ (fixtures: ref/sdxl_base_tensor_shapes.json).
 //! Built from shapes alone: no weights are allocated.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -15,8 +18,10 @@ use tch::{Device, Kind};
 type Shapes = BTreeMap<String, Vec<i64>>;
 
 fn expected() -> BTreeMap<String, Shapes> {
-    let text = include_str!("../configs/sdxl-base-1.0/tensor_shapes.json");
-    serde_json::from_str(text).unwrap()
+    let path = common::fixtures().join("ref/sdxl_base_tensor_shapes.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}: run `make fixtures`", path.display()));
+    serde_json::from_str(&text).unwrap()
 }
 
 fn shapes_of(component: &str, build: impl FnOnce(&Weights)) -> Shapes {

@@ -314,7 +314,8 @@ fn random_moslora(dir: &Path) -> PathBuf {
     };
     let mut layers = adapter::inject(&mut unet, &cfg, 5).unwrap();
     layers += adapter::inject_text_encoders(&mut text, &cfg, 5).unwrap();
-    tch::manual_seed(13);
+    // The global generator is locked while this test draws: see moslora::runtime::seeded.
+    let rng = moslora::runtime::seeded(13);
     let mut randomize = |l: &mut moslora::sdxl::nn::Linear| {
         let a = l.adapter.as_mut().unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
@@ -325,6 +326,7 @@ fn random_moslora(dir: &Path) -> PathBuf {
     for (_, m) in adapter::text_encoder_parts(&mut text) {
         adapter::adapted(m).into_iter().for_each(&mut randomize);
     }
+    drop(rng);
     let meta = AdapterMeta {
         format_version: FORMAT_VERSION,
         name: "moslora".into(),

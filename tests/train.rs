@@ -33,9 +33,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(out: &Path, steps: u64) -> RunConfig {
-    let mut c = RunConfig::default();
-    c.model = tiny_model();
-    c.output = out.to_path_buf();
+    let mut c = RunConfig {
+        model: tiny_model(),
+        output: out.to_path_buf(),
+        ..RunConfig::default()
+    };
     c.subject.images = repo().join("assets/subject");
     c.subject.class_noun = "toy".into();
     c.train.steps = steps;
@@ -145,6 +147,42 @@ fn the_same_run_twice_gives_the_same_adapters() {
     std::fs::remove_dir_all(&b).unwrap();
 }
 
+/// libtorch has one random generator per process, and cargo runs the tests of a file in
+/// parallel threads: a test that seeded it between another run's seed and that run's draws
+/// gave the other run different numbers. That is how `the_same_run_twice_gives_the_same_adapters`
+/// once failed in a parallel `cargo test` (its two runs drew other noise while the other
+/// training tests of this file seeded and drew). Every seeded draw in moslora now holds a
+/// lock on the generator; here two threads draw seeded batches and noise as fast as they can
+/// and must get exactly what each draws alone.
+#[test]
+fn seeded_draws_are_not_disturbed_by_other_threads() {
+    use moslora::sdxl::pipeline::seeded_randn;
+    // Tensors cannot cross threads: compare their values.
+    let noise = |s: u64| -> Vec<f32> {
+        Vec::try_from(seeded_randn(s, &[1, 4, 16, 16]).view([-1])).unwrap()
+    };
+    let ints = |s: i64| -> Vec<i64> {
+        let _rng = moslora::runtime::seeded(100 + s);
+        Vec::try_from(Tensor::randint(1000, [64], (Kind::Int64, Device::Cpu))).unwrap()
+    };
+    let alone: Vec<Vec<f32>> = (0..4).map(noise).collect();
+    let alone_ints: Vec<Vec<i64>> = (0..4).map(ints).collect();
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| {
+            (0..3000u64)
+                .filter(|i| noise(i % 4) != alone[(i % 4) as usize])
+                .count()
+        });
+        let b = scope.spawn(|| {
+            (0..3000i64)
+                .filter(|i| ints(i % 4) != alone_ints[(i % 4) as usize])
+                .count()
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!((a, b), (0, 0), "seeded draws disturbed by the other thread");
+}
+
 /// Stops the run before the given step, as Ctrl-C does.
 struct StopAt(u64, u64);
 impl Progress for StopAt {
@@ -192,6 +230,109 @@ fn an_interrupted_and_resumed_run_equals_the_uninterrupted_one() {
     assert!(e.contains("other settings"), "{e}");
     std::fs::remove_dir_all(&whole).unwrap();
     std::fs::remove_dir_all(&parts).unwrap();
+}
+
+/// A run file for the SIGINT test: `steps` steps, a checkpoint every 2.
+fn write_long_run(dir: &Path, steps: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let yaml = format!(
+        "model: {}\noutput: {}\nsubject:\n  images: {}\ntrain:\n  steps: {steps}\n  \
+         resolution: 64\n  batch_size: 1\n  crops_per_image: 1\n  checkpoint_every: 2\n",
+        tiny_model().display(),
+        dir.join("out").display(),
+        repo().join("assets/subject").display()
+    );
+    let path = dir.join("run.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn a_real_sigint_checkpoints_and_resume_ends_where_the_whole_run_ends() {
+    let root = scratch("sigint");
+    let steps = 8;
+    let (whole, parts) = (
+        write_long_run(&root.join("whole"), steps),
+        write_long_run(&root.join("parts"), steps),
+    );
+    let (ok, err) = moslora(&["train", whole.to_str().unwrap(), "--adapter", "moslora"]);
+    assert!(ok, "{err}");
+
+    // Ctrl-C as a terminal delivers it: SIGINT to the running process, once the run is past
+    // its first checkpoint (step 2) and so in the middle of training.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .args(["train", parts.to_str().unwrap(), "--adapter", "moslora"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = root.join("parts/out/moslora");
+    let started = std::time::Instant::now();
+    while !out.join("checkpoint/state.json").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be interrupted"
+        );
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no checkpoint after 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "exit status after SIGINT: {err}"
+    );
+    assert!(err.contains("interrupted: saving a checkpoint"), "{err}");
+    let stopped: u64 = err
+        .split("stopped at step ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `stopped at step N` in: {err}"));
+    println!("SIGINT stopped the run at step {stopped} of {steps}");
+    assert!(
+        (2..steps).contains(&stopped),
+        "stopped at step {stopped}: not mid-run"
+    );
+    assert!(
+        !out.join("adapter.safetensors").exists(),
+        "an interrupted run must not write the final adapter"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["step"].as_u64(), Some(stopped), "checkpoint step");
+
+    let (ok, err) = moslora(&[
+        "train",
+        parts.to_str().unwrap(),
+        "--adapter",
+        "moslora",
+        "--resume",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("resuming at step {stopped}")),
+        "{err}"
+    );
+    assert_same_tensors(
+        &root.join("whole/out/moslora/adapter.safetensors"),
+        &out.join("adapter.safetensors"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("whole/out/moslora/loss.csv")).unwrap(),
+        std::fs::read_to_string(out.join("loss.csv")).unwrap()
+    );
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 /// How many layers of each component have moved B away from its zero start.

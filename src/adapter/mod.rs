@@ -183,7 +183,7 @@ pub fn inject_text_encoders(
 
 fn attach_fresh(layers: Vec<&mut Linear>, cfg: &AdapterConfig, seed: u64) -> Result<usize> {
     let n = layers.len();
-    tch::manual_seed(seed as i64);
+    let _rng = crate::runtime::seeded(seed as i64);
     let a_inits: Vec<Tensor> = layers
         .iter()
         .map(|l| lowrank::init_a(l.in_dim(), cfg.rank, cfg.init_a))

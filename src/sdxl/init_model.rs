@@ -153,7 +153,7 @@ fn write_component(
     stream: u64,
     build: impl FnOnce(&Weights) -> Result<()>,
 ) -> Result<()> {
-    tch::manual_seed((o.seed.wrapping_mul(1000).wrapping_add(stream)) as i64);
+    let _rng = crate::runtime::seeded((o.seed.wrapping_mul(1000).wrapping_add(stream)) as i64);
     let src = Rc::new(RandomSource::new());
     let w = Weights::new(
         src.clone() as Rc<dyn TensorSource>,

@@ -321,7 +321,7 @@ pub fn load_unet(dir: &ModelDir, opts: RunOptions) -> Result<UNet2DConditionMode
 /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`: libtorch's CPU
 /// generator is the same in Python and here, so the numbers are the same.
 pub fn seeded_randn(seed: u64, shape: &[i64]) -> Tensor {
-    tch::manual_seed(seed as i64);
+    let _rng = crate::runtime::seeded(seed as i64);
     Tensor::randn(shape, (Kind::Float, Device::Cpu))
 }
 

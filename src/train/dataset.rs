@@ -118,12 +118,14 @@ pub fn resize_short_side(img: &RgbImage, size: u32) -> RgbImage {
     imageops::resize(img, nw, nh, imageops::FilterType::Triangle)
 }
 
-/// Crop offsets (top, left) of each variant: the centre (rounded as diffusers does), or
-/// `count` uniform random offsets drawn from the given generator state.
+/// Crop offsets (top, left) of each variant: the centre, or `count` uniform random offsets
+/// drawn from the given generator state. The centre is rounded as diffusers' script and
+/// torchvision's `CenterCrop` round it, with Python's `round`: halves go to the even integer
+/// (an excess of 21 pixels gives 10, not 11).
 pub fn crop_offsets(h: u32, w: u32, size: u32, center: bool, count: usize) -> Vec<(u32, u32)> {
     if center {
-        let top = ((h - size) as f64 / 2.0).round() as u32;
-        let left = ((w - size) as f64 / 2.0).round() as u32;
+        let top = ((h - size) as f64 / 2.0).round_ties_even() as u32;
+        let left = ((w - size) as f64 / 2.0).round_ties_even() as u32;
         return vec![(top, left)];
     }
     (0..count)
@@ -144,8 +146,59 @@ pub fn to_tensor(img: &RgbImage) -> Tensor {
     ((t.to_kind(Kind::Float) / 255.0 - 0.5) / 0.5).unsqueeze(0)
 }
 
+/// The training crops of one photo for one flip, as diffusers' DreamBooth script makes them:
+/// resized so the short side is `resolution`, flipped when `flip` (before cropping, so the crop
+/// offset is measured on the flipped image), cropped at the centre or at `count` random
+/// offsets drawn from libtorch's global generator. Each crop comes as (pixels (1, 3, R, R) in
+/// [-1, 1], `[original_h, original_w, crop_top, crop_left, R, R]`).
+pub fn crops(
+    photo: &Photo,
+    resolution: i64,
+    center_crop: bool,
+    flip: bool,
+    count: usize,
+) -> Vec<(Tensor, [f32; 6])> {
+    let resized = resize_short_side(&photo.image, resolution as u32);
+    crops_of_resized(photo, &resized, resolution, center_crop, flip, count)
+}
+
+fn crops_of_resized(
+    photo: &Photo,
+    resized: &RgbImage,
+    resolution: i64,
+    center_crop: bool,
+    flip: bool,
+    count: usize,
+) -> Vec<(Tensor, [f32; 6])> {
+    let size = resolution as u32;
+    let (oh, ow) = photo.original_size();
+    let flipped;
+    let img = if flip {
+        flipped = imageops::flip_horizontal(resized);
+        &flipped
+    } else {
+        resized
+    };
+    crop_offsets(img.height(), img.width(), size, center_crop, count)
+        .into_iter()
+        .map(|(top, left)| {
+            let crop = imageops::crop_imm(img, left, top, size, size).to_image();
+            let ids = [
+                oh as f32,
+                ow as f32,
+                top as f32,
+                left as f32,
+                resolution as f32,
+                resolution as f32,
+            ];
+            (to_tensor(&crop), ids)
+        })
+        .collect()
+}
+
 /// Encode every crop/flip variant of every photo once. Draws crop offsets from libtorch's
 /// global generator (seed it first).
+#[allow(clippy::too_many_arguments)]
 pub fn encode_examples(
     photos: &[Photo],
     vae: &AutoencoderKL,
@@ -157,38 +210,23 @@ pub fn encode_examples(
     mut on_done: impl FnMut(),
 ) -> Result<Vec<Example>> {
     let _guard = tch::no_grad_guard();
-    let size = resolution as u32;
     let mut out = Vec::new();
     for photo in photos {
-        let (oh, ow) = photo.original_size();
-        let resized = resize_short_side(&photo.image, size);
+        let resized = resize_short_side(&photo.image, resolution as u32);
         let flips: &[bool] = if random_flip {
             &[false, true]
         } else {
             &[false]
         };
         for &flip in flips {
-            // diffusers flips first, then crops: the crop offset is measured on the flipped image.
-            let img = if flip {
-                imageops::flip_horizontal(&resized)
-            } else {
-                resized.clone()
-            };
-            for (top, left) in crop_offsets(img.height(), img.width(), size, center_crop, crops) {
-                let crop = imageops::crop_imm(&img, left, top, size, size).to_image();
-                let x = to_tensor(&crop).to_device(device);
-                let dist = vae.encode(&x);
+            for (x, time_ids) in
+                crops_of_resized(photo, &resized, resolution, center_crop, flip, crops)
+            {
+                let dist = vae.encode(&x.to_device(device));
                 out.push(Example {
                     mean: dist.mean.to_device(Device::Cpu),
                     std: dist.std().to_device(Device::Cpu),
-                    time_ids: [
-                        oh as f32,
-                        ow as f32,
-                        top as f32,
-                        left as f32,
-                        resolution as f32,
-                        resolution as f32,
-                    ],
+                    time_ids,
                 });
             }
         }

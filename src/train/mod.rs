@@ -244,7 +244,7 @@ pub fn prepare_data_and_text(
     let vae = AutoencoderKL::new(&w, &dir.vae_config()?)?;
     crate::sdxl::model_dir::check_all_used(&w)?;
     let t = &cfg.train;
-    tch::manual_seed(cfg.seed as i64);
+    let rng = crate::runtime::seeded(cfg.seed as i64);
     let instance = dataset::encode_examples(
         &photos,
         &vae,
@@ -276,6 +276,8 @@ pub fn prepare_data_and_text(
         }
         _ => None,
     };
+    // The crop offsets of both sets are drawn; the generator is free again.
+    drop(rng);
     let scaling_factor = vae.scaling_factor();
     let sampler = if cfg.train.sample_every > 0 {
         Some(Sampler {
@@ -323,12 +325,12 @@ pub struct Batch {
     pub n_instance: i64,
 }
 
-/// A generator seeded for step `step` of a run seeded `seed`.
-fn seed_step(seed: u64, step: u64) {
+/// The seed of step `step` of a run seeded `seed`.
+pub fn step_seed(seed: u64, step: u64) -> i64 {
     let s = seed
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(step.wrapping_mul(0xBF58_476D_1CE4_E5B9));
-    tch::manual_seed((s >> 1) as i64);
+    (s >> 1) as i64
 }
 
 /// Draw the examples, latent samples, noise and timesteps of one step.
@@ -340,7 +342,7 @@ pub fn make_batch(
     device: Device,
     kind: Kind,
 ) -> Batch {
-    seed_step(cfg.seed, step);
+    let _rng = crate::runtime::seeded(step_seed(cfg.seed, step));
     let b = cfg.train.batch_size;
     let pick = |examples: &[Example], n: i64| -> (Tensor, Tensor) {
         let idx = Tensor::randint(examples.len() as i64, [n], (Kind::Int64, Device::Cpu));
@@ -713,7 +715,7 @@ pub fn train_adapter_with(
             .unwrap_or(value as f64);
         progress.step(step, value, smoothed);
         if let Some(s) = &data.sampler {
-            if step % cfg.train.sample_every == 0 || step == total {
+            if step.is_multiple_of(cfg.train.sample_every) || step == total {
                 write_sample(
                     cfg,
                     data,
@@ -726,7 +728,7 @@ pub fn train_adapter_with(
             }
         }
         let every = cfg.train.checkpoint_every;
-        if every > 0 && step % every == 0 && step < total {
+        if every > 0 && step.is_multiple_of(every) && step < total {
             checkpoint::save(
                 &paths.checkpoint(),
                 &fingerprint,
