@@ -51,7 +51,7 @@ fn read_png(path: &Path) -> Tensor {
 fn renders_as_diffusers_does(model: &Path) {
     let model = model.to_path_buf();
     let out = tempfile_dir("toy-ref");
-    python("ref_toy_model.py", &[&model, &out]);
+    python("check_toy_model.py", &[&model, &out]);
     let r: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(out.join("toy.safetensors"))
             .unwrap()

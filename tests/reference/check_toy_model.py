@@ -1,6 +1,6 @@
 """Renders of the toy world's model by diffusers' StableDiffusionXLPipeline.
 
-    python ref_toy_model.py MODEL_DIR OUT_DIR
+    python check_toy_model.py MODEL_DIR OUT_DIR
 
 Writes OUT_DIR/toy_<i>.png, OUT_DIR/toy.safetensors (per case: token ids of both tokenizers,
 prompt embeddings, final latents) and OUT_DIR/toy.json (the cases), for the Rust test to
