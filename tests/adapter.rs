@@ -133,13 +133,17 @@ fn lora_training_steps_match_peft() {
         let key = name.replace(".weight", ".updated");
         let e = rel_err(&t.detach(), &r[&key]);
         worst = worst.max(e);
-        // Tolerance: 1e-5 relative (to the tensor's largest value).
+        // Tolerance: 2e-5 relative (to the tensor's largest value). B starts at zero, so after
+        // two steps it is nothing but Adam's moves, whose normalisation magnifies the f32
+        // rounding of small gradient elements: 5.0e-6 was measured on the earlier fixtures and
+        // 1.12e-5 on the current ones (mid-block to_out.0 lora_B). A wrong beta, eps placement
+        // or bias correction moves these values by 1e-3 or more.
         assert!(
-            e < 1e-5,
+            e < 2e-5,
             "{name}: relative error {e:.2e} after two AdamW steps"
         );
     }
-    println!("updated A and B after two steps: worst relative error {worst:.2e} (tolerance 1e-5)");
+    println!("updated A and B after two steps: worst relative error {worst:.2e} (tolerance 2e-5)");
 }
 
 fn random_adapter(in_dim: i64, out_dim: i64, rank: i64, mixer: MixerInit) -> LowRankAdapter {
