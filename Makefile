@@ -76,12 +76,14 @@ browser: $(VENV)/.browser
 test: $(FIXTURES)/.stamp $(VENV)/.browser
 	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release --no-fail-fast -- --test-threads=1
 
-# The whole job on a tiny random model: train LoRA and MoSLoRA (500 steps each), render the
-# comparison, build the blind study kit. Results under target/demo/.
+# The whole job on the toy world's pretrained model (assets/toy-model): train LoRA and MoSLoRA
+# on the bundled robot (500 steps each), render the comparison in the world's scenes, score it
+# with the world's judge (assets/toy-judge), build the blind study kit. Results in target/demo/.
 demo: build
 	$(BIN) demo --out target/demo
 
-# The toy world's base model and judge, from scratch (hours on 2 cores; re-running resumes).
+# The toy world's base model and judge, from scratch (see README for the time on 2 cores;
+# re-running resumes). `assets/toy-model` and `assets/toy-judge` are this target's output.
 toy-model: build
 	$(BIN) pretrain --out target/toy/toy-model --dtype f16
 	$(BIN) judge --model target/toy/toy-model --out target/toy/toy-judge

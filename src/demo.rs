@@ -1,13 +1,13 @@
-//! `moslora demo`: the whole product on a tiny random SDXL-architecture model, end to end on a
-//! CPU: make the model, train LoRA and MoSLoRA on the bundled subject with the paper's recipe,
-//! render the comparison, and build a blind study kit.
+//! `moslora demo`: the whole product end to end on a CPU, on the toy world's pretrained
+//! SDXL-architecture model: train LoRA and MoSLoRA on the bundled robot (a subject the world
+//! does not contain), render the comparison in the world's scenes, score it with the world's
+//! judge, and build a blind study kit.
 
 use std::path::{Path, PathBuf};
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::render::{self, manifest::Manifest, RenderProgress};
-use crate::sdxl::init_model::{init_model, InitOptions};
 use crate::sdxl::pipeline::RunOptions;
 use crate::study;
 use crate::train::{AdapterKind, Progress, RunPaths, TrainOutcome};
@@ -37,8 +37,12 @@ pub const SUBJECT: &[(&str, &[u8])] = &[
 ];
 
 pub struct DemoOptions {
-    /// Everything goes here (the model, the photos, the run, the study).
+    /// Everything goes here (the photos, the run, the study).
     pub dir: PathBuf,
+    /// The pretrained toy-world model (`assets/toy-model`, or `make toy-model`'s).
+    pub model: PathBuf,
+    /// The toy world's judge (a CLIP folder, `assets/toy-judge`); None skips the scores.
+    pub judge: Option<PathBuf>,
     /// Override the training steps (tests run the same path with fewer).
     pub train_steps: Option<u64>,
     /// Override the sampling steps of the renders.
@@ -78,11 +82,12 @@ impl DemoReport {
     }
 }
 
-/// The demo's run configuration for a demo folder.
-pub fn demo_config(dir: &Path) -> Result<RunConfig> {
+/// The demo's run configuration for a demo folder, model and judge.
+pub fn demo_config(dir: &Path, model: &Path, judge: Option<&Path>) -> Result<RunConfig> {
     let mut cfg =
         RunConfig::parse(DEMO_RUN).map_err(|e| Error::msg(format!("configs/demo.yaml: {e}")))?;
-    cfg.model = dir.join("tiny-sdxl");
+    cfg.model = model.to_path_buf();
+    cfg.metrics.clip = judge.map(Path::to_path_buf);
     cfg.output = dir.join("run");
     cfg.subject.images = dir.join("subject");
     cfg.render.out = None;
@@ -98,7 +103,7 @@ pub fn run(
 ) -> Result<DemoReport> {
     let dir = &o.dir;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut cfg = demo_config(dir)?;
+    let mut cfg = demo_config(dir, &o.model, o.judge.as_deref())?;
     if let Some(s) = o.train_steps {
         cfg.train.steps = s;
     }
@@ -106,19 +111,11 @@ pub fn run(
         cfg.render.steps = s;
     }
     if !cfg.model.join("model_index.json").exists() {
-        render_progress.note(&format!(
-            "making the tiny SDXL-architecture model in {}",
+        return Err(Error::msg(format!(
+            "no toy-world model at {}: run the demo from the repository (`make demo`), pass \
+             --model, or pretrain one with `make toy-model`",
             cfg.model.display()
-        ));
-        init_model(
-            &cfg.model,
-            &InitOptions {
-                preset: "tiny",
-                seed: 0,
-                dtype: tch::Kind::Float,
-                force: true,
-            },
-        )?;
+        )));
     }
     for (name, bytes) in SUBJECT {
         let path = cfg.subject.images.join(name);
@@ -136,6 +133,18 @@ pub fn run(
     let opts = RunOptions::default();
     let (trained, manifest) = render::compare(&cfg, opts, train_progress, render_progress)?;
     let render_dir = cfg.render_dir();
+    // Scores by the judge, an encoder trained apart from the model it judges.
+    let manifest = if cfg.metrics.any() {
+        let so = crate::metrics::ScoreOptions {
+            clip: cfg.metrics.clip.clone(),
+            dino: cfg.metrics.dino.clone(),
+            device: opts.device,
+            dino_eps: None,
+        };
+        crate::metrics::score(&render_dir, &so, &mut crate::metrics::Quiet)?.manifest
+    } else {
+        manifest
+    };
     let study_dir = dir.join("study");
     let made = study::make::make(&study::make::MakeOptions {
         renders: vec![render_dir.clone()],

@@ -87,6 +87,15 @@ struct DemoArgs {
     /// Folder for everything the demo makes
     #[arg(long, default_value = "moslora-demo")]
     out: PathBuf,
+    /// The pretrained toy-world model
+    #[arg(long, default_value = "assets/toy-model")]
+    model: PathBuf,
+    /// The toy world's judge (a CLIP folder) that scores the renders
+    #[arg(long, default_value = "assets/toy-judge")]
+    judge: PathBuf,
+    /// Skip the scores
+    #[arg(long)]
+    no_judge: bool,
     /// Training steps per adapter (default: the recipe's 500)
     #[arg(long)]
     train_steps: Option<u64>,
@@ -97,10 +106,28 @@ struct DemoArgs {
 
 fn print_demo(r: &moslora::demo::DemoReport) {
     println!();
-    println!("The demo ran end to end on a TINY SDXL-architecture model with RANDOM weights:");
-    println!("its pictures are abstract colour noise and LoRA and MoSLoRA look alike there.");
-    println!("That is expected; for real pictures train on SDXL base 1.0 (README: \"Train on your own photos with SDXL\").");
+    println!(
+        "The demo ran end to end on the toy world's pretrained SDXL-architecture model ({}):",
+        r.config.model.display()
+    );
+    println!("the base column draws a generic robot in each scene; the LoRA and MoSLoRA columns");
+    println!("should draw the bundled robot (orange body, teal visor, yellow antenna ball) there.");
+    println!(
+        "Recipe: {} steps, batch {}, rank {}, learning rate {:e} (the toy model needs a larger",
+        r.config.train.steps,
+        r.config.train.batch_size,
+        r.config.adapter.rank,
+        r.config.train.learning_rate
+    );
+    println!("rate than SDXL's 1e-4 to learn in 500 steps; see README). For real pictures train on SDXL.");
     println!();
+    let table = moslora::metrics::report::text(&r.manifest);
+    if !table.is_empty() {
+        println!(
+            "Scores by the toy world's judge (a CLIP trained on the world, apart from the model):"
+        );
+        println!("{table}");
+    }
     for o in &r.trained {
         println!(
             "  {:<8} {} steps in {:.0} s, final loss {:.4}",
@@ -407,6 +434,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => {
             let o = moslora::demo::DemoOptions {
                 dir: a.out,
+                model: a.model,
+                judge: (!a.no_judge).then_some(a.judge),
                 train_steps: a.train_steps,
                 render_steps: a.render_steps,
             };

@@ -61,8 +61,12 @@ fn demo_makes_every_promised_output() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(
-        stdout.contains("RANDOM weights"),
-        "the demo must say its model is random:\n{stdout}"
+        stdout.contains("toy world's pretrained"),
+        "the demo must say which model it ran on:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("CLIP-I") && stdout.contains("CLIP-T") && stdout.contains("photos"),
+        "the demo must print the judge's table with the photos' row:\n{stdout}"
     );
     assert!(
         stdout.contains("xdg-open"),
@@ -85,6 +89,11 @@ fn demo_makes_every_promised_output() {
     let m = Manifest::read(&renders).unwrap();
     assert_eq!(m.prompts.len(), 8);
     assert_eq!(m.adapters.len(), 3);
+    assert!(
+        m.metrics.is_some(),
+        "the demo's manifest carries the scores"
+    );
+    assert!(renders.join("scores.md").exists() && renders.join("scores.csv").exists());
     for f in m.files() {
         let p = renders.join(&f);
         assert!(p.exists(), "manifest lists missing {f}");
@@ -109,8 +118,8 @@ fn demo_makes_every_promised_output() {
     );
     let trials = key["trials"].as_array().unwrap();
     assert!(
-        trials.len() >= 16,
-        "8 prompts x 2 seeds pairs, plus repeats"
+        trials.len() >= 32,
+        "8 prompts x 4 seeds pairs, plus repeats"
     );
     for t in trials {
         let id = t["id"].as_str().unwrap();

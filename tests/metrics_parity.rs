@@ -20,13 +20,10 @@ mod metrics_support;
 use metrics_support::{case, fx, photo, renders_folder, repo, scratch};
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use moslora::metrics::{self, ScoreOptions};
-use moslora::render::manifest::{
-    AdapterEntry, ImageEntry, Manifest, PromptEntry, Settings, Subject,
-};
+use moslora::render::manifest::Manifest;
 use moslora::sdxl::clip_model::{write_clip_folder, ClipConfig, ClipModel};
 use moslora::sdxl::encoders::{load_clip, load_dino};
 use moslora::sdxl::image_processing::Preprocess;

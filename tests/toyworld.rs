@@ -178,3 +178,33 @@ fn scenes_look_like_their_names() {
         "wood is brown: {r} {g} {b}"
     );
 }
+
+/// The subjects' photos shipped in `assets/subjects/` (for sweeps) are what the generator
+/// draws (`moslora world --subjects assets/subjects` remakes them), and none of them is a
+/// world picture: the world never draws a subject's markings.
+#[test]
+fn the_shipped_subject_photos_are_the_generators() {
+    use moslora::toyworld::subjects::{photo, SUBJECTS};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/subjects");
+    let list = std::fs::read_to_string(dir.join("subjects.txt")).unwrap();
+    for s in &SUBJECTS {
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(&format!("{} {} ", s.name, s.class))),
+            "subjects.txt does not list {}",
+            s.name
+        );
+        for i in 0..5u64 {
+            let path = dir.join(s.name).join(format!("{:02}.png", i + 1));
+            let shipped = image::open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .to_rgb8();
+            assert!(
+                shipped == photo(s, i),
+                "{} differs from the generator's photo {i} of {}",
+                path.display(),
+                s.name
+            );
+        }
+    }
+}

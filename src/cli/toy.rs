@@ -39,6 +39,19 @@ struct StageBar {
     bar: Option<ProgressBar>,
     /// Exponential moving average of the loss (steps are noisy).
     smoothed: Option<f64>,
+    /// Where stderr is not a terminal (a log file, CI) the bar is hidden: a plain line goes
+    /// out every minute instead.
+    last_line: Option<std::time::Instant>,
+}
+
+impl StageBar {
+    fn new() -> Self {
+        StageBar {
+            bar: None,
+            smoothed: None,
+            last_line: None,
+        }
+    }
 }
 
 impl PretrainProgress for StageBar {
@@ -56,6 +69,7 @@ impl PretrainProgress for StageBar {
         );
         bar.set_prefix(name.to_string());
         self.smoothed = None;
+        self.last_line = Some(std::time::Instant::now());
         bar.set_position(done);
         bar.reset_eta();
         bar.enable_steady_tick(Duration::from_millis(250));
@@ -68,6 +82,21 @@ impl PretrainProgress for StageBar {
                 let s = self.smoothed.map_or(loss, |m| 0.98 * m + 0.02 * loss);
                 self.smoothed = Some(s);
                 b.set_message(format!("loss {s:.4}"));
+            }
+            let due = self
+                .last_line
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+            if b.is_hidden() && due {
+                self.last_line = Some(std::time::Instant::now());
+                eprintln!(
+                    "{} step {step}/{}: loss {:.4}, {:.2} s/step, {} s elapsed, about {} s left",
+                    b.prefix(),
+                    b.length().unwrap_or(0),
+                    self.smoothed.unwrap_or(0.0),
+                    1.0 / b.per_sec().max(1e-9),
+                    b.elapsed().as_secs(),
+                    b.eta().as_secs()
+                );
             }
         }
     }
@@ -100,10 +129,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
         dtype: parse_dtype(&a.dtype)?,
         preview: true,
     };
-    let mut bar = StageBar {
-        bar: None,
-        smoothed: None,
-    };
+    let mut bar = StageBar::new();
     pretrain(&o, &mut bar)?;
     if let Some(b) = bar.bar.take() {
         b.finish();
@@ -115,31 +141,60 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
 pub struct WorldArgs {
     /// Contact sheet to write (PNG); the captions go beside it as .txt
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Seed of the world
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Number of pictures
     #[arg(long, default_value_t = 48)]
     pub count: u64,
+    /// Also write the photos of the subjects the world does not contain, one folder each
+    /// (`DIR/<subject>/01.png`...), with `DIR/subjects.txt` naming each one's class and kind
+    #[arg(long)]
+    pub subjects: Option<PathBuf>,
+    /// Photos per subject
+    #[arg(long, default_value_t = 5)]
+    pub photos: u64,
 }
 
 pub fn run_world(a: WorldArgs) -> Result<()> {
-    let (sheet, captions) = moslora::toyworld::contact_sheet(a.seed, a.count, 8, 2);
-    moslora::render::picture::write_png(&a.out, &sheet, &[])?;
-    let text: String = captions
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{i:>4}  {c}\n"))
-        .collect();
-    moslora::fsutil::write_bytes(&a.out.with_extension("txt"), text.as_bytes())?;
-    println!("{} pictures -> {}", a.count, a.out.display());
+    if a.out.is_none() && a.subjects.is_none() {
+        return Err(moslora::Error::msg(
+            "nothing to write: give --out SHEET.png, --subjects DIR, or both",
+        ));
+    }
+    if let Some(out) = &a.out {
+        let (sheet, captions) = moslora::toyworld::contact_sheet(a.seed, a.count, 8, 2);
+        moslora::render::picture::write_png(out, &sheet, &[])?;
+        let text: String = captions
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{i:>4}  {c}\n"))
+            .collect();
+        moslora::fsutil::write_bytes(&out.with_extension("txt"), text.as_bytes())?;
+        println!("{} pictures -> {}", a.count, out.display());
+    }
+    if let Some(dir) = &a.subjects {
+        use moslora::toyworld::subjects;
+        let mut list = String::from("# subject  class  kind (the DreamBench object/live split)\n");
+        for s in &subjects::SUBJECTS {
+            subjects::write_photos(s, &dir.join(s.name), a.photos)?;
+            list += &format!("{} {} {}\n", s.name, s.class, s.kind.name());
+        }
+        moslora::fsutil::write_bytes(&dir.join("subjects.txt"), list.as_bytes())?;
+        println!(
+            "{} subjects x {} photos -> {}",
+            subjects::SUBJECTS.len(),
+            a.photos,
+            dir.display()
+        );
+    }
     Ok(())
 }
 
 #[derive(Args)]
 pub struct JudgeArgs {
-    /// The toy model folder (its tokenizer is the judge's)
+    /// The toy model folder (its tokenizer is the judge's; its renders are checked)
     #[arg(long)]
     pub model: PathBuf,
     /// Folder for the judge (a transformers CLIPModel folder)
@@ -150,29 +205,74 @@ pub struct JudgeArgs {
     pub steps: Option<u64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Measure the judge already at --out instead of training one
+    #[arg(long)]
+    pub evaluate: bool,
+    /// A subject given as photos, measured beside the generated ones (the demo's robot)
+    #[arg(long, default_value = "assets/subject")]
+    pub photos: PathBuf,
+    /// The world class of the --photos subject
+    #[arg(long, default_value = "robot")]
+    pub photos_class: String,
+    /// World prompts the base model renders for the judge to read (0 skips the check)
+    #[arg(long, default_value_t = 40)]
+    pub base_renders: usize,
 }
 
 pub fn run_judge(a: JudgeArgs) -> Result<()> {
     use moslora::toyworld::judge;
-    let mut recipe = judge::JudgeRecipe {
-        seed: a.seed,
-        ..Default::default()
-    };
-    if let Some(s) = a.steps {
-        recipe.steps = s;
-    }
-    let mut bar = StageBar {
-        bar: None,
-        smoothed: None,
-    };
-    bar.stage("judge", recipe.steps, 0);
     let tok_dir = a.model.join("tokenizer");
-    let model = judge::train(&a.out, &tok_dir, &recipe, |s, l| bar.step(s, l))?;
-    if let Some(b) = bar.bar.take() {
-        b.finish();
-    }
+    let model = if a.evaluate {
+        moslora::sdxl::encoders::load_clip(&a.out, tch::Device::Cpu)?.model
+    } else {
+        let mut recipe = judge::JudgeRecipe {
+            seed: a.seed,
+            ..Default::default()
+        };
+        if let Some(s) = a.steps {
+            recipe.steps = s;
+        }
+        let mut bar = StageBar::new();
+        bar.stage("judge", recipe.steps, 0);
+        let model = judge::train(&a.out, &tok_dir, &recipe, |s, l| bar.step(s, l))?;
+        if let Some(b) = bar.bar.take() {
+            b.finish();
+        }
+        model
+    };
     let tok = moslora::sdxl::tokenizer::ClipTokenizer::from_dir(&tok_dir)?;
-    let report = judge::evaluate(&model, &tok, a.seed)?;
+    let mut extra = Vec::new();
+    if a.photos.is_dir() {
+        let photos = moslora::train::dataset::load_photos(&a.photos)?
+            .into_iter()
+            .map(|p| p.image)
+            .collect();
+        let name = a
+            .photos
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        extra.push(judge::PhotoSubject {
+            name,
+            class: a.photos_class.clone(),
+            photos,
+        });
+    }
+    let mut report = judge::evaluate(&model, &tok, a.seed, &extra)?;
+    if a.base_renders > 0 {
+        eprintln!(
+            "rendering {} world prompts with {} for the judge to read",
+            a.base_renders,
+            a.model.display()
+        );
+        report.base_renders = Some(judge::check_base_renders(
+            &a.model,
+            &model,
+            &tok,
+            a.base_renders,
+            20,
+        )?);
+    }
     let text = serde_json::to_string_pretty(&report).expect("report serialises");
     moslora::fsutil::write_bytes(&a.out.join("report.json"), text.as_bytes())?;
     println!("{text}");

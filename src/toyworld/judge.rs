@@ -297,8 +297,33 @@ pub struct JudgeReport {
     pub scene_accuracy: f64,
     pub held_out: usize,
     /// Per subject: ROC AUC of the cosine to the mean embedding of 5 photos, for 10 further
-    /// photos of the subject against 100 world pictures of its class.
+    /// photos of the subject against 100 world pictures of its class; photo folders given to
+    /// [`evaluate`] (the bundled robot) are measured leave-one-out.
     pub subject_auc: Vec<(String, f64)>,
+    /// How the judge reads the base model's renders of world prompts, when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_renders: Option<BaseRenderCheck>,
+}
+
+/// The judge's reading of the base model's renders of world prompts: the share whose class,
+/// scene, and both, it names as the prompt does (zero-shot among all classes and scenes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseRenderCheck {
+    pub prompts: usize,
+    pub sampling_steps: usize,
+    pub class_accuracy: f64,
+    pub scene_accuracy: f64,
+    pub both_accuracy: f64,
+    /// Per prompt: the prompt, and the class and scene the judge named.
+    pub readings: Vec<(String, String, String)>,
+}
+
+/// A subject given as photos (a folder such as `assets/subject`) and the world class it
+/// belongs to.
+pub struct PhotoSubject {
+    pub name: String,
+    pub class: String,
+    pub photos: Vec<RgbImage>,
 }
 
 fn embed_images(model: &ClipModel, imgs: &[RgbImage]) -> Tensor {
@@ -334,8 +359,14 @@ pub fn roc_auc(pos: &[f64], neg: &[f64]) -> f64 {
     wins / (pos.len() * neg.len()).max(1) as f64
 }
 
-/// Measure the judge (held-out world seed `seed + 3`).
-pub fn evaluate(model: &ClipModel, tok: &ClipTokenizer, seed: u64) -> Result<JudgeReport> {
+/// Measure the judge (held-out world seed `seed + 3`) on the world and the generated
+/// subjects, and on `extra` subjects given as photos.
+pub fn evaluate(
+    model: &ClipModel,
+    tok: &ClipTokenizer,
+    seed: u64,
+    extra: &[PhotoSubject],
+) -> Result<JudgeReport> {
     let world = World::new(seed.wrapping_add(3));
     let pics: Vec<_> = (0..600u64)
         .map(|i| world.picture(i))
@@ -406,12 +437,159 @@ pub fn evaluate(model: &ClipModel, tok: &ClipTokenizer, seed: u64) -> Result<Jud
         .unwrap();
         subject_auc.push((s.name.to_string(), roc_auc(&pos, &neg)));
     }
+    for s in extra {
+        let k = class_index(&s.class)?;
+        let others: Vec<RgbImage> = (0..5000u64)
+            .map(|i| world.picture(i))
+            .filter(|p| p.content.class == Some(k))
+            .take(100)
+            .map(|p| p.image)
+            .collect();
+        subject_auc.push((
+            s.name.clone(),
+            leave_one_out_auc(
+                &embed_images(model, &s.photos),
+                &embed_images(model, &others),
+            ),
+        ));
+    }
     Ok(JudgeReport {
         class_accuracy: c_ok as f64 / n,
         colour_accuracy: col_ok as f64 / n,
         scene_accuracy: s_ok as f64 / n,
         held_out: pics.len(),
         subject_auc,
+        base_renders: None,
+    })
+}
+
+fn class_index(name: &str) -> Result<usize> {
+    CLASSES.iter().position(|c| c.name == name).ok_or_else(|| {
+        let names: Vec<&str> = CLASSES.iter().map(|c| c.name).collect();
+        Error::msg(format!(
+            "'{name}' is not a class of the toy world (one of: {})",
+            names.join(", ")
+        ))
+    })
+}
+
+/// ROC AUC for a handful of photos (`photos`, normalised embeddings): each photo in turn is
+/// scored against the mean of the others, and so is every negative; the pairs are pooled.
+fn leave_one_out_auc(photos: &Tensor, negatives: &Tensor) -> f64 {
+    let n = photos.size()[0];
+    let (mut wins, mut pairs) = (0.0, 0.0);
+    for i in 0..n {
+        let rest: Vec<Tensor> = (0..n).filter(|&j| j != i).map(|j| photos.get(j)).collect();
+        let reference =
+            normalize(&Tensor::stack(&rest, 0).mean_dim(&[0i64][..], true, Kind::Float));
+        let pos = photos.get(i).dot(&reference.view([-1])).double_value(&[]);
+        let neg = Vec::<f64>::try_from(
+            negatives
+                .matmul(&reference.tr())
+                .view([-1])
+                .to_kind(Kind::Double),
+        )
+        .expect("a vector");
+        let k = neg.len() as f64;
+        wins += roc_auc(&[pos], &neg) * k;
+        pairs += k;
+    }
+    wins / pairs.max(1.0)
+}
+
+/// The world prompts of the base-render check: every class in turn, each in the next scene
+/// and colour, so that `n` prompts cover the classes and scenes evenly.
+pub fn base_render_prompts(n: usize) -> Vec<(usize, Scene, String)> {
+    (0..n)
+        .map(|i| {
+            let class = i % CLASSES.len();
+            let scene = Scene::ALL[(i + i / CLASSES.len()) % Scene::ALL.len()];
+            let content = Content {
+                class: Some(class),
+                colour: (i * 3) % COLOURS.len(),
+                scene,
+                shiny: false,
+                caption_style: super::world::CaptionStyle::Full,
+            };
+            (class, scene, content.caption())
+        })
+        .collect()
+}
+
+/// Render `n` world prompts with the model at `model_dir` (seed = prompt index, guidance 4,
+/// `sampling_steps` Euler steps) and let the judge name each render's class and scene.
+pub fn check_base_renders(
+    model_dir: &Path,
+    judge: &ClipModel,
+    tok: &ClipTokenizer,
+    n: usize,
+    sampling_steps: usize,
+) -> Result<BaseRenderCheck> {
+    use crate::sdxl::model_dir::ModelDir;
+    use crate::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
+    let md = ModelDir::open(model_dir)?;
+    let opts = RunOptions {
+        device: Device::Cpu,
+        dtype: Kind::Float,
+    };
+    let text = TextEncoders::load(&md, opts)?;
+    let den = Denoiser::load(&md, opts)?;
+    let size = SIZE as i64;
+    let prompts = base_render_prompts(n);
+    let mut renders = Vec::with_capacity(n);
+    for (i, (_, _, prompt)) in prompts.iter().enumerate() {
+        let cond = text.encode(prompt)?;
+        let uncond = cond.zeros_like();
+        let g = GenerateOptions {
+            steps: sampling_steps,
+            guidance: 4.0,
+            width: size,
+            height: size,
+            seed: i as u64,
+        };
+        let noise = den.initial_noise(g.seed, size, size)?;
+        let lat = den.sample(&cond, &uncond, &noise, &g, |_| {})?;
+        let rgb = den.decode(&lat);
+        let data = Vec::<u8>::try_from(rgb.permute([1, 2, 0]).contiguous().view([-1]))
+            .expect("RGB8 pixels");
+        renders.push(RgbImage::from_raw(SIZE, SIZE, data).expect("a 64-pixel render"));
+    }
+    let e = embed_images(judge, &renders);
+    let class_texts: Vec<String> = CLASSES
+        .iter()
+        .map(|c| caption(&probe(Some(c.name), 0, Scene::Beach), Says::Class))
+        .collect();
+    let scene_texts: Vec<String> = Scene::ALL
+        .iter()
+        .map(|&s| caption(&probe(None, 0, s), Says::Scene))
+        .collect();
+    let pick = |t: &Tensor| -> Vec<i64> {
+        Vec::<i64>::try_from(e.matmul(&t.tr()).argmax(1, false)).expect("indices")
+    };
+    let class_pred = pick(&embed_texts(judge, tok, &class_texts)?);
+    let scene_pred = pick(&embed_texts(judge, tok, &scene_texts)?);
+    let (mut c_ok, mut s_ok, mut both) = (0, 0, 0);
+    let mut readings = Vec::with_capacity(n);
+    for (i, (class, scene, prompt)) in prompts.iter().enumerate() {
+        let c = class_pred[i] as usize == *class;
+        let s = Scene::ALL[scene_pred[i] as usize] == *scene;
+        c_ok += c as usize;
+        s_ok += s as usize;
+        both += (c && s) as usize;
+        readings.push((
+            prompt.clone(),
+            CLASSES[class_pred[i] as usize].name.to_string(),
+            Scene::ALL[scene_pred[i] as usize].name().to_string(),
+        ));
+    }
+    let n_f = n.max(1) as f64;
+    Ok(BaseRenderCheck {
+        prompts: n,
+        sampling_steps,
+        class_accuracy: c_ok as f64 / n_f,
+        scene_accuracy: s_ok as f64 / n_f,
+        both_accuracy: both as f64 / n_f,
+        readings,
     })
 }
 

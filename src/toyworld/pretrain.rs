@@ -84,7 +84,7 @@ impl Default for Recipe {
             vae_batch: 16,
             vae_lr: 1e-3,
             vae_kl: 1e-6,
-            unet_steps: 4500,
+            unet_steps: 7000,
             unet_batch: 16,
             unet_lr: 6e-4,
             unet_warmup: 200,

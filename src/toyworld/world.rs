@@ -33,6 +33,16 @@ pub enum Kind {
     Live,
 }
 
+impl Kind {
+    /// DreamBench's word for the kind (it picks the object or the live prompt list).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Object => "object",
+            Kind::Live => "live",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Class {
     pub name: &'static str,
