@@ -367,7 +367,12 @@ impl RunConfig {
             abs(&mut pp.class_images);
         }
         if let Some(p) = &mut self.render.prompts {
-            abs(p);
+            // A bare word ("toy", "dreambooth") names a bundled prompt set unless a file of
+            // that name sits beside the RUN.yaml.
+            let bare = p.is_relative() && p.components().count() == 1 && p.extension().is_none();
+            if !bare || base.join(&*p).exists() {
+                abs(p);
+            }
         }
         if let Some(p) = &mut self.render.out {
             abs(p);
@@ -520,8 +525,32 @@ mod tests {
             c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(c.train.steps, 500, "{name}: the paper's recipe");
             assert_eq!(c.train.batch_size, 4);
-            assert_eq!(c.train.learning_rate, 1e-4);
         }
+        // SDXL keeps the paper's rate; the toy model's was chosen by measurement (README).
+        let sdxl = RunConfig::parse(include_str!("../configs/sdxl-dreambooth.yaml")).unwrap();
+        assert_eq!(sdxl.train.learning_rate, 1e-4);
+    }
+
+    #[test]
+    fn a_bare_prompt_set_name_stays_a_name() {
+        let dir = std::env::temp_dir().join(format!("moslora-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = dir.join("run.yaml");
+        for (value, expected) in [
+            ("toy", PathBuf::from("toy")),
+            ("sets/toy.yaml", dir.join("sets/toy.yaml")),
+            ("mine.yaml", dir.join("mine.yaml")),
+        ] {
+            std::fs::write(&run, format!("render:\n  prompts: {value}\n")).unwrap();
+            let c = RunConfig::load(&run).unwrap();
+            assert_eq!(c.render.prompts, Some(expected), "{value}");
+        }
+        // A file of that name beside the RUN.yaml wins over the bundled set.
+        std::fs::write(dir.join("toy"), "prompts: [\"a [V] {class}\"]\n").unwrap();
+        std::fs::write(&run, "render:\n  prompts: toy\n").unwrap();
+        let c = RunConfig::load(&run).unwrap();
+        assert_eq!(c.render.prompts, Some(dir.join("toy")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

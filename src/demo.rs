@@ -59,6 +59,9 @@ pub struct DemoReport {
     pub study_dir: PathBuf,
     pub study_key: PathBuf,
     pub study_trials: usize,
+    /// Per adapter: the share of renders whose scene the judge names as the prompt does, and
+    /// how many were read (empty without a judge).
+    pub scene_fidelity: Vec<(String, f64, usize)>,
 }
 
 impl DemoReport {
@@ -145,6 +148,14 @@ pub fn run(
     } else {
         manifest
     };
+    // Prompt fidelity the toy world can check directly: does the render show the prompt's scene?
+    let scene_fidelity = match &cfg.metrics.clip {
+        Some(judge) => {
+            let j = crate::sdxl::encoders::load_clip(judge, opts.device)?;
+            crate::toyworld::judge::scene_fidelity(&j.model, &j.tokenizer, &render_dir, &manifest)?
+        }
+        None => Vec::new(),
+    };
     let study_dir = dir.join("study");
     let made = study::make::make(&study::make::MakeOptions {
         renders: vec![render_dir.clone()],
@@ -164,5 +175,6 @@ pub fn run(
         study_dir: made.dir,
         study_key: made.key_path,
         study_trials: made.key.trials.len(),
+        scene_fidelity,
     })
 }

@@ -128,6 +128,18 @@ fn print_demo(r: &moslora::demo::DemoReport) {
         );
         println!("{table}");
     }
+    if !r.scene_fidelity.is_empty() {
+        let parts: Vec<String> = r
+            .scene_fidelity
+            .iter()
+            .map(|(a, share, n)| format!("{a} {:.0} % of {n}", 100.0 * share))
+            .collect();
+        println!(
+            "Renders whose scene the judge names as the prompt does: {}",
+            parts.join(", ")
+        );
+        println!();
+    }
     for o in &r.trained {
         println!(
             "  {:<8} {} steps in {:.0} s, final loss {:.4}",

@@ -53,7 +53,7 @@ impl Default for JudgeRecipe {
     fn default() -> Self {
         JudgeRecipe {
             seed: 0,
-            steps: 1200,
+            steps: 3000,
             batch: 64,
             lr: 1e-3,
             warmup: 100,
@@ -224,9 +224,11 @@ pub fn train(
         let says: Vec<Says> = pics
             .iter()
             .map(|p| match (p.content.class, rng.random_range(0..10)) {
+                // Class-only captions are the hardest to ground (the object is small): they
+                // get the largest share.
                 (None, _) => Says::Scene,
-                (_, 0..4) => Says::Everything,
-                (_, 4..6) => Says::Class,
+                (_, 0..3) => Says::Everything,
+                (_, 3..6) => Says::Class,
                 (_, 6..8) => Says::ColourClass,
                 _ => Says::Scene,
             })
@@ -271,7 +273,7 @@ pub fn train(
             return Err(Error::msg(format!("judge loss is {value} at step {step}")));
         }
         opt.clip_grad_norm(1.0);
-        let lr = r.lr * (step as f64 / r.warmup.max(1) as f64).min(1.0);
+        let lr = judge_lr(r, step);
         opt.step(lr);
         {
             // CLIP clamps the temperature so that logits stay below 100.
@@ -284,6 +286,15 @@ pub fn train(
     let text = serde_json::to_string_pretty(r).expect("recipe serialises");
     fsutil::write_bytes(&out.join("recipe.json"), text.as_bytes())?;
     Ok(model)
+}
+
+/// Linear warm-up, then a cosine decay to zero at the last step.
+fn judge_lr(r: &JudgeRecipe, step: u64) -> f64 {
+    if step <= r.warmup {
+        return r.lr * step as f64 / r.warmup.max(1) as f64;
+    }
+    let t = (step - r.warmup) as f64 / (r.steps - r.warmup).max(1) as f64;
+    r.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
 /// How well the judge sees the world and the subjects.
@@ -497,6 +508,37 @@ fn leave_one_out_auc(photos: &Tensor, negatives: &Tensor) -> f64 {
     wins / pairs.max(1.0)
 }
 
+/// What the judge reads in each picture, zero-shot: its class (an index into [`CLASSES`],
+/// against "a photo of a {class}") and its scene (against "a photo of {the scene}").
+pub fn read_pictures(
+    judge: &ClipModel,
+    tok: &ClipTokenizer,
+    images: &[RgbImage],
+) -> Result<(Vec<usize>, Vec<Scene>)> {
+    let e = embed_images(judge, images);
+    let class_texts: Vec<String> = CLASSES
+        .iter()
+        .map(|c| caption(&probe(Some(c.name), 0, Scene::Beach), Says::Class))
+        .collect();
+    let scene_texts: Vec<String> = Scene::ALL
+        .iter()
+        .map(|&s| caption(&probe(None, 0, s), Says::Scene))
+        .collect();
+    let pick = |t: &Tensor| -> Vec<usize> {
+        Vec::<i64>::try_from(e.matmul(&t.tr()).argmax(1, false))
+            .expect("indices")
+            .into_iter()
+            .map(|i| i as usize)
+            .collect()
+    };
+    let classes = pick(&embed_texts(judge, tok, &class_texts)?);
+    let scenes = pick(&embed_texts(judge, tok, &scene_texts)?)
+        .into_iter()
+        .map(|i| Scene::ALL[i])
+        .collect();
+    Ok((classes, scenes))
+}
+
 /// The world prompts of the base-render check: every class in turn, each in the next scene
 /// and colour, so that `n` prompts cover the classes and scenes evenly.
 pub fn base_render_prompts(n: usize) -> Vec<(usize, Scene, String)> {
@@ -554,32 +596,19 @@ pub fn check_base_renders(
             .expect("RGB8 pixels");
         renders.push(RgbImage::from_raw(SIZE, SIZE, data).expect("a 64-pixel render"));
     }
-    let e = embed_images(judge, &renders);
-    let class_texts: Vec<String> = CLASSES
-        .iter()
-        .map(|c| caption(&probe(Some(c.name), 0, Scene::Beach), Says::Class))
-        .collect();
-    let scene_texts: Vec<String> = Scene::ALL
-        .iter()
-        .map(|&s| caption(&probe(None, 0, s), Says::Scene))
-        .collect();
-    let pick = |t: &Tensor| -> Vec<i64> {
-        Vec::<i64>::try_from(e.matmul(&t.tr()).argmax(1, false)).expect("indices")
-    };
-    let class_pred = pick(&embed_texts(judge, tok, &class_texts)?);
-    let scene_pred = pick(&embed_texts(judge, tok, &scene_texts)?);
+    let (class_pred, scene_pred) = read_pictures(judge, tok, &renders)?;
     let (mut c_ok, mut s_ok, mut both) = (0, 0, 0);
     let mut readings = Vec::with_capacity(n);
     for (i, (class, scene, prompt)) in prompts.iter().enumerate() {
-        let c = class_pred[i] as usize == *class;
-        let s = Scene::ALL[scene_pred[i] as usize] == *scene;
+        let c = class_pred[i] == *class;
+        let s = scene_pred[i] == *scene;
         c_ok += c as usize;
         s_ok += s as usize;
         both += (c && s) as usize;
         readings.push((
             prompt.clone(),
-            CLASSES[class_pred[i] as usize].name.to_string(),
-            Scene::ALL[scene_pred[i] as usize].name().to_string(),
+            CLASSES[class_pred[i]].name.to_string(),
+            scene_pred[i].name().to_string(),
         ));
     }
     let n_f = n.max(1) as f64;
@@ -607,4 +636,45 @@ fn probe(class: Option<&str>, colour: usize, scene: Scene) -> Content {
         shiny: false,
         caption_style: super::world::CaptionStyle::Full,
     }
+}
+
+/// Prompt fidelity the toy world can check directly: per adapter of a render folder, the
+/// share of its renders whose scene the judge names as their prompt does (prompts that name
+/// no world scene are left out). Returns (adapter, share, renders counted).
+pub fn scene_fidelity(
+    judge: &ClipModel,
+    tok: &ClipTokenizer,
+    renders: &Path,
+    m: &crate::render::manifest::Manifest,
+) -> Result<Vec<(String, f64, usize)>> {
+    let mut out = Vec::new();
+    for a in &m.adapters {
+        let mut imgs = Vec::new();
+        let mut want = Vec::new();
+        for i in m.images.iter().filter(|i| i.adapter == a.name) {
+            let Some(scene) = Scene::ALL
+                .iter()
+                .copied()
+                .find(|s| i.prompt.contains(s.phrase()))
+            else {
+                continue;
+            };
+            let path = renders.join(&i.file);
+            let img = image::open(&path)
+                .map_err(|e| Error::BadFile {
+                    path: path.clone(),
+                    what: format!("not a readable render: {e}"),
+                })?
+                .to_rgb8();
+            imgs.push(img);
+            want.push(scene);
+        }
+        if imgs.is_empty() {
+            continue;
+        }
+        let (_, read) = read_pictures(judge, tok, &imgs)?;
+        let ok = read.iter().zip(&want).filter(|(r, w)| r == w).count();
+        out.push((a.name.clone(), ok as f64 / imgs.len() as f64, imgs.len()));
+    }
+    Ok(out)
 }
