@@ -28,7 +28,7 @@ TORCHVISION := torchvision==0.26.0
 
 BIN := target/release/moslora
 
-.PHONY: all build test demo bench fixtures venv clean fmt clippy browser toy-model
+.PHONY: all build test demo bench fixtures venv clean fmt clippy lint browser toy-model
 
 all: build
 
@@ -73,7 +73,12 @@ $(VENV)/.browser: $(VENV)/.reference
 
 browser: $(VENV)/.browser
 
-test: $(FIXTURES)/.stamp $(VENV)/.browser
+# The house stays clean: formatting and clippy (every target, warnings as errors) run first.
+lint: $(VENV)/.torch
+	cargo fmt --all --check
+	cargo clippy --release --all-targets -- -D warnings
+
+test: $(FIXTURES)/.stamp $(VENV)/.browser lint
 	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release --no-fail-fast -- --test-threads=1
 
 # The whole job on the toy world's pretrained model (assets/toy-model): train LoRA and MoSLoRA

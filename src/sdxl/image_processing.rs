@@ -21,8 +21,11 @@
 use image::{DynamicImage, RgbImage};
 use tch::{Kind, Tensor};
 
-/// OpenAI CLIP's normalisation (`OPENAI_CLIP_MEAN`, `OPENAI_CLIP_STD`).
+/// OpenAI CLIP's normalisation (`OPENAI_CLIP_MEAN`, `OPENAI_CLIP_STD`), digit for digit as
+/// transformers writes them (f32 rounds them exactly as torch does the Python floats).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 /// ImageNet's (DINO).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];

@@ -351,8 +351,8 @@ fn light(img: &mut RgbImage, scene: Scene, rng: &mut ChaCha8Rng) {
     };
     let tint: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.95..1.05));
     for p in img.pixels_mut() {
-        for c in 0..3 {
-            p.0[c] = (p.0[c] as f32 * gain * tint[c]).round().clamp(0.0, 255.0) as u8;
+        for (v, t) in p.0.iter_mut().zip(tint) {
+            *v = (*v as f32 * gain * t).round().clamp(0.0, 255.0) as u8;
         }
     }
 }
