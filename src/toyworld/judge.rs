@@ -386,24 +386,12 @@ pub fn evaluate(
         .collect();
     let imgs: Vec<RgbImage> = pics.iter().map(|p| p.image.clone()).collect();
     let e = embed_images(model, &imgs);
-    let class_texts: Vec<String> = CLASSES
-        .iter()
-        .map(|c| caption(&probe(Some(c.name), 0, Scene::Beach), Says::Class))
-        .collect();
-    let scene_texts: Vec<String> = Scene::ALL
-        .iter()
-        .map(|&s| caption(&probe(None, 0, s), Says::Scene))
-        .collect();
-    let tc = embed_texts(model, tok, &class_texts)?;
-    let ts = embed_texts(model, tok, &scene_texts)?;
-    let pick = |sims: Tensor| -> Vec<i64> { Vec::<i64>::try_from(sims.argmax(1, false)).unwrap() };
-    let class_pred = pick(e.matmul(&tc.tr()));
-    let scene_pred = pick(e.matmul(&ts.tr()));
+    let (class_pred, scene_pred) = read_embeddings(model, tok, &e)?;
     let (mut c_ok, mut s_ok, mut col_ok) = (0, 0, 0);
     for (i, p) in pics.iter().enumerate() {
         let k = p.content.class.expect("filtered");
-        c_ok += (class_pred[i] as usize == k) as usize;
-        s_ok += (Scene::ALL[scene_pred[i] as usize] == p.content.scene) as usize;
+        c_ok += (class_pred[i] == k) as usize;
+        s_ok += (scene_pred[i] == p.content.scene) as usize;
         let colour_texts: Vec<String> = (0..COLOURS.len())
             .map(|c| {
                 caption(
@@ -413,23 +401,18 @@ pub fn evaluate(
             })
             .collect();
         let tcol = embed_texts(model, tok, &colour_texts)?;
-        let pred = pick(e.get(i as i64).unsqueeze(0).matmul(&tcol.tr()))[0] as usize;
+        let pred = e
+            .get(i as i64)
+            .matmul(&tcol.tr())
+            .argmax(0, false)
+            .int64_value(&[]) as usize;
         col_ok += (pred == p.content.colour) as usize;
     }
     let n = pics.len() as f64;
     let mut subject_auc = Vec::new();
     for s in &SUBJECTS {
         let photos: Vec<RgbImage> = (0..15).map(|i| subjects::photo(s, i)).collect();
-        let k = CLASSES
-            .iter()
-            .position(|c| c.name == s.class)
-            .expect("world class");
-        let others: Vec<RgbImage> = (0..5000u64)
-            .map(|i| world.picture(i))
-            .filter(|p| p.content.class == Some(k))
-            .take(100)
-            .map(|p| p.image)
-            .collect();
+        let others = class_pictures(&world, class_index(s.class)?, 100);
         let ep = embed_images(model, &photos);
         let reference = normalize(&ep.narrow(0, 0, 5).mean_dim(&[0i64][..], true, Kind::Float));
         let pos = Vec::<f64>::try_from(
@@ -449,13 +432,7 @@ pub fn evaluate(
         subject_auc.push((s.name.to_string(), roc_auc(&pos, &neg)));
     }
     for s in extra {
-        let k = class_index(&s.class)?;
-        let others: Vec<RgbImage> = (0..5000u64)
-            .map(|i| world.picture(i))
-            .filter(|p| p.content.class == Some(k))
-            .take(100)
-            .map(|p| p.image)
-            .collect();
+        let others = class_pictures(&world, class_index(&s.class)?, 100);
         subject_auc.push((
             s.name.clone(),
             leave_one_out_auc(
@@ -482,6 +459,16 @@ fn class_index(name: &str) -> Result<usize> {
             names.join(", ")
         ))
     })
+}
+
+/// The first `n` pictures of class `k` in `world`, the negatives of a subject of that class.
+fn class_pictures(world: &World, k: usize, n: usize) -> Vec<RgbImage> {
+    (0..5000u64)
+        .map(|i| world.picture(i))
+        .filter(|p| p.content.class == Some(k))
+        .take(n)
+        .map(|p| p.image)
+        .collect()
 }
 
 /// ROC AUC for a handful of photos (`photos`, normalised embeddings): each photo in turn is
@@ -515,7 +502,15 @@ pub fn read_pictures(
     tok: &ClipTokenizer,
     images: &[RgbImage],
 ) -> Result<(Vec<usize>, Vec<Scene>)> {
-    let e = embed_images(judge, images);
+    read_embeddings(judge, tok, &embed_images(judge, images))
+}
+
+/// [`read_pictures`] on image embeddings already made (normalised, one row per picture).
+fn read_embeddings(
+    judge: &ClipModel,
+    tok: &ClipTokenizer,
+    e: &Tensor,
+) -> Result<(Vec<usize>, Vec<Scene>)> {
     let class_texts: Vec<String> = CLASSES
         .iter()
         .map(|c| caption(&probe(Some(c.name), 0, Scene::Beach), Says::Class))
