@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use image::RgbImage;
+
 use crate::error::{Error, Result};
 
 /// A sibling temporary path: same folder, so the final rename is atomic; the extension is
@@ -42,4 +44,30 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 
 pub fn read_to_string(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// Encode RGB8 as PNG with `tEXt` chunks; deterministic (no timestamps), so re-rendering
+/// the same pixels gives the same bytes.
+pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, img.width(), img.height());
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in text {
+            enc.add_text_chunk(k.to_string(), v.clone())
+                .map_err(|e| Error::msg(format!("PNG text chunk {k}: {e}")))?;
+        }
+        let mut w = enc
+            .write_header()
+            .map_err(|e| Error::msg(format!("PNG: {e}")))?;
+        w.write_image_data(img.as_raw())
+            .map_err(|e| Error::msg(format!("PNG: {e}")))?;
+    }
+    Ok(out)
+}
+
+/// Write a PNG atomically.
+pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
+    write_bytes(path, &png_bytes(img, text)?)
 }

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use moslora::config::RunConfig;
 use moslora::runtime::parse_dtype;
 use moslora::sdxl::init_model::{init_model, InitOptions};
-use moslora::sdxl::pipeline::{self, GenerateOptions, RunOptions};
+use moslora::sdxl::pipeline::{GenerateOptions, RunOptions};
 use moslora::train::AdapterKind;
 use moslora::Result;
 
@@ -507,7 +507,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let bar = progress(a.steps as u64, "generating");
             let adapter = a.adapter.as_ref().map(|p| (p.as_path(), a.adapter_scale));
-            let image = pipeline::generate_with(
+            let image = moslora::render::generate::generate(
                 &a.model,
                 &a.prompt,
                 a.negative_prompt.as_deref(),
@@ -517,7 +517,8 @@ fn run(cli: Cli) -> Result<()> {
                 |_| bar.inc(1),
             )?;
             bar.finish_and_clear();
-            pipeline::save_png(&image, &a.out)?;
+            let img = moslora::sdxl::image_processing::rgb_image(&image)?;
+            moslora::fsutil::write_png(&a.out, &img, &[])?;
             println!("wrote {}", a.out.display());
             Ok(())
         }
@@ -808,8 +809,13 @@ fn run_export(a: ExportArgs) -> Result<()> {
 
 fn run_merge(a: MergeArgs) -> Result<()> {
     let model = moslora::sdxl::convert::open_model(&a.model, a.write.config.as_deref())?;
-    let w =
-        moslora::sdxl::convert::merge(&model, &a.adapter, a.scale, &a.out, &a.write.options()?)?;
+    let w = moslora::adapter::merged_model::merge(
+        &model,
+        &a.adapter,
+        a.scale,
+        &a.out,
+        &a.write.options()?,
+    )?;
     println!(
         "wrote {} ({}, {}, {} adapted layers merged at scale {})",
         w.path.display(),

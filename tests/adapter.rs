@@ -11,8 +11,9 @@ use std::rc::Rc;
 use common::{assert_close, reference, tiny_model};
 use moslora::adapter::{self, lowrank, AdapterConfig, LowRankAdapter, MixerInit};
 use moslora::config::Adam;
+use moslora::schedule::config::SchedulerConfig;
 use moslora::schedule::ddpm::DdpmSchedule;
-use moslora::sdxl::config::{read_json, SchedulerConfig, UNetConfig};
+use moslora::sdxl::config::{read_json, UNetConfig};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{RunOptions, TextEncoders};
 use moslora::sdxl::unet::UNet2DConditionModel;
@@ -38,7 +39,7 @@ fn attach_reference(unet: &mut UNet2DConditionModel, r: &HashMap<String, Tensor>
         let b = r[&format!("{}.lora_B.initial", l.name)].shallow_clone();
         let mut ad = LowRankAdapter::from_tensors(a, b, None, false, 4.0);
         ad.set_trainable(true);
-        l.adapter = Some(ad);
+        adapter::install(l, ad);
     }
     n
 }
@@ -180,14 +181,14 @@ fn identity_mixer_equals_lora() {
     // The global generator is locked while this test draws: see moslora::runtime::seeded.
     let rng = moslora::runtime::seeded(3);
     for l in adapter::adapted(&mut u) {
-        let a = l.adapter.as_mut().unwrap();
+        let a = adapter::lowrank_mut(l).unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.05;
     }
     drop(rng);
     let r = reference("lora");
     let with_identity = forward(&u, &batch(&r));
     for l in adapter::adapted(&mut u) {
-        l.adapter.as_mut().unwrap().mixer = None;
+        adapter::lowrank_mut(l).unwrap().mixer = None;
     }
     let plain = forward(&u, &batch(&r));
     assert_close("identity mixer vs LoRA", &with_identity, &plain, 1e-6);
@@ -220,7 +221,7 @@ fn merged_forward_equals_unmerged() {
     // The global generator is locked while this test draws: see moslora::runtime::seeded.
     let rng = moslora::runtime::seeded(5);
     for l in adapter::adapted(&mut u) {
-        let a = l.adapter.as_mut().unwrap();
+        let a = adapter::lowrank_mut(l).unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.05;
     }
     drop(rng);
@@ -330,7 +331,7 @@ fn text_encoder_lora_matches_peft() {
             let key = |part: &str| format!("{}.{}.{part}", c.prefix(), l.name);
             let a = r[&key("lora_A")].shallow_clone();
             let b = r[&key("lora_B")].shallow_clone();
-            l.adapter = Some(LowRankAdapter::from_tensors(a, b, None, false, 8.0));
+            adapter::install(l, LowRankAdapter::from_tensors(a, b, None, false, 8.0));
         }
     }
     // What training and rendering use: both penultimate layers side by side, and the pooled

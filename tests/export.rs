@@ -18,9 +18,7 @@ use moslora::adapter::{self, AdapterConfig, Component, MixerInit};
 use moslora::config::RunConfig;
 use moslora::sdxl::config::{presets, UNetConfig};
 use moslora::sdxl::model_dir::ModelDir;
-use moslora::sdxl::pipeline::{
-    generate_with, load_unet, Denoiser, GenerateOptions, RunOptions, TextEncoders,
-};
+use moslora::sdxl::pipeline::{load_unet, Denoiser, GenerateOptions, RunOptions, TextEncoders};
 use moslora::sdxl::sgm_names::Layout;
 use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{ShapeSource, TensorSource, Weights};
@@ -55,7 +53,7 @@ fn options() -> GenerateOptions {
 
 /// moslora's render, (H, W, 3) in 0..255.
 fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
-    let image = generate_with(
+    let image = moslora::render::generate::generate(
         model,
         PROMPT,
         None,
@@ -206,7 +204,7 @@ fn scaled_moslora(out: &Path) -> PathBuf {
     // The global generator is locked while this test draws: see moslora::runtime::seeded.
     let rng = moslora::runtime::seeded(11);
     for l in adapter::adapted(&mut unet) {
-        let a = l.adapter.as_mut().unwrap();
+        let a = adapter::lowrank_mut(l).unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
     }
     drop(rng);

@@ -5,8 +5,8 @@
 mod common;
 
 use moslora::adapter::{self, AdapterConfig, MixerInit};
+use moslora::schedule::config::SchedulerConfig;
 use moslora::schedule::ddpm::DdpmSchedule;
-use moslora::sdxl::config::SchedulerConfig;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{load_unet, RunOptions};
 use moslora::sdxl::unet::UNet2DConditionModel;
@@ -29,7 +29,7 @@ fn unet_with(mixer: MixerInit) -> UNet2DConditionModel {
     // The global generator is locked while this test draws: see moslora::runtime::seeded.
     let _rng = moslora::runtime::seeded(3);
     for l in adapter::adapted(&mut unet) {
-        let a = l.adapter.as_mut().unwrap();
+        let a = adapter::lowrank_mut(l).unwrap();
         tch::no_grad(|| {
             a.b.copy_(&(Tensor::randn_like(&a.b) * 0.1));
         });

@@ -13,8 +13,9 @@ use std::rc::Rc;
 use common::{assert_close, reference, tiny_model};
 use moslora::adapter::{self, lowrank, AInit, AdapterConfig, LowRankAdapter, MixerInit};
 use moslora::config::Adam;
+use moslora::schedule::config::SchedulerConfig;
 use moslora::schedule::ddpm::DdpmSchedule;
-use moslora::sdxl::config::{read_json, SchedulerConfig, UNetConfig};
+use moslora::sdxl::config::{read_json, UNetConfig};
 use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{SafetensorsSource, Weights};
 use moslora::train::optimizer::AdamW;
@@ -75,7 +76,7 @@ fn attach(u: &mut UNet2DConditionModel, r: &HashMap<String, Tensor>, init: &str)
             4.0,
         );
         ad.set_trainable(true);
-        l.adapter = Some(ad);
+        adapter::install(l, ad);
     }
     n
 }
@@ -196,7 +197,7 @@ fn moslora_matches_the_reference_for_every_mixer_init() {
         // A fixed mixer stays what it was.
         if !how.trained() {
             for l in adapter::adapted(&mut u) {
-                let m = l.adapter.as_ref().unwrap().mixer.as_ref().unwrap();
+                let m = adapter::lowrank(l).unwrap().mixer.as_ref().unwrap();
                 let want = &r[&format!("{init}.{}.lora_AB.initial", l.name)];
                 assert!(m.equal(want), "{init}: the fixed mixer moved");
             }

@@ -18,7 +18,7 @@ use moslora::render::picture::GridLayout;
 use moslora::render::{self, Column, RenderProgress};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{
-    generate_with, load_unet, seeded_randn, Denoiser, GenerateOptions, RunOptions, TextEncoders,
+    load_unet, seeded_randn, Denoiser, GenerateOptions, RunOptions, TextEncoders,
 };
 use moslora::train::{self, AdapterKind, Quiet};
 use sha2::{Digest, Sha256};
@@ -332,7 +332,7 @@ fn text_encoder_adapter(out: &Path) -> PathBuf {
     // The global generator is locked while this test draws: see moslora::runtime::seeded.
     let rng = moslora::runtime::seeded(5);
     let mut randomize = |l: &mut moslora::sdxl::nn::Linear| {
-        let a = l.adapter.as_mut().unwrap();
+        let a = adapter::lowrank_mut(l).unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
     };
     adapter::adapted(&mut unet)
@@ -388,7 +388,7 @@ fn text_encoder_adapters_render_with_their_own_prompt_embeddings() {
                 .unwrap()
                 .to_rgb8();
             let with = (name == "te").then_some((adapter.as_path(), 1.0));
-            let want = generate_with(
+            let want = moslora::render::generate::generate(
                 &cfg.model,
                 &p.text,
                 None,

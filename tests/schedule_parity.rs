@@ -9,10 +9,11 @@ mod common;
 use std::collections::HashMap;
 
 use common::{assert_close, reference, tiny_model};
+use moslora::schedule::config::SchedulerConfig;
 use moslora::schedule::ddpm::DdpmSchedule;
 use moslora::schedule::euler::EulerDiscrete;
 use moslora::schedule::sampler::Scheduler;
-use moslora::sdxl::config::{read_json, SchedulerConfig};
+use moslora::sdxl::config::read_json;
 use tch::{Kind, Tensor};
 
 const TOL: f64 = 1e-4;

@@ -13,13 +13,11 @@ use std::process::Command;
 use common::tiny_model;
 use moslora::adapter::export::{export, ExportFormat};
 use moslora::adapter::file::{self, AdapterMeta, ModelIdentity, FORMAT_VERSION};
-use moslora::adapter::{self, AdapterConfig, MixerInit};
+use moslora::adapter::{self, merged_model, AdapterConfig, MixerInit};
 use moslora::config::RunConfig;
 use moslora::sdxl::convert::{self, WriteOptions};
 use moslora::sdxl::model_dir::ModelDir;
-use moslora::sdxl::pipeline::{
-    generate_with, load_unet, GenerateOptions, RunOptions, TextEncoders,
-};
+use moslora::sdxl::pipeline::{load_unet, GenerateOptions, RunOptions, TextEncoders};
 use moslora::sdxl::sgm_names::Layout;
 use moslora::train::{self, AdapterKind, Quiet, RunPaths};
 use tch::{Device, Kind, Tensor};
@@ -49,7 +47,7 @@ fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
         height: SIZE,
         seed: SEED,
     };
-    let image = generate_with(
+    let image = moslora::render::generate::generate(
         model,
         PROMPT,
         None,
@@ -317,7 +315,7 @@ fn random_moslora(dir: &Path) -> PathBuf {
     // The global generator is locked while this test draws: see moslora::runtime::seeded.
     let rng = moslora::runtime::seeded(13);
     let mut randomize = |l: &mut moslora::sdxl::nn::Linear| {
-        let a = l.adapter.as_mut().unwrap();
+        let a = adapter::lowrank_mut(l).unwrap();
         a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
     };
     adapter::adapted(&mut unet)
@@ -377,7 +375,7 @@ fn merged_models_render_like_the_adapter() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Folder -> folder and single file -> folder, by the library.
-    let w = convert::merge(
+    let w = merged_model::merge(
         &ModelDir::open(&tiny_model()).unwrap(),
         &adapter,
         1.0,
@@ -390,7 +388,7 @@ fn merged_models_render_like_the_adapter() {
         .layer_count();
     assert_eq!(w.merged_layers, layers, "every adapted layer");
     assert_eq!(layers, 136 + 2 * 5 * 3, "UNet and text-encoder layers");
-    convert::merge(
+    merged_model::merge(
         &ModelDir::open(&file).unwrap(),
         &adapter,
         1.0,
@@ -410,7 +408,7 @@ fn merged_models_render_like_the_adapter() {
     }
     // Strength 0 is the base model.
     let zero = dir.join("zero.safetensors");
-    convert::merge(
+    merged_model::merge(
         &ModelDir::open(&tiny_model()).unwrap(),
         &adapter,
         0.0,

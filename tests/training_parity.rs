@@ -12,8 +12,9 @@ use std::rc::Rc;
 use common::{assert_close, reference, tiny_model};
 use moslora::adapter::{self, AdapterConfig, LowRankAdapter};
 use moslora::config::RunConfig;
+use moslora::schedule::config::SchedulerConfig;
 use moslora::schedule::ddpm::DdpmSchedule;
-use moslora::sdxl::config::{read_json, SchedulerConfig, UNetConfig};
+use moslora::sdxl::config::{read_json, UNetConfig};
 use moslora::sdxl::pipeline::PromptEmbeds;
 use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{SafetensorsSource, Weights};
@@ -40,7 +41,7 @@ fn unet_with_reference_lora(r: &HashMap<String, Tensor>) -> UNet2DConditionModel
         let b = r[&format!("loss.lora_B.{}", l.name)].shallow_clone();
         let mut ad = LowRankAdapter::from_tensors(a, b, None, false, 4.0);
         ad.set_trainable(true);
-        l.adapter = Some(ad);
+        adapter::install(l, ad);
     }
     u
 }

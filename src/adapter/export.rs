@@ -166,7 +166,7 @@ pub fn export(
             "https://github.com/Stability-AI/generative-models".into(),
         );
         md.insert("modelspec.title".into(), title);
-        md.insert("modelspec.date".into(), iso_date_now());
+        md.insert("modelspec.date".into(), crate::runtime::iso_date_now());
         if let Some(r) = meta
             .training
             .get("train")
@@ -193,31 +193,6 @@ fn format_alpha(alpha: f64) -> String {
     } else {
         alpha.to_string()
     }
-}
-
-/// The current UTC time as ISO 8601 (`2024-05-01T12:34:56`), as the ModelSpec `date` field.
-pub fn iso_date_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
@@ -271,7 +246,7 @@ mod tests {
 
     #[test]
     fn iso_date_has_the_iso_shape() {
-        let d = iso_date_now();
+        let d = crate::runtime::iso_date_now();
         assert_eq!(d.len(), 19, "{d}");
         assert_eq!(&d[4..5], "-");
         assert_eq!(&d[10..11], "T");

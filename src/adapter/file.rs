@@ -116,7 +116,7 @@ pub fn save_parts(
     for (c, model) in parts.iter_mut() {
         let prefix = c.prefix();
         for l in adapted(&mut **model) {
-            let a = l.adapter.as_ref().expect("adapted");
+            let a = super::lowrank(l).expect("adapted");
             let name = &l.name;
             tensors.push((format!("{prefix}.{name}.lora_A.weight"), f32cpu(&a.a)));
             tensors.push((format!("{prefix}.{name}.lora_B.weight"), f32cpu(&a.b)));
@@ -341,7 +341,6 @@ impl AdapterFile {
                     t.b.size()[0]
                 )));
             }
-            l.unmerge();
             let device = l.weight.device();
             let mut a = LowRankAdapter::from_tensors(
                 t.a.to_device(device),
@@ -351,7 +350,7 @@ impl AdapterFile {
                 self.meta.adapter.alpha(),
             );
             a.scale *= scale;
-            l.adapter = Some(a);
+            super::install(l, a);
         }
         Ok(())
     }

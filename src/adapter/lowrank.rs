@@ -2,10 +2,13 @@
 //! `y = W0 x + (alpha / r) * B M A x`, with A (r x in), B (out x r, zero at start) and an
 //! optional r x r mixer M. Plain LoRA has no mixer (M = I, not stored); MoSLoRA trains M.
 
+use std::any::Any;
+
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::sdxl::nn::LinearDelta;
 
 /// How the r x r mixer starts (MoSLoRA paper, Tab. 3), or that there is none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +134,7 @@ pub fn init_mixer(rank: i64, how: MixerInit) -> Result<Option<Tensor>> {
 
 /// The adapter tensors of one layer. Trained tensors have `requires_grad` set; the optimizer
 /// holds shallow clones of the same tensors.
+#[derive(Debug)]
 pub struct LowRankAdapter {
     /// (r, in)
     pub a: Tensor,
@@ -141,8 +145,6 @@ pub struct LowRankAdapter {
     pub mixer_trained: bool,
     /// alpha / r
     pub scale: f64,
-    /// Folded into W0 (`merge`): the side branch is then skipped.
-    pub merged: bool,
 }
 
 impl LowRankAdapter {
@@ -177,7 +179,6 @@ impl LowRankAdapter {
             mixer,
             mixer_trained,
             scale: alpha / rank as f64,
-            merged: false,
         }
     }
 
@@ -241,6 +242,25 @@ impl LowRankAdapter {
             None => self.a.shallow_clone(),
         };
         (down.detach(), self.b.detach())
+    }
+}
+
+/// What the frozen layer sees of its adapter: the branch, and the weight that merging adds.
+impl LinearDelta for LowRankAdapter {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        LowRankAdapter::forward(self, x)
+    }
+
+    fn delta_weight(&self) -> Tensor {
+        LowRankAdapter::delta_weight(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }
 

@@ -6,6 +6,7 @@ pub mod component;
 pub mod export;
 pub mod file;
 pub mod lowrank;
+pub mod merged_model;
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -200,9 +201,23 @@ fn attach_fresh(layers: Vec<&mut Linear>, cfg: &AdapterConfig, seed: u64) -> Res
             LowRankAdapter::from_tensors(a, b, mixer, cfg.mixer.trained(), cfg.alpha());
         adapter.to(device);
         adapter.set_trainable(true);
-        l.adapter = Some(adapter);
+        install(l, adapter);
     }
     Ok(n)
+}
+
+/// Put `adapter` beside the frozen layer (replacing any earlier one).
+pub fn install(l: &mut Linear, adapter: LowRankAdapter) {
+    l.set_delta(Some(Box::new(adapter)));
+}
+
+/// The layer's low-rank adapter, if one is installed (merged or not).
+pub fn lowrank(l: &Linear) -> Option<&LowRankAdapter> {
+    l.delta().and_then(|d| d.as_any().downcast_ref())
+}
+
+pub fn lowrank_mut(l: &mut Linear) -> Option<&mut LowRankAdapter> {
+    l.delta_mut().and_then(|d| d.as_any_mut().downcast_mut())
 }
 
 /// Every adapted layer of a model part, with its adapter.
@@ -210,7 +225,7 @@ pub fn adapted<M: Adaptable + ?Sized>(model: &mut M) -> Vec<&mut Linear> {
     model
         .adaptable_linears_mut()
         .into_iter()
-        .filter(|l| l.adapter.is_some())
+        .filter(|l| lowrank(l).is_some())
         .collect()
 }
 
@@ -218,7 +233,7 @@ pub fn adapted<M: Adaptable + ?Sized>(model: &mut M) -> Vec<&mut Linear> {
 pub fn trained_parameters<M: Adaptable + ?Sized>(model: &mut M) -> Vec<(String, Tensor)> {
     let mut out = Vec::new();
     for l in adapted(model) {
-        let a = l.adapter.as_ref().expect("adapted");
+        let a = lowrank(l).expect("adapted");
         for (part, t) in a.trained() {
             out.push((format!("{}.{part}.weight", l.name), t));
         }
@@ -254,8 +269,7 @@ pub fn unmerge_all<M: Adaptable + ?Sized>(model: &mut M) {
 /// Remove every adapter (unmerging first), leaving the base model as loaded.
 pub fn remove_all<M: Adaptable + ?Sized>(model: &mut M) {
     for l in adapted(model) {
-        l.unmerge();
-        l.adapter = None;
+        l.set_delta(None);
     }
 }
 

@@ -290,7 +290,8 @@ fn sample(a: &SampleArgs) -> Result<serde_json::Value> {
     let rgb = den.decode(&latents);
     let decode_s = t.elapsed().as_secs_f64();
     if let Some(out) = &a.out {
-        moslora::sdxl::pipeline::save_png(&rgb, out)?;
+        let img = moslora::sdxl::image_processing::rgb_image(&rgb)?;
+        moslora::fsutil::write_png(out, &img, &[])?;
     }
     Ok(json!({
         "what": "sample", "side": "moslora", "steps": a.steps, "guidance": a.guidance,
@@ -314,7 +315,7 @@ fn make_adapter(a: &MakeAdapterArgs) -> Result<serde_json::Value> {
     // A trained adapter's B is not zero: give it values so that merging changes the weights.
     tch::manual_seed(a.seed as i64 + 1);
     for l in adapter::adapted(&mut unet) {
-        let ad = l.adapter.as_mut().expect("adapted");
+        let ad = adapter::lowrank_mut(l).expect("adapted");
         tch::no_grad(|| {
             ad.b.copy_(&(Tensor::randn_like(&ad.b) * 0.01));
         });

@@ -165,7 +165,7 @@ pub fn run_world(a: WorldArgs) -> Result<()> {
     }
     if let Some(out) = &a.out {
         let (sheet, captions) = moslora::toyworld::contact_sheet(a.seed, a.count, 8, 2);
-        moslora::render::picture::write_png(out, &sheet, &[])?;
+        moslora::fsutil::write_png(out, &sheet, &[])?;
         let text: String = captions
             .iter()
             .enumerate()

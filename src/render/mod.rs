@@ -8,6 +8,7 @@
 //! unconditional passes in one batch, and images whose inputs did not change reused.
 
 pub mod gallery;
+pub mod generate;
 pub mod manifest;
 pub mod picture;
 pub mod prompts;
@@ -22,6 +23,8 @@ use tch::Tensor;
 use crate::adapter::{self, file::AdapterFile};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
+use crate::fsutil::write_png;
+use crate::sdxl::image_processing::rgb_image;
 use crate::sdxl::model_dir::ModelDir;
 use crate::sdxl::pipeline::{Denoiser, GenerateOptions, PromptEmbeds, RunOptions, TextEncoders};
 use crate::train::{AdapterKind, RunPaths};
@@ -350,7 +353,7 @@ pub fn render(
                 let noise = den.initial_noise(seed, settings.width, settings.height)?;
                 let (cond, uncond) = &embeds[pi];
                 let latents = den.sample(cond, uncond, &noise, &o(seed), |_| {})?;
-                let img = picture::from_tensor(&den.decode(&latents))?;
+                let img = rgb_image(&den.decode(&latents))?;
                 let meta = vec![
                     ("Software", "moslora".to_string()),
                     ("prompt", p.text.clone()),
@@ -361,7 +364,7 @@ pub fn render(
                         serde_json::to_string(&settings).expect("serialisable"),
                     ),
                 ];
-                picture::write_png(&out.join(&file), &img, &meta)?;
+                write_png(&out.join(&file), &img, &meta)?;
                 images.push(ImageEntry {
                     file,
                     prompt_id: p.id.clone(),
@@ -441,7 +444,7 @@ fn write_grids(
         let row_labels: Vec<String> = seeds.iter().map(|s| format!("seed {s}")).collect();
         let (page, _) = picture::grid(&p.text, &cols, &row_labels, &rows);
         let file = format!("grids/{}.png", p.id);
-        picture::write_png(&out.join(&file), &page, &[("prompt", p.text.clone())])?;
+        write_png(&out.join(&file), &page, &[("prompt", p.text.clone())])?;
         grids.push(GridEntry {
             prompt_id: p.id.clone(),
             file,
@@ -481,7 +484,7 @@ fn write_contact_sheet(out: &Path, grids: &[GridEntry]) -> Result<String> {
         );
     }
     let file = "contact_sheet.png".to_string();
-    picture::write_png(&out.join(&file), &sheet, &[])?;
+    write_png(&out.join(&file), &sheet, &[])?;
     Ok(file)
 }
 

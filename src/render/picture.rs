@@ -1,12 +1,7 @@
 //! Pictures: PNG files with text metadata, labels drawn with the bundled font, and grids.
 
-use std::path::Path;
-
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use image::{Rgb, RgbImage};
-
-use crate::error::{Error, Result};
-use crate::fsutil;
 
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
@@ -59,43 +54,6 @@ pub fn fit_text(text: &str, size: f32, max_width: f32) -> String {
         s.pop();
     }
     format!("{s}…")
-}
-
-/// Encode RGB8 as PNG with `tEXt` chunks; deterministic (no timestamps), so re-rendering
-/// the same pixels gives the same bytes.
-pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, img.width(), img.height());
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        for (k, v) in text {
-            enc.add_text_chunk(k.to_string(), v.clone())
-                .map_err(|e| Error::msg(format!("PNG text chunk {k}: {e}")))?;
-        }
-        let mut w = enc
-            .write_header()
-            .map_err(|e| Error::msg(format!("PNG: {e}")))?;
-        w.write_image_data(img.as_raw())
-            .map_err(|e| Error::msg(format!("PNG: {e}")))?;
-    }
-    Ok(out)
-}
-
-/// Write a PNG atomically.
-pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
-    fsutil::write_bytes(path, &png_bytes(img, text)?)
-}
-
-/// A (3, H, W) u8 tensor as an image.
-pub fn from_tensor(rgb: &tch::Tensor) -> Result<RgbImage> {
-    let size = rgb.size();
-    let (h, w) = (size[1] as u32, size[2] as u32);
-    let hwc = rgb.permute([1, 2, 0]).contiguous();
-    let len = (h * w * 3) as usize;
-    let mut bytes = vec![0u8; len];
-    hwc.f_copy_data_u8(&mut bytes, len)?;
-    RgbImage::from_raw(w, h, bytes).ok_or_else(|| Error::msg("image size"))
 }
 
 /// The layout of a labelled grid, kept so tests can check cell positions.

@@ -7,8 +7,8 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::config::SchedulerConfig;
 use crate::error::{Error, Result};
-use crate::sdxl::config::SchedulerConfig;
 
 /// The betas of `cfg`, float32 on the CPU, as diffusers' schedulers build them.
 pub fn betas(cfg: &SchedulerConfig) -> Result<Tensor> {

@@ -7,10 +7,10 @@
 
 use tch::{Kind, Tensor};
 
+use super::config::SchedulerConfig;
 use super::ddpm::alphas_cumprod;
 use super::sampler::Scheduler;
 use crate::error::{Error, Result};
-use crate::sdxl::config::SchedulerConfig;
 
 /// How the inference timesteps are spread over the training timesteps (diffusers
 /// `timestep_spacing`; Table 2 of "Common Diffusion Noise Schedules and Sample Steps are

@@ -21,13 +21,12 @@ use tch::{Device, Kind, Tensor};
 use super::clip::ClipTextModel;
 use super::init_model::write_tokenizer;
 use super::model_dir::{check_all_used, ModelDir, COMPONENTS};
+use super::nn::LinearDelta;
 use super::sgm_names::{self, Part};
 use super::single_file::{is_single_file, ModelConfigs, CONFIGS_KEY};
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
 use super::weights::{safetensors_dtype, Init, MappedFile, ShapeSource, TensorSource, Weights};
-use crate::adapter::file::AdapterFile;
-use crate::adapter::{Component, LowRankAdapter};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
@@ -53,78 +52,15 @@ pub struct Written {
 
 /// Write `model` to `out`: a single file if `out` ends in `.safetensors`, else a folder.
 pub fn convert(model: &ModelDir, out: &Path, o: &WriteOptions) -> Result<Written> {
-    write_model(model, out, o, &HashMap::new())
+    write_with_deltas(model, out, o, &HashMap::new())
 }
 
-/// Adapters to merge: component (`unet`, `text_encoder`, `text_encoder_2`) -> weight tensor
-/// name -> adapter.
-type Merged = HashMap<String, HashMap<String, LowRankAdapter>>;
-
-/// Write `model` with the adapter at `adapter` merged into its UNet and, when it adapts them,
-/// its text encoders (`W0 + scale * alpha/r * B M A`, computed in f32 and then rounded to the
-/// output dtype, as `generate --adapter` does).
-pub fn merge(
-    model: &ModelDir,
-    adapter: &Path,
-    scale: f64,
-    out: &Path,
-    o: &WriteOptions,
-) -> Result<Written> {
-    let file = AdapterFile::read(adapter)?;
-    let configs = configs_of(model)?;
-    let foreign = |what: String| {
-        Error::msg(format!(
-            "adapter {} does not fit the model {}: {what} (it was trained on `{}`)",
-            adapter.display(),
-            model.root.display(),
-            file.meta.base_model.name
-        ))
-    };
-    let mut adapters: Merged = HashMap::new();
-    let mut merged = 0;
-    for c in Component::ALL {
-        let layers = file.component_layers(c);
-        if layers.is_empty() {
-            continue;
-        }
-        let shapes: HashMap<String, Vec<i64>> =
-            listing(c.prefix(), &configs)?.into_iter().collect();
-        let into = adapters.entry(c.prefix().to_string()).or_default();
-        for (module, t) in layers {
-            let name = format!("{module}.weight");
-            let shape = shapes.get(&name).ok_or_else(|| {
-                foreign(format!(
-                    "the model has no layer `{module}` in {}",
-                    c.prefix()
-                ))
-            })?;
-            let fits = shape.len() == 2 && shape[0] == t.b.size()[0] && shape[1] == t.a.size()[1];
-            if !fits {
-                return Err(foreign(format!(
-                    "layer `{module}` is {shape:?} in the model but {} -> {} in the adapter",
-                    t.a.size()[1],
-                    t.b.size()[0]
-                )));
-            }
-            let mut a = LowRankAdapter::from_tensors(
-                t.a.shallow_clone(),
-                t.b.shallow_clone(),
-                t.mixer.as_ref().map(Tensor::shallow_clone),
-                file.meta.adapter.mixer.trained(),
-                file.meta.adapter.alpha(),
-            );
-            a.scale *= scale;
-            into.insert(name, a);
-            merged += 1;
-        }
-    }
-    let mut w = write_model(model, out, o, &adapters)?;
-    w.merged_layers = merged;
-    Ok(w)
-}
+/// Weight updates to fold in as the model is written: component (`unet`, `text_encoder`,
+/// `text_encoder_2`) -> weight tensor name -> the delta whose weight is added.
+pub type WeightDeltas = HashMap<String, HashMap<String, Box<dyn LinearDelta>>>;
 
 /// The configs a model is built with.
-fn configs_of(model: &ModelDir) -> Result<ModelConfigs> {
+pub fn configs_of(model: &ModelDir) -> Result<ModelConfigs> {
     match &model.single {
         Some(s) => Ok(s.configs.clone()),
         None => ModelConfigs::from_folder(&model.root),
@@ -224,16 +160,16 @@ impl safetensors::View for Lazy<'_> {
     }
 }
 
-/// The tensors of one component, read from the source, with merged adapters applied.
+/// The tensors of one component, read from the source, with its deltas folded in.
 struct ComponentReader<'a> {
     w: Weights,
     kind: Kind,
-    adapters: &'a HashMap<String, LowRankAdapter>,
+    deltas: &'a HashMap<String, Box<dyn LinearDelta>>,
 }
 
 impl ComponentReader<'_> {
     fn read(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
-        match self.adapters.get(name) {
+        match self.deltas.get(name) {
             // Merged in f32 then rounded once, whatever the output dtype.
             Some(a) => {
                 let _guard = tch::no_grad_guard();
@@ -248,11 +184,13 @@ impl ComponentReader<'_> {
     }
 }
 
-fn write_model(
+/// Write `model` to `out` (as `convert`) with `deltas` added to their weights; `Written`
+/// counts them in `merged_layers`.
+pub fn write_with_deltas(
     model: &ModelDir,
     out: &Path,
     o: &WriteOptions,
-    adapters: &Merged,
+    deltas: &WeightDeltas,
 ) -> Result<Written> {
     let same = out
         .canonicalize()
@@ -279,16 +217,16 @@ fn write_model(
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     let tensors = if single_file {
-        write_single_file(model, &configs, out, kind, adapters)?
+        write_single_file(model, &configs, out, kind, deltas)?
     } else {
-        write_folder(model, &configs, out, kind, adapters)?
+        write_folder(model, &configs, out, kind, deltas)?
     };
     Ok(Written {
         path: out.to_path_buf(),
         single_file,
         dtype: kind,
         tensors,
-        merged_layers: 0,
+        merged_layers: deltas.values().map(HashMap::len).sum(),
     })
 }
 
@@ -297,18 +235,18 @@ type Piece = (i64, String, Vec<i64>);
 
 const WEIGHT_COMPONENTS: [&str; 4] = ["unet", "vae", "text_encoder", "text_encoder_2"];
 
-/// The component's adapters are merged as its tensors are read.
+/// The component's deltas are folded in as its tensors are read.
 fn reader<'a>(
     model: &ModelDir,
     component: &str,
     kind: Kind,
-    adapters: &'a Merged,
-    none: &'a HashMap<String, LowRankAdapter>,
+    deltas: &'a WeightDeltas,
+    none: &'a HashMap<String, Box<dyn LinearDelta>>,
 ) -> Result<ComponentReader<'a>> {
     Ok(ComponentReader {
         w: model.weights(component, kind, Device::Cpu)?,
         kind,
-        adapters: adapters.get(component).unwrap_or(none),
+        deltas: deltas.get(component).unwrap_or(none),
     })
 }
 
@@ -339,7 +277,7 @@ fn write_single_file(
     configs: &ModelConfigs,
     out: &Path,
     kind: Kind,
-    adapters: &Merged,
+    deltas: &WeightDeltas,
 ) -> Result<usize> {
     let layout = configs.layout()?;
     let dtype = safetensors_dtype(kind)?;
@@ -347,7 +285,7 @@ fn write_single_file(
     let none = HashMap::new();
     let mut readers = Vec::new();
     for c in WEIGHT_COMPONENTS {
-        let r = reader(model, c, kind, adapters, &none)?;
+        let r = reader(model, c, kind, deltas, &none)?;
         readers.push((c, r, listing(c, configs)?));
     }
     let mut views = Vec::new();
@@ -422,10 +360,7 @@ fn write_single_file(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
     );
-    md.insert(
-        "modelspec.date".into(),
-        crate::adapter::export::iso_date_now(),
-    );
+    md.insert("modelspec.date".into(), crate::runtime::iso_date_now());
     let rs: Vec<&ComponentReader> = readers.iter().map(|(_, r, _)| r).collect();
     serialize(views, md, out, &failed, &rs)?;
     Ok(n)
@@ -436,11 +371,11 @@ fn write_folder(
     configs: &ModelConfigs,
     out: &Path,
     kind: Kind,
-    adapters: &Merged,
+    deltas: &WeightDeltas,
 ) -> Result<usize> {
     let tmp = fsutil::temp_path(out);
     let _ = std::fs::remove_dir_all(&tmp);
-    let result = fill_folder(model, configs, &tmp, kind, adapters);
+    let result = fill_folder(model, configs, &tmp, kind, deltas);
     let n = match result {
         Ok(n) => n,
         Err(e) => {
@@ -465,14 +400,14 @@ fn fill_folder(
     configs: &ModelConfigs,
     dir: &Path,
     kind: Kind,
-    adapters: &Merged,
+    deltas: &WeightDeltas,
 ) -> Result<usize> {
     let dtype = safetensors_dtype(kind)?;
     let none = HashMap::new();
     let mut n = 0;
     for (c, stem) in COMPONENTS {
         let failed = RefCell::new(None);
-        let r = reader(model, c, kind, adapters, &none)?;
+        let r = reader(model, c, kind, deltas, &none)?;
         let mut views = Vec::new();
         for (name, shape) in listing(c, configs)? {
             let r = &r;

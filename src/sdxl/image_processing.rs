@@ -21,6 +21,8 @@
 use image::{DynamicImage, RgbImage};
 use tch::{Kind, Tensor};
 
+use crate::error::{Error, Result};
+
 /// OpenAI CLIP's normalisation (`OPENAI_CLIP_MEAN`, `OPENAI_CLIP_STD`), digit for digit as
 /// transformers writes them (f32 rounds them exactly as torch does the Python floats).
 #[allow(clippy::excessive_precision)]
@@ -309,6 +311,21 @@ pub fn pil_resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
         cur = out;
     }
     cur
+}
+
+/// A (3, H, W) u8 tensor (the pipeline's output, see `pipeline::to_rgb8`) as an image.
+pub fn rgb_image(rgb: &Tensor) -> Result<RgbImage> {
+    let size = rgb.size();
+    let (h, w) = (size[1] as u32, size[2] as u32);
+    let hwc = rgb.permute([1, 2, 0]).contiguous();
+    let len = (h * w * 3) as usize;
+    let mut bytes = vec![0u8; len];
+    hwc.f_copy_data_u8(&mut bytes, len)?;
+    RgbImage::from_raw(w, h, bytes).ok_or_else(|| {
+        Error::msg(format!(
+            "an image tensor of shape {size:?} is not (3, H, W)"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -9,11 +9,12 @@ use std::rc::Rc;
 
 use tch::{Device, Kind};
 
-use super::config::{read_json, ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
+use super::config::{read_json, ClipTextConfig, UNetConfig, VaeConfig};
 use super::single_file::{is_single_file, SingleFile};
 use super::tokenizer::ClipTokenizer;
 use super::weights::{SafetensorsSource, Weights};
 use crate::error::{Error, Result};
+use crate::schedule::config::SchedulerConfig;
 
 /// The components an SDXL pipeline folder must have, and their weight file stems.
 pub const COMPONENTS: &[(&str, &str)] = &[

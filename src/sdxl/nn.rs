@@ -1,18 +1,38 @@
 //! The layer primitives, loaded by checkpoint name (`<path>.weight`, `<path>.bias`).
 
+use std::any::Any;
+use std::fmt;
+
 use tch::{Kind, Tensor};
 
 use super::weights::{Init, Weights};
-use crate::adapter::lowrank::LowRankAdapter;
 use crate::error::Result;
 
+/// A learned update that sits beside a frozen linear layer. The model code knows only this
+/// seam: the adapter layer above installs a delta (a low-rank adapter), and a `Linear` adds
+/// its branch to the frozen output, or folds its weight in, as diffusers keeps LoRA out of
+/// its model classes.
+pub trait LinearDelta: fmt::Debug + Send + Any {
+    /// The side branch for input `x`, in the delta's own dtype; the layer adds it to the
+    /// frozen output.
+    fn forward(&self, x: &Tensor) -> Tensor;
+    /// The same update as an (out x in) weight: what merging adds to W0.
+    fn delta_weight(&self) -> Tensor;
+    /// For the installer, to reach its own type again.
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
 /// A linear layer `y = x W^T + b`, with the module path it was loaded from (adapters find
-/// their target by that name) and an optional low-rank adapter beside the frozen weight.
+/// their target by that name) and an optional delta beside the frozen weight.
+#[derive(Debug)]
 pub struct Linear {
     pub name: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
-    pub adapter: Option<LowRankAdapter>,
+    delta: Option<Box<dyn LinearDelta>>,
+    /// The delta is folded into `weight`: its branch is then skipped.
+    merged: bool,
 }
 
 impl Linear {
@@ -27,7 +47,8 @@ impl Linear {
             name: w.path().to_string(),
             weight,
             bias,
-            adapter: None,
+            delta: None,
+            merged: false,
         })
     }
 
@@ -41,42 +62,67 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
-        match self.active_adapter() {
-            Some(a) => add_branch(y, &a.forward(x)),
+        match self.active_delta() {
+            Some(d) => add_branch(y, &d.forward(x)),
             None => y,
         }
     }
 
-    /// The adapter, unless there is none or it is merged into the weight.
-    pub fn active_adapter(&self) -> Option<&LowRankAdapter> {
-        self.adapter.as_ref().filter(|a| !a.merged)
+    /// Install a delta beside the frozen weight (unmerging and replacing any earlier one), or
+    /// remove it with `None`; returns the one it replaced. The weight is left as loaded.
+    pub fn set_delta(
+        &mut self,
+        delta: Option<Box<dyn LinearDelta>>,
+    ) -> Option<Box<dyn LinearDelta>> {
+        self.unmerge();
+        std::mem::replace(&mut self.delta, delta)
     }
 
-    /// Fold the adapter into the frozen weight (`W0 + scale * B M A`): rendering then costs
-    /// nothing extra. Exact up to the rounding of the weight's dtype.
+    /// The installed delta, merged or not.
+    pub fn delta(&self) -> Option<&dyn LinearDelta> {
+        self.delta.as_deref()
+    }
+
+    pub fn delta_mut(&mut self) -> Option<&mut dyn LinearDelta> {
+        self.delta.as_deref_mut()
+    }
+
+    /// The delta, unless there is none or it is merged into the weight.
+    pub fn active_delta(&self) -> Option<&dyn LinearDelta> {
+        self.delta().filter(|_| !self.merged)
+    }
+
+    /// Fold the delta into the frozen weight (`W0 + delta`): rendering then costs nothing
+    /// extra. Exact up to the rounding of the weight's dtype.
     pub fn merge(&mut self) {
-        if let Some(a) = self.adapter.as_mut().filter(|a| !a.merged) {
-            let _guard = tch::no_grad_guard();
-            let delta = a
-                .delta_weight()
-                .to_kind(self.weight.kind())
-                .to_device(self.weight.device());
-            let _ = self.weight.g_add_(&delta);
-            a.merged = true;
+        let _guard = tch::no_grad_guard();
+        if !self.merged {
+            if let Some(delta) = self.weight_update() {
+                let _ = self.weight.g_add_(&delta);
+                self.merged = true;
+            }
         }
     }
 
     /// Undo `merge`.
     pub fn unmerge(&mut self) {
-        if let Some(a) = self.adapter.as_mut().filter(|a| a.merged) {
-            let _guard = tch::no_grad_guard();
-            let delta = a
-                .delta_weight()
-                .to_kind(self.weight.kind())
-                .to_device(self.weight.device());
-            let _ = self.weight.g_sub_(&delta);
-            a.merged = false;
+        let _guard = tch::no_grad_guard();
+        if self.merged {
+            if let Some(delta) = self.weight_update() {
+                let _ = self.weight.g_sub_(&delta);
+            }
+            self.merged = false;
         }
+    }
+
+    /// The delta's weight in the frozen weight's dtype and device, computed without gradients.
+    fn weight_update(&self) -> Option<Tensor> {
+        let _guard = tch::no_grad_guard();
+        self.delta.as_ref().map(|d| {
+            d.delta_weight()
+                .to_kind(self.weight.kind())
+                .to_device(self.weight.device())
+        })
     }
 }
 
@@ -93,6 +139,7 @@ fn add_branch(y: Tensor, branch: &Tensor) -> Tensor {
 }
 
 /// A 2-D convolution (square kernel).
+#[derive(Debug)]
 pub struct Conv2d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
@@ -132,6 +179,7 @@ impl Conv2d {
 }
 
 /// Group normalisation with affine parameters.
+#[derive(Debug)]
 pub struct GroupNorm {
     pub groups: i64,
     pub eps: f64,
@@ -163,6 +211,7 @@ impl GroupNorm {
 }
 
 /// Layer normalisation over the last dimension.
+#[derive(Debug)]
 pub struct LayerNorm {
     pub eps: f64,
     pub weight: Tensor,
@@ -194,6 +243,7 @@ impl LayerNorm {
 }
 
 /// A lookup table (token or position embeddings).
+#[derive(Debug)]
 pub struct Embedding {
     pub weight: Tensor,
 }

@@ -7,13 +7,14 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::clip::ClipTextModel;
-use super::config::{SchedulerConfig, UNetConfig, VaeConfig};
+use super::config::{UNetConfig, VaeConfig};
 use super::model_dir::{check_all_used, ModelDir};
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
 use super::weights::Weights;
 use crate::error::{Error, Result};
+use crate::schedule::config::SchedulerConfig;
 use crate::schedule::euler::EulerDiscrete;
 
 /// Where and in which precision to run.
@@ -332,21 +333,6 @@ pub fn to_rgb8(image: &Tensor) -> Tensor {
     x.round().to_kind(Kind::Uint8)
 }
 
-/// Save a (3, H, W) u8 tensor as PNG (atomically).
-pub fn save_png(rgb: &Tensor, path: &Path) -> Result<()> {
-    let size = rgb.size();
-    let (h, w) = (size[1] as u32, size[2] as u32);
-    let hwc = rgb.permute([1, 2, 0]).contiguous();
-    let len = (h * w * 3) as usize;
-    let mut bytes = vec![0u8; len];
-    hwc.f_copy_data_u8(&mut bytes, len)?;
-    let img = image::RgbImage::from_raw(w, h, bytes).ok_or_else(|| Error::msg("image size"))?;
-    crate::fsutil::write_atomic(path, |tmp| {
-        img.save_with_format(tmp, image::ImageFormat::Png)
-            .map_err(|e| Error::msg(format!("writing {}: {e}", path.display())))
-    })
-}
-
 /// Text-to-image from a model folder: the whole pipeline with a progress callback.
 pub fn generate(
     dir: &Path,
@@ -356,40 +342,12 @@ pub fn generate(
     opts: RunOptions,
     on_step: impl FnMut(usize),
 ) -> Result<Tensor> {
-    generate_with(dir, prompt, negative, None, o, opts, on_step)
-}
-
-/// `generate` with an optional adapter file and strength, merged into the weights of the UNet
-/// (and of the text encoders when it adapts them).
-pub fn generate_with(
-    dir: &Path,
-    prompt: &str,
-    negative: Option<&str>,
-    adapter: Option<(&Path, f64)>,
-    o: &GenerateOptions,
-    opts: RunOptions,
-    on_step: impl FnMut(usize),
-) -> Result<Tensor> {
     let dir = ModelDir::open(dir)?;
-    // Read the adapter first: a wrong file fails before minutes of loading.
-    let adapter = match adapter {
-        Some((p, s)) => Some((crate::adapter::file::AdapterFile::read(p)?, p, s)),
-        None => None,
-    };
-    let mut text = TextEncoders::load(&dir, opts)?;
-    // Text-encoder adapters change the prompt embeddings: they go in (merged) before encoding.
-    if let Some((file, path, scale)) = &adapter {
-        file.apply_text_encoders(&mut text, *scale, path)?;
-        crate::adapter::merge_text_encoders(&mut text);
-    }
+    let text = TextEncoders::load(&dir, opts)?;
     let cond = text.encode(prompt)?;
     let uncond = text.encode_negative(negative, &cond)?;
     drop(text);
-    let mut den = Denoiser::load(&dir, opts)?;
-    if let Some((file, path, scale)) = adapter {
-        file.apply(&mut den.unet, scale, path)?;
-        crate::adapter::merge_all(&mut den.unet);
-    }
+    let den = Denoiser::load(&dir, opts)?;
     let noise = den.initial_noise(o.seed, o.width, o.height)?;
     let latents = den.sample(&cond, &uncond, &noise, o, on_step)?;
     Ok(den.decode(&latents))

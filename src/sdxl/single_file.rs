@@ -20,11 +20,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use safetensors::Dtype;
 use tch::{Device, Kind, Tensor};
 
-use super::config::{presets, ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
+use super::config::{presets, ClipTextConfig, UNetConfig, VaeConfig};
 use super::sgm_names::{self, Layout, Part, CLIP_G_PREFIX, CLIP_L_PREFIX, UNET_PREFIX, VAE_PREFIX};
 use super::tokenizer::ClipTokenizer;
 use super::weights::{Init, MappedFile, TensorSource, Weights};
 use crate::error::{Error, Result};
+use crate::schedule::config::SchedulerConfig;
 
 /// Metadata key under which moslora stores the component configs in the files it writes.
 pub const CONFIGS_KEY: &str = "moslora.configs";

@@ -57,13 +57,13 @@ impl Op<'_> {
         matches!(self, Op::TransformerIn(_))
     }
 
-    /// Holds trained adapter tensors (adapters sit on attention projections only).
+    /// Holds an unmerged delta, whose tensors train (adapters sit on attention projections only).
     pub fn trainable(&self) -> bool {
         match self {
             Op::TransformerBlock(b) => [&b.attn1, &b.attn2].iter().any(|a| {
                 [&a.to_q, &a.to_k, &a.to_v, &a.to_out]
                     .iter()
-                    .any(|l| l.adapter.as_ref().is_some_and(|a| !a.merged))
+                    .any(|l| l.active_delta().is_some())
             }),
             _ => false,
         }

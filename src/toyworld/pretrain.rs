@@ -660,5 +660,6 @@ pub fn preview(dir: &Path, out: &Path) -> Result<()> {
         rows.push(Tensor::cat(&cells, 2));
     }
     let grid = Tensor::cat(&rows, 1);
-    crate::sdxl::pipeline::save_png(&grid, out)
+    let img = crate::sdxl::image_processing::rgb_image(&grid)?;
+    crate::fsutil::write_png(out, &img, &[])
 }

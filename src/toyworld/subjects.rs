@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::world::{self, CaptionStyle, Content, Kind, Placement, Scene};
 use crate::error::Result;
-use crate::render::picture::write_png;
+use crate::fsutil::write_png;
 
 /// A subject: its folder name, class noun (a world class), kind, and how it is drawn.
 pub struct Subject {

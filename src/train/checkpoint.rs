@@ -114,7 +114,7 @@ pub fn load(
                     l.name
                 ))
             })?;
-            let a = l.adapter.as_mut().expect("adapted");
+            let a = crate::adapter::lowrank_mut(l).expect("adapted");
             a.a.detach().copy_(&t.a);
             a.b.detach().copy_(&t.b);
             if let (Some(m), Some(tm)) = (&a.mixer, &t.mixer) {

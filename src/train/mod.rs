@@ -147,7 +147,7 @@ pub struct TrainData {
 pub struct Sampler {
     pub vae: AutoencoderKL,
     pub uncond: PromptEmbeds,
-    pub scheduler: crate::sdxl::config::SchedulerConfig,
+    pub scheduler: crate::schedule::config::SchedulerConfig,
 }
 
 /// Make class images with the base model until `class_images` holds `generate` of them
@@ -196,9 +196,9 @@ fn generate_class_images(
         };
         let noise = den.initial_noise(o.seed, size, size)?;
         let latents = den.sample(&cond, &uncond, &noise, &o, |_| {})?;
-        let img = crate::render::picture::from_tensor(&den.decode(&latents))?;
+        let img = crate::sdxl::image_processing::rgb_image(&den.decode(&latents))?;
         let path = pp.class_images.join(format!("class_{i:04}.png"));
-        crate::render::picture::write_png(&path, &img, &[("prompt", prompt.clone())])?;
+        crate::fsutil::write_png(&path, &img, &[("prompt", prompt.clone())])?;
     }
     Ok(())
 }
@@ -813,8 +813,8 @@ fn write_sample(
     let _guard = tch::no_grad_guard();
     let rgb =
         crate::sdxl::pipeline::to_rgb8(&s.vae.decode(&(latents / data.scaling_factor)).get(0));
-    let img = crate::render::picture::from_tensor(&rgb)?;
-    crate::render::picture::write_png(path, &img, &[("prompt", cfg.instance_prompt())])
+    let img = crate::sdxl::image_processing::rgb_image(&rgb)?;
+    crate::fsutil::write_png(path, &img, &[("prompt", cfg.instance_prompt())])
 }
 
 /// Is the adapter at `path` finished and trained with exactly these settings?

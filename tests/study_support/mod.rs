@@ -8,10 +8,10 @@ use std::process::Output;
 
 use image::{Rgb, RgbImage};
 use moslora::adapter::file::ModelIdentity;
+use moslora::fsutil::write_png;
 use moslora::render::manifest::{
     AdapterEntry, GridEntry, ImageEntry, Manifest, PromptEntry, Settings, Subject,
 };
-use moslora::render::picture::write_png;
 
 /// A scratch folder for one test, removed when the test passes and kept when it fails (or
 /// when MOSLORA_KEEP_SCRATCH is set), to look at what went wrong.
