@@ -94,10 +94,15 @@ fn short_run_lowers_the_loss_for_both_adapters() {
     let before = eval_loss(&cfg, &data, &unet);
     for kind in AdapterKind::BOTH {
         adapter::remove_all(&mut unet);
-        let o = train::train_adapter(
-            &cfg, kind, &data, &mut unet, &identity, opts, false, &mut Quiet,
-        )
-        .unwrap();
+        let job = train::TrainJob {
+            cfg: &cfg,
+            kind,
+            data: &data,
+            identity: &identity,
+            opts,
+            resume: false,
+        };
+        let o = job.run(&mut unet, None, &mut Quiet).unwrap();
         assert_eq!(o.steps_done, 30);
         let after = eval_loss(&cfg, &data, &unet);
         println!(

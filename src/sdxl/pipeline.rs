@@ -59,6 +59,7 @@ pub struct TextEncoders {
 }
 
 /// A prompt as the UNet consumes it.
+#[derive(Debug)]
 pub struct PromptEmbeds {
     /// (B, 77, 2048): penultimate hidden states of both encoders, concatenated.
     pub hidden: Tensor,
@@ -238,8 +239,7 @@ impl Denoiser {
             &self.unet,
             &self.scheduler,
             self.opts,
-            cond,
-            uncond,
+            Guided { cond, uncond },
             noise,
             o,
             on_step,
@@ -255,19 +255,25 @@ impl Denoiser {
     }
 }
 
+/// A prompt and its negative (or empty) prompt, for classifier-free guidance.
+#[derive(Debug, Clone, Copy)]
+pub struct Guided<'a> {
+    pub cond: &'a PromptEmbeds,
+    pub uncond: &'a PromptEmbeds,
+}
+
 /// The sampling loop of `StableDiffusionXLPipeline.__call__` (Euler, epsilon prediction),
 /// over any UNet (with or without adapters).
-#[allow(clippy::too_many_arguments)]
 pub fn sample_latents(
     unet: &UNet2DConditionModel,
     scheduler: &SchedulerConfig,
     opts: RunOptions,
-    cond: &PromptEmbeds,
-    uncond: &PromptEmbeds,
+    prompt: Guided,
     noise: &Tensor,
     o: &GenerateOptions,
     mut on_step: impl FnMut(usize),
 ) -> Result<Tensor> {
+    let Guided { cond, uncond } = prompt;
     let _guard = tch::no_grad_guard();
     let mut sched = EulerDiscrete::new(scheduler)?;
     sched.set_timesteps(o.steps)?;

@@ -35,31 +35,36 @@ fn sibling(dir: &Path, tag: &str) -> PathBuf {
     dir.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
 }
 
+/// What a checkpoint keeps besides the adapter tensors: the optimizer (its step and moments),
+/// the settings' fingerprint, the adapter metadata and the loss history so far.
+pub struct RunState<'a> {
+    pub fingerprint: &'a str,
+    pub opt: &'a AdamW,
+    pub meta: &'a AdapterMeta,
+    pub losses: &'a [f32],
+    pub learning_rates: &'a [f64],
+}
+
 /// Write a checkpoint of the UNet's adapters and, when the run trains them, the text
 /// encoders' (`text`).
-#[allow(clippy::too_many_arguments)]
 pub fn save(
     dir: &Path,
-    fingerprint: &str,
     unet: &mut UNet2DConditionModel,
     mut text: Option<&mut TextEncoders>,
-    opt: &AdamW,
-    meta: &AdapterMeta,
-    losses: &[f32],
-    learning_rates: &[f64],
+    run: &RunState,
 ) -> Result<()> {
     let tmp = sibling(dir, "tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut write = || -> Result<()> {
         let text = text.as_deref_mut();
-        file::save_with_text(unet, text, meta, &tmp.join("adapter.safetensors"))?;
-        save_safetensors(&opt.state(), None, &tmp.join("optimizer.safetensors"))?;
+        file::save_with_text(unet, text, run.meta, &tmp.join("adapter.safetensors"))?;
+        save_safetensors(&run.opt.state(), None, &tmp.join("optimizer.safetensors"))?;
         let state = State {
-            step: opt.step,
-            fingerprint: fingerprint.to_string(),
-            losses: losses.to_vec(),
-            learning_rates: learning_rates.to_vec(),
+            step: run.opt.step,
+            fingerprint: run.fingerprint.to_string(),
+            losses: run.losses.to_vec(),
+            learning_rates: run.learning_rates.to_vec(),
         };
         let json = serde_json::to_string(&state).expect("serialisable");
         crate::fsutil::write_bytes(&tmp.join("state.json"), json.as_bytes())

@@ -196,19 +196,30 @@ fn crops_of_resized(
         .collect()
 }
 
+/// Which variants of each photo are cached: square crops of side `resolution` (centred, or
+/// `crops` random ones), each also mirrored when `random_flip`.
+#[derive(Debug, Clone, Copy)]
+pub struct Variants {
+    pub resolution: i64,
+    pub center_crop: bool,
+    pub random_flip: bool,
+    pub crops: usize,
+}
+
 /// Encode every crop/flip variant of every photo once. Draws crop offsets from libtorch's
 /// global generator (seed it first).
-#[allow(clippy::too_many_arguments)]
 pub fn encode_examples(
     photos: &[Photo],
     vae: &AutoencoderKL,
-    resolution: i64,
-    center_crop: bool,
-    random_flip: bool,
-    crops: usize,
+    variants: Variants,
     device: Device,
-    mut on_done: impl FnMut(),
 ) -> Result<Vec<Example>> {
+    let Variants {
+        resolution,
+        center_crop,
+        random_flip,
+        crops,
+    } = variants;
     let _guard = tch::no_grad_guard();
     let mut out = Vec::new();
     for photo in photos {
@@ -230,7 +241,6 @@ pub fn encode_examples(
                 });
             }
         }
-        on_done();
     }
     Ok(out)
 }

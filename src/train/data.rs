@@ -1,0 +1,183 @@
+//! Everything the steps need besides the UNet, prepared once: the subject's cached latents,
+//! the prompt embeddings, the class images of prior preservation (made with the base model
+//! when missing), and what sample renders need.
+
+use tch::Kind;
+
+use super::dataset::{self, Example};
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::schedule::config::SchedulerConfig;
+use crate::sdxl::model_dir::ModelDir;
+use crate::sdxl::pipeline::{PromptEmbeds, RunOptions, TextEncoders};
+use crate::sdxl::vae::AutoencoderKL;
+
+/// Prompt embeddings and cached latents: everything the steps need besides the UNet.
+pub struct TrainData {
+    pub instance: Vec<Example>,
+    pub instance_prompt: PromptEmbeds,
+    /// Class images for prior preservation, their prompt, and the loss weight.
+    pub class: Option<(Vec<Example>, PromptEmbeds, f64)>,
+    pub scaling_factor: f64,
+    /// Kept only when `train.sample_every` asks for sample renders during training.
+    pub sampler: Option<Sampler>,
+}
+
+/// What sample renders during training need besides the UNet.
+pub struct Sampler {
+    pub vae: AutoencoderKL,
+    pub uncond: PromptEmbeds,
+    pub scheduler: SchedulerConfig,
+}
+
+/// Make class images with the base model until `class_images` holds `generate` of them
+/// (prior preservation), as diffusers' DreamBooth script does.
+fn generate_class_images(
+    cfg: &RunConfig,
+    dir: &ModelDir,
+    text: &TextEncoders,
+    opts: RunOptions,
+    note: &mut impl FnMut(&str),
+) -> Result<()> {
+    let Some(pp) = &cfg.train.prior_preservation else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&pp.class_images).map_err(|e| Error::io(&pp.class_images, e))?;
+    let have = std::fs::read_dir(&pp.class_images)
+        .map_err(|e| Error::io(&pp.class_images, e))?
+        .flatten()
+        .filter(|e| {
+            e.path()
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| dataset::PHOTO_EXTENSIONS.contains(&x.to_lowercase().as_str()))
+        })
+        .count();
+    if have >= pp.generate {
+        return Ok(());
+    }
+    let prompt = cfg.subject.fill(&pp.prompt);
+    note(&format!(
+        "prior preservation: making {} class images of {prompt:?} with the base model in {}",
+        pp.generate - have,
+        pp.class_images.display()
+    ));
+    let cond = text.encode(&prompt)?;
+    let uncond = text.encode_negative(None, &cond)?;
+    let den = crate::sdxl::pipeline::Denoiser::load(dir, opts)?;
+    let size = cfg.train.resolution;
+    for i in have..pp.generate {
+        let o = crate::sdxl::pipeline::GenerateOptions {
+            steps: cfg.render.steps,
+            guidance: cfg.render.guidance,
+            width: size,
+            height: size,
+            seed: cfg.seed.wrapping_add(i as u64),
+        };
+        let noise = den.initial_noise(o.seed, size, size)?;
+        let latents = den.sample(&cond, &uncond, &noise, &o, |_| {})?;
+        let img = crate::sdxl::image_processing::rgb_image(&den.decode(&latents))?;
+        let path = pp.class_images.join(format!("class_{i:04}.png"));
+        crate::fsutil::write_png(&path, &img, &[("prompt", prompt.clone())])?;
+    }
+    Ok(())
+}
+
+/// Load the photos, embed the prompts and encode the latents. The text encoders and the VAE
+/// are freed before training starts.
+pub fn prepare_data(
+    cfg: &RunConfig,
+    dir: &ModelDir,
+    opts: RunOptions,
+    note: impl FnMut(&str),
+) -> Result<TrainData> {
+    prepare_data_and_text(cfg, dir, opts, note).map(|(data, _)| data)
+}
+
+/// `prepare_data`, keeping the text encoders when the run adapts them
+/// (`adapter.text_encoder_targets`).
+pub fn prepare_data_and_text(
+    cfg: &RunConfig,
+    dir: &ModelDir,
+    opts: RunOptions,
+    mut note: impl FnMut(&str),
+) -> Result<(TrainData, Option<TextEncoders>)> {
+    let photos = dataset::load_photos(&cfg.subject.images)?;
+    note(&format!(
+        "{} photos in {}",
+        photos.len(),
+        cfg.subject.images.display()
+    ));
+    let text = TextEncoders::load(dir, opts)?;
+    let prompt = cfg.instance_prompt();
+    warn_if_truncated(&text, &prompt, &mut note);
+    let instance_prompt = text.encode(&prompt)?;
+    let class_prompt = match &cfg.train.prior_preservation {
+        Some(pp) => Some(text.encode(&cfg.subject.fill(&pp.prompt))?),
+        None => None,
+    };
+    generate_class_images(cfg, dir, &text, opts, &mut note)?;
+    let uncond = text.encode_negative(None, &instance_prompt)?;
+    let text = (!cfg.adapter.text_encoder_targets.is_empty()).then_some(text);
+
+    let w = dir.weights("vae", Kind::Float, opts.device)?;
+    let vae = AutoencoderKL::new(&w, &dir.vae_config()?)?;
+    crate::sdxl::model_dir::check_all_used(&w)?;
+    let t = &cfg.train;
+    let rng = crate::runtime::seeded(cfg.seed as i64);
+    let variants = dataset::Variants {
+        resolution: t.resolution,
+        center_crop: t.center_crop,
+        random_flip: t.random_flip,
+        crops: t.crops_per_image,
+    };
+    let instance = dataset::encode_examples(&photos, &vae, variants, opts.device)?;
+    note(&format!(
+        "{} cached latent variants (crops x flips)",
+        instance.len()
+    ));
+    let class = match (&cfg.train.prior_preservation, class_prompt) {
+        (Some(pp), Some(embeds)) => {
+            let photos = dataset::load_photos(&pp.class_images)?;
+            let one_crop = dataset::Variants {
+                crops: 1,
+                ..variants
+            };
+            let ex = dataset::encode_examples(&photos, &vae, one_crop, opts.device)?;
+            Some((ex, embeds, pp.weight))
+        }
+        _ => None,
+    };
+    // The crop offsets of both sets are drawn; the generator is free again.
+    drop(rng);
+    let scaling_factor = vae.scaling_factor();
+    let sampler = if cfg.train.sample_every > 0 {
+        Some(Sampler {
+            vae,
+            uncond,
+            scheduler: dir.scheduler_config()?,
+        })
+    } else {
+        None
+    };
+    let data = TrainData {
+        instance,
+        instance_prompt,
+        class,
+        scaling_factor,
+        sampler,
+    };
+    Ok((data, text))
+}
+
+fn warn_if_truncated(text: &TextEncoders, prompt: &str, note: &mut impl FnMut(&str)) {
+    if let Ok(ids) = text.tokenizer.encode_unpadded(prompt) {
+        if ids.len() > text.tokenizer.max_len() {
+            note(&format!(
+                "warning: the prompt {prompt:?} is {} tokens long; CLIP keeps the first {}",
+                ids.len(),
+                text.tokenizer.max_len()
+            ));
+        }
+    }
+}
