@@ -15,12 +15,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use safetensors::Dtype;
-use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use super::clip::ClipTextModel;
-use super::init_model::write_tokenizer;
 use super::model_dir::{check_all_used, ModelDir, COMPONENTS};
+use super::model_folder;
 use super::nn::LinearDelta;
 use super::sgm_names::{self, Part};
 use super::single_file::{is_single_file, ModelConfigs, CONFIGS_KEY};
@@ -436,42 +435,24 @@ fn fill_folder(
             &failed,
             &[&r],
         )?;
-        fsutil::write_bytes(&sub.join("config.json"), configs.text(c).as_bytes())?;
+        model_folder::write_config(dir, c, configs.text(c))?;
     }
-    fsutil::write_bytes(
-        &dir.join("scheduler/scheduler_config.json"),
-        configs.text("scheduler").as_bytes(),
-    )?;
-    for (name, pad) in [("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")] {
+    model_folder::write_scheduler(dir, configs.text("scheduler"))?;
+    for (name, pad) in model_folder::TOKENIZERS {
         let from = match &model.single {
             None => Some(model.component(name)),
             Some(_) => None,
         };
         match from.filter(|p| p.is_dir()) {
             Some(src) => copy_files(&src, &dir.join(name))?,
-            None => write_tokenizer(&dir.join(name), pad)?,
+            None => model_folder::write_tokenizer(&dir.join(name), pad)?,
         }
     }
     let index = model.root.join("model_index.json");
     if model.single.is_none() && index.is_file() {
         std::fs::copy(&index, dir.join("model_index.json")).map_err(|e| Error::io(&index, e))?;
     } else {
-        let v = json!({
-            "_class_name": "StableDiffusionXLPipeline",
-            "_diffusers_version": "0.42.1",
-            "feature_extractor": [null, null],
-            "force_zeros_for_empty_prompt": true,
-            "image_encoder": [null, null],
-            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "tokenizer_2": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"]
-        });
-        let text = serde_json::to_string_pretty(&v).expect("json values serialise");
-        fsutil::write_bytes(&dir.join("model_index.json"), text.as_bytes())?;
+        model_folder::write_model_index(dir)?;
     }
     Ok(n)
 }

@@ -5,20 +5,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use serde_json::json;
 use tch::{Device, Kind};
 
 use super::clip::ClipTextModel;
 use super::config::{presets, ClipTextConfig, UNetConfig, VaeConfig};
+use super::model_folder::{self, CLIP_MERGES, CLIP_VOCAB};
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
 use super::weights::{save_safetensors, RandomSource, TensorSource, Weights};
 use crate::error::{Error, Result};
 use crate::fsutil;
-
-/// The real 49,408-token CLIP vocabulary (built from the BPE merges OpenAI published).
-pub const CLIP_VOCAB: &str = include_str!("../../assets/clip/vocab.json");
-pub const CLIP_MERGES: &str = include_str!("../../assets/clip/merges.txt");
 
 pub struct InitOptions<'a> {
     pub preset: &'a str,
@@ -116,32 +112,9 @@ fn write_all(dir: &Path, o: &InitOptions, spec: &PipelineSpec) -> Result<()> {
             ClipTextModel::new(w, &cfg, proj).map(drop)
         })?;
     }
-    write_tokenizer_files(
-        &dir.join("tokenizer"),
-        "<|endoftext|>",
-        spec.vocab,
-        spec.merges,
-    )?;
-    write_tokenizer_files(&dir.join("tokenizer_2"), "!", spec.vocab, spec.merges)?;
-    fsutil::write_bytes(
-        &dir.join("scheduler/scheduler_config.json"),
-        sched_json.as_bytes(),
-    )?;
-    let index = json!({
-        "_class_name": "StableDiffusionXLPipeline",
-        "_diffusers_version": "0.42.1",
-        "feature_extractor": [null, null],
-        "force_zeros_for_empty_prompt": true,
-        "image_encoder": [null, null],
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"]
-    });
-    write_json(&dir.join("model_index.json"), &index)
+    model_folder::write_tokenizers(dir, spec.vocab, spec.merges)?;
+    model_folder::write_scheduler(dir, sched_json)?;
+    model_folder::write_model_index(dir)
 }
 
 fn write_component(
@@ -175,46 +148,5 @@ fn write_component(
         Some(meta),
         &sub.join(format!("{stem}.safetensors")),
     )?;
-    fsutil::write_bytes(&sub.join("config.json"), config_json.as_bytes())
-}
-
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).expect("json values serialise");
-    fsutil::write_bytes(path, text.as_bytes())
-}
-
-/// A tokenizer folder as the SDXL download ships it: vocab.json, merges.txt,
-/// special_tokens_map.json and tokenizer_config.json (whose pad token differs per folder).
-pub fn write_tokenizer(dir: &Path, pad: &str) -> Result<()> {
-    write_tokenizer_files(dir, pad, CLIP_VOCAB, CLIP_MERGES)
-}
-
-/// [`write_tokenizer`] with another vocabulary and merges (the toy world's reduced CLIP BPE).
-pub fn write_tokenizer_files(dir: &Path, pad: &str, vocab: &str, merges: &str) -> Result<()> {
-    let token = |c: &str| {
-        json!({"__type": "AddedToken", "content": c, "lstrip": false, "normalized": true,
-               "rstrip": false, "single_word": false})
-    };
-    fsutil::write_bytes(&dir.join("vocab.json"), vocab.as_bytes())?;
-    fsutil::write_bytes(&dir.join("merges.txt"), merges.as_bytes())?;
-    let special = json!({
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "pad_token": pad,
-        "unk_token": "<|endoftext|>",
-    });
-    write_json(&dir.join("special_tokens_map.json"), &special)?;
-    let config = json!({
-        "add_prefix_space": false,
-        "bos_token": token("<|startoftext|>"),
-        "clean_up_tokenization_spaces": true,
-        "do_lower_case": true,
-        "eos_token": token("<|endoftext|>"),
-        "errors": "replace",
-        "model_max_length": 77,
-        "pad_token": if pad == "!" { json!(pad) } else { token(pad) },
-        "tokenizer_class": "CLIPTokenizer",
-        "unk_token": token("<|endoftext|>"),
-    });
-    write_json(&dir.join("tokenizer_config.json"), &config)
+    model_folder::write_config(dir, name, config_json)
 }

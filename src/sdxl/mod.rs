@@ -10,6 +10,7 @@ pub mod encoders;
 pub mod image_processing;
 pub mod init_model;
 pub mod model_dir;
+pub mod model_folder;
 pub mod nn;
 pub mod pipeline;
 pub mod resnet;

@@ -551,8 +551,8 @@ fn builtin_tokenizer(name: &str) -> Result<ClipTokenizer> {
         std::process::id(),
         COUNT.fetch_add(1, Ordering::SeqCst)
     ));
-    let result =
-        super::init_model::write_tokenizer(&dir, pad).and_then(|()| ClipTokenizer::from_dir(&dir));
+    let result = super::model_folder::write_tokenizer(&dir, pad)
+        .and_then(|()| ClipTokenizer::from_dir(&dir));
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

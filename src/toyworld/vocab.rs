@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::sdxl::init_model::{CLIP_MERGES, CLIP_VOCAB};
+use crate::sdxl::model_folder::{CLIP_MERGES, CLIP_VOCAB};
 
 pub const BOS: &str = "<|startoftext|>";
 pub const EOS: &str = "<|endoftext|>";
