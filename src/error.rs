@@ -37,6 +37,48 @@ pub enum Error {
     #[error("{}: {what}", path.display())]
     Config { path: PathBuf, what: String },
 
+    /// A setting (a RUN.yaml field or a flag) has a value that cannot work; `field` names it
+    /// (`adapter.rank`), `what` is the whole message.
+    #[error("{what}")]
+    Setting { field: String, what: String },
+
+    /// An output that would be replaced without being asked to.
+    #[error("{} already exists: {hint}", path.display())]
+    OutputExists { path: PathBuf, hint: String },
+
+    /// An adapter file whose layers are not the model's (another architecture).
+    #[error("adapter {} does not fit {model}: {what} (it was trained on `{trained_on}`)", adapter.display())]
+    AdapterMismatch {
+        adapter: PathBuf,
+        model: String,
+        what: String,
+        trained_on: String,
+    },
+
+    /// A checkpoint left by a run with other settings: resuming it would mix two runs.
+    #[error(
+        "the checkpoint in {} was made with other settings (model, seed, subject, train or \
+         adapter changed): run without --resume to start afresh",
+        dir.display()
+    )]
+    StaleCheckpoint { dir: PathBuf },
+
+    /// The training loss stopped being finite at `step`; `checkpoint` is the last good one kept.
+    #[error(
+        "{adapter}: the loss became {value} at step {step}; {}. Try a lower \
+         train.learning_rate or f32 instead of f16",
+        match checkpoint {
+            Some(c) => format!("the last good checkpoint is kept in {}", c.display()),
+            None => "no checkpoint had been written yet".to_string(),
+        }
+    )]
+    Diverged {
+        adapter: String,
+        step: u64,
+        value: f32,
+        checkpoint: Option<PathBuf>,
+    },
+
     #[error("{0}")]
     Msg(String),
 
@@ -53,6 +95,14 @@ impl Error {
         Error::Io {
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    /// An invalid value of the setting `field`; `what` is the whole message.
+    pub fn setting(field: &str, what: impl Into<String>) -> Self {
+        Error::Setting {
+            field: field.to_string(),
+            what: what.into(),
         }
     }
 

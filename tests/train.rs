@@ -231,8 +231,11 @@ fn an_interrupted_and_resumed_run_equals_the_uninterrupted_one() {
     other.train.learning_rate = 5e-4;
     let e = match train::train(&other, &kinds, opts, true, &mut Quiet) {
         Ok(_) => panic!("resumed across changed settings"),
-        Err(e) => e.to_string(),
+        Err(e) => e,
     };
+    // Its own kind, so that a caller (a sweep, a script) can start afresh on it.
+    assert!(matches!(e, moslora::Error::StaleCheckpoint { .. }), "{e:?}");
+    let e = e.to_string();
     assert!(e.contains("other settings"), "{e}");
     std::fs::remove_dir_all(&whole).unwrap();
     std::fs::remove_dir_all(&parts).unwrap();
@@ -636,5 +639,49 @@ fn prior_preservation_makes_class_images_and_samples_are_rendered() {
             .unwrap(),
         before
     );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn an_exploding_loss_stops_with_its_step_and_keeps_the_last_checkpoint() {
+    let out = scratch("diverges");
+    let mut cfg = config(&out, 40);
+    // Adam moves every weight by about the learning rate per step: 1e12 overflows f32
+    // activations within a few steps.
+    cfg.train.learning_rate = 1e12;
+    cfg.train.checkpoint_every = 1;
+    let e = match train::train(
+        &cfg,
+        &[AdapterKind::Lora],
+        RunOptions::default(),
+        false,
+        &mut Quiet,
+    ) {
+        Ok(o) => panic!(
+            "trained {} steps with a learning rate of 1e12",
+            o[0].steps_done
+        ),
+        Err(e) => e,
+    };
+    let moslora::Error::Diverged {
+        step, checkpoint, ..
+    } = &e
+    else {
+        panic!("expected a diverged run, got {e:?}")
+    };
+    println!("{e}");
+    assert!(
+        *step >= 2,
+        "step 1 starts from B = 0 and cannot diverge: {e}"
+    );
+    let kept = checkpoint
+        .as_ref()
+        .expect("a checkpoint was written every step");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kept.join("state.json")).unwrap()).unwrap();
+    // The kept checkpoint is the last step whose loss was finite.
+    assert_eq!(state["step"].as_u64(), Some(step - 1), "{state}");
+    assert!(e.to_string().contains(&format!("at step {step}")), "{e}");
+    assert!(!RunPaths::new(&cfg, AdapterKind::Lora).adapter().exists());
     std::fs::remove_dir_all(&out).unwrap();
 }

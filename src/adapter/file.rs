@@ -315,12 +315,11 @@ impl AdapterFile {
             .into_iter()
             .map(|l| (l.name.clone(), l))
             .collect();
-        let foreign = |what: String| {
-            Error::msg(format!(
-                "adapter {} does not fit this model: {what} (it was trained on `{}`)",
-                path.display(),
-                self.meta.base_model.name
-            ))
+        let foreign = |what: String| Error::AdapterMismatch {
+            adapter: path.to_path_buf(),
+            model: "this model".into(),
+            what,
+            trained_on: self.meta.base_model.name.clone(),
         };
         // UNet layers are named bare, as before text encoders had adapters.
         let shown = |module: &str| match component {

@@ -27,13 +27,11 @@ pub fn merge(
 ) -> Result<Written> {
     let file = AdapterFile::read(adapter)?;
     let configs = configs_of(model)?;
-    let foreign = |what: String| {
-        Error::msg(format!(
-            "adapter {} does not fit the model {}: {what} (it was trained on `{}`)",
-            adapter.display(),
-            model.root.display(),
-            file.meta.base_model.name
-        ))
+    let foreign = |what: String| Error::AdapterMismatch {
+        adapter: adapter.to_path_buf(),
+        model: format!("the model {}", model.root.display()),
+        what,
+        trained_on: file.meta.base_model.name.clone(),
     };
     let mut deltas: WeightDeltas = HashMap::new();
     for c in Component::ALL {

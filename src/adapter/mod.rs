@@ -84,36 +84,47 @@ impl AdapterConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.rank < 1 {
-            return Err(Error::msg(format!(
-                "adapter.rank must be at least 1, got {} (typical: 4 to 64)",
-                self.rank
-            )));
+            return Err(Error::setting(
+                "adapter.rank",
+                format!(
+                    "adapter.rank must be at least 1, got {} (typical: 4 to 64)",
+                    self.rank
+                ),
+            ));
         }
         if self.mixer == MixerInit::Butterfly && self.rank % 2 != 0 {
-            return Err(Error::msg(format!(
-                "adapter.mixer butterfly needs an even rank, got {}",
-                self.rank
-            )));
+            return Err(Error::setting(
+                "adapter.mixer",
+                format!(
+                    "adapter.mixer butterfly needs an even rank, got {}",
+                    self.rank
+                ),
+            ));
         }
         if self.targets.is_empty() {
-            return Err(Error::msg(
+            return Err(Error::setting(
+                "adapter.targets",
                 "adapter.targets is empty: name at least one layer, e.g. to_q",
             ));
         }
         for t in &self.text_encoder_targets {
             if !TEXT_ENCODER_LINEARS.iter().any(|n| matches_target(t, n)) {
-                return Err(Error::msg(format!(
-                    "adapter.text_encoder_targets: `{t}` is no text-encoder attention layer \
+                return Err(Error::setting(
+                    "adapter.text_encoder_targets",
+                    format!(
+                        "adapter.text_encoder_targets: `{t}` is no text-encoder attention layer \
                      (valid: {}, optionally prefixed by self_attn.)",
-                    TEXT_ENCODER_LINEARS.join(", ")
-                )));
+                        TEXT_ENCODER_LINEARS.join(", ")
+                    ),
+                ));
             }
         }
         if let Some(a) = self.alpha {
             if !(a.is_finite() && a > 0.0) {
-                return Err(Error::msg(format!(
-                    "adapter.alpha must be positive, got {a}"
-                )));
+                return Err(Error::setting(
+                    "adapter.alpha",
+                    format!("adapter.alpha must be positive, got {a}"),
+                ));
             }
         }
         Ok(())
@@ -145,11 +156,14 @@ pub fn inject(unet: &mut UNet2DConditionModel, cfg: &AdapterConfig, seed: u64) -
     cfg.validate()?;
     let layers = targeted(unet, &cfg.targets);
     if layers.is_empty() {
-        return Err(Error::msg(format!(
-            "adapter.targets {:?} match no UNet attention layer (valid: to_q, to_k, to_v, \
+        return Err(Error::setting(
+            "adapter.targets",
+            format!(
+                "adapter.targets {:?} match no UNet attention layer (valid: to_q, to_k, to_v, \
              to_out.0, optionally prefixed by attn1./attn2.)",
-            cfg.targets
-        )));
+                cfg.targets
+            ),
+        ));
     }
     attach_fresh(layers, cfg, seed)
 }
@@ -171,11 +185,14 @@ pub fn inject_text_encoders(
     for (c, model) in text_encoder_parts(text) {
         let layers = targeted(model, &cfg.text_encoder_targets);
         if layers.is_empty() {
-            return Err(Error::msg(format!(
-                "adapter.text_encoder_targets {:?} match no layer of {}",
-                cfg.text_encoder_targets,
-                c.prefix()
-            )));
+            return Err(Error::setting(
+                "adapter.text_encoder_targets",
+                format!(
+                    "adapter.text_encoder_targets {:?} match no layer of {}",
+                    cfg.text_encoder_targets,
+                    c.prefix()
+                ),
+            ));
         }
         n += attach_fresh(layers, cfg, seed.wrapping_add(c.seed_offset()))?;
     }

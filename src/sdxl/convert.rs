@@ -202,10 +202,10 @@ pub fn write_with_deltas(
         )));
     }
     if out.exists() && !o.force {
-        return Err(Error::msg(format!(
-            "{} already exists: choose another output or pass --force to replace it",
-            out.display()
-        )));
+        return Err(Error::OutputExists {
+            path: out.to_path_buf(),
+            hint: "choose another output or pass --force to replace it".into(),
+        });
     }
     let configs = configs_of(model)?;
     let kind = match o.dtype {

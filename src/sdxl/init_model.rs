@@ -57,10 +57,10 @@ pub fn init_model_with(out: &Path, o: &InitOptions, spec: &PipelineSpec) -> Resu
             .map(|mut d| d.next().is_none())
             .unwrap_or(false);
         if !empty && !o.force {
-            return Err(Error::msg(format!(
-                "{} already exists: choose another --out or pass --force to replace it",
-                out.display()
-            )));
+            return Err(Error::OutputExists {
+                path: out.to_path_buf(),
+                hint: "choose another --out or pass --force to replace it".into(),
+            });
         }
     }
     let tmp = fsutil::temp_path(out);

@@ -152,10 +152,10 @@ impl Work {
 /// Run (or resume) the whole pretraining; the model folder lands at `o.out`.
 pub fn pretrain(o: &PretrainOptions, p: &mut dyn PretrainProgress) -> Result<()> {
     if o.out.exists() {
-        return Err(Error::msg(format!(
-            "{} already exists: pretraining writes a new model folder; choose another --out",
-            o.out.display()
-        )));
+        return Err(Error::OutputExists {
+            path: o.out.clone(),
+            hint: "pretraining writes a new model folder; choose another --out".into(),
+        });
     }
     let mut name = o.out.file_name().unwrap_or_default().to_os_string();
     name.push(".pretrain-work");

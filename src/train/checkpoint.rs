@@ -99,11 +99,9 @@ pub fn load(
     let state: State = serde_json::from_str(&crate::fsutil::read_to_string(&state_path)?)
         .map_err(|e| Error::config(&state_path, format!("damaged checkpoint state ({e})")))?;
     if state.fingerprint != fingerprint {
-        return Err(Error::msg(format!(
-            "the checkpoint in {} was made with other settings (model, seed, subject, train or \
-             adapter changed): run without --resume to start afresh",
-            dir.display()
-        )));
+        return Err(Error::StaleCheckpoint {
+            dir: dir.to_path_buf(),
+        });
     }
     let adapter_path = dir.join("adapter.safetensors");
     let saved = AdapterFile::read(&adapter_path)?;

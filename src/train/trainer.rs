@@ -263,21 +263,14 @@ impl TrainJob<'_> {
     }
 }
 
-/// The error of a run whose loss stopped being finite, saying what was kept.
+/// The error of a run whose loss stopped being finite, naming the checkpoint kept.
 fn diverged(kind: AdapterKind, value: f32, step: u64, paths: &RunPaths) -> Error {
-    let kept = if paths.checkpoint().exists() {
-        format!(
-            "the last good checkpoint is kept in {}",
-            paths.checkpoint().display()
-        )
-    } else {
-        "no checkpoint had been written yet".to_string()
-    };
-    Error::msg(format!(
-        "{}: the loss became {value} at step {step}; {kept}. Try a lower \
-         train.learning_rate or f32 instead of f16",
-        kind.label()
-    ))
+    Error::Diverged {
+        adapter: kind.label().to_string(),
+        step,
+        value,
+        checkpoint: paths.checkpoint().exists().then(|| paths.checkpoint()),
+    }
 }
 
 /// A sample render of the training prompt with the adapter as it is now (seed 0, unmerged).
