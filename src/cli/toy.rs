@@ -1,14 +1,14 @@
-//! `moslora pretrain`: the toy world's base model, with one progress bar per stage.
+//! `moslora pretrain`, `world` and `judge`: the toy world's model, pictures and judge.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use moslora::runtime::parse_dtype;
 use moslora::toyworld::pretrain::{pretrain, PretrainOptions, PretrainProgress, Recipe};
 use moslora::Result;
+
+use super::progress::Bar;
 
 #[derive(Args)]
 pub struct PretrainArgs {
@@ -35,79 +35,6 @@ pub struct PretrainArgs {
     pub dtype: String,
 }
 
-struct StageBar {
-    bar: Option<ProgressBar>,
-    /// Exponential moving average of the loss (steps are noisy).
-    smoothed: Option<f64>,
-    /// Where stderr is not a terminal (a log file, CI) the bar is hidden: a plain line goes
-    /// out every minute instead.
-    last_line: Option<std::time::Instant>,
-}
-
-impl StageBar {
-    fn new() -> Self {
-        StageBar {
-            bar: None,
-            smoothed: None,
-            last_line: None,
-        }
-    }
-}
-
-impl PretrainProgress for StageBar {
-    fn stage(&mut self, name: &str, total: u64, done: u64) {
-        if let Some(b) = self.bar.take() {
-            b.finish();
-        }
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>7} [{bar:30}] {pos}/{len} {msg} {per_sec} {elapsed} elapsed, {eta} left",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(name.to_string());
-        self.smoothed = None;
-        self.last_line = Some(std::time::Instant::now());
-        bar.set_position(done);
-        bar.reset_eta();
-        bar.enable_steady_tick(Duration::from_millis(250));
-        self.bar = Some(bar);
-    }
-    fn step(&mut self, step: u64, loss: f64) {
-        if let Some(b) = &self.bar {
-            b.set_position(step);
-            if loss > 0.0 {
-                let s = self.smoothed.map_or(loss, |m| 0.98 * m + 0.02 * loss);
-                self.smoothed = Some(s);
-                b.set_message(format!("loss {s:.4}"));
-            }
-            let due = self
-                .last_line
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
-            if b.is_hidden() && due {
-                self.last_line = Some(std::time::Instant::now());
-                eprintln!(
-                    "{} step {step}/{}: loss {:.4}, {:.2} s/step, {} s elapsed, about {} s left",
-                    b.prefix(),
-                    b.length().unwrap_or(0),
-                    self.smoothed.unwrap_or(0.0),
-                    1.0 / b.per_sec().max(1e-9),
-                    b.elapsed().as_secs(),
-                    b.eta().as_secs()
-                );
-            }
-        }
-    }
-    fn note(&mut self, msg: &str) {
-        match &self.bar {
-            Some(b) if !b.is_hidden() => b.println(msg),
-            _ => eprintln!("{msg}"),
-        }
-    }
-}
-
 pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
     let mut recipe = Recipe {
         seed: a.seed,
@@ -129,11 +56,9 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
         dtype: parse_dtype(&a.dtype)?,
         preview: true,
     };
-    let mut bar = StageBar::new();
+    let mut bar = Bar::new();
     pretrain(&o, &mut bar)?;
-    if let Some(b) = bar.bar.take() {
-        b.finish();
-    }
+    bar.end();
     Ok(())
 }
 
@@ -232,12 +157,10 @@ pub fn run_judge(a: JudgeArgs) -> Result<()> {
         if let Some(s) = a.steps {
             recipe.steps = s;
         }
-        let mut bar = StageBar::new();
+        let mut bar = Bar::new();
         bar.stage("judge", recipe.steps, 0);
         let model = judge::train(&a.out, &tok_dir, &recipe, |s, l| bar.step(s, l))?;
-        if let Some(b) = bar.bar.take() {
-            b.finish();
-        }
+        bar.end();
         model
     };
     let tok = moslora::sdxl::tokenizer::ClipTokenizer::from_dir(&tok_dir)?;

@@ -1,0 +1,186 @@
+//! The one progress bar every long command shows: training, rendering, generating,
+//! pretraining and the judge. It counts steps (or images) with the smoothed loss where
+//! there is one, the speed, the time spent and the time left. Where stderr is not a
+//! terminal (a log file, CI) indicatif hides the bar, so a plain line goes out every
+//! minute instead, and notes go straight to stderr.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use moslora::metrics::ScoreProgress;
+use moslora::render::RenderProgress;
+use moslora::toyworld::pretrain::PretrainProgress;
+use moslora::train::{AdapterKind, Progress};
+
+/// Seconds between plain lines where the bar is hidden.
+const PLAIN_LINE_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Bar {
+    bar: Option<ProgressBar>,
+    /// What the bar counts, singular: `step` or `image`.
+    unit: &'static str,
+    /// Whether this stage has a loss to show.
+    has_loss: bool,
+    /// The smoothed loss (steps are noisy).
+    loss: Option<f64>,
+    /// When the last plain line went out (or the stage started).
+    last_line: Instant,
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Bar {
+            bar: None,
+            unit: "step",
+            has_loss: false,
+            loss: None,
+            last_line: Instant::now(),
+        }
+    }
+}
+
+impl Bar {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a bar named `name` over `total` units, `done` of them already done; a bar
+    /// still drawn is finished first.
+    pub fn begin(&mut self, name: &str, unit: &'static str, total: u64, done: u64, has_loss: bool) {
+        self.end();
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{prefix:>8}} [{{bar:30}}] {{pos}}/{{len}} {unit}s {{msg}} {{per_sec}} \
+                 {{elapsed}} elapsed, {{eta}} left"
+            ))
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(name.to_string());
+        bar.set_position(done);
+        bar.reset_eta();
+        bar.enable_steady_tick(Duration::from_millis(250));
+        self.bar = Some(bar);
+        self.unit = unit;
+        self.has_loss = has_loss;
+        self.loss = None;
+        self.last_line = Instant::now();
+    }
+
+    /// Moves the bar to `pos`, with `msg` beside it when given.
+    pub fn advance(&mut self, pos: u64, msg: Option<String>) {
+        let Some(b) = &self.bar else { return };
+        b.set_position(pos);
+        if let Some(m) = msg {
+            b.set_message(m);
+        }
+        if b.is_hidden() && self.last_line.elapsed() >= PLAIN_LINE_EVERY {
+            self.last_line = Instant::now();
+            let loss = if self.has_loss {
+                format!("loss {:.4}, ", self.loss.unwrap_or(0.0))
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{} {} {pos}/{}: {loss}{:.2} s/{}, {} s elapsed, about {} s left",
+                b.prefix(),
+                self.unit,
+                b.length().unwrap_or(0),
+                1.0 / b.per_sec().max(1e-9),
+                self.unit,
+                b.elapsed().as_secs(),
+                b.eta().as_secs()
+            );
+        }
+    }
+
+    /// Moves the bar on by one unit.
+    pub fn inc(&mut self) {
+        let pos = self.bar.as_ref().map_or(0, |b| b.position()) + 1;
+        self.advance(pos, None);
+    }
+
+    /// Moves the bar to `step` with the smoothed loss beside it.
+    fn advance_loss(&mut self, step: u64, smoothed: f64) {
+        self.loss = Some(smoothed);
+        self.advance(step, Some(format!("loss {smoothed:.4}")));
+    }
+
+    /// A line above the bar, or on stderr where there is no bar to draw.
+    pub fn say(&self, msg: &str) {
+        match &self.bar {
+            Some(b) if !b.is_hidden() => b.println(msg),
+            _ => eprintln!("{msg}"),
+        }
+    }
+
+    /// Finishes the bar, leaving it drawn.
+    pub fn end(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
+
+    /// Finishes the bar and wipes it.
+    pub fn clear(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&mut self, kind: AdapterKind, total: u64, done: u64) {
+        self.begin(kind.label(), "step", total, done, true);
+    }
+    fn step(&mut self, step: u64, _loss: f32, smoothed: f64) {
+        self.advance_loss(step, smoothed);
+    }
+    fn note(&mut self, msg: &str) {
+        self.say(msg);
+    }
+    fn finish(&mut self) {
+        self.end();
+    }
+}
+
+impl RenderProgress for Bar {
+    fn start(&mut self, total: u64) {
+        self.begin("render", "image", total, 0, false);
+    }
+    fn image(&mut self, done: u64, label: &str, reused: bool) {
+        let reused = if reused { ", reused" } else { "" };
+        self.advance(done, Some(format!("({label}{reused})")));
+    }
+    fn note(&mut self, msg: &str) {
+        self.say(msg);
+    }
+    fn finish(&mut self) {
+        self.clear();
+    }
+}
+
+impl PretrainProgress for Bar {
+    fn stage(&mut self, name: &str, total: u64, done: u64) {
+        self.begin(name, "step", total, done, true);
+    }
+    fn step(&mut self, step: u64, loss: f64) {
+        if loss > 0.0 {
+            let s = self.loss.map_or(loss, |m| 0.98 * m + 0.02 * loss);
+            self.advance_loss(step, s);
+        } else {
+            self.advance(step, None);
+        }
+    }
+    fn note(&mut self, msg: &str) {
+        self.say(msg);
+    }
+}
+
+impl ScoreProgress for Bar {
+    fn note(&mut self, msg: &str) {
+        self.say(msg);
+    }
+}
