@@ -101,6 +101,23 @@ fn main() -> ExitCode {
     });
     run(cli.command).unwrap_or_else(|e| {
         report(&e);
-        ExitCode::FAILURE
+        ExitCode::from(exit_code(&e))
     })
+}
+
+/// Exit codes a script (a sweep, a scheduler) can act on: 2 for what the person invoking must
+/// change (a setting, an existing output, an adapter or checkpoint of another run), as clap
+/// exits 2 on a bad command line; 3 for a training loss that stopped being finite; 1 for
+/// everything else (files, devices, libtorch). 130 is a run stopped by Ctrl-C.
+fn exit_code(e: &moslora::Error) -> u8 {
+    use moslora::Error;
+    match e {
+        Error::Setting { .. }
+        | Error::Config { .. }
+        | Error::OutputExists { .. }
+        | Error::AdapterMismatch { .. }
+        | Error::StaleCheckpoint { .. } => 2,
+        Error::Diverged { .. } => 3,
+        _ => 1,
+    }
 }

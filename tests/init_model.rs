@@ -109,7 +109,8 @@ fn init_model_refuses_to_overwrite() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    // Exit code 2: the invocation must change (another --out, or --force).
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
     assert_eq!(
         std::fs::read_to_string(out.join("keep.txt")).unwrap(),
