@@ -22,15 +22,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use image::codecs::jpeg::JpegEncoder;
-use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-use image::{ExtendedColorType, ImageEncoder, RgbImage};
+use image::RgbImage;
 
 use super::page::{self, PageStudy, PageSubject, PageTrial};
 use super::{
     key_path_for, Key, KeyAdapter, KeySubject, KeyTrial, Rng, Which, FORMAT_VERSION, KEY_FORMAT,
 };
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::fsutil::{self, png_bytes};
 use crate::render::manifest::{self, AdapterEntry, ImageEntry, Manifest};
 
 /// A render folder's manifest, with a clear message when the folder is not one.
@@ -535,20 +534,6 @@ fn decode(path: &Path) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
-/// A fresh PNG of the pixels only: IHDR, IDAT, IEND.
-pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    PngEncoder::new_with_quality(&mut buf, CompressionType::Default, FilterType::Adaptive)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| Error::msg(format!("encoding a PNG: {e}")))?;
-    Ok(buf)
-}
-
 /// The PNG chunk that pads a file to a given length: ancillary (viewers skip it), private,
 /// safe to copy, and all zeros.
 pub const PAD_CHUNK: &[u8; 4] = b"paDd";
@@ -561,32 +546,17 @@ pub fn pad_png(png: &mut Vec<u8>, len: usize) {
     chunk.extend_from_slice(&(len as u32).to_be_bytes());
     chunk.extend_from_slice(PAD_CHUNK);
     chunk.resize(8 + len, 0);
-    let crc = crc32(&chunk[4..]);
+    let crc = crc32fast::hash(&chunk[4..]);
     chunk.extend_from_slice(&crc.to_be_bytes());
     png.splice(at..at, chunk);
-}
-
-/// CRC-32 as PNG chunks use it.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// Both images of a pair, re-encoded and padded to one length: every file gets a padding
 /// chunk (an empty one for the larger), so all have the same structure.
 pub fn blind_pair(a: &RgbImage, b: &RgbImage) -> Result<(Vec<u8>, Vec<u8>)> {
-    let mut pa = encode_png(a)?;
-    let mut pb = encode_png(b)?;
+    // Fresh files of the pixels only (no text chunks): nothing of the source files survives.
+    let mut pa = png_bytes(a, &[])?;
+    let mut pb = png_bytes(b, &[])?;
     let target = pa.len().max(pb.len());
     let (la, lb) = (target - pa.len(), target - pb.len());
     pad_png(&mut pa, la);
