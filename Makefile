@@ -73,8 +73,10 @@ $(VENV)/.browser: $(VENV)/.reference
 
 browser: $(VENV)/.browser
 
-# The house stays clean: formatting and clippy (every target, warnings as errors) run first.
+# The house stays clean: the layer check (no import up a layer, no loop between modules),
+# formatting and clippy (every target, warnings as errors) run first.
 lint: $(VENV)/.torch
+	$(PYTHON_SYS) tools/layers.py
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
 
