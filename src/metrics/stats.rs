@@ -3,6 +3,9 @@
 //! with a bootstrap interval, win / tie / loss at a tie margin, exact sign test). The sign
 //! test and the seeded generator are shared with the human study's tally.
 
+use rand::rngs::OsRng;
+use rand::{Rng, SeedableRng, TryRngCore};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// Exact two-sided sign test: the probability, under Binomial(wins + losses, 1/2), of a split
@@ -37,64 +40,21 @@ pub fn sign_test(wins: usize, losses: usize) -> Option<f64> {
     Some((2.0 * tail).min(1.0))
 }
 
-/// A small seeded generator (SplitMix64): every random choice of a study (names, sides,
-/// order, repeats) comes from one recorded seed, so a study can be remade exactly.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+/// The seeded generator every random choice of a study (names, sides, order, repeats) and
+/// every bootstrap comes from: ChaCha8, whose stream for a seed is fixed across versions of
+/// `rand_chacha`, so a study made from its recorded seed can be remade exactly.
+pub type SeededRng = ChaCha8Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
+/// The generator for `seed`.
+pub fn seeded_rng(seed: u64) -> SeededRng {
+    SeededRng::seed_from_u64(seed)
+}
 
-    /// A seed from the operating system's randomness, for studies made without `--seed`.
-    pub fn fresh_seed() -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        h.write_u128(now);
-        h.write_u32(std::process::id());
-        h.finish()
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (rejection sampling, so without modulo bias).
-    pub fn below(&mut self, n: usize) -> usize {
-        assert!(n > 0);
-        let n = n as u64;
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let v = self.next_u64();
-            if v < zone {
-                return (v % n) as usize;
-            }
-        }
-    }
-
-    /// Fisher-Yates.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
-
-    /// `len` random lowercase hex digits.
-    pub fn hex(&mut self, len: usize) -> String {
-        (0..len)
-            .map(|_| char::from_digit(self.below(16) as u32, 16).expect("digit"))
-            .collect()
-    }
+/// A seed from the operating system's randomness, for studies made without `--seed`.
+pub fn fresh_seed() -> u64 {
+    OsRng
+        .try_next_u64()
+        .expect("the operating system's random source")
 }
 
 /// Resamples of every bootstrap: enough that the interval's ends move by well under 0.001 of a
@@ -129,10 +89,10 @@ pub fn bootstrap_mean(v: &[f64], resamples: usize, seed: u64) -> Option<Estimate
         return None;
     }
     let m = mean(v);
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded_rng(seed);
     let mut means: Vec<f64> = (0..resamples.max(1))
         .map(|_| {
-            let s: f64 = (0..v.len()).map(|_| v[rng.below(v.len())]).sum();
+            let s: f64 = (0..v.len()).map(|_| v[rng.random_range(0..v.len())]).sum();
             s / v.len() as f64
         })
         .collect();

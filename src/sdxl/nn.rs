@@ -6,7 +6,7 @@ use std::fmt;
 use tch::{Kind, Tensor};
 
 use super::weights::{Init, Weights};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A learned update that sits beside a frozen linear layer. The model code knows only this
 /// seam: the adapter layer above installs a delta (a low-rank adapter), and a `Linear` adds
@@ -188,7 +188,17 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
+    /// Refuses `channels` that do not split into `groups` equal groups (libtorch would only
+    /// fail at the first forward pass, without naming the layer).
     pub fn new(w: &Weights, groups: i64, channels: i64, eps: f64) -> Result<Self> {
+        if groups <= 0 || channels % groups != 0 {
+            return Err(Error::msg(format!(
+                "{}: group norm `{}` has {channels} channels, which do not split into {groups} \
+                 groups",
+                w.component(),
+                w.path()
+            )));
+        }
         let weight = w.get("weight", &[channels], Init::Ones)?;
         let bias = w.get("bias", &[channels], Init::Zeros)?;
         Ok(GroupNorm {
@@ -257,5 +267,29 @@ impl Embedding {
 
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         Tensor::embedding(&self.weight, &ids.to_kind(Kind::Int64), -1, false, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use tch::{Device, Kind};
+
+    use super::GroupNorm;
+    use crate::sdxl::weights::{ShapeSource, Weights};
+
+    #[test]
+    fn group_norm_refuses_channels_that_do_not_split_into_its_groups() {
+        let w = Weights::new(Rc::new(ShapeSource::new()), "vae", Kind::Float, Device::Cpu);
+        let w = w.pp("encoder").pp("conv_norm_out");
+        assert!(GroupNorm::new(&w, 32, 128, 1e-6).is_ok());
+        let err = GroupNorm::new(&w, 32, 48, 1e-6).expect_err("48 channels, 32 groups");
+        assert_eq!(
+            err.to_string(),
+            "vae: group norm `encoder.conv_norm_out` has 48 channels, which do not split into 32 \
+             groups"
+        );
+        assert!(GroupNorm::new(&w, 0, 48, 1e-6).is_err());
     }
 }

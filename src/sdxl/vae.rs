@@ -5,17 +5,20 @@
 //! (`encoder.down_blocks.0.resnets.0.norm1.weight`, `decoder.up_blocks.3.resnets.2.conv2.bias`,
 //! `quant_conv.weight`, ...).
 //!
-//! The VAE blocks carry no time embedding, so this module keeps its own small copies of
-//! diffusers' `ResnetBlock2D`, `Downsample2D`, `Upsample2D` and the mid block's `Attention`,
-//! specialised to the VAE's settings (eps 1e-6, padding 0 with the asymmetric pad, one head).
+//! As in diffusers, the VAE's blocks are the UNet's: [`ResnetBlock2D`], [`Downsample2D`] and
+//! [`Upsample2D`] from `resnet.rs` (built without a time embedding, eps 1e-6, the downsampler
+//! with padding 0 and its asymmetric pad) and the mid block's [`Attention`] from
+//! `attention.rs` (one head, biased projections).
 //!
 //! The SDXL VAE overflows in fp16 (`force_upcast` in its config): build it with f32 weights.
 //! Inputs are cast to the weights' kind, so other kinds work too where the numbers allow.
 
 use tch::{Kind, Tensor};
 
+use super::attention::Attention;
 use super::config::VaeConfig;
-use super::nn::{Conv2d, GroupNorm, Linear};
+use super::nn::{Conv2d, GroupNorm};
+use super::resnet::{Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -54,100 +57,56 @@ impl DiagonalGaussian {
     }
 }
 
-/// diffusers `ResnetBlock2D` as the VAE uses it: no time embedding, `output_scale_factor` 1,
-/// a 1x1 `conv_shortcut` only where the channel count changes.
-struct ResnetBlock2D {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
+/// A resnet as diffusers' `Encoder` and `Decoder` build it: the shared [`ResnetBlock2D`] with
+/// no time embedding, `VAE_EPS`, `norm_num_groups` groups and output scale 1.
+fn resnet(w: &Weights, in_ch: i64, out_ch: i64, groups: i64) -> Result<ResnetBlock2D> {
+    let cfg = ResnetBlock2DConfig {
+        temb_channels: None,
+        groups,
+        eps: VAE_EPS,
+        output_scale_factor: 1.0,
+        ..ResnetBlock2DConfig::new(in_ch, out_ch)
+    };
+    ResnetBlock2D::new(w, &cfg)
 }
 
-impl ResnetBlock2D {
-    fn new(w: &Weights, in_ch: i64, out_ch: i64, groups: i64) -> Result<Self> {
-        let conv_shortcut = if in_ch != out_ch {
-            Some(Conv2d::new(&w.pp("conv_shortcut"), in_ch, out_ch, 1, 1, 0)?)
-        } else {
-            None
-        };
-        Ok(ResnetBlock2D {
-            norm1: GroupNorm::new(&w.pp("norm1"), groups, in_ch, VAE_EPS)?,
-            conv1: Conv2d::new(&w.pp("conv1"), in_ch, out_ch, 3, 1, 1)?,
-            norm2: GroupNorm::new(&w.pp("norm2"), groups, out_ch, VAE_EPS)?,
-            conv2: Conv2d::new(&w.pp("conv2"), out_ch, out_ch, 3, 1, 1)?,
-            conv_shortcut,
+/// The `layers` resnets of a down-encoder or up-decoder block (`resnets.{i}`): the first
+/// takes `in_ch`, all give `out_ch`.
+fn block_resnets(
+    w: &Weights,
+    in_ch: i64,
+    out_ch: i64,
+    layers: i64,
+    groups: i64,
+) -> Result<Vec<ResnetBlock2D>> {
+    (0..layers)
+        .map(|i| {
+            let c = if i == 0 { in_ch } else { out_ch };
+            resnet(&w.pp("resnets").pp(i), c, out_ch, groups)
         })
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let h = self.conv1.forward(&self.norm1.forward(x).silu());
-        let h = self.conv2.forward(&self.norm2.forward(&h).silu());
-        let skip = match &self.conv_shortcut {
-            Some(c) => c.forward(x),
-            None => x.shallow_clone(),
-        };
-        skip + h
-    }
+        .collect()
 }
 
-/// diffusers `Downsample2D` with `padding=0`: the encoder pads right and bottom by one, then
-/// convolves with stride 2 (the original LDM layout, kept for checkpoint compatibility).
-struct Downsample2D {
-    conv: Conv2d,
-}
-
-impl Downsample2D {
-    fn new(w: &Weights, channels: i64) -> Result<Self> {
-        Ok(Downsample2D {
-            conv: Conv2d::new(&w.pp("conv"), channels, channels, 3, 2, 0)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.conv.forward(&x.constant_pad_nd([0, 1, 0, 1]))
-    }
-}
-
-/// diffusers `Upsample2D`: nearest-neighbour x2, then a 3x3 convolution.
-struct Upsample2D {
-    conv: Conv2d,
-}
-
-impl Upsample2D {
-    fn new(w: &Weights, channels: i64) -> Result<Self> {
-        Ok(Upsample2D {
-            conv: Conv2d::new(&w.pp("conv"), channels, channels, 3, 1, 1)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let (h, w) = (x.size()[2], x.size()[3]);
-        // Same call as `F.interpolate(scale_factor=2.0, mode="nearest")`.
-        let up = x.upsample_nearest2d([2 * h, 2 * w], Some(2.0), Some(2.0));
-        self.conv.forward(&up)
-    }
+fn run_resnets(resnets: &[ResnetBlock2D], x: &Tensor) -> Tensor {
+    resnets
+        .iter()
+        .fold(x.shallow_clone(), |h, r| r.forward(&h, None))
 }
 
 /// The mid block's spatial self-attention: diffusers `Attention` built with
-/// `_from_deprecated_attn_block=True` (one head over all channels, biased projections, a
-/// group norm in front, residual connection, output rescale 1).
-struct Attention {
+/// `_from_deprecated_attn_block=True`, that is the shared [`Attention`] with one head over all
+/// channels and biased projections, a group norm in front and the input added back (output
+/// rescale 1).
+struct SpatialSelfAttention {
     group_norm: GroupNorm,
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    attn: Attention,
 }
 
-impl Attention {
+impl SpatialSelfAttention {
     fn new(w: &Weights, channels: i64, groups: i64) -> Result<Self> {
-        Ok(Attention {
+        Ok(SpatialSelfAttention {
             group_norm: GroupNorm::new(&w.pp("group_norm"), groups, channels, VAE_EPS)?,
-            to_q: Linear::new(&w.pp("to_q"), channels, channels, true)?,
-            to_k: Linear::new(&w.pp("to_k"), channels, channels, true)?,
-            to_v: Linear::new(&w.pp("to_v"), channels, channels, true)?,
-            to_out: Linear::new(&w.pp("to_out").pp(0), channels, channels, true)?,
+            attn: Attention::new(w, channels, None, 1, channels, true)?,
         })
     }
 
@@ -160,21 +119,7 @@ impl Attention {
             .forward(x)
             .view([b, c, h * w])
             .transpose(1, 2);
-        // One head: (B, 1, HW, C).
-        let q = self.to_q.forward(&tokens).unsqueeze(1);
-        let k = self.to_k.forward(&tokens).unsqueeze(1);
-        let v = self.to_v.forward(&tokens).unsqueeze(1);
-        let a = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        let out = self.to_out.forward(&a.squeeze_dim(1));
+        let out = self.attn.forward(&tokens, None);
         out.transpose(-1, -2).reshape([b, c, h, w]) + x
     }
 }
@@ -182,18 +127,22 @@ impl Attention {
 /// diffusers `UNetMidBlock2D` as the VAE builds it: resnet, (attention, resnet).
 struct UNetMidBlock2D {
     resnets: Vec<ResnetBlock2D>,
-    attention: Option<Attention>,
+    attention: Option<SpatialSelfAttention>,
 }
 
 impl UNetMidBlock2D {
     fn new(w: &Weights, channels: i64, groups: i64, add_attention: bool) -> Result<Self> {
         let r = w.pp("resnets");
         let resnets = vec![
-            ResnetBlock2D::new(&r.pp(0), channels, channels, groups)?,
-            ResnetBlock2D::new(&r.pp(1), channels, channels, groups)?,
+            resnet(&r.pp(0), channels, channels, groups)?,
+            resnet(&r.pp(1), channels, channels, groups)?,
         ];
         let attention = if add_attention {
-            Some(Attention::new(&w.pp("attentions").pp(0), channels, groups)?)
+            Some(SpatialSelfAttention::new(
+                &w.pp("attentions").pp(0),
+                channels,
+                groups,
+            )?)
         } else {
             None
         };
@@ -201,15 +150,16 @@ impl UNetMidBlock2D {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let mut h = self.resnets[0].forward(x);
+        let mut h = self.resnets[0].forward(x, None);
         if let Some(a) = &self.attention {
             h = a.forward(&h);
         }
-        self.resnets[1].forward(&h)
+        self.resnets[1].forward(&h, None)
     }
 }
 
-/// diffusers `DownEncoderBlock2D`: resnets, then an optional stride-2 downsampler.
+/// diffusers `DownEncoderBlock2D`: resnets, then an optional stride-2 downsampler with
+/// `downsample_padding` 0 (the asymmetric right-and-bottom pad of the original LDM layout).
 struct DownEncoderBlock2D {
     resnets: Vec<ResnetBlock2D>,
     downsampler: Option<Downsample2D>,
@@ -224,14 +174,15 @@ impl DownEncoderBlock2D {
         groups: i64,
         add_downsample: bool,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let c = if i == 0 { in_ch } else { out_ch };
-                ResnetBlock2D::new(&w.pp("resnets").pp(i), c, out_ch, groups)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Built first, as diffusers registers them (the order seeded random weights follow).
+        let resnets = block_resnets(w, in_ch, out_ch, layers, groups)?;
         let downsampler = if add_downsample {
-            Some(Downsample2D::new(&w.pp("downsamplers").pp(0), out_ch)?)
+            Some(Downsample2D::new(
+                &w.pp("downsamplers").pp(0),
+                out_ch,
+                out_ch,
+                0,
+            )?)
         } else {
             None
         };
@@ -242,10 +193,7 @@ impl DownEncoderBlock2D {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let mut h = x.shallow_clone();
-        for r in &self.resnets {
-            h = r.forward(&h);
-        }
+        let h = run_resnets(&self.resnets, x);
         match &self.downsampler {
             Some(d) => d.forward(&h),
             None => h,
@@ -253,7 +201,7 @@ impl DownEncoderBlock2D {
     }
 }
 
-/// diffusers `UpDecoderBlock2D`: resnets, then an optional x2 upsampler.
+/// diffusers `UpDecoderBlock2D`: resnets, then an optional nearest-x2 upsampler.
 struct UpDecoderBlock2D {
     resnets: Vec<ResnetBlock2D>,
     upsampler: Option<Upsample2D>,
@@ -268,14 +216,10 @@ impl UpDecoderBlock2D {
         groups: i64,
         add_upsample: bool,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let c = if i == 0 { in_ch } else { out_ch };
-                ResnetBlock2D::new(&w.pp("resnets").pp(i), c, out_ch, groups)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Built first, as diffusers registers them (the order seeded random weights follow).
+        let resnets = block_resnets(w, in_ch, out_ch, layers, groups)?;
         let upsampler = if add_upsample {
-            Some(Upsample2D::new(&w.pp("upsamplers").pp(0), out_ch)?)
+            Some(Upsample2D::new(&w.pp("upsamplers").pp(0), out_ch, out_ch)?)
         } else {
             None
         };
@@ -283,12 +227,9 @@ impl UpDecoderBlock2D {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let mut h = x.shallow_clone();
-        for r in &self.resnets {
-            h = r.forward(&h);
-        }
+        let h = run_resnets(&self.resnets, x);
         match &self.upsampler {
-            Some(u) => u.forward(&h),
+            Some(u) => u.forward(&h, None),
             None => h,
         }
     }

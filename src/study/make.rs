@@ -23,10 +23,13 @@ use std::sync::Mutex;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::RgbImage;
+use rand::seq::SliceRandom;
+use rand::Rng;
 
 use super::page::{self, PageStudy, PageSubject, PageTrial};
 use super::{
-    key_path_for, Key, KeyAdapter, KeySubject, KeyTrial, Rng, Which, FORMAT_VERSION, KEY_FORMAT,
+    fresh_seed, key_path_for, seeded_rng, Key, KeyAdapter, KeySubject, KeyTrial, Which,
+    FORMAT_VERSION, KEY_FORMAT,
 };
 use crate::error::{Error, Result};
 use crate::fsutil::{self, png_bytes};
@@ -283,7 +286,7 @@ type KeyAdapters = (KeyAdapter, KeyAdapter);
 
 /// Which adapter goes left, per pair: random, but exactly balanced within each subject (an
 /// odd pair out is a coin flip), so a side preference of raters cancels out.
-pub fn assign_sides(subject_of: &[usize], rng: &mut Rng) -> Vec<Which> {
+pub fn assign_sides(subject_of: &[usize], rng: &mut impl Rng) -> Vec<Which> {
     let mut sides = vec![Which::A; subject_of.len()];
     let subjects: std::collections::BTreeSet<usize> = subject_of.iter().copied().collect();
     for s in subjects {
@@ -295,18 +298,25 @@ pub fn assign_sides(subject_of: &[usize], rng: &mut Rng) -> Vec<Which> {
             .map(|i| if i < n / 2 { Which::A } else { Which::B })
             .collect();
         if n % 2 == 1 {
-            pool[n - 1] = if rng.below(2) == 0 {
+            pool[n - 1] = if rng.random_bool(0.5) {
                 Which::A
             } else {
                 Which::B
             };
         }
-        rng.shuffle(&mut pool);
+        pool.shuffle(rng);
         for (i, side) in idx.into_iter().zip(pool) {
             sides[i] = side;
         }
     }
     sides
+}
+
+/// `len` random lowercase hex digits.
+fn hex(rng: &mut impl Rng, len: usize) -> String {
+    (0..len)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).expect("a hex digit"))
+        .collect()
 }
 
 /// Random hex file names, none used twice.
@@ -315,9 +325,9 @@ struct Names {
 }
 
 impl Names {
-    fn next(&mut self, rng: &mut Rng, folder: &str, ext: &str) -> String {
+    fn next(&mut self, rng: &mut impl Rng, folder: &str, ext: &str) -> String {
         loop {
-            let name = format!("{folder}/{}.{ext}", rng.hex(12));
+            let name = format!("{folder}/{}.{ext}", hex(rng, 12));
             if self.used.insert(name.clone()) {
                 return name;
             }
@@ -333,9 +343,9 @@ pub fn make(opts: &MakeOptions) -> Result<MadeStudy> {
     check_free(&out, &key_path, opts.force)?;
     let ((a, b), subjects, pairs) = collect(opts, &mut notes)?;
 
-    let seed = opts.seed.unwrap_or_else(Rng::fresh_seed);
-    let mut rng = Rng::new(seed);
-    let study_id = rng.hex(16);
+    let seed = opts.seed.unwrap_or_else(fresh_seed);
+    let mut rng = seeded_rng(seed);
+    let study_id = hex(&mut rng, 16);
     let repeats = opts.repeats.unwrap_or(pairs.len().div_ceil(10));
     if repeats > pairs.len() {
         return Err(Error::msg(format!(
@@ -377,14 +387,14 @@ pub fn make(opts: &MakeOptions) -> Result<MadeStudy> {
         })
         .collect();
     let mut repeated: Vec<usize> = (0..pairs.len()).collect();
-    rng.shuffle(&mut repeated);
+    repeated.shuffle(&mut rng);
     repeated.truncate(repeats);
     // (pair index, left adapter, is a repeat)
     let mut slots: Vec<(usize, Which, bool)> = (0..pairs.len())
         .map(|i| (i, sides[i], false))
         .chain(repeated.iter().map(|&i| (i, sides[i].other(), true)))
         .collect();
-    rng.shuffle(&mut slots);
+    slots.shuffle(&mut rng);
     let width = slots.len().to_string().len().max(3);
     let id_of = |k: usize| format!("t{:0width$}", k + 1);
     let pair_width = pairs.len().to_string().len().max(3);

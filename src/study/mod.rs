@@ -206,4 +206,4 @@ pub fn tally_dir_for(key: &Path) -> PathBuf {
 
 /// The seeded generator every random choice of a study comes from (shared with the metrics'
 /// bootstrap).
-pub use crate::metrics::stats::Rng;
+pub use crate::metrics::stats::{fresh_seed, seeded_rng, SeededRng};
