@@ -615,8 +615,7 @@ fn bad_single_files_are_refused_clearly() {
     }
     // Configs that do not describe the file.
     let err = ModelDir::open_with_configs(&good, Some(&repo().join("configs/sdxl-base-1.0")))
-        .err()
-        .expect("full-size configs on the tiny file")
+        .expect_err("full-size configs on the tiny file")
         .to_string();
     println!("{err}");
     assert!(

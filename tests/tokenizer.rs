@@ -152,8 +152,7 @@ fn errors_name_the_file() {
 
     let empty = scratch("empty");
     let err = ClipTokenizer::from_dir(&empty)
-        .err()
-        .expect("empty folder")
+        .expect_err("empty folder")
         .to_string();
     assert!(err.contains("tokenizer_config.json"), "{err}");
 
@@ -164,8 +163,7 @@ fn errors_name_the_file() {
     )
     .unwrap();
     let err = ClipTokenizer::from_dir(&no_vocab)
-        .err()
-        .expect("no vocabulary")
+        .expect_err("no vocabulary")
         .to_string();
     assert!(
         err.contains("tokenizer.json") && err.contains("vocab.json"),
@@ -173,8 +171,7 @@ fn errors_name_the_file() {
     );
     std::fs::copy(src.join("merges.txt"), no_vocab.join("merges.txt")).unwrap();
     let err = ClipTokenizer::from_dir(&no_vocab)
-        .err()
-        .expect("no vocab.json")
+        .expect_err("no vocab.json")
         .to_string();
     assert!(
         err.contains("vocab.json") && err.contains("missing"),
@@ -195,8 +192,7 @@ fn errors_name_the_file() {
     )
     .unwrap();
     let err = ClipTokenizer::from_dir(&bad)
-        .err()
-        .expect("bad merges")
+        .expect_err("bad merges")
         .to_string();
     assert!(
         err.contains("merges.txt") && err.contains("line 3"),
@@ -206,8 +202,7 @@ fn errors_name_the_file() {
     std::fs::write(bad.join("merges.txt"), "#version: 0.2\ni n\n").unwrap();
     std::fs::write(bad.join("vocab.json"), "{\"a\": ").unwrap();
     let err = ClipTokenizer::from_dir(&bad)
-        .err()
-        .expect("bad vocab")
+        .expect_err("bad vocab")
         .to_string();
     assert!(
         err.contains("vocab.json") && err.contains("invalid JSON"),

@@ -135,6 +135,7 @@ pub fn save_parts(
 }
 
 /// One layer's tensors as read from a file.
+#[derive(Debug)]
 pub struct LayerTensors {
     pub a: Tensor,
     pub b: Tensor,
@@ -142,6 +143,7 @@ pub struct LayerTensors {
 }
 
 /// A loaded adapter file.
+#[derive(Debug)]
 pub struct AdapterFile {
     pub meta: AdapterMeta,
     /// UNet module path -> tensors

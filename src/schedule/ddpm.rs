@@ -41,6 +41,7 @@ pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Result<Tensor> {
 }
 
 /// The training noise schedule.
+#[derive(Debug)]
 pub struct DdpmSchedule {
     /// `abar_t` for t in 0..num_train_timesteps, float32 on the CPU.
     pub alphas_cumprod: Tensor,

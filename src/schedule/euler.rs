@@ -58,6 +58,7 @@ impl Prediction {
     }
 }
 
+#[derive(Debug)]
 pub struct EulerDiscrete {
     spacing: TimestepSpacing,
     prediction: Prediction,

@@ -14,6 +14,7 @@ use crate::error::Result;
 
 /// Multi-head attention: `to_out.0(softmax(q k^T / sqrt(d)) v)`, with `q = to_q(x)` and
 /// `k, v = to_k(c), to_v(c)` for a context `c` (cross-attention) or `c = x` (self-attention).
+#[derive(Debug)]
 pub struct Attention {
     pub to_q: Linear,
     pub to_k: Linear,
@@ -83,6 +84,7 @@ impl Attention {
 
 /// `net.0` = GEGLU (`proj` to twice the inner width, one half gating the other through an exact
 /// GELU), `net.1` = dropout, `net.2` = the output projection.
+#[derive(Debug)]
 pub struct FeedForward {
     /// `net.0.proj`
     pub proj_in: Linear,
@@ -107,6 +109,7 @@ impl FeedForward {
 }
 
 /// Pre-norm self-attention, cross-attention and feed-forward, each added back to its input.
+#[derive(Debug)]
 pub struct BasicTransformerBlock {
     pub norm1: LayerNorm,
     pub attn1: Attention,
@@ -152,6 +155,7 @@ impl BasicTransformerBlock {
 
 /// A stack of transformer blocks over the pixels of a feature map: `norm` (GroupNorm) ->
 /// `proj_in` (linear, per pixel) -> blocks -> `proj_out` -> plus the input.
+#[derive(Debug)]
 pub struct Transformer2DModel {
     pub norm: GroupNorm,
     pub proj_in: Linear,

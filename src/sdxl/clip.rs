@@ -132,6 +132,7 @@ impl EncoderConfig {
 }
 
 /// `CLIPTextEmbeddings`: token embedding plus learned absolute position embedding.
+#[derive(Debug)]
 pub struct ClipTextEmbeddings {
     pub token_embedding: Embedding,
     pub position_embedding: Embedding,
@@ -164,6 +165,7 @@ impl ClipTextEmbeddings {
 
 /// `CLIPAttention`: multi-head self-attention. The projections are public so that text-encoder
 /// adapters can wrap them.
+#[derive(Debug)]
 pub struct ClipAttention {
     pub q_proj: Linear,
     pub k_proj: Linear,
@@ -225,6 +227,7 @@ impl ClipAttention {
 }
 
 /// `CLIPMLP`: fc1, activation, fc2.
+#[derive(Debug)]
 pub struct ClipMlp {
     pub fc1: Linear,
     pub fc2: Linear,
@@ -258,6 +261,7 @@ impl ClipMlp {
 }
 
 /// `CLIPEncoderLayer`: pre-norm attention and MLP blocks, each with a residual.
+#[derive(Debug)]
 pub struct ClipEncoderLayer {
     pub self_attn: ClipAttention,
     pub layer_norm1: LayerNorm,
@@ -283,6 +287,7 @@ impl ClipEncoderLayer {
 }
 
 /// `CLIPEncoder`: the stack of layers.
+#[derive(Debug)]
 pub struct ClipEncoder {
     pub layers: Vec<ClipEncoderLayer>,
 }
@@ -308,6 +313,7 @@ impl ClipEncoder {
 }
 
 /// What one forward pass gives, as transformers returns it with `output_hidden_states=True`.
+#[derive(Debug)]
 pub struct ClipOutput {
     /// The embeddings' output, then each layer's output (`num_hidden_layers + 1` tensors of
     /// shape (batch, seq, hidden)). The last one is NOT through `final_layer_norm`.
@@ -328,6 +334,7 @@ impl ClipOutput {
 }
 
 /// `CLIPTextModel` (with `with_projection`: `CLIPTextModelWithProjection`).
+#[derive(Debug)]
 pub struct ClipTextModel {
     pub embeddings: ClipTextEmbeddings,
     pub encoder: ClipEncoder,

@@ -276,6 +276,7 @@ impl ClipConfig {
 
 /// `CLIPVisionEmbeddings`: class token, patch embedding (a bias-free convolution whose stride
 /// is its kernel), learned absolute positions.
+#[derive(Debug)]
 pub struct ClipVisionEmbeddings {
     pub class_embedding: Tensor,
     pub patch_embedding: Tensor,
@@ -337,6 +338,7 @@ impl ClipVisionEmbeddings {
 
 /// `CLIPVisionTransformer`: embeddings, `pre_layrnorm`, the shared encoder (no mask),
 /// `post_layernorm` of the class token.
+#[derive(Debug)]
 pub struct ClipVisionTransformer {
     pub embeddings: ClipVisionEmbeddings,
     pub pre_layrnorm: LayerNorm,
@@ -369,6 +371,7 @@ impl ClipVisionTransformer {
 }
 
 /// transformers' `CLIPModel`.
+#[derive(Debug)]
 pub struct ClipModel {
     pub text: ClipTextModel,
     pub vision: ClipVisionTransformer,

@@ -42,6 +42,7 @@ pub fn timestep_embedding(
 
 /// `linear_1 -> SiLU -> linear_2`: lifts the sinusoidal timestep (or the SDXL `text_time`
 /// conditioning vector) to the width of the time embedding the resnets consume.
+#[derive(Debug)]
 pub struct TimestepEmbedding {
     pub linear_1: Linear,
     pub linear_2: Linear,

@@ -17,6 +17,7 @@ use super::weights::{SafetensorsSource, Weights};
 use crate::error::{Error, Result};
 
 /// A whole CLIP ready to score: model, tokenizer, preprocessing.
+#[derive(Debug)]
 pub struct LoadedClip {
     pub dir: PathBuf,
     pub model: ClipModel,
@@ -25,6 +26,7 @@ pub struct LoadedClip {
 }
 
 /// DINO ready to score.
+#[derive(Debug)]
 pub struct LoadedDino {
     pub dir: PathBuf,
     pub model: VitModel,

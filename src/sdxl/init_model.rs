@@ -16,6 +16,7 @@ use super::weights::{save_safetensors, RandomSource, TensorSource, Weights};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
+#[derive(Debug)]
 pub struct InitOptions<'a> {
     pub preset: &'a str,
     pub seed: u64,
@@ -44,6 +45,7 @@ pub fn init_model(out: &Path, o: &InitOptions) -> Result<()> {
 
 /// What a random pipeline is made of: the five config texts (unet, vae, text_encoder,
 /// text_encoder_2, scheduler) and the tokenizers' vocabulary and merges.
+#[derive(Debug)]
 pub struct PipelineSpec<'a> {
     pub configs: [String; 5],
     pub vocab: &'a str,

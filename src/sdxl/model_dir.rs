@@ -24,6 +24,7 @@ pub const COMPONENTS: &[(&str, &str)] = &[
     ("text_encoder_2", "model"),
 ];
 
+#[derive(Debug)]
 pub struct ModelDir {
     pub root: PathBuf,
     /// Set when `root` is a single-file checkpoint rather than a folder.

@@ -50,6 +50,7 @@ impl Default for RunOptions {
 }
 
 /// Both text encoders and their tokenizers.
+#[derive(Debug)]
 pub struct TextEncoders {
     pub tokenizer: ClipTokenizer,
     pub tokenizer_2: ClipTokenizer,
@@ -187,6 +188,7 @@ pub struct GenerateOptions {
 
 /// The UNet, the VAE and the sampler settings: everything but the text encoders, which can
 /// be dropped once the prompts are embedded.
+#[derive(Debug)]
 pub struct Denoiser {
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,

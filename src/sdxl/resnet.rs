@@ -39,6 +39,7 @@ impl ResnetBlock2DConfig {
 
 /// `norm1 -> SiLU -> conv1 (+ time_emb_proj(SiLU(temb))) -> norm2 -> SiLU -> conv2`, added to
 /// the input (through a 1x1 `conv_shortcut` when the channel count changes).
+#[derive(Debug)]
 pub struct ResnetBlock2D {
     pub norm1: GroupNorm,
     pub conv1: Conv2d,
@@ -100,6 +101,7 @@ impl ResnetBlock2D {
 
 /// Halves the resolution with a stride-2 3x3 convolution (`conv`). With `padding` 0 the input is
 /// first padded by one on the right and bottom only, as diffusers does (the VAE encoder).
+#[derive(Debug)]
 pub struct Downsample2D {
     pub conv: Conv2d,
     pub padding: i64,
@@ -123,6 +125,7 @@ impl Downsample2D {
 }
 
 /// Nearest-neighbour upsampling, then a 3x3 convolution (`conv`).
+#[derive(Debug)]
 pub struct Upsample2D {
     pub conv: Conv2d,
 }

@@ -166,6 +166,7 @@ impl ModelConfigs {
 }
 
 /// An opened single-file SDXL checkpoint.
+#[derive(Debug)]
 pub struct SingleFile {
     pub path: PathBuf,
     file: Rc<MappedFile>,
@@ -298,6 +299,7 @@ fn kind_of(d: Dtype) -> Kind {
 }
 
 /// One component of a single file, asked for in diffusers' names.
+#[derive(Debug)]
 struct ComponentSource {
     file: Rc<MappedFile>,
     shapes: Rc<HashMap<String, Vec<i64>>>,

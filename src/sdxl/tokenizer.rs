@@ -57,6 +57,7 @@ fn clip_default(key: &str) -> Option<&'static str> {
 }
 
 /// A CLIP BPE tokenizer that encodes prompts the way SDXL's pipeline does.
+#[derive(Debug)]
 pub struct ClipTokenizer {
     tokenizer: Tokenizer,
     bos_id: i64,
@@ -286,6 +287,7 @@ fn parse_token(value: &Value, special_default: bool) -> Option<AddedToken> {
 
 /// The special tokens of one folder and the added tokens to register, resolved as
 /// transformers 5's `from_pretrained` does.
+#[derive(Debug)]
 struct SpecialTokens {
     /// Named special token -> its token.
     named: HashMap<&'static str, AddedToken>,

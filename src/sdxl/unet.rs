@@ -17,6 +17,7 @@ use super::unet_segments::{self, Conditioning, Segment};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
+#[derive(Debug)]
 pub struct UNet2DConditionModel {
     pub conv_in: Conv2d,
     pub time_embedding: TimestepEmbedding,

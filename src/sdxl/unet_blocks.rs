@@ -100,6 +100,7 @@ fn upsampler(w: &Weights, channels: i64, add: bool) -> Result<Option<Upsample2D>
 
 /// Resnets, then an optional stride-2 downsampler. Returns the output and every intermediate
 /// state (one per resnet, plus the downsampled one) for the skip connections.
+#[derive(Debug)]
 pub struct DownBlock2D {
     pub resnets: Vec<ResnetBlock2D>,
     pub downsamplers: Option<Downsample2D>,
@@ -135,6 +136,7 @@ impl DownBlock2D {
 }
 
 /// Like [`DownBlock2D`], with a transformer after each resnet.
+#[derive(Debug)]
 pub struct CrossAttnDownBlock2D {
     pub resnets: Vec<ResnetBlock2D>,
     pub attentions: Vec<Transformer2DModel>,
@@ -173,6 +175,7 @@ impl CrossAttnDownBlock2D {
 }
 
 /// resnet -> (transformer -> resnet) at the lowest resolution.
+#[derive(Debug)]
 pub struct UNetMidBlock2DCrossAttn {
     pub resnets: Vec<ResnetBlock2D>,
     pub attentions: Vec<Transformer2DModel>,
@@ -212,6 +215,7 @@ impl UNetMidBlock2DCrossAttn {
 }
 
 /// Resnets over (state ++ skip), then an optional nearest-x2 upsampler.
+#[derive(Debug)]
 pub struct UpBlock2D {
     pub resnets: Vec<ResnetBlock2D>,
     pub upsamplers: Option<Upsample2D>,
@@ -251,6 +255,7 @@ impl UpBlock2D {
 }
 
 /// Like [`UpBlock2D`], with a transformer after each resnet.
+#[derive(Debug)]
 pub struct CrossAttnUpBlock2D {
     pub resnets: Vec<ResnetBlock2D>,
     pub attentions: Vec<Transformer2DModel>,
@@ -294,6 +299,7 @@ impl CrossAttnUpBlock2D {
 }
 
 /// One entry of `down_blocks` (diffusers' `get_down_block`).
+#[derive(Debug)]
 pub enum DownBlock {
     Plain(DownBlock2D),
     CrossAttn(CrossAttnDownBlock2D),
@@ -320,6 +326,7 @@ impl DownBlock {
 }
 
 /// One entry of `up_blocks` (diffusers' `get_up_block`).
+#[derive(Debug)]
 pub enum UpBlock {
     Plain(UpBlock2D),
     CrossAttn(CrossAttnUpBlock2D),

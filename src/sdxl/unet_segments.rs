@@ -17,6 +17,7 @@ use super::unet_blocks::{DownBlock, UNetMidBlock2DCrossAttn, UpBlock};
 /// What every segment may read besides its input: the time embedding, the text context, and
 /// whether upsamplers must resize to their skip's size (a latent that is not a multiple of
 /// the total stride).
+#[derive(Debug)]
 pub struct Conditioning {
     pub emb: Tensor,
     pub context: Tensor,
@@ -24,6 +25,7 @@ pub struct Conditioning {
 }
 
 /// One piece of the chain.
+#[derive(Debug)]
 pub enum Op<'a> {
     /// A resnet; in the up path (`skip`) over the state concatenated with a popped skip.
     Resnet {
@@ -41,6 +43,7 @@ pub enum Op<'a> {
 }
 
 /// A segment and whether its output is pushed for a skip connection.
+#[derive(Debug)]
 pub struct Segment<'a> {
     pub op: Op<'a>,
     pub push_output: bool,

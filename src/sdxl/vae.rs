@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 const VAE_EPS: f64 = 1e-6;
 
 /// The posterior `q(z | x)`: diffusers `DiagonalGaussianDistribution`.
+#[derive(Debug)]
 pub struct DiagonalGaussian {
     pub mean: Tensor,
     /// Clamped to [-30, 20] as diffusers does, so `std` neither underflows nor overflows.
@@ -97,6 +98,7 @@ fn run_resnets(resnets: &[ResnetBlock2D], x: &Tensor) -> Tensor {
 /// `_from_deprecated_attn_block=True`, that is the shared [`Attention`] with one head over all
 /// channels and biased projections, a group norm in front and the input added back (output
 /// rescale 1).
+#[derive(Debug)]
 struct SpatialSelfAttention {
     group_norm: GroupNorm,
     attn: Attention,
@@ -125,6 +127,7 @@ impl SpatialSelfAttention {
 }
 
 /// diffusers `UNetMidBlock2D` as the VAE builds it: resnet, (attention, resnet).
+#[derive(Debug)]
 struct UNetMidBlock2D {
     resnets: Vec<ResnetBlock2D>,
     attention: Option<SpatialSelfAttention>,
@@ -160,6 +163,7 @@ impl UNetMidBlock2D {
 
 /// diffusers `DownEncoderBlock2D`: resnets, then an optional stride-2 downsampler with
 /// `downsample_padding` 0 (the asymmetric right-and-bottom pad of the original LDM layout).
+#[derive(Debug)]
 struct DownEncoderBlock2D {
     resnets: Vec<ResnetBlock2D>,
     downsampler: Option<Downsample2D>,
@@ -202,6 +206,7 @@ impl DownEncoderBlock2D {
 }
 
 /// diffusers `UpDecoderBlock2D`: resnets, then an optional nearest-x2 upsampler.
+#[derive(Debug)]
 struct UpDecoderBlock2D {
     resnets: Vec<ResnetBlock2D>,
     upsampler: Option<Upsample2D>,
@@ -236,6 +241,7 @@ impl UpDecoderBlock2D {
 }
 
 /// diffusers `Encoder` (with `double_z`: it outputs mean and log-variance).
+#[derive(Debug)]
 struct Encoder {
     conv_in: Conv2d,
     down_blocks: Vec<DownEncoderBlock2D>,
@@ -290,6 +296,7 @@ impl Encoder {
 }
 
 /// diffusers `Decoder` (group norm, no spatial norm).
+#[derive(Debug)]
 struct Decoder {
     conv_in: Conv2d,
     mid_block: UNetMidBlock2D,
@@ -344,6 +351,7 @@ impl Decoder {
 }
 
 /// diffusers `AutoencoderKL` (no tiling or slicing: SDXL at 1024 px fits on one GPU).
+#[derive(Debug)]
 pub struct AutoencoderKL {
     encoder: Encoder,
     decoder: Decoder,

@@ -140,6 +140,7 @@ impl VitConfig {
 }
 
 /// `ViTModel` without pooler.
+#[derive(Debug)]
 pub struct VitModel {
     pub cls_token: Tensor,
     pub position_embeddings: Tensor,

@@ -67,6 +67,18 @@ pub struct Weights {
     used: Rc<RefCell<Vec<String>>>,
 }
 
+/// Where in the tree, not the source's tensors.
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field("component", &self.component)
+            .field("prefix", &self.prefix)
+            .field("kind", &self.kind)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Weights {
     pub fn new(source: Rc<dyn TensorSource>, component: &str, kind: Kind, device: Device) -> Self {
         Weights {
@@ -180,6 +192,7 @@ pub fn safetensors_dtype(kind: Kind) -> Result<Dtype> {
 }
 
 /// One memory-mapped `.safetensors` file.
+#[derive(Debug)]
 pub struct MappedFile {
     pub path: PathBuf,
     mmap: Mmap,
@@ -244,6 +257,7 @@ impl MappedFile {
 }
 
 /// Tensors from one or more memory-mapped `.safetensors` files (sharded checkpoints).
+#[derive(Debug)]
 pub struct SafetensorsSource {
     files: Vec<MappedFile>,
     /// tensor name -> index into `files`, and the shape stored there.
@@ -367,6 +381,7 @@ impl TensorSource for SafetensorsSource {
 }
 
 /// Seeded random weights, remembered so that they can be saved (`init-model`).
+#[derive(Debug)]
 pub struct RandomSource {
     made: RefCell<Vec<(String, Tensor)>>,
 }
@@ -473,6 +488,7 @@ impl TensorSource for TrainableSource {
 
 /// Shapes only: every tensor is a stride-0 view of one element, so a full-size model can be
 /// "built" without allocating its weights. Records every name and shape asked for.
+#[derive(Debug)]
 pub struct ShapeSource {
     seen: RefCell<Vec<(String, Vec<i64>)>>,
 }
@@ -516,6 +532,7 @@ impl TensorSource for ShapeSource {
 }
 
 /// A contiguous CPU tensor seen as safetensors data, without copying it.
+#[derive(Debug)]
 struct TensorBytes {
     tensor: Tensor,
     dtype: Dtype,

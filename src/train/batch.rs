@@ -10,6 +10,7 @@ use crate::config::RunConfig;
 use crate::schedule::ddpm::DdpmSchedule;
 
 /// One training batch, ready for the UNet.
+#[derive(Debug)]
 pub struct Batch {
     /// x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     pub noisy: Tensor,

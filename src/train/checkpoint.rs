@@ -37,6 +37,7 @@ fn sibling(dir: &Path, tag: &str) -> PathBuf {
 
 /// What a checkpoint keeps besides the adapter tensors: the optimizer (its step and moments),
 /// the settings' fingerprint, the adapter metadata and the loss history so far.
+#[derive(Debug)]
 pub struct RunState<'a> {
     pub fingerprint: &'a str,
     pub opt: &'a AdamW,

@@ -13,6 +13,7 @@ use crate::sdxl::pipeline::{PromptEmbeds, RunOptions, TextEncoders};
 use crate::sdxl::vae::AutoencoderKL;
 
 /// Prompt embeddings and cached latents: everything the steps need besides the UNet.
+#[derive(Debug)]
 pub struct TrainData {
     pub instance: Vec<Example>,
     pub instance_prompt: PromptEmbeds,
@@ -24,6 +25,7 @@ pub struct TrainData {
 }
 
 /// What sample renders during training need besides the UNet.
+#[derive(Debug)]
 pub struct Sampler {
     pub vae: AutoencoderKL,
     pub uncond: PromptEmbeds,

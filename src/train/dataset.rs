@@ -14,6 +14,7 @@ use crate::sdxl::vae::AutoencoderKL;
 pub const PHOTO_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 
 /// One decoded photo.
+#[derive(Debug)]
 pub struct Photo {
     pub path: PathBuf,
     pub image: RgbImage,
@@ -95,6 +96,7 @@ pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
 
 /// One cached training example: the VAE posterior of a crop/flip variant and its
 /// micro-conditioning.
+#[derive(Debug)]
 pub struct Example {
     /// (1, 4, h, w) mean and standard deviation of the latent distribution (unscaled).
     pub mean: Tensor,

@@ -15,6 +15,7 @@ use tch::Tensor;
 use crate::config::Adam;
 use crate::error::{Error, Result};
 
+#[derive(Debug)]
 pub struct AdamW {
     pub hp: Adam,
     /// Named parameters (shallow clones of the adapters' tensors).
@@ -29,6 +30,7 @@ pub struct AdamW {
 /// The flat buffers. `params`, `exp_avg` and `exp_avg_sq` of the optimizer are views into
 /// `values`, `exp_avg` and `exp_avg_sq`; the gradients become views into `grads` once they
 /// exist (autograd then accumulates into them in place).
+#[derive(Debug)]
 struct Flat {
     values: Tensor,
     grads: Tensor,

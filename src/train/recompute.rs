@@ -26,6 +26,7 @@ use crate::sdxl::unet::UNet2DConditionModel;
 use crate::sdxl::unet_segments::{upsample_size, Op};
 
 /// The UNet's inputs, as [`UNet2DConditionModel::forward`] takes them.
+#[derive(Debug)]
 pub struct UNetInputs<'a> {
     pub sample: &'a Tensor,
     pub timesteps: &'a Tensor,
@@ -36,12 +37,14 @@ pub struct UNetInputs<'a> {
 
 /// A tensor of the forward pass kept for the backward pass, and whether it depends on a
 /// trained tensor (only then does any gradient need to flow through it).
+#[derive(Debug)]
 struct Kept {
     tensor: Tensor,
     needs_grad: bool,
 }
 
 /// What one segment read and wrote in the forward pass.
+#[derive(Debug)]
 struct Record {
     input: usize,
     popped: Option<usize>,

@@ -65,6 +65,7 @@ impl AdapterKind {
 }
 
 /// Where one adapter's run writes.
+#[derive(Debug)]
 pub struct RunPaths {
     pub dir: PathBuf,
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::sdxl::pipeline::{PromptEmbeds, TextEncoders};
 
 /// The text encoders of a run that trains their adapters, with the prompts' token ids.
+#[derive(Debug)]
 pub struct TextTraining {
     pub encoders: TextEncoders,
     instance_ids: (Tensor, Tensor),

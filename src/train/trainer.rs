@@ -80,6 +80,7 @@ pub fn train_step_with(
 }
 
 /// What a finished (or stopped) run reports.
+#[derive(Debug)]
 pub struct TrainOutcome {
     pub kind: AdapterKind,
     pub adapter: PathBuf,
@@ -108,6 +109,7 @@ pub struct Quiet;
 impl Progress for Quiet {}
 
 /// One adapter's training run: which adapter, on which prepared data, for which base model.
+#[derive(Debug)]
 pub struct TrainJob<'a> {
     pub cfg: &'a RunConfig,
     pub kind: AdapterKind,
