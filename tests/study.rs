@@ -2,6 +2,7 @@
 //! side balance, repeats, the statistics against hand-computed values, and votes files that
 //! are malformed, truncated, duplicated, foreign or partial.
 
+mod common;
 mod study_support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::rc::Rc;
 
-use common::tiny_model;
-use moslora::adapter::file::{self, AdapterFile, AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use common::{adapter_meta, repo, scratch, tensors, tiny_model};
+use moslora::adapter::file::{self, AdapterFile, AdapterMeta};
 use moslora::adapter::{self, AdapterConfig, Component};
 use moslora::config::RunConfig;
 use moslora::schedule::ddpm::DdpmSchedule;
@@ -21,16 +20,6 @@ use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{ShapeSource, TensorSource, Weights};
 use moslora::train::{self, AdapterKind, Progress, Quiet, RunPaths};
 use tch::{Device, Kind, Tensor};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moslora-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn config(out: &Path, steps: u64) -> RunConfig {
     let mut c = RunConfig {
@@ -46,13 +35,6 @@ fn config(out: &Path, steps: u64) -> RunConfig {
     c.train.crops_per_image = 2;
     c.train.checkpoint_every = 0;
     c
-}
-
-fn tensors(path: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
 }
 
 fn assert_same_tensors(a: &Path, b: &Path) {
@@ -505,16 +487,8 @@ fn an_adapter_for_another_model_is_refused() {
     let acfg = AdapterConfig::default();
     let layers = adapter::inject(&mut other, &acfg, 0).unwrap();
     let meta = AdapterMeta {
-        format_version: FORMAT_VERSION,
-        name: "moslora".into(),
-        adapter: acfg,
-        base_model: ModelIdentity {
-            name: "other-sdxl".into(),
-            ..Default::default()
-        },
         training: serde_json::Value::Null,
-        steps: 0,
-        layers,
+        ..adapter_meta("moslora", acfg, "other-sdxl", layers)
     };
     let dir = scratch("foreign");
     let path = dir.join("foreign.safetensors");
