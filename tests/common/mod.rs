@@ -183,3 +183,40 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
         "{what}: max abs error {err:.3e} exceeds {tol:.0e}"
     );
 }
+
+/// What the cases of a table got wrong: every case runs, and the test then fails once, naming
+/// every failing case and why.
+#[derive(Default)]
+pub struct Failures(Vec<String>);
+
+impl Failures {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Note a failure of `case`, saying `why`, unless `ok`.
+    pub fn check(&mut self, case: &str, ok: bool, why: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(format!("{case}: {}", why()));
+        }
+    }
+
+    /// Note a failure of `case` for every fragment that `text` lacks.
+    pub fn contains_all(&mut self, case: &str, text: &str, fragments: &[&str]) {
+        for f in fragments {
+            self.check(case, text.contains(f), || {
+                format!("{f:?} missing from: {text}")
+            });
+        }
+    }
+
+    /// Fail, listing every failure noted, if there was any.
+    pub fn assert_none(&self) {
+        assert!(
+            self.0.is_empty(),
+            "{} failure(s):\n{}",
+            self.0.len(),
+            self.0.join("\n")
+        );
+    }
+}
