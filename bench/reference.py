@@ -135,6 +135,35 @@ def load_unet(model, device, dtype):
     return unet.to(device)
 
 
+def train(unet, params, sched, sample, hidden, pooled, steps, device, dtype, after_step=None):
+    """The script's training loop, `steps` steps: a batch of latents and their time ids from
+    `sample()`, DDPM noise at random timesteps, MSE on the noise in f32 under autocast,
+    backward, `clip_grad_norm_(params, 1.0)`, AdamW (lr 1e-4, weight decay 1e-4), `zero_grad()`.
+    `after_step(i, t0)` is called after each step, `t0` its `perf_counter()` start. Returns
+    the losses."""
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
+    losses = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        latents, time_ids = sample()
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],),
+                                  device=device)
+        noisy = sched.add_noise(latents, noise, timesteps).to(dtype)
+        cond = {"text_embeds": pooled, "time_ids": time_ids}
+        with autocast(device, dtype):
+            pred = unet(noisy, timesteps, hidden, added_cond_kwargs=cond, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        if after_step is not None:
+            after_step(i, t0)
+    return losses
+
+
 def cmd_train_step(args):
     from diffusers import DDPMScheduler
 
@@ -145,7 +174,6 @@ def cmd_train_step(args):
         unet.enable_gradient_checkpointing()
     unet.train()
     sched = DDPMScheduler.from_pretrained(Path(args.model) / "scheduler")
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
     cfg = unet.config
     torch.manual_seed(0)
     side = args.resolution // 8
@@ -158,28 +186,21 @@ def cmd_train_step(args):
     pooled = torch.randn(1, pooled_dim).repeat(b, 1).to(device, dtype)
     r = float(args.resolution)
     time_ids = torch.tensor([[r, r, 0, 0, r, r]] * b).to(device, dtype)
-    cond = {"text_embeds": pooled, "time_ids": time_ids}
-    times, losses = [], []
-    for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+    times = []
+
+    def sample():
         idx = torch.randint(0, 5, (b,))
         latents = (mean[idx] + std[idx] * torch.randn(b, cfg.in_channels, side, side,
                                                       device=device)) * 0.13025
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), device=device)
-        noisy = sched.add_noise(latents, noise, timesteps).to(dtype)
-        with autocast(device, dtype):
-            pred = unet(noisy, timesteps, hidden, added_cond_kwargs=cond, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        value = loss.item()
+        return latents, time_ids
+
+    def timed(i, t0):
         sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-        losses.append(value)
+
+    losses = train(unet, params, sched, sample, hidden, pooled, args.warmup + args.steps,
+                   device, dtype, after_step=timed)
     return {
         "what": "train-step", "side": "reference", "adapter": args.adapter, "rank": args.rank,
         "batch": b, "resolution": args.resolution,
@@ -289,25 +310,15 @@ def cmd_recipe(args):
     params = add_adapter(unet, args.adapter, args.rank)
     unet.train()
     sched = DDPMScheduler.from_pretrained(model / "scheduler")
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
     b = args.batch
     hidden_b, pooled_b = hidden.repeat(b, 1, 1).to(dtype), pooled.repeat(b, 1).to(dtype)
-    losses = []
-    for _ in range(args.steps):
+
+    def sample():
         idx = torch.randint(0, len(mean), (b,))
         latents = (mean[idx] + std[idx] * torch.randn_like(mean[idx])) * scaling
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), device=device)
-        noisy = sched.add_noise(latents, noise, timesteps).to(dtype)
-        cond = {"text_embeds": pooled_b, "time_ids": time_ids[idx].to(device, dtype)}
-        with autocast(device, dtype):
-            pred = unet(noisy, timesteps, hidden_b, added_cond_kwargs=cond, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+        return latents, time_ids[idx].to(device, dtype)
+
+    losses = train(unet, params, sched, sample, hidden_b, pooled_b, args.steps, device, dtype)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))

@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::repo;
 use moslora::adapter::file::AdapterFile;
 use moslora::render::manifest::Manifest;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Every `src="..."` / `href="..."` of a page that is a relative path must exist; returns how
 /// many there are.

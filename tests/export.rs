@@ -6,14 +6,17 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::rc::Rc;
 
-use common::tiny_model;
+use common::{
+    adapter_meta, mean_pixel_diff, randomize_b, read_png, repo, run_reference, scratch, tensors,
+    tiny_model,
+};
 use moslora::adapter::export::{export, kohya_component_name, kohya_name, ExportFormat};
-use moslora::adapter::file::{self, AdapterFile, AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use moslora::adapter::file::{self, AdapterFile};
 use moslora::adapter::{self, AdapterConfig, Component, MixerInit};
 use moslora::config::RunConfig;
 use moslora::sdxl::config::{presets, UNetConfig};
@@ -29,17 +32,6 @@ const PROMPT: &str = "a photo of sks toy";
 const SEED: u64 = 7;
 const STEPS: usize = 10;
 const SIZE: i64 = 64;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("export-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn options() -> GenerateOptions {
     GenerateOptions {
@@ -64,41 +56,6 @@ fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
     )
     .unwrap();
     image.permute([1, 2, 0]).to_kind(Kind::Float)
-}
-
-fn read_png(path: &Path) -> Tensor {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw())
-        .reshape([h as i64, w as i64, 3])
-        .to_kind(Kind::Float)
-}
-
-/// Mean absolute difference in 0..255 pixel units.
-fn mean_pixel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().mean(Kind::Double).double_value(&[])
-}
-
-/// Run a reference script with the project's Python.
-fn python(script: &str, args: &[&Path]) {
-    let py = repo().join(".venv/bin/python");
-    let out = Command::new(&py)
-        .arg(repo().join("tests/reference").join(script))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", py.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{script}:\n{text}");
-    assert!(out.status.success(), "{script} failed:\n{text}");
 }
 
 /// An adapter trained a few steps on the tiny model. The learning rate is far above a real
@@ -174,7 +131,7 @@ fn check_in_diffusers(dir: &Path, jobs: &[Job]) {
         args.push(&job.1);
         args.push(png);
     }
-    python("check_lora_export.py", &args);
+    run_reference("check_lora_export.py", &args);
     for ((what, _, ours, effect), png) in jobs.iter().zip(&pngs) {
         let theirs = read_png(png);
         let diff = mean_pixel_diff(ours, &theirs);
@@ -201,35 +158,11 @@ fn scaled_moslora(out: &Path) -> PathBuf {
         ..AdapterConfig::default()
     };
     let layers = adapter::inject(&mut unet, &cfg, 3).unwrap();
-    // The global generator is locked while this test draws: see moslora::runtime::seeded.
-    let rng = moslora::runtime::seeded(11);
-    for l in adapter::adapted(&mut unet) {
-        let a = adapter::lowrank_mut(l).unwrap();
-        a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
-    }
-    drop(rng);
-    let meta = AdapterMeta {
-        format_version: FORMAT_VERSION,
-        name: "moslora".into(),
-        adapter: cfg,
-        base_model: ModelIdentity {
-            name: "tiny-sdxl".into(),
-            ..ModelIdentity::default()
-        },
-        training: serde_json::json!({}),
-        steps: 0,
-        layers,
-    };
+    randomize_b(&mut unet, None, 11);
+    let meta = adapter_meta("moslora", cfg, "tiny-sdxl", layers);
     let path = out.join("scaled.safetensors");
     file::save(&mut unet, &meta, &path).unwrap();
     path
-}
-
-fn tensors(path: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
 }
 
 /// The exported factors give exactly the adapter's update `scale * B M A` for every layer of

@@ -27,7 +27,7 @@ fn init(out: &PathBuf, seed: u64) {
 
 #[test]
 fn tiny_model_loads_in_moslora_and_diffusers() {
-    let out = std::env::temp_dir().join(format!("moslora-init-{}", std::process::id()));
+    let out = common::scratch("init");
     init(&out, 7);
     // Same tensor names as diffusers' own save of the same configs.
     for (component, file) in [
@@ -71,19 +71,9 @@ fn tiny_model_loads_in_moslora_and_diffusers() {
     assert_eq!(img.size(), [3, 64, 64]);
     assert!(ModelDir::open(&out).is_ok());
     // diffusers and transformers read it: exact key sets, and a pipeline render.
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/check_pipeline_dir.py");
-    let output = Command::new(python).arg(script).arg(&out).output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "diffusers check failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::run_reference("check_pipeline_dir.py", &[&out]);
     // The same seed gives the same weights; another seed does not.
-    let again = std::env::temp_dir().join(format!("moslora-init2-{}", std::process::id()));
+    let again = common::scratch("init2");
     init(&again, 7);
     let f = "unet/diffusion_pytorch_model.safetensors";
     assert_eq!(
@@ -101,8 +91,7 @@ fn tiny_model_loads_in_moslora_and_diffusers() {
 
 #[test]
 fn init_model_refuses_to_overwrite() {
-    let out = std::env::temp_dir().join(format!("moslora-init-keep-{}", std::process::id()));
-    std::fs::create_dir_all(&out).unwrap();
+    let out = common::scratch("init-keep");
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_moslora"))
         .args(["init-model", "--preset", "tiny", "--out"])

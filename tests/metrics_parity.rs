@@ -17,7 +17,8 @@
 mod common;
 mod metrics_support;
 
-use metrics_support::{case, fx, photo, renders_folder, repo, scratch};
+use common::{repo, scratch};
+use metrics_support::{case, fx, photo, renders_folder};
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -439,21 +440,6 @@ fn gradients_reach_the_weights_and_written_folders_load_in_transformers() {
         &out,
     )
     .unwrap();
-    let py = repo().join(".venv/bin/python");
-    let o = std::process::Command::new(&py)
-        .arg(repo().join("tests/reference/check_clip_folder.py"))
-        .arg(&dir)
-        .arg(&out)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", py.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    println!("{text}");
-    assert!(o.status.success(), "check_clip_folder.py failed:\n{text}");
+    common::run_reference("check_clip_folder.py", &[&dir, &out]);
     let _ = std::fs::remove_dir_all(&dir);
 }

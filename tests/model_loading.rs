@@ -5,17 +5,15 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixtures, tiny_model};
+use common::{copy_dir, fixtures, scratch, tiny_model};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{load_unet, Denoiser, RunOptions, TextEncoders};
 use moslora::sdxl::weights::save_safetensors;
 use tch::Tensor;
 
 /// A scratch copy of the tiny model: components linked, except those the test replaces.
-fn scratch(name: &str, replace: &[&str]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moslora-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+fn model_copy(name: &str, replace: &[&str]) -> PathBuf {
+    let dir = scratch(name);
     for entry in std::fs::read_dir(tiny_model()).unwrap() {
         let entry = entry.unwrap();
         let file_name = entry.file_name();
@@ -27,14 +25,6 @@ fn scratch(name: &str, replace: &[&str]) -> PathBuf {
         }
     }
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 fn error_text<T>(r: moslora::Result<T>) -> String {
@@ -72,7 +62,7 @@ fn missing_model_folder() {
 
 #[test]
 fn missing_component() {
-    let dir = scratch("missing", &[]);
+    let dir = model_copy("missing", &[]);
     std::fs::remove_file(dir.join("vae")).unwrap();
     let e = error_text(ModelDir::open(&dir));
     assert!(e.contains("component `vae` is missing"), "{e}");
@@ -81,7 +71,7 @@ fn missing_component() {
 
 #[test]
 fn missing_weights_file() {
-    let dir = scratch("noweights", &["unet"]);
+    let dir = model_copy("noweights", &["unet"]);
     std::fs::remove_file(dir.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     let e = error_text(load_unet(
         &ModelDir::open(&dir).unwrap(),
@@ -96,7 +86,7 @@ fn missing_weights_file() {
 
 #[test]
 fn truncated_safetensors() {
-    let dir = scratch("truncated", &["unet"]);
+    let dir = model_copy("truncated", &["unet"]);
     let file = dir.join("unet/diffusion_pytorch_model.safetensors");
     let len = std::fs::metadata(&file).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
@@ -114,7 +104,7 @@ fn truncated_safetensors() {
 
 #[test]
 fn wrong_shaped_tensor() {
-    let dir = scratch("wrongshape", &["unet"]);
+    let dir = model_copy("wrongshape", &["unet"]);
     let file = dir.join("unet/diffusion_pytorch_model.safetensors");
     let mut tensors = Tensor::read_safetensors(&file).unwrap();
     for (name, t) in tensors.iter_mut() {
@@ -139,7 +129,7 @@ fn wrong_shaped_tensor() {
 
 #[test]
 fn unexpected_tensor_is_refused() {
-    let dir = scratch("extra", &["vae"]);
+    let dir = model_copy("extra", &["vae"]);
     let file = dir.join("vae/diffusion_pytorch_model.safetensors");
     let mut tensors = Tensor::read_safetensors(&file).unwrap();
     tensors.push((
@@ -160,7 +150,7 @@ fn unexpected_tensor_is_refused() {
 
 #[test]
 fn sd15_unet_is_refused() {
-    let dir = scratch("sd15", &["unet"]);
+    let dir = model_copy("sd15", &["unet"]);
     let path = dir.join("unet/config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::{assert_close, fixtures, reference, tiny_model};
+use common::{assert_close, fixtures, mean_pixel_diff, read_png, reference, tiny_model};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
 use serde_json::Value;
-use tch::{Kind, Tensor};
+use tch::Kind;
 
 /// Parity tolerance for tensors: 1e-4 max abs error, as for every model part.
 const TOL: f64 = 1e-4;
@@ -34,22 +33,6 @@ fn options(case: &Value) -> GenerateOptions {
         height: case["height"].as_i64().unwrap(),
         seed: case["seed"].as_u64().unwrap(),
     }
-}
-
-fn read_png(path: &Path) -> Tensor {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw())
-        .reshape([h as i64, w as i64, 3])
-        .to_kind(Kind::Float)
-}
-
-/// Mean absolute difference in 0..255 pixel units.
-fn mean_pixel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().mean(Kind::Double).double_value(&[])
 }
 
 #[test]

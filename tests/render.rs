@@ -9,8 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::tiny_model;
-use moslora::adapter::file::{self, AdapterFile, AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use common::{adapter_meta, randomize_b, repo, scratch, tiny_model};
+use moslora::adapter::file::{self, AdapterFile};
 use moslora::adapter::{self, AdapterConfig};
 use moslora::config::RunConfig;
 use moslora::render::manifest::Manifest;
@@ -22,18 +22,6 @@ use moslora::sdxl::pipeline::{
 };
 use moslora::train::{self, AdapterKind, Quiet};
 use sha2::{Digest, Sha256};
-use tch::{Device, Kind, Tensor};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moslora-render-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn config(out: &Path) -> RunConfig {
     let mut c = RunConfig {
@@ -329,28 +317,8 @@ fn text_encoder_adapter(out: &Path) -> PathBuf {
     };
     let mut layers = adapter::inject(&mut unet, &cfg, 1).unwrap();
     layers += adapter::inject_text_encoders(&mut text, &cfg, 1).unwrap();
-    // The global generator is locked while this test draws: see moslora::runtime::seeded.
-    let rng = moslora::runtime::seeded(5);
-    let mut randomize = |l: &mut moslora::sdxl::nn::Linear| {
-        let a = adapter::lowrank_mut(l).unwrap();
-        a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
-    };
-    adapter::adapted(&mut unet)
-        .into_iter()
-        .for_each(&mut randomize);
-    for (_, m) in adapter::text_encoder_parts(&mut text) {
-        adapter::adapted(m).into_iter().for_each(&mut randomize);
-    }
-    drop(rng);
-    let meta = AdapterMeta {
-        format_version: FORMAT_VERSION,
-        name: "te".into(),
-        adapter: cfg,
-        base_model: ModelIdentity::default(),
-        training: serde_json::json!({}),
-        steps: 0,
-        layers,
-    };
+    randomize_b(&mut unet, Some(&mut text), 5);
+    let meta = adapter_meta("te", cfg, "", layers);
     let path = out.join("te.safetensors");
     file::save_with_text(&mut unet, Some(&mut text), &meta, &path).unwrap();
     path

@@ -8,7 +8,8 @@ mod metrics_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use metrics_support::{fx, renders_folder, scratch};
+use common::{copy_dir, scratch};
+use metrics_support::{fx, renders_folder};
 use tch::Tensor;
 
 fn run(args: &[&str]) -> (bool, String, String) {
@@ -21,14 +22,6 @@ fn run(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-/// A copy of a fixture folder to damage.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {

@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::tiny_model;
+use common::{
+    adapter_meta, mean_pixel_diff, randomize_b, read_png, repo, run_reference, scratch, tensors,
+    tiny_model,
+};
 use moslora::adapter::export::{export, ExportFormat};
-use moslora::adapter::file::{self, AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use moslora::adapter::file;
 use moslora::adapter::{self, merged_model, AdapterConfig, MixerInit};
 use moslora::config::RunConfig;
 use moslora::sdxl::convert::{self, WriteOptions};
@@ -26,17 +29,6 @@ const PROMPT: &str = "a photo of sks toy";
 const SEED: u64 = 7;
 const STEPS: usize = 10;
 const SIZE: i64 = 64;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("single-file-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// moslora's render, (H, W, 3) in 0..255.
 fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
@@ -60,22 +52,6 @@ fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
     image.permute([1, 2, 0]).to_kind(Kind::Float)
 }
 
-fn read_png(path: &Path) -> Tensor {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw())
-        .reshape([h as i64, w as i64, 3])
-        .to_kind(Kind::Float)
-}
-
-/// Mean absolute difference in 0..255 pixel units.
-fn mean_pixel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().mean(Kind::Double).double_value(&[])
-}
-
 fn assert_same_image(what: &str, a: &Tensor, b: &Tensor) {
     let diff = mean_pixel_diff(a, b);
     println!("{what}: mean abs pixel difference {diff:.4} (tolerance 1 level of 255)");
@@ -85,36 +61,11 @@ fn assert_same_image(what: &str, a: &Tensor, b: &Tensor) {
     );
 }
 
-fn python(script: &str, args: &[&Path]) {
-    let py = repo().join(".venv/bin/python");
-    let out = Command::new(&py)
-        .arg(repo().join("tests/reference").join(script))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", py.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{script}:\n{text}");
-    assert!(out.status.success(), "{script} failed:\n{text}");
-}
-
 fn moslora(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_moslora"))
         .args(args)
         .output()
         .unwrap()
-}
-
-fn tensors(path: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
 }
 
 /// Write the tiny model as one file.
@@ -193,7 +144,7 @@ fn single_file_renders_like_the_folder_in_diffusers_and_moslora() {
         PathBuf::from(STEPS.to_string()),
         PathBuf::from(SIZE.to_string()),
     );
-    python(
+    run_reference(
         "check_single_file.py",
         &[
             &file,
@@ -244,7 +195,7 @@ fn single_file_renders_like_the_folder_in_diffusers_and_moslora() {
             assert!(x.equal(orig[name]), "{c}: {name} changed in the round trip");
         }
     }
-    python("check_pipeline_dir.py", &[&back]);
+    run_reference("check_pipeline_dir.py", &[&back]);
     assert_same_image(
         "folder from the single file vs the folder",
         &render(&back, None),
@@ -312,31 +263,8 @@ fn random_moslora(dir: &Path) -> PathBuf {
     };
     let mut layers = adapter::inject(&mut unet, &cfg, 5).unwrap();
     layers += adapter::inject_text_encoders(&mut text, &cfg, 5).unwrap();
-    // The global generator is locked while this test draws: see moslora::runtime::seeded.
-    let rng = moslora::runtime::seeded(13);
-    let mut randomize = |l: &mut moslora::sdxl::nn::Linear| {
-        let a = adapter::lowrank_mut(l).unwrap();
-        a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
-    };
-    adapter::adapted(&mut unet)
-        .into_iter()
-        .for_each(&mut randomize);
-    for (_, m) in adapter::text_encoder_parts(&mut text) {
-        adapter::adapted(m).into_iter().for_each(&mut randomize);
-    }
-    drop(rng);
-    let meta = AdapterMeta {
-        format_version: FORMAT_VERSION,
-        name: "moslora".into(),
-        adapter: cfg,
-        base_model: ModelIdentity {
-            name: "tiny-sdxl".into(),
-            ..ModelIdentity::default()
-        },
-        training: serde_json::json!({}),
-        steps: 0,
-        layers,
-    };
+    randomize_b(&mut unet, Some(&mut text), 13);
+    let meta = adapter_meta("moslora", cfg, "tiny-sdxl", layers);
     let path = dir.join("adapter.safetensors");
     file::save_with_text(&mut unet, Some(&mut text), &meta, &path).unwrap();
     path
@@ -681,6 +609,6 @@ fn sgm_names_invert_diffusers_converters() {
         let path = dir.join(format!("{preset}.json"));
         let doc = serde_json::json!({"configs": cfg, "tensors": table});
         std::fs::write(&path, doc.to_string()).unwrap();
-        python("check_single_file.py", &[Path::new("--names"), &path]);
+        run_reference("check_single_file.py", &[Path::new("--names"), &path]);
     }
 }

@@ -2,11 +2,13 @@
 //! side balance, repeats, the statistics against hand-computed values, and votes files that
 //! are malformed, truncated, duplicated, foreign or partial.
 
+mod common;
 mod study_support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use common::Failures;
 use moslora::study::tally::{fleiss_kappa, sign_test, wilson};
 use moslora::study::{Choice, Key, Which};
 use serde_json::{json, Value};
@@ -360,13 +362,6 @@ fn make_refuses_bad_input_with_one_clear_line() {
     let root = scratch("refuse");
     let r = write_render(&root.join("r"), &RenderSpec::new("robot", "toy", 2, 1, 8));
     let rs = r.display().to_string();
-    let err = |args: &[&str]| {
-        let o = moslora(args);
-        assert!(!o.status.success(), "{args:?} should fail");
-        let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
-        assert_eq!(e.lines().count(), 1, "one line: {e}");
-        e
-    };
     let out = root.join("S").display().to_string();
     // Names and labels in any case.
     moslora_ok(&[
@@ -381,62 +376,69 @@ fn make_refuses_bad_input_with_one_clear_line() {
         "--out",
         &out,
     ]);
-    let e = err(&[
-        "study",
-        "make",
-        "--renders",
-        &rs,
-        "--a",
-        "LoRA",
-        "--b",
-        "dora",
-        "--out",
-        "/tmp/x-none",
-    ]);
-    assert!(
-        e.contains("--b dora") && e.contains("moslora (MoSLoRA)"),
-        "{e}"
-    );
-    let e = err(&[
-        "study",
-        "make",
-        "--renders",
-        &rs,
-        "--a",
-        "LoRA",
-        "--b",
-        "lora",
-        "--out",
-        "/tmp/x-none",
-    ]);
-    assert!(e.contains("same adapter"), "{e}");
-    let e = err(&[
-        "study",
-        "make",
-        "--renders",
-        &rs,
-        "--a",
-        "LoRA",
-        "--b",
-        "MoSLoRA",
-        "--out",
-        &out,
-    ]);
-    assert!(e.contains("not empty") && e.contains("--force"), "{e}");
-    std::fs::remove_dir_all(root.join("S")).unwrap();
-    let e = err(&[
-        "study",
-        "make",
-        "--renders",
-        &rs,
-        "--a",
-        "LoRA",
-        "--b",
-        "MoSLoRA",
-        "--out",
-        &out,
-    ]);
-    assert!(e.contains("key is already there"), "{e}");
+    // In order, each seeing the folders as the ones before left them: what is wrong, whether
+    // to remove the study (not its key) first, the arguments after `study make --renders`
+    // (`{r}` the render folder, `{root}` the scratch folder, `{S}` the study), what to say.
+    let cases: [(&str, bool, &str, &[&str]); 6] = [
+        (
+            "an unknown --b",
+            false,
+            "{r} --a LoRA --b dora --out /tmp/x-none",
+            &["--b dora", "moslora (MoSLoRA)"],
+        ),
+        (
+            "the same adapter twice",
+            false,
+            "{r} --a LoRA --b lora --out /tmp/x-none",
+            &["same adapter"],
+        ),
+        (
+            "a study that is there",
+            false,
+            "{r} --a LoRA --b MoSLoRA --out {S}",
+            &["not empty", "--force"],
+        ),
+        (
+            "a key that is there",
+            true,
+            "{r} --a LoRA --b MoSLoRA --out {S}",
+            &["key is already there"],
+        ),
+        (
+            "a folder without a manifest",
+            false,
+            "{root} --a LoRA --b MoSLoRA --out /tmp/x-none",
+            &["no manifest.json"],
+        ),
+        (
+            "more repeats than pairs",
+            false,
+            "{r} --a LoRA --b MoSLoRA --repeats 9 --out /tmp/x-none2",
+            &["only 2 pairs"],
+        ),
+    ];
+    let mut failures = Failures::new();
+    for (case, remove_study, template, says) in cases {
+        if remove_study {
+            std::fs::remove_dir_all(root.join("S")).unwrap();
+        }
+        let mut args = vec!["study", "make", "--renders"];
+        args.extend(template.split(' ').map(|a| match a {
+            "{r}" => rs.as_str(),
+            "{root}" => root.to_str().unwrap(),
+            "{S}" => out.as_str(),
+            a => a,
+        }));
+        let o = moslora(&args);
+        let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
+        failures.check(case, !o.status.success(), || {
+            format!("{args:?} should fail")
+        });
+        failures.check(case, e.lines().count() == 1, || format!("one line: {e}"));
+        failures.contains_all(case, &e, says);
+    }
+    failures.assert_none();
+    // With --force the study is made again over the one there.
     moslora_ok(&[
         "study",
         "make",
@@ -450,34 +452,6 @@ fn make_refuses_bad_input_with_one_clear_line() {
         &out,
         "--force",
     ]);
-    let e = err(&[
-        "study",
-        "make",
-        "--renders",
-        root.to_str().unwrap(),
-        "--a",
-        "LoRA",
-        "--b",
-        "MoSLoRA",
-        "--out",
-        "/tmp/x-none",
-    ]);
-    assert!(e.contains("no manifest.json"), "{e}");
-    let e = err(&[
-        "study",
-        "make",
-        "--renders",
-        &rs,
-        "--a",
-        "LoRA",
-        "--b",
-        "MoSLoRA",
-        "--repeats",
-        "9",
-        "--out",
-        "/tmp/x-none2",
-    ]);
-    assert!(e.contains("only 2 pairs"), "{e}");
 }
 
 // ---------------------------------------------------------------- statistics
@@ -857,40 +831,36 @@ fn bad_votes_files_get_a_clear_line_each_and_the_rest_are_tallied() {
     args.extend(files.iter().map(|s| s.as_str()));
     let (stdout, stderr) = moslora_ok(&args);
     println!("{stderr}");
-    let line = |f: &str| -> String {
+    // Each file's line: how it starts and what it says.
+    let expect: [(&str, &str, &[&str]); 11] = [
+        ("ann.json", "ok:", &["all 20 trials"]),
+        ("ann-copy.json", "SKIPPED", &["duplicate of"]),
+        ("bo.json", "ok:", &[]),
+        ("partial.json", "ok:", &["7 of 20", "partial"]),
+        ("truncated.json", "", &["truncated"]),
+        ("malformed.json", "", &["not valid JSON"]),
+        ("empty.json", "", &["empty"]),
+        ("foreign.json", "", &["another study", "0123456789abcdef"]),
+        ("other-format.json", "", &["not a votes file"]),
+        ("odd-answers.json", "ok:", &["\"up\"", "t999"]),
+        ("missing.json", "", &["cannot read"]),
+    ];
+    assert_eq!(expect.len(), files.len(), "an expected line for every file");
+    let mut failures = Failures::new();
+    for (f, start, says) in expect {
         let hits: Vec<&str> = stderr
             .lines()
             .filter(|l| l.contains(&format!("/{f}:")))
             .collect();
-        assert_eq!(hits.len(), 1, "one line for {f}: {stderr}");
-        hits[0].to_string()
-    };
-    assert!(line("ann.json").starts_with("ok:") && line("ann.json").contains("all 20 trials"));
-    assert!(
-        line("ann-copy.json").starts_with("SKIPPED")
-            && line("ann-copy.json").contains("duplicate of")
-    );
-    assert!(line("bo.json").starts_with("ok:"));
-    let p = line("partial.json");
-    assert!(
-        p.starts_with("ok:") && p.contains("7 of 20") && p.contains("partial"),
-        "{p}"
-    );
-    assert!(line("truncated.json").contains("truncated"));
-    assert!(line("malformed.json").contains("not valid JSON"));
-    assert!(line("empty.json").contains("empty"));
-    let f = line("foreign.json");
-    assert!(
-        f.contains("another study") && f.contains("0123456789abcdef"),
-        "{f}"
-    );
-    assert!(line("other-format.json").contains("not a votes file"));
-    let o = line("odd-answers.json");
-    assert!(
-        o.starts_with("ok:") && o.contains("\"up\"") && o.contains("t999"),
-        "{o}"
-    );
-    assert!(line("missing.json").contains("cannot read"));
+        failures.check(f, hits.len() == 1, || format!("one line for {f}: {stderr}"));
+        if let [line] = hits[..] {
+            failures.check(f, line.starts_with(start), || {
+                format!("not {start:?}: {line}")
+            });
+            failures.contains_all(f, line, says);
+        }
+    }
+    failures.assert_none();
     assert!(stdout.contains("4 rater(s)"), "{stdout}");
 
     let tally: Value =

@@ -3,28 +3,16 @@
 //! votes; the tally of that file must equal the answers the script gave, mapped through the
 //! key. Needs Debian's chromium and chromium-driver and selenium (`make browser`).
 
+mod common;
 mod study_support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use common::{python, repo};
 use moslora::study::{Choice, Key, Which};
 use serde_json::Value;
 use study_support::*;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The project's virtual environment's Python (where selenium is), else python3 on PATH.
-fn python() -> PathBuf {
-    let venv = repo().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
 
 fn require_browser() {
     for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {

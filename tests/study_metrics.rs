@@ -1,6 +1,7 @@
 //! `study tally` with scored render folders: the automatic metrics on the same pairs beside
 //! the votes, and how often the votes agree with them, against hand counts.
 
+mod common;
 mod study_support;
 
 use moslora::render::manifest::{ImageScores, Manifest};

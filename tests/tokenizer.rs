@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
+use common::scratch;
 use moslora::sdxl::tokenizer::ClipTokenizer;
 use serde_json::Value;
 
@@ -137,13 +136,6 @@ fn sdxl_pad_ids_and_length() {
             .unwrap(),
         "a photo of sks dog"
     );
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moslora-tokenizer-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

@@ -7,13 +7,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{assert_close, max_abs_diff};
+use common::{
+    assert_close, max_abs_diff, mean_pixel_diff, read_png, repo, run_reference, scratch, tensors,
+};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
 use moslora::toyworld::pretrain::{pretrain, PretrainOptions, PretrainProgress, Recipe};
-use tch::{Kind, Tensor};
+use tch::Kind;
 
 /// The "it learns" run is the demo's (500 steps, 8 prompts x 4 seeds, 30 sampling steps). The
 /// share of the subject-similarity gap (base renders to the photos) each adapter must close is
@@ -30,45 +31,12 @@ const TOL: f64 = 1e-4;
 /// Pixels: mean absolute difference at most half a level of 255.
 const PIXEL_TOL: f64 = 0.5;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python(script: &str, args: &[&Path]) {
-    let py = repo().join(".venv/bin/python");
-    let out = Command::new(&py)
-        .arg(repo().join("tests/reference").join(script))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", py.display()));
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn read_png(path: &Path) -> Tensor {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw())
-        .reshape([h as i64, w as i64, 3])
-        .to_kind(Kind::Float)
-}
-
 /// Render `model` with diffusers and with moslora, and compare stage by stage.
 fn renders_as_diffusers_does(model: &Path) {
     let model = model.to_path_buf();
-    let out = tempfile_dir("toy-ref");
-    python("check_toy_model.py", &[&model, &out]);
-    let r: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(out.join("toy.safetensors"))
-            .unwrap()
-            .into_iter()
-            .collect();
+    let out = scratch("toy-ref");
+    run_reference("check_toy_model.py", &[&model, &out]);
+    let r = tensors(&out.join("toy.safetensors"));
     let spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("toy.json")).unwrap()).unwrap();
     let size = spec["size"].as_i64().unwrap();
@@ -123,19 +91,10 @@ fn renders_as_diffusers_does(model: &Path) {
         );
         let ours = den.decode(&lat).permute([1, 2, 0]).to_kind(Kind::Float);
         let theirs = read_png(&out.join(format!("toy_{i}.png")));
-        let diff = (&ours - &theirs).abs().mean(Kind::Double).double_value(&[]);
+        let diff = mean_pixel_diff(&ours, &theirs);
         println!("{prompt}: mean pixel difference {diff:.4} (tolerance {PIXEL_TOL})");
         assert!(diff <= PIXEL_TOL, "{prompt}: pixels differ by {diff:.4}");
     }
-}
-
-fn tempfile_dir(name: &str) -> PathBuf {
-    let d = repo()
-        .join("target/test-scratch")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[derive(Default)]
@@ -164,7 +123,7 @@ fn mean(v: &[f64]) -> f64 {
 
 #[test]
 fn a_few_pretraining_steps_lower_both_losses_and_diffusers_renders_the_folder() {
-    let dir = tempfile_dir("pretrain");
+    let dir = scratch("pretrain");
     let recipe = Recipe {
         vae_steps: 40,
         vae_batch: 4,
@@ -246,7 +205,7 @@ fn the_shipped_model_and_judge_agree_on_20_step_renders() {
 fn a_short_dreambooth_run_raises_subject_similarity() {
     use moslora::metrics::{score, Quiet, ScoreOptions};
     use moslora::render::{compare, QuietRender};
-    let dir = tempfile_dir("learns");
+    let dir = scratch("learns");
     let mut cfg =
         moslora::demo::demo_config(&dir, &shipped("toy-model"), Some(&shipped("toy-judge")))
             .unwrap();
@@ -325,7 +284,7 @@ fn a_zero_initialised_mixer_leaves_the_base_model_unchanged() {
     use moslora::adapter::file::AdapterFile;
     use moslora::adapter::lowrank::MixerInit;
     use moslora::render::{compare, QuietRender};
-    let dir = tempfile_dir("zero-mixer");
+    let dir = scratch("zero-mixer");
     let mut cfg = moslora::demo::demo_config(&dir, &shipped("toy-model"), None).unwrap();
     cfg.subject.images = repo().join("assets/subject");
     cfg.adapter.mixer = MixerInit::Zero;

@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::rc::Rc;
 
-use common::tiny_model;
-use moslora::adapter::file::{self, AdapterFile, AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use common::{adapter_meta, repo, scratch, tensors, tiny_model, Failures};
+use moslora::adapter::file::{self, AdapterFile, AdapterMeta};
 use moslora::adapter::{self, AdapterConfig, Component};
 use moslora::config::RunConfig;
 use moslora::schedule::config::SchedulerConfig;
@@ -22,16 +21,6 @@ use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{ShapeSource, TensorSource, Weights};
 use moslora::train::{self, AdapterKind, Progress, Quiet, RunPaths};
 use tch::{Device, Kind, Tensor};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moslora-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn config(out: &Path, steps: u64) -> RunConfig {
     let mut c = RunConfig {
@@ -47,13 +36,6 @@ fn config(out: &Path, steps: u64) -> RunConfig {
     c.train.crops_per_image = 2;
     c.train.checkpoint_every = 0;
     c
-}
-
-fn tensors(path: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
 }
 
 fn assert_same_tensors(a: &Path, b: &Path) {
@@ -433,67 +415,103 @@ fn write_run(dir: &Path, images: &Path, extra: &str) -> PathBuf {
     path
 }
 
-fn assert_refused(run: &Path, expect: &[&str]) {
+/// `moslora train` refuses `run` with one clear line saying every `expect`, and leaves no
+/// partial output; what it got wrong goes to `failures` under `case`.
+fn check_refused(failures: &mut Failures, case: &str, run: &Path, expect: &[&str]) {
     let (ok, err) = moslora(&["train", run.to_str().unwrap()]);
-    assert!(!ok, "expected failure for {}", run.display());
+    failures.check(case, !ok, || {
+        format!("expected failure for {}", run.display())
+    });
     for e in expect {
-        assert!(err.contains(e), "stderr lacks {e:?}: {err}");
+        failures.check(case, err.contains(e), || {
+            format!("stderr lacks {e:?}: {err}")
+        });
     }
-    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    let lines = err.trim().lines().count();
+    failures.check(case, lines == 1, || format!("one clear line: {err}"));
     let out = run.parent().unwrap().join("out");
-    assert!(!out.exists(), "partial output left in {}", out.display());
+    failures.check(case, !out.exists(), || {
+        format!("partial output left in {}", out.display())
+    });
 }
+
+/// A RUN.yaml in `dir` for the photos of `assets/subject`, with `extra` appended.
+fn run_with(dir: &Path, extra: &str) -> PathBuf {
+    write_run(dir, &repo().join("assets/subject"), extra)
+}
+
+/// A RUN.yaml in `dir` for a photo folder `dir/photos` holding `files` (name, bytes).
+fn run_with_photos(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(photos.join(name), bytes).unwrap();
+    }
+    write_run(dir, &photos, "")
+}
+
+/// The bad inputs: what is wrong, how to write a RUN.yaml with it into a folder, and what the
+/// one line must say.
+type BadRun = (&'static str, fn(&Path) -> PathBuf, &'static [&'static str]);
+
+const BAD_RUNS: [BadRun; 6] = [
+    (
+        "an empty image folder",
+        |dir| run_with_photos(dir, &[]),
+        &["subject.images", "is empty"],
+    ),
+    (
+        "a folder of non-images",
+        |dir| run_with_photos(dir, &[("notes.txt", b"hello")]),
+        &["no photo"],
+    ),
+    (
+        "an unreadable image",
+        |dir| {
+            let good = std::fs::read(repo().join("assets/subject/01_sky.jpg")).unwrap();
+            run_with_photos(
+                dir,
+                &[
+                    ("good.jpg", &good),
+                    ("bad.jpg", b"\xff\xd8\xff\xe0 this is not a jpeg"),
+                ],
+            )
+        },
+        &["bad.jpg", "cannot read this image"],
+    ),
+    (
+        "an unknown YAML field, with the nearest name suggested",
+        |dir| run_with(dir, "  learning_rat: 0.001\n"),
+        &["learning_rat", "did you mean `learning_rate`?", "run.yaml"],
+    ),
+    (
+        "a rank of 0",
+        |dir| run_with(dir, "adapter:\n  rank: 0\n"),
+        &["adapter.rank must be at least 1"],
+    ),
+    (
+        "a missing model folder",
+        |dir| {
+            let run = run_with(dir, "");
+            let text = std::fs::read_to_string(&run)
+                .unwrap()
+                .replace(tiny_model().to_str().unwrap(), "/nonexistent/sdxl");
+            std::fs::write(&run, text).unwrap();
+            run
+        },
+        &["/nonexistent/sdxl", "does not exist"],
+    ),
+];
 
 #[test]
 fn bad_input_is_refused_clearly() {
     let root = scratch("bad");
-    // An empty image folder.
-    let empty = root.join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
-    assert_refused(
-        &write_run(&root.join("r1"), &empty, ""),
-        &["subject.images", "is empty"],
-    );
-    // A folder of non-images.
-    let texts = root.join("texts");
-    std::fs::create_dir_all(&texts).unwrap();
-    std::fs::write(texts.join("notes.txt"), "hello").unwrap();
-    assert_refused(&write_run(&root.join("r2"), &texts, ""), &["no photo"]);
-    // An unreadable image.
-    let broken = root.join("broken");
-    std::fs::create_dir_all(&broken).unwrap();
-    std::fs::copy(
-        repo().join("assets/subject/01_sky.jpg"),
-        broken.join("good.jpg"),
-    )
-    .unwrap();
-    std::fs::write(
-        broken.join("bad.jpg"),
-        b"\xff\xd8\xff\xe0 this is not a jpeg",
-    )
-    .unwrap();
-    assert_refused(
-        &write_run(&root.join("r3"), &broken, ""),
-        &["bad.jpg", "cannot read this image"],
-    );
-    let photos = repo().join("assets/subject");
-    // An unknown YAML field, with the nearest name suggested.
-    assert_refused(
-        &write_run(&root.join("r4"), &photos, "  learning_rat: 0.001\n"),
-        &["learning_rat", "did you mean `learning_rate`?", "run.yaml"],
-    );
-    // A rank of 0.
-    assert_refused(
-        &write_run(&root.join("r5"), &photos, "adapter:\n  rank: 0\n"),
-        &["adapter.rank must be at least 1"],
-    );
-    // A missing model folder.
-    let r6 = write_run(&root.join("r6"), &photos, "");
-    let text = std::fs::read_to_string(&r6)
-        .unwrap()
-        .replace(tiny_model().to_str().unwrap(), "/nonexistent/sdxl");
-    std::fs::write(&r6, text).unwrap();
-    assert_refused(&r6, &["/nonexistent/sdxl", "does not exist"]);
+    let mut failures = Failures::new();
+    for (i, (case, write, expect)) in BAD_RUNS.iter().enumerate() {
+        let run = write(&root.join(format!("r{}", i + 1)));
+        check_refused(&mut failures, case, &run, expect);
+    }
+    failures.assert_none();
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -514,16 +532,8 @@ fn an_adapter_for_another_model_is_refused() {
     let acfg = AdapterConfig::default();
     let layers = adapter::inject(&mut other, &acfg, 0).unwrap();
     let meta = AdapterMeta {
-        format_version: FORMAT_VERSION,
-        name: "moslora".into(),
-        adapter: acfg,
-        base_model: ModelIdentity {
-            name: "other-sdxl".into(),
-            ..Default::default()
-        },
         training: serde_json::Value::Null,
-        steps: 0,
-        layers,
+        ..adapter_meta("moslora", acfg, "other-sdxl", layers)
     };
     let dir = scratch("foreign");
     let path = dir.join("foreign.safetensors");

@@ -1,10 +1,136 @@
-//! Shared test helpers: fixture paths and reference tensors made by tests/reference/*.py.
+//! Shared test helpers: fixture paths and reference tensors made by tests/reference/*.py,
+//! scratch folders, the project's Python, PNGs as tensors, and adapter files made in a test.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use tch::Tensor;
+use moslora::adapter::file::{AdapterMeta, ModelIdentity, FORMAT_VERSION};
+use moslora::adapter::{self, AdapterConfig};
+use moslora::sdxl::pipeline::TextEncoders;
+use moslora::sdxl::unet::UNet2DConditionModel;
+use tch::{Device, Kind, Tensor};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh, empty scratch folder for one test, under target/ (`CARGO_TARGET_TMPDIR`), named
+/// after the test binary and `name`: whatever an earlier run left there is removed first.
+/// Tests of one binary pass different names.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}-{name}", env!("CARGO_CRATE_NAME")));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copy the files of a folder (not recursive) into `to`, made if missing.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// The project's virtual environment's Python (`make venv`), else python3 on PATH.
+pub fn python() -> PathBuf {
+    let venv = repo().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// Run `tests/reference/<script>` with the project's Python, offline; print what it said and
+/// fail the test, with its output, if it failed.
+pub fn run_reference(script: &str, args: &[&Path]) {
+    let py = python();
+    let out = Command::new(&py)
+        .arg(repo().join("tests/reference").join(script))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", py.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{script}:\n{text}");
+    assert!(out.status.success(), "{script} failed:\n{text}");
+}
+
+/// Every tensor of a safetensors file, by name.
+pub fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+/// A PNG as an (H, W, 3) float tensor in 0..255.
+pub fn read_png(path: &Path) -> Tensor {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    Tensor::from_slice(img.as_raw())
+        .reshape([h as i64, w as i64, 3])
+        .to_kind(Kind::Float)
+}
+
+/// Mean absolute difference in 0..255 pixel units.
+pub fn mean_pixel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().mean(Kind::Double).double_value(&[])
+}
+
+/// The metadata of an adapter made in a test (no training: `steps` 0, `training` `{}`), for a
+/// base model called `base_model` (an empty name leaves the identity empty).
+pub fn adapter_meta(
+    name: &str,
+    adapter: AdapterConfig,
+    base_model: &str,
+    layers: usize,
+) -> AdapterMeta {
+    AdapterMeta {
+        format_version: FORMAT_VERSION,
+        name: name.into(),
+        adapter,
+        base_model: ModelIdentity {
+            name: base_model.into(),
+            ..ModelIdentity::default()
+        },
+        training: serde_json::json!({}),
+        steps: 0,
+        layers,
+    }
+}
+
+/// Give every injected adapter a random `B` (N(0, 0.3^2)), so that it moves the picture: the
+/// UNet's, then the text encoders' when given, drawn from the global generator seeded with
+/// `seed` (locked meanwhile: see moslora::runtime::seeded).
+pub fn randomize_b(unet: &mut UNet2DConditionModel, text: Option<&mut TextEncoders>, seed: i64) {
+    let rng = moslora::runtime::seeded(seed);
+    let mut randomize = |l: &mut moslora::sdxl::nn::Linear| {
+        let a = adapter::lowrank_mut(l).unwrap();
+        a.b = Tensor::randn(a.b.size(), (Kind::Float, Device::Cpu)) * 0.3;
+    };
+    adapter::adapted(unet).into_iter().for_each(&mut randomize);
+    if let Some(text) = text {
+        for (_, m) in adapter::text_encoder_parts(text) {
+            adapter::adapted(m).into_iter().for_each(&mut randomize);
+        }
+    }
+    drop(rng);
+}
 
 /// The fixtures folder (`make fixtures` writes it). A missing folder fails the test: a
 /// parity test that silently skipped would prove nothing.
@@ -56,4 +182,41 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
         err <= tol,
         "{what}: max abs error {err:.3e} exceeds {tol:.0e}"
     );
+}
+
+/// What the cases of a table got wrong: every case runs, and the test then fails once, naming
+/// every failing case and why.
+#[derive(Default)]
+pub struct Failures(Vec<String>);
+
+impl Failures {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Note a failure of `case`, saying `why`, unless `ok`.
+    pub fn check(&mut self, case: &str, ok: bool, why: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(format!("{case}: {}", why()));
+        }
+    }
+
+    /// Note a failure of `case` for every fragment that `text` lacks.
+    pub fn contains_all(&mut self, case: &str, text: &str, fragments: &[&str]) {
+        for f in fragments {
+            self.check(case, text.contains(f), || {
+                format!("{f:?} missing from: {text}")
+            });
+        }
+    }
+
+    /// Fail, listing every failure noted, if there was any.
+    pub fn assert_none(&self) {
+        assert!(
+            self.0.is_empty(),
+            "{} failure(s):\n{}",
+            self.0.len(),
+            self.0.join("\n")
+        );
+    }
 }

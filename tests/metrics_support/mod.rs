@@ -20,10 +20,6 @@ pub fn fx() -> PathBuf {
     dir
 }
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 #[derive(serde::Deserialize)]
 pub struct Case {
     pub renders: Vec<String>,
@@ -136,10 +132,4 @@ pub fn renders_folder(dir: &Path) -> Manifest {
     };
     m.write(dir).unwrap();
     m
-}
-
-pub fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("moslora-metrics-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }

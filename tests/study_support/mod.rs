@@ -13,6 +13,8 @@ use moslora::render::manifest::{
     AdapterEntry, GridEntry, ImageEntry, Manifest, PromptEntry, Settings, Subject,
 };
 
+use super::common;
+
 /// A scratch folder for one test, removed when the test passes and kept when it fails (or
 /// when MOSLORA_KEEP_SCRATCH is set), to look at what went wrong.
 pub struct Scratch(PathBuf);
@@ -34,11 +36,9 @@ impl Drop for Scratch {
     }
 }
 
+/// A fresh scratch folder (common::scratch) that cleans up after a passing test.
 pub fn scratch(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("moslora-study-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
+    Scratch(common::scratch(name))
 }
 
 /// What to put in a fake render folder.
