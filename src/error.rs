@@ -42,6 +42,10 @@ pub enum Error {
     #[error("{what}")]
     Setting { field: String, what: String },
 
+    /// The device asked for is not there (no CUDA, or fewer GPUs): the CPU would still work.
+    #[error("{what}")]
+    DeviceUnavailable { what: String },
+
     /// An output that would be replaced without being asked to.
     #[error("{} already exists: {hint}", path.display())]
     OutputExists { path: PathBuf, hint: String },

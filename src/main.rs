@@ -107,8 +107,9 @@ fn main() -> ExitCode {
 
 /// Exit codes a script (a sweep, a scheduler) can act on: 2 for what the person invoking must
 /// change (a setting, an existing output, an adapter or checkpoint of another run), as clap
-/// exits 2 on a bad command line; 3 for a training loss that stopped being finite; 1 for
-/// everything else (files, devices, libtorch). 130 is a run stopped by Ctrl-C.
+/// exits 2 on a bad command line; 3 for a training loss that stopped being finite; 4 for a
+/// device that is not there (the CPU would do); 1 for everything else (files, libtorch). 130
+/// is a run stopped by Ctrl-C.
 fn exit_code(e: &moslora::Error) -> u8 {
     use moslora::Error;
     match e {
@@ -118,6 +119,7 @@ fn exit_code(e: &moslora::Error) -> u8 {
         | Error::AdapterMismatch { .. }
         | Error::StaleCheckpoint { .. } => 2,
         Error::Diverged { .. } => 3,
+        Error::DeviceUnavailable { .. } => 4,
         _ => 1,
     }
 }

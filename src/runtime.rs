@@ -13,25 +13,27 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cuda" => cuda(0),
         _ => match s.strip_prefix("cuda:").map(usize::from_str) {
             Some(Ok(i)) => cuda(i),
-            _ => Err(Error::msg(format!(
-                "unknown device {s:?}: expected `cpu`, `cuda` or `cuda:N`"
-            ))),
+            _ => Err(Error::setting(
+                "device",
+                format!("unknown device {s:?}: expected `cpu`, `cuda` or `cuda:N`"),
+            )),
         },
     }
 }
 
 fn cuda(i: usize) -> Result<Device> {
     if !tch::Cuda::is_available() {
-        return Err(Error::msg(
-            "`--device cuda` asked for, but libtorch sees no CUDA device \
-             (no NVIDIA GPU or driver on this machine)",
-        ));
+        return Err(Error::DeviceUnavailable {
+            what: "`--device cuda` asked for, but libtorch sees no CUDA device \
+                   (no NVIDIA GPU or driver on this machine)"
+                .into(),
+        });
     }
     let n = tch::Cuda::device_count() as usize;
     if i >= n {
-        return Err(Error::msg(format!(
-            "cuda:{i} asked for, but only {n} CUDA device(s) exist"
-        )));
+        return Err(Error::DeviceUnavailable {
+            what: format!("cuda:{i} asked for, but only {n} CUDA device(s) exist"),
+        });
     }
     Ok(Device::Cuda(i))
 }
@@ -42,19 +44,23 @@ pub fn parse_dtype(s: &str) -> Result<Kind> {
         "f32" | "fp32" | "float32" => Ok(Kind::Float),
         "bf16" | "bfloat16" => Ok(Kind::BFloat16),
         "f16" | "fp16" | "float16" => Ok(Kind::Half),
-        _ => Err(Error::msg(format!(
-            "unknown dtype {s:?}: expected `f32`, `bf16` or `f16`"
-        ))),
+        _ => Err(Error::setting(
+            "dtype",
+            format!("unknown dtype {s:?}: expected `f32`, `bf16` or `f16`"),
+        )),
     }
 }
 
 /// Half precision on the CPU is slow and loses accuracy for nothing: refuse it with a hint.
 pub fn check_dtype_for_device(kind: Kind, device: Device) -> Result<()> {
     if device == Device::Cpu && kind != Kind::Float {
-        return Err(Error::msg(format!(
-            "dtype {kind:?} on the CPU is not supported: use `--dtype f32` on the CPU, \
-             bf16/f16 on CUDA"
-        )));
+        return Err(Error::setting(
+            "dtype",
+            format!(
+                "dtype {kind:?} on the CPU is not supported: use `--dtype f32` on the CPU, \
+                 bf16/f16 on CUDA"
+            ),
+        ));
     }
     Ok(())
 }

@@ -31,10 +31,13 @@ pub fn load(source: &str, set: Option<&str>) -> Result<Vec<PromptTemplate>> {
             let path = Path::new(source);
             if !path.exists() {
                 let names: Vec<&str> = BUNDLED.iter().map(|(n, _)| *n).collect();
-                return Err(Error::msg(format!(
-                    "prompt set {source}: no such file, and not a bundled set ({})",
-                    names.join(", ")
-                )));
+                return Err(Error::setting(
+                    "render.prompts",
+                    format!(
+                        "prompt set {source}: no such file, and not a bundled set ({})",
+                        names.join(", ")
+                    ),
+                ));
             }
             (
                 crate::fsutil::read_to_string(path)?,

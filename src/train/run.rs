@@ -45,9 +45,10 @@ impl AdapterKind {
         match s.to_ascii_lowercase().as_str() {
             "lora" => Ok(AdapterKind::Lora),
             "moslora" => Ok(AdapterKind::Moslora),
-            _ => Err(Error::msg(format!(
-                "unknown adapter {s:?}: expected `lora` or `moslora`"
-            ))),
+            _ => Err(Error::setting(
+                "adapter",
+                format!("unknown adapter {s:?}: expected `lora` or `moslora`"),
+            )),
         }
     }
 
