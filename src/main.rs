@@ -44,6 +44,9 @@ enum Command {
     /// Blind human evaluation: rater pairs out, votes in, win / tie / loss with statistics
     #[command(subcommand)]
     Study(cli::study::StudyCommand),
+    /// Many subjects at once: plan a sweep, run it locally or on Slurm, gather it
+    #[command(subcommand)]
+    Sweep(cli::sweep::SweepCommand),
     /// Pretrain the toy world's small SDXL-architecture model from scratch (the demo's model)
     Pretrain(cli::toy::PretrainArgs),
     /// Draw a contact sheet of the toy world's captioned pictures
@@ -71,6 +74,7 @@ fn run(command: Command) -> moslora::Result<ExitCode> {
         Command::Score(a) => cli::score::run(a)?,
         Command::Demo(a) => cli::demo::run(a)?,
         Command::Study(c) => cli::study::run(c)?,
+        Command::Sweep(c) => return cli::sweep::run(c),
         Command::Pretrain(a) => cli::toy::run_pretrain(a)?,
         Command::World(a) => cli::toy::run_world(a)?,
         Command::Judge(a) => cli::toy::run_judge(a)?,

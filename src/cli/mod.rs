@@ -7,5 +7,6 @@ pub mod progress;
 pub mod render;
 pub mod score;
 pub mod study;
+pub mod sweep;
 pub mod toy;
 pub mod train;

@@ -414,6 +414,23 @@ pub fn render(
     Ok(manifest)
 }
 
+/// Lay out a render folder whose images are already in place, from its manifest: grids,
+/// contact sheet, gallery page and `manifest.json` (how `sweep gather` puts the columns of
+/// many tasks side by side).
+pub fn lay_out(out: &Path, mut m: Manifest) -> Result<Manifest> {
+    let mut seeds: Vec<u64> = Vec::new();
+    for i in &m.images {
+        if !seeds.contains(&i.seed) {
+            seeds.push(i.seed);
+        }
+    }
+    m.grids = write_grids(out, &seeds, &m.adapters, &m.prompts, &m.images)?;
+    m.contact_sheet = write_contact_sheet(out, &m.grids)?;
+    gallery::write(out, &m)?;
+    m.write(out)?;
+    Ok(m)
+}
+
 /// One grid per prompt: columns are the adapters, rows the seeds.
 fn write_grids(
     out: &Path,

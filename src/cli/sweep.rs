@@ -1,0 +1,206 @@
+//! `moslora sweep`: plan, run (locally or on Slurm), one task, status and gather.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use moslora::sweep::status::{self, Report};
+use moslora::sweep::{self, Sweep};
+use moslora::{Error, Result};
+
+use super::progress::Bar;
+
+#[derive(Subcommand)]
+pub enum SweepCommand {
+    /// Expand SWEEP.yaml into its indexed tasks and print them as a table
+    Plan(SweepArgs),
+    /// Run the tasks: --local N at a time on this machine, or --slurm as a job array and a
+    /// gather job
+    Run(RunArgs),
+    /// Run one task (what every backend runs); the index from --index, SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX
+    Task(TaskArgs),
+    /// Which tasks are done, failed (with the end of their log) and missing
+    Status(SweepArgs),
+    /// Put the finished tasks together: galleries, metric table, one blind study kit
+    Gather(SweepArgs),
+}
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// The sweep: a base RUN.yaml, subjects and axes
+    sweep: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    sweep: PathBuf,
+    /// Run on this machine
+    #[arg(long, conflicts_with = "slurm")]
+    local: bool,
+    /// Tasks at once with --local (one GPU each with CUDA; the CPU threads split otherwise)
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Submit to Slurm: an sbatch job array, then a gather job after it (afterany)
+    #[arg(long)]
+    slurm: bool,
+    /// Only the tasks that are not done (failed, missing, or killed while running)
+    #[arg(long)]
+    only_missing: bool,
+}
+
+#[derive(Args)]
+pub struct TaskArgs {
+    sweep: PathBuf,
+    #[arg(long)]
+    index: Option<usize>,
+}
+
+pub fn run(c: SweepCommand) -> Result<ExitCode> {
+    match c {
+        SweepCommand::Plan(a) => {
+            let s = Sweep::load(&a.sweep)?;
+            println!(
+                "{:>5}  {:<16} {:<24} {:<20} {:>4} {:>6}",
+                "task", "subject", "class", "adapter", "rank", "seed"
+            );
+            for r in s.table() {
+                println!(
+                    "{:>5}  {:<16} {:<24} {:<20} {:>4} {:>6}",
+                    r[0], r[1], r[2], r[3], r[4], r[5]
+                );
+            }
+            println!(
+                "{} tasks ({} subjects) into {}",
+                s.tasks.len(),
+                s.subjects.len(),
+                s.config.output.display()
+            );
+        }
+        SweepCommand::Run(a) => return run_sweep(a),
+        SweepCommand::Task(a) => {
+            let s = Sweep::load(&a.sweep)?;
+            let index = match a.index {
+                Some(i) => i,
+                None => sweep::index_from_env()?,
+            };
+            let name = s.task_name(s.task(index)?);
+            match sweep::task::run(&s, index, &mut Bar::new(), &mut Bar::new())? {
+                sweep::task::Outcome::AlreadyDone => println!("task {name}: already done"),
+                sweep::task::Outcome::Done => println!("task {name}: done"),
+                sweep::task::Outcome::Stopped => {
+                    eprintln!("task {name}: stopped, checkpoint saved; run it again to continue");
+                    return Ok(ExitCode::from(130));
+                }
+            }
+        }
+        SweepCommand::Status(a) => {
+            let s = Sweep::load(&a.sweep)?;
+            let reports = status::survey(&s);
+            let count = |f: fn(&Report) -> bool| reports.iter().filter(|(_, r)| f(r)).count();
+            println!(
+                "{} tasks: {} done, {} failed, {} running, {} missing",
+                reports.len(),
+                count(|r| *r == Report::Done),
+                count(|r| matches!(r, Report::Failed { .. })),
+                count(|r| *r == Report::Running),
+                count(|r| *r == Report::Missing)
+            );
+            for (i, r) in &reports {
+                let name = s.task_name(&s.tasks[*i]);
+                match r {
+                    Report::Done => {}
+                    Report::Running => println!("running  {name}"),
+                    Report::Missing => println!("missing  {name}"),
+                    Report::Failed { error, log_tail } => {
+                        println!("failed   {name}: {error}");
+                        for l in log_tail {
+                            println!("           | {l}");
+                        }
+                    }
+                }
+            }
+        }
+        SweepCommand::Gather(a) => {
+            let s = Sweep::load(&a.sweep)?;
+            let g = sweep::gather::gather(&s)?;
+            println!(
+                "gathered {} render folders into {}",
+                g.groups.len(),
+                g.dir.display()
+            );
+            if let Some(t) = &g.table {
+                println!("  metrics: {}", t.display());
+            }
+            if let Some(st) = &g.study {
+                println!("  study:   {}", st.display());
+            }
+            if !g.missing.is_empty() {
+                return Err(Error::msg(format!(
+                    "{} of {} tasks are not done ({}); gathered the rest. `moslora sweep \
+                     status` says why; `sweep run --only-missing` runs them",
+                    g.missing.len(),
+                    s.tasks.len(),
+                    g.missing.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_sweep(a: RunArgs) -> Result<ExitCode> {
+    let s = Sweep::load(&a.sweep)?;
+    let indices: Vec<usize> = if a.only_missing {
+        status::not_done(&s)
+    } else {
+        (0..s.tasks.len()).collect()
+    };
+    let exe = std::env::current_exe().map_err(|e| Error::msg(format!("own path: {e}")))?;
+    if a.slurm {
+        let sub = sweep::slurm::submit(&s, &indices, &exe)?;
+        println!(
+            "submitted {} tasks as job array {} ({}); gather job {} runs after it",
+            indices.len(),
+            sub.array,
+            sub.array_script.display(),
+            sub.gather
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !a.local {
+        return Err(Error::setting(
+            "backend",
+            "choose where the tasks run: --local [--jobs N] or --slurm",
+        ));
+    }
+    if indices.is_empty() {
+        println!("every task is done");
+    }
+    let total = indices.len();
+    let mut ended = 0;
+    let r = sweep::local::run(&s, &indices, a.jobs, &exe, |i, ok| {
+        ended += 1;
+        let name = s.task_name(&s.tasks[i]);
+        println!(
+            "[{ended}/{total}] {name}: {}",
+            if ok { "done" } else { "failed" }
+        );
+    })?;
+    let g = sweep::gather::gather(&s)?;
+    println!(
+        "gathered {} render folders into {}",
+        g.groups.len(),
+        g.dir.display()
+    );
+    if !r.failed.is_empty() {
+        return Err(Error::msg(format!(
+            "{} of {} tasks failed (their logs: {}); `moslora sweep status` shows why",
+            r.failed.len(),
+            total,
+            s.config.output.join("logs").display()
+        )));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,284 @@
+//! `sweep gather`: the finished tasks put together. Per subject (and rank and seed, when
+//! they vary) one render folder with every adapter's column side by side, grids and gallery;
+//! one metric table across subjects (per adapter, per subject, object vs live, with the
+//! real-photo row, in the layout of DreamBooth's Table 1); one blind study kit across all
+//! subjects; and the list of what is missing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::status::{survey, Report};
+use super::{Kind, Sweep};
+use crate::error::{Error, Result};
+use crate::metrics::stats;
+use crate::render::manifest::Manifest;
+
+/// What was gathered.
+#[derive(Debug, Clone)]
+pub struct Gathered {
+    pub dir: PathBuf,
+    /// The render folder of each group.
+    pub groups: Vec<PathBuf>,
+    /// `metrics.md`, when the tasks were scored.
+    pub table: Option<PathBuf>,
+    pub study: Option<PathBuf>,
+    /// Task names not done (also in `missing.txt`).
+    pub missing: Vec<String>,
+}
+
+/// Gather into `<output>/gather/`, replacing an earlier gathering.
+pub fn gather(sweep: &Sweep) -> Result<Gathered> {
+    let dir = sweep.config.output.join("gather");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let reports = survey(sweep);
+    let mut missing = Vec::new();
+    // group -> its done tasks, in index order
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in &reports {
+        let t = &sweep.tasks[*i];
+        match r {
+            Report::Done => groups.entry(sweep.group(t)).or_default().push(*i),
+            _ => missing.push(sweep.task_name(t)),
+        }
+    }
+    let mut folders = Vec::new();
+    let mut manifests = Vec::new();
+    for (group, indices) in &groups {
+        let out = dir.join(group);
+        let m = merge_group(sweep, indices, &out)?;
+        folders.push(out);
+        manifests.push((indices[0], m));
+    }
+    let table = if manifests
+        .iter()
+        .any(|(_, m)| m.images.iter().any(|i| i.scores.is_some()))
+    {
+        let (md, csv) = metric_table(sweep, &manifests);
+        crate::fsutil::write_bytes(&dir.join("metrics.md"), md.as_bytes())?;
+        crate::fsutil::write_bytes(&dir.join("metrics.csv"), csv.as_bytes())?;
+        Some(dir.join("metrics.md"))
+    } else {
+        None
+    };
+    let study = make_study(sweep, &folders, &dir)?;
+    let mut text = String::new();
+    for m in &missing {
+        text.push_str(m);
+        text.push('\n');
+    }
+    crate::fsutil::write_bytes(&dir.join("missing.txt"), text.as_bytes())?;
+    Ok(Gathered {
+        dir,
+        groups: folders,
+        table,
+        study,
+        missing,
+    })
+}
+
+/// One render folder from the tasks of a group: their images copied in, their manifests
+/// merged (adapters in task order), then grids, gallery and manifest laid out.
+fn merge_group(sweep: &Sweep, indices: &[usize], out: &Path) -> Result<Manifest> {
+    let mut merged: Option<Manifest> = None;
+    for &i in indices {
+        let t = &sweep.tasks[i];
+        let cfg = sweep.run_config(t)?;
+        let src = cfg.render_dir();
+        let m = Manifest::read(&src)?;
+        for f in m
+            .images
+            .iter()
+            .map(|i| i.file.clone())
+            .chain(m.subject.photos.iter().cloned())
+        {
+            let to = out.join(&f);
+            if !to.exists() {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+                }
+                std::fs::copy(src.join(&f), &to).map_err(|e| Error::io(&src.join(&f), e))?;
+            }
+        }
+        match &mut merged {
+            None => merged = Some(m),
+            Some(all) => {
+                if all.prompts != m.prompts || all.settings != m.settings {
+                    return Err(Error::msg(format!(
+                        "{}: its prompts or render settings differ from the other tasks of \
+                         `{}`: they cannot share grids",
+                        src.display(),
+                        sweep.group(t)
+                    )));
+                }
+                for a in m.adapters {
+                    if !all.adapters.iter().any(|b| b.name == a.name) {
+                        all.adapters.push(a);
+                    }
+                }
+                for img in m.images {
+                    if !all.images.iter().any(|x| x.file == img.file) {
+                        all.images.push(img);
+                    }
+                }
+            }
+        }
+    }
+    let mut m = merged.expect("a group has at least one task");
+    m.loss_curve = None;
+    if let Some(s) = m.metrics.take() {
+        m.metrics = Some(crate::metrics::summarise(&m, s.ceiling, s.clip, s.dino));
+    }
+    crate::render::lay_out(out, m)
+}
+
+/// `mean [lo, hi]` or a dash.
+fn cell(e: Option<crate::render::manifest::Estimate>) -> String {
+    match e {
+        Some(e) => format!("{:.3} [{:.3}, {:.3}]", e.mean, e.lo, e.hi),
+        None => "-".into(),
+    }
+}
+
+const METRICS: [&str; 3] = ["dino", "clip_i", "clip_t"];
+
+/// The metric table: rows are the real photos and each adapter, over all subjects and split
+/// object / live; then one row per subject and adapter. Means with bootstrap 95 % intervals.
+fn metric_table(sweep: &Sweep, manifests: &[(usize, Manifest)]) -> (String, String) {
+    let (resamples, seed) = (stats::BOOTSTRAP_RESAMPLES, stats::BOOTSTRAP_SEED);
+    let kind_of = |first: usize| sweep.subjects[sweep.tasks[first].subject].kind;
+    let name_of = |first: usize| sweep.group(&sweep.tasks[first]);
+    let mut adapters: Vec<(String, String)> = Vec::new();
+    for (_, m) in manifests {
+        for a in &m.adapters {
+            if !adapters.iter().any(|(n, _)| n == &a.name) {
+                adapters.push((a.name.clone(), a.label.clone()));
+            }
+        }
+    }
+    let values = |adapter: &str, metric: &str, which: &dyn Fn(usize) -> bool| -> Vec<f64> {
+        manifests
+            .iter()
+            .filter(|(f, _)| which(*f))
+            .flat_map(|(_, m)| m.images.iter())
+            .filter(|i| i.adapter == adapter)
+            .filter_map(|i| i.scores.and_then(|s| s.get(metric)))
+            .collect()
+    };
+    let ceiling = |metric: &str, which: &dyn Fn(usize) -> bool| -> Vec<f64> {
+        manifests
+            .iter()
+            .filter(|(f, _)| which(*f))
+            .filter_map(|(_, m)| m.metrics.as_ref().and_then(|s| s.ceiling.get(metric)))
+            .collect()
+    };
+    let scopes = [
+        ("all", None),
+        ("object", Some(Kind::Object)),
+        ("live", Some(Kind::Live)),
+    ];
+    let mut md = String::from("# Sweep metrics\n\n");
+    md.push_str(&format!(
+        "{} subjects, {} adapters. Mean over images with a bootstrap 95 % interval \
+         ({resamples} resamples); the real-photo row compares each subject's photos with \
+         each other (the ceiling).\n\n",
+        manifests.len(),
+        adapters.len()
+    ));
+    let mut csv = String::from("scope,row,metric,mean,lo,hi,n\n");
+    for (scope, only) in scopes {
+        let which: &dyn Fn(usize) -> bool = &|f| only.is_none_or(|k| kind_of(f) == k);
+        md.push_str(&format!(
+            "## {scope} subjects\n\n| | DINO | CLIP-I | CLIP-T |\n|---|---|---|---|\n"
+        ));
+        let real: Vec<String> = METRICS
+            .iter()
+            .map(|m| cell(stats::bootstrap_mean(&ceiling(m, which), resamples, seed)))
+            .collect();
+        md.push_str(&format!("| Real images | {} |\n", real.join(" | ")));
+        for (name, label) in &adapters {
+            let cells: Vec<String> = METRICS
+                .iter()
+                .map(|metric| {
+                    let e = stats::bootstrap_mean(&values(name, metric, which), resamples, seed);
+                    if let Some(e) = e {
+                        csv.push_str(&format!(
+                            "{scope},{name},{metric},{},{},{},{}\n",
+                            e.mean, e.lo, e.hi, e.n
+                        ));
+                    }
+                    cell(e)
+                })
+                .collect();
+            md.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
+        }
+        md.push('\n');
+    }
+    md.push_str("## Per subject\n\n| subject | kind | adapter | DINO | CLIP-I | CLIP-T |\n|---|---|---|---|---|---|\n");
+    for (first, m) in manifests {
+        for a in &m.adapters {
+            let only = |f: usize| f == *first;
+            let cells: Vec<String> = METRICS
+                .iter()
+                .map(|metric| {
+                    cell(stats::bootstrap_mean(
+                        &values(&a.name, metric, &only),
+                        resamples,
+                        seed,
+                    ))
+                })
+                .collect();
+            md.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                name_of(*first),
+                kind_of(*first).name(),
+                a.label,
+                cells.join(" | ")
+            ));
+        }
+    }
+    (md, csv)
+}
+
+/// One blind study kit over every subject: LoRA against MoSLoRA when both are there (else the
+/// first two adapters), with a fixed seed so that gathering twice gives the same kit.
+fn make_study(sweep: &Sweep, folders: &[PathBuf], dir: &Path) -> Result<Option<PathBuf>> {
+    let mut names: Vec<String> = Vec::new();
+    for t in &sweep.tasks {
+        if !names.contains(&t.adapter.name) {
+            names.push(t.adapter.name.clone());
+        }
+    }
+    let (a, b) = if names.iter().any(|n| n == "lora") && names.iter().any(|n| n == "moslora") {
+        ("lora".to_string(), "moslora".to_string())
+    } else if names.len() >= 2 {
+        (names[0].clone(), names[1].clone())
+    } else {
+        return Ok(None);
+    };
+    let with_both: Vec<PathBuf> = folders
+        .iter()
+        .filter(|f| {
+            Manifest::read(f).is_ok_and(|m| {
+                m.adapters.iter().any(|x| x.name == a) && m.adapters.iter().any(|x| x.name == b)
+            })
+        })
+        .cloned()
+        .collect();
+    if with_both.is_empty() {
+        return Ok(None);
+    }
+    let out = dir.join("study");
+    crate::study::make::make(&crate::study::make::MakeOptions {
+        renders: with_both,
+        a,
+        b,
+        repeats: None,
+        seed: Some(sweep.base.seed),
+        out: out.clone(),
+        force: true,
+    })?;
+    Ok(Some(out))
+}
