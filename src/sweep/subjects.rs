@@ -70,6 +70,28 @@ pub fn read(root: &Path) -> Result<Vec<SweepSubject>> {
             ),
         ));
     };
+    // Every subject folder must have its class: a folder the table does not name would be
+    // silently left out of the sweep.
+    for entry in std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().is_dir() && !name.starts_with('.') && !table.contains_key(&name) {
+            return Err(Error::setting(
+                "subjects",
+                format!(
+                    "{}: the subject folder `{name}` has no class in {}: add a line for it",
+                    root.display(),
+                    if root.join("subjects.txt").is_file() {
+                        "subjects.txt"
+                    } else {
+                        "prompts_and_classes.txt"
+                    }
+                ),
+            ));
+        }
+    }
     let mut out = Vec::new();
     for (name, (class, kind)) in table {
         let photos = root.join(&name);
