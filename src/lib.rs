@@ -11,6 +11,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod sdxl;
 pub mod study;
+pub mod sweep;
 pub mod toyworld;
 pub mod train;
 
