@@ -18,8 +18,11 @@ TORCH_PKG := torch==2.11.0
 # The rater page's browser test drives Debian's chromium through chromedriver with selenium
 # (4.51.0: 4.52.0 requires a certifi release the registry does not have yet).
 SELENIUM  := selenium==4.51.0
+# The Kubernetes API's models in the official client: the sweep's Job manifest is checked
+# against them (tests/reference/check_k8s_job.py).
+KUBERNETES := kubernetes==37.0.2
 REF_PKGS  := diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 \
-             accelerate==1.15.0 numpy pillow $(SELENIUM)
+             accelerate==1.15.0 numpy pillow $(SELENIUM) $(KUBERNETES)
 # Only the CLIP BPE merges file is needed from open-clip; its own dependencies are not.
 OPENCLIP  := open-clip-torch==3.3.0
 # torchvision (the release made for torch 2.11) for the photo references: diffusers' DreamBooth
@@ -73,6 +76,11 @@ $(VENV)/.browser: $(VENV)/.reference
 
 browser: $(VENV)/.browser
 
+# The Kubernetes client, also for a .venv made before it joined REF_PKGS.
+$(VENV)/.k8s: $(VENV)/.reference
+	$(PY) -m pip install --quiet $(KUBERNETES)
+	touch $@
+
 # The house stays clean: the layer check (no import up a layer, no loop between modules),
 # formatting and clippy (every target, warnings as errors) run first.
 lint: $(VENV)/.torch
@@ -80,7 +88,7 @@ lint: $(VENV)/.torch
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
 
-test: $(FIXTURES)/.stamp $(VENV)/.browser lint
+test: $(FIXTURES)/.stamp $(VENV)/.browser $(VENV)/.k8s lint
 	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release --no-fail-fast -- --test-threads=1
 
 # The whole job on the toy world's pretrained model (assets/toy-model): train LoRA and MoSLoRA

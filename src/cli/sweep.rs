@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Only the tasks that are not done (failed, missing, or killed while running)
     #[arg(long)]
     only_missing: bool,
+    /// Write the sweep for another scheduler instead of running it: `k8s` (a Kubernetes
+    /// Indexed Job, from SWEEP.yaml's `k8s:` section)
+    #[arg(long, value_parser = ["k8s"], conflicts_with_all = ["local", "slurm"])]
+    emit: Option<String>,
 }
 
 #[derive(Args)]
@@ -152,6 +156,16 @@ pub fn run(c: SweepCommand) -> Result<ExitCode> {
 
 fn run_sweep(a: RunArgs) -> Result<ExitCode> {
     let s = Sweep::load(&a.sweep)?;
+    if a.emit.is_some() {
+        let path = s.emit_k8s()?;
+        println!(
+            "wrote {} ({} tasks as a Kubernetes Indexed Job): kubectl apply -f it, then \
+             `moslora sweep gather` once it completes",
+            path.display(),
+            s.tasks.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let indices: Vec<usize> = if a.only_missing {
         status::not_done(&s)
     } else {
@@ -172,7 +186,7 @@ fn run_sweep(a: RunArgs) -> Result<ExitCode> {
     if !a.local {
         return Err(Error::setting(
             "backend",
-            "choose where the tasks run: --local [--jobs N] or --slurm",
+            "choose where the tasks run: --local [--jobs N], --slurm, or --emit k8s",
         ));
     }
     if indices.is_empty() {

@@ -7,6 +7,7 @@
 //! puts the finished tasks together.
 
 pub mod gather;
+pub mod k8s;
 pub mod local;
 pub mod slurm;
 pub mod status;
@@ -47,6 +48,10 @@ pub struct SweepConfig {
     /// Per-task resources on a Slurm cluster.
     #[serde(default)]
     pub slurm: slurm::Resources,
+    /// The Kubernetes Indexed Job `--emit k8s` writes (image, resources, volume); its
+    /// completions and command are the sweep's.
+    #[serde(default)]
+    pub k8s: Option<k8s::IndexedJob>,
 }
 
 fn default_output() -> PathBuf {
@@ -326,6 +331,36 @@ impl Sweep {
                 ]
             })
             .collect()
+    }
+}
+
+impl Sweep {
+    /// The Kubernetes Indexed Job of the whole sweep, from SWEEP.yaml's `k8s:` (its image,
+    /// resources and volume), written to `<output>/k8s/job.yaml`. The sweep folder is the
+    /// container's working directory (`k8s.workdir`, `/work` by default): the command names
+    /// SWEEP.yaml there.
+    pub fn emit_k8s(&self) -> Result<PathBuf> {
+        let Some(job) = &self.config.k8s else {
+            return Err(Error::config(
+                &self.file,
+                "--emit k8s needs a `k8s:` section (at least `image:` and `name:`)",
+            ));
+        };
+        let mut job = job.clone();
+        job.completions = self.tasks.len();
+        if job.command.is_empty() {
+            let name = self.file.file_name().unwrap_or_default().to_string_lossy();
+            job.command = vec![
+                "moslora".into(),
+                "sweep".into(),
+                "task".into(),
+                format!("{}/{name}", job.workdir.trim_end_matches('/')),
+            ];
+        }
+        let text = k8s::manifest(&job)?;
+        let path = self.config.output.join("k8s").join("job.yaml");
+        crate::fsutil::write_bytes(&path, text.as_bytes())?;
+        Ok(path)
     }
 }
 
