@@ -12,13 +12,23 @@
 //! run recorded in `dir/owned-pids` (pid and start time, so a reused pid is never hit) are
 //! stopped. Needs root (apt-get, munge's key and /run/munge, SlurmUser=root).
 //!
-//! What mattered on these machines (no systemd, cgroup v1 controllers on a tmpfs): the node
-//! name is `hostname -s` and its CPUs and RealMemory are at most the machine's, else the node
-//! drains; munged needs `/run/munge` owned by munge and a key owned by munge, mode 0400;
-//! `proctrack/linuxproc` and `task/none` keep cgroups out; no accounting daemon
-//! (`accounting_storage/none`, `jobacct_gather/none`), so there is no `sacct`: job states come
-//! from `squeue --states=all` or `scontrol show job` while the controller still holds them
-//! (`MinJobAge`); `MailProg=/bin/true` since no mailer is installed.
+//! What mattered on these machines (Slurm 22.05.8, munge 0.5.15, no systemd, cgroup v1
+//! controllers on a tmpfs), each tried:
+//! - The node name is `hostname -s`, else slurmd exits ("Unable to determine this slurmd's
+//!   NodeName"). CPUs or RealMemory above the machine's make the node INVAL ("Low CPUs",
+//!   "Low RealMemory") and jobs pend for ever.
+//! - The default cgroup proctrack/task plugins: the node is idle but every job fails
+//!   ("Plugin initialization failed"); `proctrack/linuxproc` and `task/none` work.
+//! - munged refuses to start without `/run/munge` owned by munge, with a key not owned by
+//!   munge or readable by group or others, and as root (Debian's /var/log/munge is munge's).
+//! - `accounting_storage/slurmdbd` without a slurmdbd kills slurmctld at start; 22.05's
+//!   default is none, set explicitly here. No accounting means no `sacct`: job states come from
+//!   `squeue --states=all` or `scontrol show job` while the controller holds them (MinJobAge).
+//! - Without `MailProg=/bin/true` jobs still run; only `--mail-type` ones log a MailProg error.
+//! - A job's slurmstepd is not slurmd's child (its parent is pid 1) and outlives slurmd: jobs
+//!   are cancelled before slurmd stops, or their processes stay.
+//! - Processes that end here stay zombies for a few seconds (pid 1 reaps late): a process
+//!   counts as gone once /proc shows it as Z.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -221,18 +231,19 @@ impl Slurm {
             child,
             start_time,
         });
-        self.record_pids();
+        self.record_pids()
+            .unwrap_or_else(|e| panic!("writing owned-pids: {e}\n{}", self.log_tails()));
     }
 
     /// Writes `dir/owned-pids`: one `name pid start_time` line per daemon started, for the
     /// next run to stop them should this one end without its Drop (SIGKILL, abort).
-    fn record_pids(&self) {
+    fn record_pids(&self) -> std::io::Result<()> {
         let lines: String = self
             .daemons
             .iter()
             .map(|d| format!("{} {} {}\n", d.name, d.child.id(), d.start_time))
             .collect();
-        std::fs::write(self.dir.join("owned-pids"), lines).unwrap();
+        std::fs::write(self.dir.join("owned-pids"), lines)
     }
 
     /// Panics with the logs when a daemon we started has exited.
@@ -283,7 +294,8 @@ impl Drop for Slurm {
         // The reverse of the start order: slurmd, slurmctld, then munged.
         while let Some(mut d) = self.daemons.pop() {
             stop_child(d.name, &mut d.child);
-            self.record_pids();
+            // Never panic here: Drop may run while the test unwinds.
+            let _ = self.record_pids();
         }
         let _ = std::fs::remove_file(self.dir.join("owned-pids"));
         eprintln!("slurm: stopped in {:.1?}", t.elapsed());
