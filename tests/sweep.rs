@@ -2,6 +2,8 @@
 //! and resumed with `--only-missing`, and the gathered results equal to an uninterrupted run.
 
 mod common;
+#[path = "slurm_support/mod.rs"]
+mod slurm_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -366,4 +368,114 @@ fn bad_sweeps_are_refused_clearly() {
     );
     f.assert_none();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Until Slurm holds no job of ours (bounded); panics with the daemons' logs otherwise.
+fn wait_for_queue(slurm: &slurm_support::Slurm, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let q = slurm.run("squeue", &["-h", "-o", "%i %T"]);
+        if q.trim().is_empty() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "jobs still queued after {within:?}:\n{q}\n{}",
+            slurm.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn submit(slurm: &slurm_support::Slurm, dir: &Path, extra: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .args(["sweep", "run", "sweep.yaml", "--slurm"])
+        .args(extra)
+        .current_dir(dir)
+        .envs(slurm.env())
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}\n{}", slurm.log_tails());
+    out
+}
+
+#[test]
+fn a_sweep_on_a_real_slurm_resubmits_what_was_killed_and_gathers_as_a_local_run_does() {
+    let started = Instant::now();
+    let slurm = slurm_support::Slurm::start(&scratch("slurm-daemons"));
+    let a = sweep_folder("slurm", 20);
+    std::fs::write(
+        a.join("sweep.yaml"),
+        "base: base.yaml\noutput: out\nsubjects: subjects\nadapters: [lora, moslora]\n\
+         slurm:\n  cpus: 1\n  max_parallel: 2\n",
+    )
+    .unwrap();
+
+    // The array and its gather; task 3 is cancelled once it has a checkpoint.
+    let out = submit(&slurm, &a, &[]);
+    assert!(out.contains("submitted 6 tasks as job array"), "{out}");
+    let array = out.split_whitespace().nth(6).unwrap().to_string();
+    let script = std::fs::read_to_string(a.join("out/slurm/array.sh")).unwrap();
+    assert!(
+        script.contains("#SBATCH --array=0-5%2") && script.contains("--cpus-per-task=1"),
+        "{script}"
+    );
+    let ckpt = a.join("out/tasks/0003-spotted_cat-moslora/run/moslora/checkpoint/state.json");
+    let t0 = Instant::now();
+    while !ckpt.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(240),
+            "task 3 made no checkpoint:\n{}",
+            slurm.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    slurm.run("scancel", &[&format!("{array}_3")]);
+    wait_for_queue(&slurm, Duration::from_secs(300));
+    let o = moslora(&["sweep", "status", "sweep.yaml"], &a);
+    let (st, _) = text(&o);
+    assert!(st.contains("5 done"), "{st}");
+    // The gather job ran after the array (afterany) and named the cancelled task.
+    let gather_log = std::fs::read_to_string(a.join("out/logs/gather.log")).unwrap_or_default();
+    assert!(
+        gather_log.contains("0003-spotted_cat-moslora"),
+        "{gather_log}"
+    );
+
+    // Only the missing task again; its gather then completes the sweep.
+    let out = submit(&slurm, &a, &["--only-missing"]);
+    assert!(out.contains("submitted 1 tasks"), "{out}");
+    let script = std::fs::read_to_string(a.join("out/slurm/array.sh")).unwrap();
+    assert!(script.contains("#SBATCH --array=3%2"), "{script}");
+    wait_for_queue(&slurm, Duration::from_secs(300));
+    let o = moslora(&["sweep", "status", "sweep.yaml"], &a);
+    assert!(text(&o).0.contains("6 done"), "{}", text(&o).0);
+    let missing = std::fs::read_to_string(a.join("out/gather/missing.txt")).unwrap();
+    assert!(missing.is_empty(), "{missing}");
+    drop(slurm);
+
+    // The same sweep run locally gathers the same results.
+    let b = sweep_folder("slurm-local", 20);
+    let o = moslora(
+        &["sweep", "run", "sweep.yaml", "--local", "--jobs", "2"],
+        &b,
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let (ga, gb) = (gathered(&a), gathered(&b));
+    assert_eq!(
+        ga.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        gb.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    for ((n, x), (_, y)) in ga.iter().zip(&gb) {
+        assert!(x == y, "{n} differs between the Slurm and the local sweep");
+    }
+    println!(
+        "{} gathered files equal to the local run's; the test took {:.0} s",
+        ga.len(),
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
 }
