@@ -216,6 +216,59 @@ fn metric_table(sweep: &Sweep, manifests: &[(usize, Manifest)]) -> (String, Stri
         }
         md.push('\n');
     }
+    // Every other adapter against the baseline (LoRA when present), image by image over
+    // identical prompt, seed and initial noise: the automatic judge's win / tie / loss.
+    if let Some((base, base_label)) = adapters
+        .iter()
+        .find(|(n, _)| n == "lora")
+        .or(adapters.first())
+        .cloned()
+    {
+        md.push_str(&format!(
+            "## Against {base_label}, image by image\n\nWins, ties and losses of each adapter's \
+             score over {base_label}'s on the same prompt, seed and noise (a tie within \
+             {}), the mean difference with its 95 % interval, and the two-sided sign test.\n\n\
+             | adapter | metric | win / tie / loss | mean difference | sign test p |\n|---|---|---|---|---|\n",
+            crate::metrics::TIE_MARGIN
+        ));
+        for (name, label) in adapters.iter().filter(|(n, _)| *n != base) {
+            for metric in METRICS {
+                let mut pairs = Vec::new();
+                for (_, m) in manifests {
+                    for i in m.images.iter().filter(|i| i.adapter == *name) {
+                        let other = m.images.iter().find(|j| {
+                            j.adapter == base && j.prompt_id == i.prompt_id && j.seed == i.seed
+                        });
+                        let a = other.and_then(|j| j.scores).and_then(|s| s.get(metric));
+                        if let (Some(a), Some(b)) = (a, i.scores.and_then(|s| s.get(metric))) {
+                            pairs.push((a, b));
+                        }
+                    }
+                }
+                let Some(p) = stats::paired(&pairs, crate::metrics::TIE_MARGIN, resamples, seed)
+                else {
+                    continue;
+                };
+                csv.push_str(&format!(
+                    "paired,{name}-vs-{base},{metric},{},{},{},{}\n",
+                    p.diff.mean, p.diff.lo, p.diff.hi, p.diff.n
+                ));
+                md.push_str(&format!(
+                    "| {label} | {metric} | {} / {} / {} | {:+.4} [{:+.4}, {:+.4}] | {} |\n",
+                    p.wins,
+                    p.ties,
+                    p.losses,
+                    p.diff.mean,
+                    p.diff.lo,
+                    p.diff.hi,
+                    p.sign_test_p
+                        .map(|x| format!("{x:.3}"))
+                        .unwrap_or_else(|| "-".into())
+                ));
+            }
+        }
+        md.push('\n');
+    }
     md.push_str("## Per subject\n\n| subject | kind | adapter | DINO | CLIP-I | CLIP-T |\n|---|---|---|---|---|---|\n");
     for (first, m) in manifests {
         for a in &m.adapters {
