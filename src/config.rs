@@ -450,7 +450,7 @@ impl RunConfig {
 }
 
 /// `a/b/../c` -> `a/c`, lexically (the path need not exist yet).
-fn normalize(p: &Path) -> PathBuf {
+pub fn normalize(p: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in p.components() {

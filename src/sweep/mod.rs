@@ -150,7 +150,7 @@ impl Sweep {
         let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
         for p in [&mut config.base, &mut config.output, &mut config.subjects] {
             if p.is_relative() {
-                *p = dir.join(&*p);
+                *p = crate::config::normalize(&dir.join(&*p));
             }
         }
         let base = RunConfig::load(&config.base)?;

@@ -12,9 +12,13 @@ use crate::render::{self, Column, RenderProgress};
 use crate::sdxl::pipeline::RunOptions;
 use crate::train::{self, Progress, RunPaths};
 
-/// The settings a task ran with: if they change, its results are stale.
+/// The settings a task ran with: if they change, its results are stale. Where the task
+/// writes is left out: it follows from the sweep's output folder, however that is spelt.
 pub fn settings_hash(cfg: &RunConfig) -> String {
-    let yaml = serde_yaml::to_string(cfg).expect("serialisable");
+    let mut cfg = cfg.clone();
+    cfg.output = Default::default();
+    cfg.render.out = None;
+    let yaml = serde_yaml::to_string(&cfg).expect("serialisable");
     Sha256::digest(yaml.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
