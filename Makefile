@@ -31,7 +31,7 @@ TORCHVISION := torchvision==0.26.0
 
 BIN := target/release/moslora
 
-.PHONY: all build test demo bench fixtures venv clean fmt clippy lint browser toy-model
+.PHONY: all build test demo bench fixtures venv clean fmt clippy lint browser toy-model toy-bench
 
 all: build
 
@@ -102,6 +102,12 @@ demo: build
 toy-model: build
 	$(BIN) pretrain --out target/toy/toy-model --dtype f16
 	$(BIN) judge --model target/toy/toy-model --out target/toy/toy-judge
+
+# DreamBooth's protocol on the toy world (configs/toy-bench/): 5 subjects x 25 prompts x 4 seeds,
+# LoRA, MoSLoRA and the zero / identity / kaiming mixers, scored by the toy world's judge; two
+# tasks at a time, resumable (run it again). Results in target/toy-bench/gather/.
+toy-bench: build
+	$(BIN) sweep run configs/toy-bench/sweep.yaml --local --jobs 2
 
 # moslora against the diffusers + peft reference on the same models, batches, threads and
 # steps (bench/run.py); writes bench/results/cpu-<date>.md. BENCH_QUICK=1: a short smoke run.
