@@ -202,6 +202,15 @@ fn a_sweep_runs_locally_resumes_a_killed_task_and_gathers_the_same_results() {
         assert_eq!(names, ["lora", "moslora"], "{s}");
         assert!(g.join(s).join("index.html").is_file());
     }
+    let index = std::fs::read_to_string(g.join("index.html")).unwrap();
+    for s in [
+        "gift_box/index.html",
+        "spotted_cat/grids/p00.png",
+        "star_ball",
+        "study/index.html",
+    ] {
+        assert!(index.contains(s), "the page across subjects lacks {s}");
+    }
     let table = std::fs::read_to_string(g.join("metrics.md")).unwrap();
     for row in [
         "Real images",

@@ -1,5 +1,6 @@
-//! `sweep gather`: the finished tasks put together. Per subject (and rank and seed, when
-//! they vary) one render folder with every adapter's column side by side, grids and gallery;
+//! `sweep gather`: the finished tasks put together. One page across subjects
+//! (`index.html`, a section each); per subject (and rank and seed, when they vary) one render
+//! folder with every adapter's column side by side, grids and gallery;
 //! one metric table across subjects (per adapter, per subject, object vs live, with the
 //! real-photo row, in the layout of DreamBooth's Table 1); one blind study kit across all
 //! subjects; and the list of what is missing.
@@ -64,6 +65,14 @@ pub fn gather(sweep: &Sweep) -> Result<Gathered> {
         None
     };
     let study = make_study(sweep, &folders, &dir)?;
+    write_index(
+        sweep,
+        &dir,
+        &groups,
+        &missing,
+        table.is_some(),
+        study.is_some(),
+    )?;
     let mut text = String::new();
     for m in &missing {
         text.push_str(m);
@@ -77,6 +86,70 @@ pub fn gather(sweep: &Sweep) -> Result<Gathered> {
         study,
         missing,
     })
+}
+
+/// `gather/index.html`: one page across subjects, a section each (its grids, with its own
+/// gallery a click away), the metric table and what is missing. Self-contained, no script.
+fn write_index(
+    sweep: &Sweep,
+    dir: &Path,
+    groups: &BTreeMap<String, Vec<usize>>,
+    missing: &[String],
+    table: bool,
+    study: bool,
+) -> Result<()> {
+    use crate::render::gallery::esc;
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>moslora sweep</title>\
+         <style>body{font:15px/1.45 system-ui,sans-serif;margin:24px;color:#1d232b;background:#f6f7f9}\
+         section{background:#fff;border:1px solid #d9dee5;border-radius:10px;padding:12px 16px;margin:16px 0}\
+         h2{font-size:17px;margin:0 0 8px}.meta{color:#5b6573;font-size:13px}\
+         .grids{display:flex;flex-wrap:wrap;gap:8px}.grids img{height:150px;border:1px solid #d9dee5;border-radius:4px}\
+         pre{background:#fff;border:1px solid #d9dee5;border-radius:8px;padding:10px;overflow:auto;font-size:12px}</style>\
+         </head><body>\n",
+    );
+    h.push_str(&format!(
+        "<h1>Sweep: {} subjects, {} tasks</h1><p class=\"meta\">{}</p>\n",
+        sweep.subjects.len(),
+        sweep.tasks.len(),
+        esc(&sweep.file.display().to_string())
+    ));
+    if study {
+        h.push_str("<p>Blind study kit: <a href=\"study/index.html\">study/index.html</a> (its key is study.key.json, kept out of the kit).</p>\n");
+    }
+    if !missing.is_empty() {
+        h.push_str(&format!(
+            "<p><b>Not done ({}):</b> {}</p>\n",
+            missing.len(),
+            esc(&missing.join(", "))
+        ));
+    }
+    if table {
+        let md = std::fs::read_to_string(dir.join("metrics.md")).unwrap_or_default();
+        h.push_str(&format!("<h2>Metrics</h2><pre>{}</pre>\n", esc(&md)));
+    }
+    for (group, indices) in groups {
+        let s = &sweep.subjects[sweep.tasks[indices[0]].subject];
+        let m = Manifest::read(&dir.join(group))?;
+        h.push_str(&format!(
+            "<section><h2>{} <span class=\"meta\">{} ({}) &middot; <a href=\"{}/index.html\">gallery</a></span></h2><div class=\"grids\">",
+            esc(group),
+            esc(&s.class),
+            s.kind.name(),
+            esc(group)
+        ));
+        for g in &m.grids {
+            h.push_str(&format!(
+                "<a href=\"{0}/{1}\"><img src=\"{0}/{1}\" alt=\"{2}\"></a>",
+                esc(group),
+                esc(&g.file),
+                esc(&g.prompt_id)
+            ));
+        }
+        h.push_str("</div></section>\n");
+    }
+    h.push_str("</body></html>\n");
+    crate::fsutil::write_bytes(&dir.join("index.html"), h.as_bytes())
 }
 
 /// One render folder from the tasks of a group: their images copied in, their manifests
