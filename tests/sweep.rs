@@ -98,6 +98,19 @@ fn gathered(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The two sweeps' gathered folders hold the same files with the same bytes; their count.
+fn assert_same_gathering(a: &Path, b: &Path, what: &str) -> usize {
+    let (ga, gb) = (gathered(a), gathered(b));
+    assert_eq!(
+        ga.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        gb.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    for ((n, x), (_, y)) in ga.iter().zip(&gb) {
+        assert!(x == y, "{n} differs between {what}");
+    }
+    ga.len()
+}
+
 fn drop_keys(v: &mut serde_json::Value, keys: &[&str]) {
     match v {
         serde_json::Value::Object(m) => {
@@ -232,17 +245,7 @@ fn a_sweep_runs_locally_resumes_a_killed_task_and_gathers_the_same_results() {
         &b,
     );
     assert!(o.status.success(), "{}", text(&o).1);
-    let (ga, gb) = (gathered(&a), gathered(&b));
-    assert_eq!(
-        ga.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-        gb.iter().map(|(n, _)| n).collect::<Vec<_>>()
-    );
-    for ((n, x), (_, y)) in ga.iter().zip(&gb) {
-        assert!(
-            x == y,
-            "{n} differs between the resumed and the uninterrupted sweep"
-        );
-    }
+    let files = assert_same_gathering(&a, &b, "the resumed and the uninterrupted sweep");
     // Every adapter, the resumed one included, has exactly the uninterrupted run's tensors.
     for t in std::fs::read_dir(a.join("out/tasks")).unwrap().flatten() {
         let name = t.file_name();
@@ -262,8 +265,7 @@ fn a_sweep_runs_locally_resumes_a_killed_task_and_gathers_the_same_results() {
         }
     }
     println!(
-        "{} gathered files equal; the test took {:.0} s",
-        ga.len(),
+        "{files} gathered files equal; the test took {:.0} s",
         started.elapsed().as_secs_f64()
     );
     std::fs::remove_dir_all(&a).unwrap();
@@ -472,17 +474,9 @@ fn a_sweep_on_a_real_slurm_resubmits_what_was_killed_and_gathers_as_a_local_run_
         &b,
     );
     assert!(o.status.success(), "{}", text(&o).1);
-    let (ga, gb) = (gathered(&a), gathered(&b));
-    assert_eq!(
-        ga.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-        gb.iter().map(|(n, _)| n).collect::<Vec<_>>()
-    );
-    for ((n, x), (_, y)) in ga.iter().zip(&gb) {
-        assert!(x == y, "{n} differs between the Slurm and the local sweep");
-    }
+    let files = assert_same_gathering(&a, &b, "the Slurm and the local sweep");
     println!(
-        "{} gathered files equal to the local run's; the test took {:.0} s",
-        ga.len(),
+        "{files} gathered files equal to the local run's; the test took {:.0} s",
         started.elapsed().as_secs_f64()
     );
     std::fs::remove_dir_all(&a).unwrap();

@@ -510,11 +510,7 @@ fn copy_photos(cfg: &RunConfig, out: &Path) -> Result<Vec<String>> {
         .map_err(|e| Error::io(&cfg.subject.images, e))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                crate::train::dataset::PHOTO_EXTENSIONS.contains(&e.to_lowercase().as_str())
-            })
-        })
+        .filter(|p| crate::train::dataset::is_photo(p))
         .collect();
     names.sort();
     let mut rel = Vec::new();

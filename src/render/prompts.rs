@@ -9,6 +9,32 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+/// DreamBench's split of subjects: objects, and live subjects (dogs and cats). It picks the
+/// `object:` or the `live:` list of a prompt set such as `dreambooth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Object,
+    Live,
+}
+
+impl Kind {
+    /// The list's name (`object`, `live`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Object => "object",
+            Kind::Live => "live",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "object" => Some(Kind::Object),
+            "live" => Some(Kind::Live),
+            _ => None,
+        }
+    }
+}
+
 /// The bundled sets, usable by name (`--prompts study8`) without a file.
 pub const BUNDLED: &[(&str, &str)] = &[
     ("study8", include_str!("../../prompts/study8.yaml")),

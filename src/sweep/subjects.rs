@@ -9,31 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::train::dataset::PHOTO_EXTENSIONS;
-
-/// DreamBooth's object/live split: which prompt list a subject is rendered with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    Object,
-    Live,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Object => "object",
-            Kind::Live => "live",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "object" => Some(Kind::Object),
-            "live" => Some(Kind::Live),
-            _ => None,
-        }
-    }
-}
+pub use crate::render::prompts::Kind;
+use crate::train::dataset::{is_photo, PHOTO_EXTENSIONS};
 
 /// One subject of the sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,17 +108,8 @@ pub fn read(root: &Path) -> Result<Vec<SweepSubject>> {
 }
 
 fn count_photos(dir: &Path) -> Result<usize> {
-    let n = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .flatten()
-        .filter(|e| {
-            e.path()
-                .extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| PHOTO_EXTENSIONS.contains(&x.to_lowercase().as_str()))
-        })
-        .count();
-    Ok(n)
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(entries.flatten().filter(|e| is_photo(&e.path())).count())
 }
 
 type Table = BTreeMap<String, (String, Kind)>;

@@ -26,22 +26,7 @@ pub const SIZE: u32 = 64;
 const SUPER: u32 = 2;
 const CANVAS: f32 = (SIZE * SUPER) as f32;
 
-/// DreamBench's split: objects, and live subjects (dogs and cats).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Object,
-    Live,
-}
-
-impl Kind {
-    /// DreamBench's word for the kind (it picks the object or the live prompt list).
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Object => "object",
-            Kind::Live => "live",
-        }
-    }
-}
+pub use crate::render::prompts::Kind;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Class {

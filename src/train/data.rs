@@ -48,12 +48,7 @@ fn generate_class_images(
     let have = std::fs::read_dir(&pp.class_images)
         .map_err(|e| Error::io(&pp.class_images, e))?
         .flatten()
-        .filter(|e| {
-            e.path()
-                .extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| dataset::PHOTO_EXTENSIONS.contains(&x.to_lowercase().as_str()))
-        })
+        .filter(|e| dataset::is_photo(&e.path()))
         .count();
     if have >= pp.generate {
         return Ok(());

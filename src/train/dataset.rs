@@ -46,6 +46,13 @@ pub fn load_photo(path: &Path) -> Result<Photo> {
     })
 }
 
+/// Does the file's extension name a photo format we read?
+pub fn is_photo(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.to_lowercase().as_str()))
+}
+
 /// All photos of a folder, sorted by file name. An empty folder, a folder of non-images or an
 /// unreadable photo is an error that names it.
 pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
@@ -62,14 +69,7 @@ pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
         if !path.is_file() {
             continue;
         }
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_lowercase);
-        if ext
-            .as_deref()
-            .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e))
-        {
+        if is_photo(&path) {
             files.push(path);
         } else if !path
             .file_name()
