@@ -96,13 +96,20 @@ fn report(e: &moslora::Error) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A served study stops on Ctrl-C and SIGTERM by itself (every answer is already committed).
+    let serving = matches!(
+        cli.command,
+        Command::Study(cli::study::StudyCommand::Serve(_))
+    );
     // First Ctrl-C: finish the step, save a checkpoint, stop. Second: stop at once.
-    let _ = ctrlc::set_handler(|| {
-        if moslora::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
-    });
+    if !serving {
+        let _ = ctrlc::set_handler(|| {
+            if moslora::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
+        });
+    }
     run(cli.command).unwrap_or_else(|e| {
         report(&e);
         ExitCode::from(exit_code(&e))

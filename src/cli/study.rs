@@ -1,5 +1,7 @@
-//! `moslora study make` and `moslora study tally`: blind pairs out, votes in.
+//! `moslora study make`, `serve` and `tally`: blind pairs out, votes in (as files or through
+//! the server's database).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -12,8 +14,37 @@ pub enum StudyCommand {
     /// Pair two adapters' renders of the same prompt and seed into a blinded rater folder
     /// (index.html, images, reference photos); the key is written beside it as STUDY.key.json
     Make(StudyMakeArgs),
-    /// Tally raters' votes files against the key: table, Markdown, CSV, JSON and a bar chart
+    /// Serve a study folder live: one secret link per rater, answers saved as given (SQLite
+    /// beside the study), an organiser's page with progress and the tally
+    Serve(StudyServeArgs),
+    /// Tally raters' votes (files, or a served study's database) against the key: table,
+    /// Markdown, CSV, JSON and a bar chart
     Tally(StudyTallyArgs),
+}
+
+#[derive(Args)]
+pub struct StudyServeArgs {
+    /// The study folder (`moslora study make --out`)
+    study: PathBuf,
+    /// The study's key (STUDY.key.json, beside the folder); never served
+    #[arg(long)]
+    key: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the address is printed)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+    /// Allow --bind beyond loopback (put a TLS reverse proxy in front: see the README)
+    #[arg(long)]
+    public: bool,
+    /// Make sure raters rater-01 .. rater-N exist (each gets a secret link, printed once)
+    #[arg(long)]
+    raters: Option<usize>,
+    /// Make sure a rater of this name exists (repeatable)
+    #[arg(long = "rater")]
+    rater: Vec<String>,
+    /// Base of the printed links, e.g. the reverse proxy's https://study.example.org
+    /// (default: http:// and the bound address)
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(Args)]
@@ -48,8 +79,11 @@ pub struct StudyTallyArgs {
     #[arg(long)]
     key: PathBuf,
     /// Votes files downloaded from the rater page
-    #[arg(required = true)]
     votes: Vec<PathBuf>,
+    /// A served study's votes database (default when no votes files are given: the
+    /// STUDY.votes.sqlite beside the key, if there is one)
+    #[arg(long)]
+    db: Option<PathBuf>,
     /// Folder for tally.md, tally.csv, tally.json and tally.png (default: STUDY.tally beside the key)
     #[arg(long)]
     out: Option<PathBuf>,
@@ -88,17 +122,50 @@ pub fn run(c: StudyCommand) -> Result<()> {
             );
             Ok(())
         }
+        StudyCommand::Serve(a) => study::serve::serve(&study::serve::ServeOptions {
+            study: a.study,
+            key: a.key,
+            bind: a.bind,
+            public: a.public,
+            raters: a.raters,
+            rater_names: a.rater,
+            url: a.url,
+        }),
         StudyCommand::Tally(a) => {
             let key = study::Key::load(&a.key)?;
-            let t = study::tally::tally(&key, &a.votes);
+            let beside = study::serve::db::db_path_for_key(&a.key);
+            let db = match a.db {
+                Some(db) => Some(db),
+                None if a.votes.is_empty() && beside.is_file() => Some(beside),
+                None if a.votes.is_empty() => {
+                    return Err(moslora::Error::setting(
+                        "votes",
+                        format!(
+                        "no votes: give votes files, or --db (no served study's database at {})",
+                        beside.display()
+                    ),
+                    ))
+                }
+                None => None,
+            };
+            let mut sources: Vec<study::tally::Source> = a
+                .votes
+                .iter()
+                .map(|p| (p.clone(), study::tally::read_votes(&key, p)))
+                .collect();
+            if let Some(db) = &db {
+                sources.extend(study::serve::db::VoteDb::open_existing(db)?.sources(&key)?);
+            }
+            let count = sources.len();
+            let (raters, notes) = study::tally::gather(&key, sources);
+            let t = study::tally::compute(&key, &raters, notes);
             for f in &t.files {
                 let mark = if f.tallied { "ok" } else { "SKIPPED" };
                 eprintln!("{mark}: {}: {}", f.file.display(), f.message);
             }
             if t.raters == 0 {
                 return Err(moslora::Error::msg(format!(
-                    "none of the {} votes file(s) could be tallied (reasons above)",
-                    a.votes.len()
+                    "none of the {count} votes source(s) could be tallied (reasons above)"
                 )));
             }
             print!("\n{}", study::report::text(&t));

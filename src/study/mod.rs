@@ -9,11 +9,14 @@
 //! - [`tally`]: reads votes files against the key and computes the statistics.
 //! - [`report`]: prints and writes the tally (table, Markdown, CSV, JSON, bar chart).
 //! - [`auto_metrics`]: the automatic metrics on the same pairs, and how often votes agree.
+//! - [`serve`]: the study folder served live: a secret link per rater, votes in SQLite, an
+//!   organiser's page with progress and the tally.
 
 pub mod auto_metrics;
 pub mod make;
 pub mod page;
 pub mod report;
+pub mod serve;
 pub mod tally;
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,9 @@
 //! presentations of a repeated pair apart), shows one pair at a time with the reference
 //! photos and the prompt, and asks the paper's two questions, each Left / Tie / Right.
 //! Answers are autosaved in `localStorage` under the study id, so a reload or a closed tab
-//! loses nothing; the votes are downloaded as JSON.
+//! loses nothing; the votes are downloaded as JSON. Served by `moslora study serve`, the page
+//! gets `serve.js`, which defines `window.studyServer`: answers then load from and save to the
+//! server instead (the hooks are the few lines that test `SERVER`).
 //!
 //! The page must not name the compared methods, not even in its code: the template avoids
 //! such words, and the tests search it.
@@ -152,8 +154,8 @@ main { max-width: 1500px; margin: 0 auto; padding: 12px 22px 16px; }
       <li><b>Prompt:</b> which image follows the text prompt better (the scene, style, action)?</li>
     </ul>
     <p>Choose <b>Tie</b> when neither is better. There are no right answers: go with your first
-      impression. Your answers are saved in this browser as you go; at the end, download them
-      and send the file back.</p>
+      impression. <span id="saving-note">Your answers are saved in this browser as you go; at the end, download them
+      and send the file back.</span></p>
     <p>Keys: <kbd>A</kbd> <kbd>S</kbd> <kbd>D</kbd> answer the first question (left, tie, right),
       <kbd>J</kbd> <kbd>K</kbd> <kbd>L</kbd> the second, <kbd>Enter</kbd> goes on,
       <kbd>Backspace</kbd> goes back.</p>
@@ -188,7 +190,7 @@ main { max-width: 1500px; margin: 0 auto; padding: 12px 22px 16px; }
       <button id="download-done" class="primary">Download votes</button>
       <button id="review">Review answers</button>
     </div>
-    <p class="keys">Send the downloaded file to the person running the study.</p>
+    <p class="keys" id="send-note">Send the downloaded file to the person running the study.</p>
   </section>
 </main>
 <div id="zoom" class="hidden"><img alt="enlarged image"></div>
@@ -198,6 +200,7 @@ main { max-width: 1500px; margin: 0 auto; padding: 12px 22px 16px; }
 "use strict";
 const STUDY = JSON.parse(document.getElementById("study-data").textContent);
 const STORE = "study-" + STUDY.study_id;
+const SERVER = window.studyServer || null;  // set by serve.js when a server serves the page
 const TRIALS = new Map(STUDY.trials.map(t => [t.id, t]));
 const N = STUDY.trials.length;
 const CHOICES = ["left", "tie", "right"];
@@ -222,6 +225,7 @@ function load() {
 function save() {
   if (!state) return;
   state.saved = new Date().toISOString();
+  if (SERVER) { SERVER.save(state); return; }
   try { localStorage.setItem(STORE, JSON.stringify(state)); }
   catch (e) { warn("Your browser does not let this page save answers: keep this tab open and download your votes at the end."); }
 }
@@ -359,7 +363,8 @@ function finish() {
     return;
   }
   $("done-name").textContent = state.rater;
-  $("done-text").textContent = "All " + N + " pairs are answered. Please download your votes now.";
+  $("done-text").textContent = "All " + N + " pairs are answered. " +
+    (SERVER ? "They are saved: you may close this page." : "Please download your votes now.");
   show("done");
   updateProgress();
 }
@@ -457,9 +462,13 @@ $("thumbs").addEventListener("click", e => { if (e.target.tagName === "IMG") zoo
 buildQuestions();
 const minutes = Math.max(1, Math.round(N * 12 / 60));  // about 12 s a pair
 $("count").textContent = N + " pairs, about " + minutes + (minutes === 1 ? " minute" : " minutes");
-try { localStorage.getItem(STORE); } catch (e) { warn("Your browser does not let this page save answers: keep this tab open and download your votes at the end."); }
-state = load();
-if (state) resume(); else { show("start"); updateProgress(); $("name").focus(); }
+function opening() { if (state) resume(); else { show("start"); updateProgress(); $("name").focus(); } }
+if (SERVER) SERVER.start(saved => { state = saved; opening(); });
+else {
+  try { localStorage.getItem(STORE); } catch (e) { warn("Your browser does not let this page save answers: keep this tab open and download your votes at the end."); }
+  state = load();
+  opening();
+}
 </script>
 </body>
 </html>

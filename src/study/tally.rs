@@ -314,7 +314,7 @@ fn parse_choice(s: &Option<String>) -> Result<Option<Choice>, String> {
 
 /// Read one votes file: the rater's answers and a list of things worth saying about them,
 /// or why the whole file cannot be used.
-fn read_votes(key: &Key, path: &Path) -> Result<(RaterVotes, Vec<String>), String> {
+pub fn read_votes(key: &Key, path: &Path) -> Result<(RaterVotes, Vec<String>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read it ({e})"))?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err("the file is empty".into());
@@ -439,11 +439,25 @@ fn list(items: &[String]) -> String {
 /// another exactly is a duplicate; two different files of the same rater name are taken as a
 /// rater who downloaded twice, and the one with more answers (then the later) is kept.
 pub fn read_all(key: &Key, paths: &[PathBuf]) -> (Vec<RaterVotes>, Vec<FileNote>) {
+    let read = paths.iter().map(|p| (p.clone(), read_votes(key, p)));
+    gather(key, read.collect())
+}
+
+/// Where votes came from (a votes file, or a rater in the served study's database), with that
+/// source's answers and notes, or why it cannot be used.
+pub type Source = (PathBuf, Result<(RaterVotes, Vec<String>), String>);
+
+/// The raters to tally from all sources, and one note per source, whichever route the votes
+/// took (votes files, the served study's database, or both): duplicates and second rounds of
+/// one rater are settled the same way for all.
+pub fn gather(key: &Key, sources: Vec<Source>) -> (Vec<RaterVotes>, Vec<FileNote>) {
     let total = key.trials.len();
+    let paths: Vec<PathBuf> = sources.iter().map(|(p, _)| p.clone()).collect();
     let mut read: Vec<Option<(RaterVotes, Vec<String>)>> = Vec::new();
     let mut notes: Vec<FileNote> = Vec::new();
-    for p in paths {
-        match read_votes(key, p) {
+    for (p, votes) in sources {
+        let p = &p;
+        match votes {
             Ok(v) => {
                 read.push(Some(v));
                 notes.push(FileNote {
