@@ -120,7 +120,8 @@ def main():
     args = ap.parse_args()
     rng = random.Random(args.seed)
     (one, t1), (two, t2) = [r.split("=", 1) for r in args.rater]
-    log, result = [], {"raters": {}, "log": log, "html_name": HTML_NAME, "html_comment": HTML_COMMENT}
+    log = []
+    result = {"raters": {}, "log": log, "html_name": HTML_NAME, "html_comment": HTML_COMMENT}
 
     # Rater one: a name and a comment full of HTML, a reload, a changed answer.
     r = Rater(f"{args.base}/#{t1}", log)

@@ -2,7 +2,8 @@
 //! (`STUDY.votes.sqlite`), read by the server and by `study tally`.
 //!
 //! Durability: WAL journal with `synchronous=FULL`, and the server acknowledges a vote only
-//! after its transaction has committed. In WAL mode a commit has written the transaction to
+//! after its transaction has committed (changes arriving together share one transaction:
+//! [`super::writer`]). In WAL mode a commit has written the transaction to
 //! the `-wal` file before it returns, so a killed process (even SIGKILL) loses nothing that
 //! was acknowledged; `FULL` also syncs the WAL to disk at every commit, so an acknowledged
 //! vote survives a power cut or an operating-system crash too (`NORMAL` would survive a
@@ -17,6 +18,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
+use super::writer::Change;
 use crate::error::{Error, Result};
 use crate::study::tally::{Answer, RaterVotes, Source};
 use crate::study::{Choice, Key};
@@ -162,6 +164,60 @@ fn parse_choice(s: Option<String>) -> Option<Choice> {
         Some("right") => Some(Choice::Right),
         _ => None,
     }
+}
+
+/// Store one answer, replacing the rater's earlier answer to that trial.
+fn put_answer(
+    conn: &Connection,
+    rater: i64,
+    trial: &str,
+    a: &StoredAnswer,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT INTO answers (rater, trial, similarity, prompt, ms, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, {NOW})
+             ON CONFLICT (rater, trial) DO UPDATE SET similarity = excluded.similarity,
+               prompt = excluded.prompt, ms = excluded.ms, updated = excluded.updated"
+        ),
+        params![
+            rater,
+            trial,
+            choice_name(a.similarity),
+            choice_name(a.prompt),
+            a.ms as i64
+        ],
+    )?;
+    Ok(())
+}
+
+/// Change the given parts of a rater's session.
+fn put_session(conn: &Connection, rater: i64, s: &Session) -> rusqlite::Result<()> {
+    let order = match &s.order {
+        Some(o) => Some(
+            serde_json::to_string(o)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+        ),
+        None => None,
+    };
+    conn.execute(
+        &format!(
+            "UPDATE raters SET display_name = COALESCE(?2, display_name),
+               trial_order = COALESCE(?3, trial_order), pos = COALESCE(?4, pos),
+               started = COALESCE(started, ?5), comment = COALESCE(?6, comment),
+               updated = {NOW}
+             WHERE id = ?1"
+        ),
+        params![
+            rater,
+            s.name,
+            order,
+            s.pos.map(|p| p as i64),
+            s.started,
+            s.comment
+        ],
+    )?;
+    Ok(())
 }
 
 impl VoteDb {
@@ -324,55 +380,32 @@ impl VoteDb {
         tx.commit().map_err(err)
     }
 
-    /// Store one answer (replacing the rater's earlier answer to that trial). When this
-    /// returns, the answer is committed and synced.
-    pub fn put_answer(&self, rater: i64, trial: &str, a: &StoredAnswer) -> Result<()> {
-        self.conn
-            .execute(
-                &format!(
-                    "INSERT INTO answers (rater, trial, similarity, prompt, ms, updated)
-                     VALUES (?1, ?2, ?3, ?4, ?5, {NOW})
-                     ON CONFLICT (rater, trial) DO UPDATE SET similarity = excluded.similarity,
-                       prompt = excluded.prompt, ms = excluded.ms, updated = excluded.updated"
-                ),
-                params![
+    /// Apply changes in one transaction, each under its own savepoint: the result of each,
+    /// or an error for all when the transaction cannot commit. When this returns Ok, every
+    /// change that succeeded is committed and synced.
+    pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<Result<()>>> {
+        let path = self.path.clone();
+        let err = |e| sql_err(&path, e);
+        let mut tx = self.conn.transaction().map_err(err)?;
+        let mut results = Vec::with_capacity(changes.len());
+        for c in changes {
+            let sp = tx.savepoint().map_err(err)?;
+            let r = match c {
+                Change::Answer {
                     rater,
                     trial,
-                    choice_name(a.similarity),
-                    choice_name(a.prompt),
-                    a.ms as i64
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Change the given parts of a rater's session.
-    pub fn put_session(&self, rater: i64, s: &Session) -> Result<()> {
-        let order = match &s.order {
-            Some(o) => Some(serde_json::to_string(o).map_err(|e| Error::msg(e.to_string()))?),
-            None => None,
-        };
-        self.conn
-            .execute(
-                &format!(
-                    "UPDATE raters SET display_name = COALESCE(?2, display_name),
-                       trial_order = COALESCE(?3, trial_order), pos = COALESCE(?4, pos),
-                       started = COALESCE(started, ?5), comment = COALESCE(?6, comment),
-                       updated = {NOW}
-                     WHERE id = ?1"
-                ),
-                params![
-                    rater,
-                    s.name,
-                    order,
-                    s.pos.map(|p| p as i64),
-                    s.started,
-                    s.comment
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+                    answer,
+                } => put_answer(&sp, *rater, trial, answer),
+                Change::Session { rater, session } => put_session(&sp, *rater, session),
+            };
+            match r {
+                Ok(()) => sp.commit().map_err(err)?,
+                Err(_) => drop(sp), // rolled back alone
+            }
+            results.push(r.map_err(err));
+        }
+        tx.commit().map_err(err)?;
+        Ok(results)
     }
 
     pub fn rater_state(&self, rater: i64) -> Result<RaterState> {

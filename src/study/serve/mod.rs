@@ -9,6 +9,7 @@
 //! - [`links`]: the links file beside the key.
 //! - [`files`]: which request paths reach which files of the study folder.
 //! - [`lock`]: one server per study.
+//! - [`writer`]: one writer thread, committing the answers that arrive together at once.
 //! - [`routes`]: the HTTP routes.
 //!
 //! Files beside the study folder `STUDY`: `STUDY.votes.sqlite` (with its `-wal` and `-shm`),
@@ -20,6 +21,7 @@ pub mod links;
 pub mod lock;
 pub mod routes;
 pub mod tokens;
+pub mod writer;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -227,13 +229,16 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
             0,
         )]);
         let rater_table = TokenTable::new(raters.iter().map(|r| (r.token_sha256, r.id)).collect());
+        let reader = db::VoteDb::open_existing(&db_path)?;
         let secrets = [o.key.as_path(), db_path.as_path(), links_path.as_path()];
         let files =
             files::StudyFiles::new(&o.study, &secrets).map_err(|e| Error::io(&o.study, e))?;
         let app = Arc::new(routes::App {
             trials: key.trials.iter().map(|t| t.id.clone()).collect(),
             key,
-            db: Mutex::new(vote_db),
+            writer: writer::Writer::start(vote_db)
+                .map_err(|e| Error::msg(format!("starting the votes writer: {e}")))?,
+            reader: Mutex::new(reader),
             raters: rater_table,
             organiser,
             files,

@@ -30,6 +30,7 @@ use serde_json::json;
 use super::db::{Session, StoredAnswer, VoteDb};
 use super::files::StudyFiles;
 use super::tokens::{bearer, TokenTable};
+use super::writer::{Change, Writer};
 use crate::study::tally;
 use crate::study::{report, Choice, Key};
 
@@ -47,7 +48,9 @@ const MAX_MS: u64 = 7 * 24 * 3600 * 1000;
 pub struct App {
     pub key: Key,
     pub trials: HashSet<String>,
-    pub db: Mutex<VoteDb>,
+    /// Every change goes through the writer (group commit); reads use their own connection.
+    pub writer: Writer,
+    pub reader: Mutex<VoteDb>,
     pub raters: TokenTable,
     pub organiser: TokenTable,
     pub files: StudyFiles,
@@ -126,14 +129,14 @@ fn rater_of(app: &App, headers: &HeaderMap) -> Result<i64, ApiError> {
     })
 }
 
-/// Run a database call off the async workers; the answer comes once it has committed.
+/// Read the database off the async workers.
 async fn with_db<T: Send + 'static>(
     app: &Arc<App>,
     f: impl FnOnce(&VoteDb) -> crate::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     let app = app.clone();
     tokio::task::spawn_blocking(move || {
-        let db = app.db.lock().unwrap_or_else(|p| p.into_inner());
+        let db = app.reader.lock().unwrap_or_else(|p| p.into_inner());
         f(&db)
     })
     .await
@@ -307,11 +310,12 @@ async fn put_answer(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         prompt: a.prompt,
         ms: a.ms,
     };
-    let trial = a.trial;
-    match with_db(&app, move |db| db.put_answer(rater, &trial, &stored)).await {
-        Ok(()) => Json(json!({ "ok": true })).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let change = Change::Answer {
+        rater,
+        trial: a.trial,
+        answer: stored,
+    };
+    acknowledge(app.writer.write(change).await)
 }
 
 /// The parts of a session the page sends.
@@ -386,9 +390,14 @@ async fn put_session(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    match with_db(&app, move |db| db.put_session(rater, &session)).await {
+    acknowledge(app.writer.write(Change::Session { rater, session }).await)
+}
+
+/// `{"ok": true}` once committed.
+fn acknowledge(committed: Result<(), String>) -> Response {
+    match committed {
         Ok(()) => Json(json!({ "ok": true })).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => internal(e).into_response(),
     }
 }
 
