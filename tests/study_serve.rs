@@ -74,7 +74,27 @@ fn nothing_outside_the_study_folder_is_served() {
     assert_eq!(img.status, 200);
     assert_eq!(img.header("content-type"), Some("image/png"));
     assert_eq!(img.body, std::fs::read(study.join(&t.left_file)).unwrap());
-    assert_eq!(http.get("/serve.js", None).status, 200);
+    // The rater page's script says nothing of the methods either (as tests/study.rs checks
+    // for the page itself).
+    let script = http.get("/serve.js", None);
+    assert_eq!(script.status, 200);
+    let words = [
+        "lora".to_string(),
+        "mos".into(),
+        "base".into(),
+        key.a.label.to_lowercase(),
+        key.b.label.to_lowercase(),
+    ];
+    for w in &words {
+        assert!(
+            !script.text().to_lowercase().contains(w.as_str()),
+            "serve.js says {w:?}"
+        );
+        assert!(
+            !page.text().to_lowercase().contains(w.as_str()),
+            "the served page says {w:?}"
+        );
+    }
 
     let secret = [
         "moslora-study-key",
@@ -416,9 +436,35 @@ fn loopback_unless_public_and_one_server_per_study() {
     // The first one is unharmed.
     assert_eq!(first.client().get("/", None).status, 200);
     first.kill();
-    // A killed server leaves no stale lock behind.
+    // A killed server leaves no stale lock behind. With the links file gone, the organiser
+    // gets a new link (the old one stops working); the raters' links are reported lost.
+    let old = tokens(&key_path);
+    std::fs::remove_file(root.join("STUDY.links.txt")).unwrap();
     let third = Server::start(&study, &key_path, &[]);
-    assert_eq!(third.client().get("/", None).status, 200);
+    let mut http = third.client();
+    assert_eq!(http.get("/", None).status, 200);
+    let out = third.output();
+    assert!(out.contains("new link: organiser"), "{out}");
+    assert!(
+        out.contains("links of rater-01, rater-02 are not in the links file"),
+        "{out}"
+    );
+    let new = tokens(&key_path);
+    assert_eq!(new.len(), 1);
+    assert_eq!(
+        http.get("/api/organiser", Some(&new["organiser"])).status,
+        200
+    );
+    assert_eq!(
+        http.get("/api/organiser", Some(&old["organiser"])).status,
+        401
+    );
+    assert_eq!(
+        http.get("/api/rater", Some(&old["rater-01"])).status,
+        200,
+        "a rater's link stays valid"
+    );
+    drop(http);
     drop(third);
 
     // --public binds beyond loopback, with the TLS warning.

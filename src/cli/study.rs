@@ -164,8 +164,12 @@ pub fn run(c: StudyCommand) -> Result<()> {
                 eprintln!("{mark}: {}: {}", f.file.display(), f.message);
             }
             if t.raters == 0 {
+                let what = match &db {
+                    Some(db) => format!("votes file(s) and raters of {}", db.display()),
+                    None => "votes file(s)".into(),
+                };
                 return Err(moslora::Error::msg(format!(
-                    "none of the {count} votes source(s) could be tallied (reasons above)"
+                    "none of the {count} {what} could be tallied (reasons above)"
                 )));
             }
             print!("\n{}", study::report::text(&t));

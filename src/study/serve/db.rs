@@ -353,7 +353,8 @@ impl VoteDb {
             .map_err(|e| self.err(e))
     }
 
-    /// Record the study (with the organiser's digest, if new) and new raters, in one transaction.
+    /// Record the study (with the organiser's digest, when new or replaced) and new raters, in
+    /// one transaction.
     pub fn register(
         &mut self,
         study_id: &str,
@@ -365,7 +366,8 @@ impl VoteDb {
         let tx = self.conn.transaction().map_err(err)?;
         if let Some(d) = organiser {
             tx.execute(
-                "INSERT INTO study (id, study_id, organiser_token_sha256) VALUES (1, ?1, ?2)",
+                "INSERT INTO study (id, study_id, organiser_token_sha256) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET organiser_token_sha256 = excluded.organiser_token_sha256",
                 params![study_id, d],
             )
             .map_err(err)?;

@@ -1,4 +1,5 @@
-// The rater page's link to `moslora study serve`. The page calls `studyServer.start` instead
+// Raters read this file: like the page, it must not name the compared methods.
+// The rater page's link to the study's server. The page calls `studyServer.start` instead
 // of reading this browser's storage, and `studyServer.save` whenever its state changes; the
 // answers then live on the server, so a reload or another device resumes where the rater was.
 // The rater's token is the link's fragment (`/#TOKEN`): browsers never send a fragment to a
