@@ -507,7 +507,13 @@ fn a_step_series_renders_as_columns() {
     );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("2 prompts x 2 columns"), "{stdout}");
-    let m = Manifest::read(&cfg.render_dir()).unwrap();
+    // Beside the comparison's folder, not in it.
+    let series = out.join("renders-steps");
+    assert!(
+        !cfg.render_dir().exists(),
+        "the comparison's folder is left alone"
+    );
+    let m = Manifest::read(&series).unwrap();
     let columns: Vec<(&str, &str, Option<u64>)> = m
         .adapters
         .iter()
@@ -521,10 +527,10 @@ fn a_step_series_renders_as_columns() {
     // Two steps of training apart, the pictures differ; the grid shows both side by side.
     let image = |name: &str| {
         let e = m.images.iter().find(|i| i.adapter == name).unwrap();
-        common::read_png(&cfg.render_dir().join(&e.file))
+        common::read_png(&series.join(&e.file))
     };
     assert!(common::mean_pixel_diff(&image("step2"), &image("step4")) > 0.0);
-    let grid = image::open(cfg.render_dir().join(&m.grids[0].file)).unwrap();
+    let grid = image::open(series.join(&m.grids[0].file)).unwrap();
     assert!(grid.width() > 2 * 64, "two columns of 64 px pictures");
 
     // A step that was not kept: one line naming it and the steps there are.

@@ -32,7 +32,8 @@ pub struct RenderArgs {
     only_adapters: bool,
     /// A step series as columns: the adapters a run kept along the way
     /// (train.save_adapter_every), from its output folder (or one kind's folder); with --steps.
-    /// Replaces the run's own LoRA and MoSLoRA columns.
+    /// Replaces the run's own LoRA and MoSLoRA columns; rendered into RENDERS-steps beside
+    /// the run's renders folder.
     #[arg(long, value_name = "RUN_OUTPUT", requires = "steps")]
     adapters_from: Option<PathBuf>,
     /// The steps of --adapters-from to show, comma-separated (e.g. 100,200,300)
@@ -64,7 +65,7 @@ pub fn run_render(a: RenderArgs) -> Result<()> {
     let only_adapters = a.only_adapters || !series.is_empty();
     // The step series first, then any --adapter columns beside it.
     extra.splice(0..0, series);
-    let plan = moslora::render::plan(
+    let mut plan = moslora::render::plan(
         &cfg,
         a.prompts.as_deref(),
         a.set.as_deref(),
@@ -72,6 +73,9 @@ pub fn run_render(a: RenderArgs) -> Result<()> {
         extra,
         only_adapters,
     )?;
+    if a.adapters_from.is_some() {
+        plan.out = moslora::render::steps::series_dir(&plan.out);
+    }
     let m = moslora::render::render(&cfg, &plan, opts, &mut Bar::new())?;
     print_summary(&m, &plan.out);
     Ok(())

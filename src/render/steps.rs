@@ -2,12 +2,22 @@
 //! rendered side by side, so that the artist sees in one grid where training stops adding the
 //! subject and starts overfitting, as kohya's `save_every_n_steps` files are compared.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Column;
 use crate::adapter::file::AdapterFile;
 use crate::error::{Error, Result};
 use crate::train::{AdapterKind, RunPaths};
+
+/// Where a step series is rendered: beside the run's comparison (`renders` ->
+/// `renders-steps`), so that it does not replace the comparison's pictures.
+pub fn series_dir(render_dir: &Path) -> PathBuf {
+    let name = render_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "renders".into());
+    render_dir.with_file_name(format!("{name}-steps"))
+}
 
 /// The adapters of one kind's run folder (`<output>/<kind>`), by step: those kept along the
 /// way and the final one.
@@ -66,7 +76,7 @@ pub fn step_columns(run: &Path, steps: &[u64], kinds: &[AdapterKind]) -> Result<
     let own = RunPaths {
         dir: run.to_path_buf(),
     };
-    let mut folders: Vec<(AdapterKind, std::path::PathBuf)> = Vec::new();
+    let mut folders: Vec<(AdapterKind, PathBuf)> = Vec::new();
     if own.step_adapters().is_dir() || own.adapter().is_file() {
         let name = run.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let kind = AdapterKind::parse(name).unwrap_or(AdapterKind::Moslora);

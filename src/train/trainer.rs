@@ -154,6 +154,7 @@ impl TrainJob<'_> {
 
         let mut losses: Vec<f32> = Vec::new();
         let mut lrs: Vec<f64> = Vec::new();
+        let mut resumed = false;
         if self.resume {
             // No checkpoint (a first run, or `compare` starting afresh): train from step 0.
             let encoders = text.as_deref_mut().map(|t| &mut t.encoders);
@@ -162,12 +163,15 @@ impl TrainJob<'_> {
             {
                 losses = state.losses;
                 lrs = state.learning_rates;
+                resumed = true;
                 progress.note(&format!("{}: resuming at step {}", kind.label(), opt.step));
             }
         } else {
-            // A fresh run must not leave an older run's checkpoint to be resumed later, nor
-            // its adapters along the way to be mistaken for this run's.
+            // A fresh run must not leave an older run's checkpoint to be resumed later.
             let _ = std::fs::remove_dir_all(paths.checkpoint());
+        }
+        if !resumed {
+            // Nor an older run's adapters along the way, to be mistaken for this run's.
             let _ = std::fs::remove_dir_all(paths.step_adapters());
         }
         std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
