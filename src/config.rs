@@ -293,6 +293,122 @@ pub struct Train {
     /// Recompute activations segment by segment in the backward pass (less memory, ~30 % slower).
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Aspect-ratio buckets: `none` (square crops of `resolution`), `sdxl` (SDXL's list of
+    /// about 1024² pixels) or `kohya` (kohya's rule, sized by `resolution`). Left out of the
+    /// saved settings while `none`, so that runs made before buckets keep their fingerprints.
+    #[serde(default, skip_serializing_if = "Buckets::is_none")]
+    pub buckets: Buckets,
+    /// kohya buckets: sides step by this many pixels (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_step: Option<i64>,
+    /// kohya buckets: the shortest side a bucket may have (default resolution / 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_min: Option<i64>,
+    /// kohya buckets: the longest side a bucket may have (default resolution x 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_max: Option<i64>,
+    /// Keep the adapter every N steps as `<kind>/adapters/step<N>.safetensors`, to pick the
+    /// step that neither under- nor overfits (0: only the final adapter).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub save_adapter_every: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How photos become training pictures: one square crop size, or buckets of about the same
+/// area and several aspect ratios (each photo goes to the bucket closest to its own).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Buckets {
+    /// Square crops of `train.resolution` (diffusers' DreamBooth script).
+    #[default]
+    None,
+    /// The 40 buckets SDXL was trained with (its paper's list, 512x2048 to 2048x512).
+    Sdxl,
+    /// kohya's rule: sides in steps of `bucket_step` from `bucket_min` to `bucket_max`, area at
+    /// most `resolution`².
+    Kohya,
+}
+
+impl Buckets {
+    pub fn is_none(&self) -> bool {
+        *self == Buckets::None
+    }
+}
+
+impl Train {
+    /// kohya's bucket sides: (step, min, max), defaults filled in.
+    pub fn kohya_bucket_sides(&self) -> (i64, i64, i64) {
+        (
+            self.bucket_step.unwrap_or(64),
+            self.bucket_min.unwrap_or(self.resolution / 4),
+            self.bucket_max.unwrap_or(self.resolution * 2),
+        )
+    }
+
+    /// The bucket settings' own checks (the model's size is checked when it is loaded).
+    fn check_buckets(&self) -> std::result::Result<(), String> {
+        let r = self.resolution;
+        match self.buckets {
+            Buckets::None => {
+                let set = [
+                    ("bucket_step", self.bucket_step),
+                    ("bucket_min", self.bucket_min),
+                    ("bucket_max", self.bucket_max),
+                ];
+                if let Some((name, _)) = set.iter().find(|(_, v)| v.is_some()) {
+                    return Err(format!(
+                        "train.{name} is set but train.buckets is `none`: set train.buckets \
+                         to `kohya` to use it"
+                    ));
+                }
+            }
+            Buckets::Sdxl => {
+                if r != 1024 {
+                    return Err(format!(
+                        "train.buckets: `sdxl` is SDXL's list of buckets of about 1024x1024 \
+                         pixels, but train.resolution is {r}: use `kohya` (sized by \
+                         train.resolution) or train at 1024"
+                    ));
+                }
+                if self
+                    .bucket_step
+                    .or(self.bucket_min)
+                    .or(self.bucket_max)
+                    .is_some()
+                {
+                    return Err("train.bucket_step/bucket_min/bucket_max shape `kohya` \
+                                buckets; SDXL's list is fixed"
+                        .into());
+                }
+            }
+            Buckets::Kohya => {
+                let (step, min, max) = self.kohya_bucket_sides();
+                if step < 8 || step % 8 != 0 {
+                    return Err(format!(
+                        "train.bucket_step must be a positive multiple of 8 (the VAE's \
+                         factor), not {step}"
+                    ));
+                }
+                if min % step != 0 || max % step != 0 {
+                    return Err(format!(
+                        "train.bucket_min ({min}) and train.bucket_max ({max}) must be \
+                         multiples of train.bucket_step ({step})"
+                    ));
+                }
+                if min < step || min > r || max < r {
+                    return Err(format!(
+                        "train.bucket_min ({min}) must be at least train.bucket_step \
+                         ({step}) and at most train.resolution ({r}), and train.bucket_max \
+                         ({max}) at least train.resolution"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_steps() -> u64 {
@@ -432,7 +548,7 @@ impl RunConfig {
                 return Err(what.to_string());
             }
         }
-        Ok(())
+        t.check_buckets()
     }
 
     /// Where renders go.

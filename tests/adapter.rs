@@ -53,6 +53,7 @@ fn batch(r: &HashMap<String, Tensor>) -> Batch {
         pooled: r["pooled"].shallow_clone(),
         time_ids: r["time_ids"].shallow_clone(),
         n_instance: 2,
+        captions: Vec::new(),
     }
 }
 

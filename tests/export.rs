@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use common::{
     adapter_meta, mean_pixel_diff, randomize_b, read_png, repo, run_reference, scratch, tensors,
-    tiny_model,
+    tiny_model, Failures,
 };
 use moslora::adapter::export::{export, kohya_component_name, kohya_name, ExportFormat};
 use moslora::adapter::file::{self, AdapterFile};
@@ -380,6 +380,60 @@ fn kohya_metadata_and_cli() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("unknown export format"), "{err}");
+}
+
+#[test]
+fn kohya_metadata_names_the_subject_and_its_trigger_phrase() {
+    let dir = scratch("naming");
+    // `trained` leaves `subject.name` unset: the photo folder names the subject.
+    let lora = trained(AdapterKind::Lora, None, &dir.join("run"));
+    let mut failures = Failures::new();
+    let metadata = |out: &Path| {
+        let bytes = std::fs::read(out).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        meta.metadata().clone().unwrap()
+    };
+    let out = dir.join("my-upload-v3.safetensors");
+    export(&lora, ExportFormat::Kohya, &out, &Layout::sdxl()).unwrap();
+    let md = metadata(&out);
+    for (k, v) in [
+        ("ss_output_name", "subject"),
+        ("modelspec.title", "subject (LoRA)"),
+        ("modelspec.trigger_phrase", "sks toy"),
+        ("ss_steps", "4"),
+    ] {
+        failures.check(
+            "folder-named subject",
+            md.get(k).map(String::as_str) == Some(v),
+            || format!("metadata {k} = {:?}, expected {v:?}", md.get(k)),
+        );
+    }
+    // A subject named in RUN.yaml wins over its folder's name.
+    let mut f = AdapterFile::read(&lora).unwrap();
+    f.meta.training["subject"]["name"] = serde_json::json!("Rex the corgi");
+    f.meta.training["subject"]["identifier"] = serde_json::json!("ohwx");
+    f.meta.training["subject"]["class"] = serde_json::json!("dog");
+    f.meta.name = "moslora".into();
+    let renamed = dir.join("renamed.safetensors");
+    let dir_model = ModelDir::open(&tiny_model()).unwrap();
+    let mut unet = load_unet(&dir_model, RunOptions::default()).unwrap();
+    f.apply(&mut unet, 1.0, &lora).unwrap();
+    file::save(&mut unet, &f.meta, &renamed).unwrap();
+    export(&renamed, ExportFormat::Kohya, &out, &Layout::sdxl()).unwrap();
+    let md = metadata(&out);
+    for (k, v) in [
+        ("ss_output_name", "Rex the corgi"),
+        ("modelspec.title", "Rex the corgi (MoSLoRA)"),
+        ("modelspec.trigger_phrase", "ohwx dog"),
+    ] {
+        failures.check(
+            "named subject",
+            md.get(k).map(String::as_str) == Some(v),
+            || format!("metadata {k} = {:?}, expected {v:?}", md.get(k)),
+        );
+    }
+    failures.assert_none();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The expected kohya name, computed from the SGM rule alone: in SDXL (2 resnets per down

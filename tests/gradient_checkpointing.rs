@@ -53,6 +53,7 @@ fn batch(n: i64, prior: i64, h: i64, w: i64) -> Batch {
             .unsqueeze(0)
             .repeat([total, 1]),
         n_instance: n,
+        captions: Vec::new(),
     }
 }
 

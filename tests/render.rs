@@ -461,3 +461,91 @@ fn bad_input_is_refused_clearly() {
     std::fs::set_permissions(&ro, perms).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `moslora render RUN.yaml ARGS...`: (success, stdout, stderr).
+fn moslora_render(run: &Path, args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .arg("render")
+        .arg(run)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_step_series_renders_as_columns() {
+    let out = scratch("steps");
+    let mut cfg = config(&out);
+    cfg.train.steps = 4;
+    cfg.train.save_adapter_every = 2;
+    cfg.render.include_base = false;
+    cfg.render.seeds = vec![0];
+    train::train(
+        &cfg,
+        &[AdapterKind::Moslora],
+        RunOptions::default(),
+        false,
+        &mut Quiet,
+    )
+    .unwrap();
+    let kind_dir = out.join("moslora");
+    for step in [2, 4] {
+        let f = AdapterFile::read(&kind_dir.join(format!("adapters/step{step:06}.safetensors")))
+            .unwrap();
+        assert_eq!(f.meta.steps, step, "the metadata's step");
+    }
+    let run = out.join("run.yaml");
+    std::fs::write(&run, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let (ok, stdout, stderr) = moslora_render(
+        &run,
+        &["--adapters-from", out.to_str().unwrap(), "--steps", "2,4"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("2 prompts x 2 columns"), "{stdout}");
+    // Beside the comparison's folder, not in it.
+    let series = out.join("renders-steps");
+    assert!(
+        !cfg.render_dir().exists(),
+        "the comparison's folder is left alone"
+    );
+    let m = Manifest::read(&series).unwrap();
+    let columns: Vec<(&str, &str, Option<u64>)> = m
+        .adapters
+        .iter()
+        .map(|a| (a.name.as_str(), a.label.as_str(), a.steps))
+        .collect();
+    assert_eq!(
+        columns,
+        [("step2", "step 2", Some(2)), ("step4", "step 4", Some(4))],
+        "one column per step, in order, and only those"
+    );
+    // Two steps of training apart, the pictures differ; the grid shows both side by side.
+    let image = |name: &str| {
+        let e = m.images.iter().find(|i| i.adapter == name).unwrap();
+        common::read_png(&series.join(&e.file))
+    };
+    assert!(common::mean_pixel_diff(&image("step2"), &image("step4")) > 0.0);
+    let grid = image::open(series.join(&m.grids[0].file)).unwrap();
+    assert!(grid.width() > 2 * 64, "two columns of 64 px pictures");
+
+    // A step that was not kept: one line naming it and the steps there are.
+    let (ok, _, stderr) = moslora_render(
+        &run,
+        &["--adapters-from", out.to_str().unwrap(), "--steps", "2,3"],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("--steps 3") && stderr.contains("steps there: 2, 4"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // --steps without --adapters-from is refused by the parser.
+    let (ok, _, stderr) = moslora_render(&run, &["--steps", "2"]);
+    assert!(!ok && stderr.contains("--adapters-from"), "{stderr}");
+    std::fs::remove_dir_all(&out).unwrap();
+}

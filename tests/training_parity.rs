@@ -70,6 +70,7 @@ fn min_snr_and_prior_preservation_losses_and_gradients_match_diffusers() {
             pooled: get("pooled"),
             time_ids: get("time_ids"),
             n_instance,
+            captions: Vec::new(),
         };
         for (_, t) in adapter::trained_parameters(&mut u) {
             let mut g = t.grad();
@@ -127,6 +128,7 @@ fn examples(r: &HashMap<String, Tensor>, which: &str) -> Vec<Example> {
                 mean: mean.get(i),
                 std: std.get(i),
                 time_ids: v.try_into().unwrap(),
+                caption: None,
             }
         })
         .collect()
@@ -141,6 +143,7 @@ fn batches_and_noise_offset_match_diffusers() {
     };
     let data = TrainData {
         instance: examples(&r, "inst"),
+        captions: Vec::new(),
         instance_prompt: embeds(1),
         class: Some((examples(&r, "cls"), embeds(2), 1.0)),
         scaling_factor: 0.13025,

@@ -138,10 +138,7 @@ pub fn export(
     }
     let mut md = HashMap::new();
     md.insert("format".to_string(), "pt".to_string());
-    let title = out
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| meta.name.clone());
+    let named = Naming::of(meta, out);
     let provenance = serde_json::json!({
         "adapter": meta.name, "mixer": meta.adapter.mixer.name(), "mixer_folded":
         meta.adapter.mixer != super::MixerInit::None, "rank": rank, "alpha": alpha,
@@ -154,7 +151,7 @@ pub fn export(
         md.insert("ss_network_alpha".into(), format_alpha(alpha));
         md.insert("ss_base_model_version".into(), "sdxl_base_v1-0".into());
         md.insert("ss_v2".into(), "False".into());
-        md.insert("ss_output_name".into(), title.clone());
+        md.insert("ss_output_name".into(), named.output_name);
         md.insert("ss_steps".into(), meta.steps.to_string());
         md.insert("modelspec.sai_model_spec".into(), "1.0.0".into());
         md.insert(
@@ -165,7 +162,10 @@ pub fn export(
             "modelspec.implementation".into(),
             "https://github.com/Stability-AI/generative-models".into(),
         );
-        md.insert("modelspec.title".into(), title);
+        md.insert("modelspec.title".into(), named.title);
+        if let Some(trigger) = named.trigger {
+            md.insert("modelspec.trigger_phrase".into(), trigger);
+        }
         md.insert("modelspec.date".into(), crate::runtime::iso_date_now());
         if let Some(r) = meta
             .training
@@ -183,6 +183,66 @@ pub fn export(
         alpha,
         mixer_folded: meta.adapter.mixer != super::MixerInit::None,
     })
+}
+
+/// How an export names itself to model sites and AUTOMATIC1111: the subject (from the run's
+/// `subject` in the adapter's training metadata) rather than whatever the file is called, and
+/// the words that call the subject up. An adapter without that metadata (made outside
+/// `moslora train`) is named after the output file's stem and has no trigger phrase.
+struct Naming {
+    /// `ss_output_name`: the subject's name.
+    output_name: String,
+    /// `modelspec.title`: the subject's name and the adapter kind.
+    title: String,
+    /// `modelspec.trigger_phrase`: the identifier and the class noun ("sks dog").
+    trigger: Option<String>,
+}
+
+impl Naming {
+    fn of(meta: &super::file::AdapterMeta, out: &Path) -> Self {
+        let subject = meta.training.get("subject");
+        let text = |key: &str| {
+            subject
+                .and_then(|s| s.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        // The name people gave the subject, else its photo folder's name (as
+        // `Subject::display_name` says it), else the file's stem.
+        let folder = text("images").and_then(|p| {
+            Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        });
+        let stem = out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| meta.name.clone());
+        let Some(name) = text("name").or(folder) else {
+            return Naming {
+                output_name: stem.clone(),
+                title: stem,
+                trigger: None,
+            };
+        };
+        let kind = match meta.name.as_str() {
+            "lora" => "LoRA",
+            "moslora" => "MoSLoRA",
+            other => other,
+        };
+        let trigger = match (text("identifier"), text("class")) {
+            (Some(id), Some(class)) => Some(format!("{id} {class}")),
+            (Some(id), None) => Some(id),
+            _ => None,
+        };
+        Naming {
+            title: format!("{name} ({kind})"),
+            output_name: name,
+            trigger,
+        }
+    }
 }
 
 /// kohya writes alphas as Python floats (`4.0`), or integers for whole numbers in older files;

@@ -200,6 +200,7 @@ fn synthetic_data(unet_cfg: &moslora::sdxl::config::UNetConfig, resolution: i64)
             mean: Tensor::randn([1, unet_cfg.in_channels, side, side], cpu) * 5.0,
             std: Tensor::full([1, unet_cfg.in_channels, side, side], 0.05, cpu),
             time_ids: [r, r, 0.0, 0.0, r, r],
+            caption: None,
         })
         .collect();
     let add_time = unet_cfg.addition_time_embed_dim.unwrap_or_default();
@@ -209,6 +210,7 @@ fn synthetic_data(unet_cfg: &moslora::sdxl::config::UNetConfig, resolution: i64)
         - 6 * add_time;
     TrainData {
         instance,
+        captions: Vec::new(),
         instance_prompt: PromptEmbeds {
             hidden: Tensor::randn([1, 77, unet_cfg.cross_attention_dim], cpu),
             pooled: Tensor::randn([1, pooled], cpu),

@@ -30,24 +30,52 @@ pub struct RenderArgs {
     /// Render only the --adapter columns, not the run's own LoRA and MoSLoRA
     #[arg(long)]
     only_adapters: bool,
+    /// A step series as columns: the adapters a run kept along the way
+    /// (train.save_adapter_every), from its output folder (or one kind's folder); with --steps.
+    /// Replaces the run's own LoRA and MoSLoRA columns; rendered into RENDERS-steps beside
+    /// the run's renders folder.
+    #[arg(long, value_name = "RUN_OUTPUT", requires = "steps")]
+    adapters_from: Option<PathBuf>,
+    /// The steps of --adapters-from to show, comma-separated (e.g. 100,200,300)
+    #[arg(long, value_delimiter = ',', requires = "adapters_from")]
+    steps: Option<Vec<u64>>,
+    /// With --adapters-from: only this kind (lora or moslora); default: every kind there
+    #[arg(long, requires = "adapters_from")]
+    kind: Option<String>,
 }
 
 pub fn run_render(a: RenderArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
-    let extra = a
+    let mut extra = a
         .adapters
         .iter()
         .map(|s| moslora::render::Column::parse(s))
         .collect::<Result<Vec<_>>>()?;
-    let plan = moslora::render::plan(
+    let series = match (&a.adapters_from, &a.steps) {
+        (Some(run), Some(steps)) => {
+            let kinds = match &a.kind {
+                Some(k) => vec![moslora::train::AdapterKind::parse(k)?],
+                None => Vec::new(),
+            };
+            moslora::render::steps::step_columns(run, steps, &kinds)?
+        }
+        _ => Vec::new(),
+    };
+    let only_adapters = a.only_adapters || !series.is_empty();
+    // The step series first, then any --adapter columns beside it.
+    extra.splice(0..0, series);
+    let mut plan = moslora::render::plan(
         &cfg,
         a.prompts.as_deref(),
         a.set.as_deref(),
         a.seeds,
         extra,
-        a.only_adapters,
+        only_adapters,
     )?;
+    if a.adapters_from.is_some() {
+        plan.out = moslora::render::steps::series_dir(&plan.out);
+    }
     let m = moslora::render::render(&cfg, &plan, opts, &mut Bar::new())?;
     print_summary(&m, &plan.out);
     Ok(())

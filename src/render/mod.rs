@@ -12,6 +12,7 @@ pub mod generate;
 pub mod manifest;
 pub mod picture;
 pub mod prompts;
+pub mod steps;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -217,12 +217,55 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
+/// PIL's sinc, `sin(pi x) / (pi x)`.
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    let x = x * std::f64::consts::PI;
+    x.sin() / x
+}
+
+/// PIL's Lanczos kernel, a = 3.
+fn lanczos(x: f64) -> f64 {
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
+
+/// The PIL resampling filters reproduced here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// `Image.BICUBIC` (a = -0.5, support 2).
+    Bicubic,
+    /// `Image.LANCZOS` (a = 3, support 3).
+    Lanczos,
+}
+
+impl Resample {
+    fn support(self) -> f64 {
+        match self {
+            Resample::Bicubic => 2.0,
+            Resample::Lanczos => 3.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Resample::Bicubic => bicubic(x),
+            Resample::Lanczos => lanczos(x),
+        }
+    }
+}
+
 /// One axis's taps, as PIL's `precompute_coeffs` + `normalize_coeffs_8bpc`: for every output
 /// index the first input index and its fixed-point weights.
-fn coefficients(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i32>)> {
+fn coefficients_of(filter: Resample, in_size: u32, out_size: u32) -> Vec<(usize, Vec<i32>)> {
     let scale = f64::from(in_size) / f64::from(out_size);
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = filter.support() * filterscale;
     let mut out = Vec::with_capacity(out_size as usize);
     for xx in 0..out_size {
         let center = (f64::from(xx) + 0.5) * scale;
@@ -232,7 +275,7 @@ fn coefficients(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i32>)> {
         let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size)) as usize;
         let n = xmax.saturating_sub(xmin);
         let mut k: Vec<f64> = (0..n)
-            .map(|x| bicubic((x as f64 + xmin as f64 - center + 0.5) * ss))
+            .map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss))
             .collect();
         let ww: f64 = k.iter().sum();
         if ww != 0.0 {
@@ -270,10 +313,15 @@ fn clip8(v: i64) -> u8 {
 /// first (to an 8-bit intermediate), then the vertical one; an axis whose size does not change
 /// is not resampled at all.
 pub fn pil_resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    pil_resize_with(Resample::Bicubic, img, w, h)
+}
+
+/// `Image.resize((w, h), filter)` of an RGB image, bit for bit (see [`pil_resize`]).
+pub fn pil_resize_with(filter: Resample, img: &RgbImage, w: u32, h: u32) -> RgbImage {
     let (iw, ih) = img.dimensions();
     let mut cur = img.clone();
     if w != iw {
-        let coeffs = coefficients(iw, w);
+        let coeffs = coefficients_of(filter, iw, w);
         let mut out = RgbImage::new(w, ih);
         let src = cur.as_raw();
         let dst: &mut [u8] = &mut out;
@@ -293,7 +341,7 @@ pub fn pil_resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     }
     if h != ih {
         let cw = cur.width() as usize;
-        let coeffs = coefficients(ih, h);
+        let coeffs = coefficients_of(filter, ih, h);
         let mut out = RgbImage::new(cur.width(), h);
         let src = cur.as_raw();
         let dst: &mut [u8] = &mut out;
@@ -343,7 +391,14 @@ mod tests {
     fn unchanged_size_is_a_copy_and_weights_sum_to_one() {
         let img = RgbImage::from_fn(7, 5, |x, y| image::Rgb([(x * 30) as u8, (y * 40) as u8, 9]));
         assert_eq!(pil_resize(&img, 7, 5), img);
-        for (_, k) in coefficients(1000, 224).iter().chain(&coefficients(50, 224)) {
+        let of = |filter, i, o| coefficients_of(filter, i, o);
+        let all = [
+            of(Resample::Bicubic, 1000, 224),
+            of(Resample::Bicubic, 50, 224),
+            of(Resample::Lanczos, 1000, 224),
+            of(Resample::Lanczos, 50, 224),
+        ];
+        for (_, k) in all.iter().flatten() {
             let s: i64 = k.iter().map(|&v| i64::from(v)).sum();
             assert!((s - (1 << PRECISION_BITS)).abs() <= k.len() as i64, "{s}");
         }

@@ -1,6 +1,7 @@
 //! One step's batch: examples, posterior samples, noise and timesteps, every draw from a
 //! generator seeded with (run seed, step), so a resumed run draws what the uninterrupted one
-//! would have.
+//! would have. A batch holds pictures of one bucket (one size), and each photo comes with its
+//! own caption when it has one.
 
 use tch::{Device, Kind, Tensor};
 
@@ -8,6 +9,7 @@ use super::data::TrainData;
 use super::dataset::Example;
 use crate::config::RunConfig;
 use crate::schedule::ddpm::DdpmSchedule;
+use crate::sdxl::pipeline::PromptEmbeds;
 
 /// One training batch, ready for the UNet.
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub struct Batch {
     pub time_ids: Tensor,
     /// The first `n_instance` rows are subject photos; the rest class images.
     pub n_instance: i64,
+    /// The caption of each subject row (`TrainData::captions`; None: the run's prompt).
+    pub captions: Vec<Option<usize>>,
 }
 
 /// The seed of step `step` of a run seeded `seed`.
@@ -44,27 +48,65 @@ pub fn make_batch(
 ) -> Batch {
     let _rng = crate::runtime::seeded(step_seed(cfg.seed, step));
     let b = cfg.train.batch_size;
-    let pick = |examples: &[Example], n: i64| -> (Tensor, Tensor) {
-        let idx = Tensor::randint(examples.len() as i64, [n], (Kind::Int64, Device::Cpu));
+    // Draw `n` of `examples` among the indices `among` (uniformly, with replacement).
+    let pick = |examples: &[Example], among: &[usize], n: i64| -> (Tensor, Tensor, Vec<usize>) {
+        let idx = Tensor::randint(among.len() as i64, [n], (Kind::Int64, Device::Cpu));
         let mut lat = Vec::new();
         let mut ids = Vec::new();
+        let mut picked = Vec::new();
         for i in 0..n {
-            let e = &examples[idx.int64_value(&[i]) as usize];
+            let k = among[idx.int64_value(&[i]) as usize];
+            let e = &examples[k];
             // Sample the cached posterior afresh each step, as diffusers does with cached latents.
             let eps = Tensor::randn_like(&e.mean);
             lat.push(&e.mean + &e.std * eps);
             ids.push(Tensor::from_slice(&e.time_ids));
+            picked.push(k);
         }
         (
             Tensor::cat(&lat, 0) * data.scaling_factor,
             Tensor::stack(&ids, 0),
+            picked,
         )
     };
-    let (mut x0, mut time_ids) = pick(&data.instance, b);
-    let mut hidden = data.instance_prompt.hidden.repeat([b, 1, 1]);
-    let mut pooled = data.instance_prompt.pooled.repeat([b, 1]);
+    // One bucket per batch: with several, the step first draws an example of the whole set
+    // (so a bucket comes up as often as it has pictures) and takes the batch from its bucket.
+    // With one (square crops) nothing extra is drawn, so those runs draw what they always did.
+    let groups = super::buckets::groups(&data.instance);
+    let bucket = if groups.len() > 1 {
+        let first = Tensor::randint(data.instance.len() as i64, [1], (Kind::Int64, Device::Cpu));
+        let first = first.int64_value(&[0]) as usize;
+        groups
+            .iter()
+            .position(|g| g.contains(&first))
+            .expect("in a group")
+    } else {
+        0
+    };
+    let (mut x0, mut time_ids, picked) = pick(&data.instance, &groups[bucket], b);
+    let (mut hidden, mut pooled) = if data.captions.is_empty() {
+        (
+            data.instance_prompt.hidden.repeat([b, 1, 1]),
+            data.instance_prompt.pooled.repeat([b, 1]),
+        )
+    } else {
+        let embeds: Vec<&PromptEmbeds> = picked
+            .iter()
+            .map(|&k| prompt_of(data, data.instance[k].caption))
+            .collect();
+        (
+            Tensor::cat(&embeds.iter().map(|e| &e.hidden).collect::<Vec<_>>(), 0),
+            Tensor::cat(&embeds.iter().map(|e| &e.pooled).collect::<Vec<_>>(), 0),
+        )
+    };
+    let captions = picked.iter().map(|&k| data.instance[k].caption).collect();
     if let Some((class, embeds, _)) = &data.class {
-        let (cx, cids) = pick(class, b);
+        // The class pictures of the batch's bucket (all of them when there are no buckets).
+        let size = super::buckets::latent_size(&data.instance[picked[0]]);
+        let among: Vec<usize> = (0..class.len())
+            .filter(|&k| super::buckets::latent_size(&class[k]) == size)
+            .collect();
+        let (cx, cids, _) = pick(class, &among, b);
         x0 = Tensor::cat(&[x0, cx], 0);
         time_ids = Tensor::cat(&[time_ids, cids], 0);
         hidden = Tensor::cat(&[hidden, embeds.hidden.repeat([b, 1, 1])], 0);
@@ -86,5 +128,11 @@ pub fn make_batch(
         pooled: pooled.to_device(device).to_kind(kind),
         time_ids: time_ids.to_device(device).to_kind(kind),
         n_instance: b,
+        captions,
     }
+}
+
+/// The embeddings of a photo's prompt: its caption's, or the run's.
+fn prompt_of(data: &TrainData, caption: Option<usize>) -> &PromptEmbeds {
+    caption.map_or(&data.instance_prompt, |c| &data.captions[c].1)
 }

@@ -5,6 +5,7 @@
 use tch::Kind;
 
 use super::dataset::{self, Example};
+use super::{buckets, captions};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::schedule::config::SchedulerConfig;
@@ -17,6 +18,9 @@ use crate::sdxl::vae::AutoencoderKL;
 pub struct TrainData {
     pub instance: Vec<Example>,
     pub instance_prompt: PromptEmbeds,
+    /// The photos' own prompts from their caption files (filled in) and their embeddings;
+    /// `Example::caption` indexes them.
+    pub captions: Vec<(String, PromptEmbeds)>,
     /// Class images for prior preservation, their prompt, and the loss weight.
     pub class: Option<(Vec<Example>, PromptEmbeds, f64)>,
     pub scaling_factor: f64,
@@ -105,10 +109,34 @@ pub fn prepare_data_and_text(
         photos.len(),
         cfg.subject.images.display()
     ));
+    let (caption_texts, photo_captions) = captions::captions(&photos, &cfg.subject, &mut note)?;
+    let buckets = buckets::for_settings(&cfg.train);
+    let placements = if buckets.is_empty() {
+        None
+    } else {
+        let unet = dir.unet_config()?;
+        let factor = dir.vae_config()?.scale_factor() << (unet.block_out_channels.len() - 1);
+        buckets::check_fit(&buckets, factor)?;
+        Some(buckets::place_all(&photos, &buckets, &mut note)?)
+    };
     let text = TextEncoders::load(dir, opts)?;
     let prompt = cfg.instance_prompt();
     warn_if_truncated(&text, &prompt, &mut note);
     let instance_prompt = text.encode(&prompt)?;
+    let mut captions = Vec::new();
+    for c in caption_texts {
+        warn_if_truncated(&text, &c, &mut note);
+        let embeds = text.encode(&c)?;
+        captions.push((c, embeds));
+    }
+    if !captions.is_empty() {
+        let n = photo_captions.iter().flatten().count();
+        note(&format!(
+            "{n} of {} photos have their own caption ({} distinct)",
+            photos.len(),
+            captions.len()
+        ));
+    }
     let class_prompt = match &cfg.train.prior_preservation {
         Some(pp) => Some(text.encode(&cfg.subject.fill(&pp.prompt))?),
         None => None,
@@ -128,7 +156,20 @@ pub fn prepare_data_and_text(
         random_flip: t.random_flip,
         crops: t.crops_per_image,
     };
-    let instance = dataset::encode_examples(&photos, &vae, variants, opts.device)?;
+    let instance = match &placements {
+        None => dataset::encode_examples(&photos, &photo_captions, &vae, variants, opts.device)?,
+        Some(placed) => {
+            note(&format!("buckets: {}", buckets::summary(placed)));
+            buckets::encode_examples(
+                &photos,
+                placed,
+                &photo_captions,
+                &vae,
+                variants,
+                opts.device,
+            )?
+        }
+    };
     note(&format!(
         "{} cached latent variants (crops x flips)",
         instance.len()
@@ -140,7 +181,16 @@ pub fn prepare_data_and_text(
                 crops: 1,
                 ..variants
             };
-            let ex = dataset::encode_examples(&photos, &vae, one_crop, opts.device)?;
+            let ex = match &placements {
+                None => dataset::encode_examples(&photos, &[], &vae, one_crop, opts.device)?,
+                Some(placed) => {
+                    // Every bucket the subject's photos use, in a fixed order.
+                    let mut used: Vec<buckets::Bucket> = placed.iter().map(|p| p.bucket).collect();
+                    used.sort();
+                    used.dedup();
+                    buckets::encode_into_each(&photos, &used, &vae, one_crop, opts.device)?
+                }
+            };
             Some((ex, embeds, pp.weight))
         }
         _ => None,
@@ -160,6 +210,7 @@ pub fn prepare_data_and_text(
     let data = TrainData {
         instance,
         instance_prompt,
+        captions,
         class,
         scaling_factor,
         sampler,

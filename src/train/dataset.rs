@@ -1,7 +1,8 @@
 //! The subject's photos as the UNet trains on them: decoded (EXIF orientation applied, grey,
 //! alpha and 16-bit converted to RGB8), resized so the short side is the resolution, flipped
 //! and cropped with SDXL's micro-conditioning computed as diffusers' DreamBooth script does,
-//! and encoded by the VAE once per crop/flip variant, not once per step.
+//! and encoded by the VAE once per crop/flip variant, not once per step. Aspect-ratio buckets
+//! are [`super::buckets`]; caption files [`super::captions`].
 
 use std::path::{Path, PathBuf};
 
@@ -103,6 +104,9 @@ pub struct Example {
     pub std: Tensor,
     /// [original_h, original_w, crop_top, crop_left, target_h, target_w]
     pub time_ids: [f32; 6],
+    /// The photo's own prompt (its caption file), an index into `TrainData::captions`; None:
+    /// the run's prompt.
+    pub caption: Option<usize>,
 }
 
 /// Resize so the short side equals `size` (torchvision `Resize(int)`: the long side becomes
@@ -209,9 +213,10 @@ pub struct Variants {
 }
 
 /// Encode every crop/flip variant of every photo once. Draws crop offsets from libtorch's
-/// global generator (seed it first).
+/// global generator (seed it first). `captions[i]` goes with photo `i` (empty: none).
 pub fn encode_examples(
     photos: &[Photo],
+    captions: &[Option<usize>],
     vae: &AutoencoderKL,
     variants: Variants,
     device: Device,
@@ -224,7 +229,8 @@ pub fn encode_examples(
     } = variants;
     let _guard = tch::no_grad_guard();
     let mut out = Vec::new();
-    for photo in photos {
+    for (i, photo) in photos.iter().enumerate() {
+        let caption = captions.get(i).copied().flatten();
         let resized = resize_short_side(&photo.image, resolution as u32);
         let flips: &[bool] = if random_flip {
             &[false, true]
@@ -240,6 +246,7 @@ pub fn encode_examples(
                     mean: dist.mean.to_device(Device::Cpu),
                     std: dist.std().to_device(Device::Cpu),
                     time_ids,
+                    caption,
                 });
             }
         }

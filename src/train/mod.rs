@@ -7,13 +7,16 @@
 //! so a run is reproducible on the CPU and a resumed run continues exactly where the
 //! interrupted one would have gone.
 //!
-//! From the photos to the adapter file: [`dataset`] (photos to cached latents), [`data`]
+//! From the photos to the adapter file: [`dataset`] (photos to cached latents, square crops;
+//! [`buckets`] for aspect-ratio buckets; [`captions`] for caption files), [`data`]
 //! (prompts, class images, everything prepared once), [`batch`] (one step's draws), [`loss`]
 //! (the objective and its backward pass, [`recompute`] for gradient checkpointing),
 //! [`optimizer`] and [`lr_schedule`] (the update), [`trainer`] (the loop, [`checkpoint`]s,
 //! [`loss_log`]), and [`run`] (what a run is: its adapter kind, paths and fingerprint).
 
 pub mod batch;
+pub mod buckets;
+pub mod captions;
 pub mod checkpoint;
 pub mod data;
 pub mod dataset;

@@ -92,6 +92,15 @@ impl RunPaths {
     pub fn samples(&self) -> PathBuf {
         self.dir.join("samples")
     }
+    /// The adapters kept along the way (`train.save_adapter_every`).
+    pub fn step_adapters(&self) -> PathBuf {
+        self.dir.join("adapters")
+    }
+    /// The adapter as it was after `step` steps.
+    pub fn step_adapter(&self, step: u64) -> PathBuf {
+        self.step_adapters()
+            .join(format!("step{step:06}.safetensors"))
+    }
 }
 
 /// The settings that determine an adapter's values: if they change, the adapter is stale.
@@ -100,6 +109,7 @@ pub fn training_fingerprint(cfg: &RunConfig, kind: AdapterKind) -> String {
     // Bookkeeping settings do not change the result.
     train.checkpoint_every = 0;
     train.sample_every = 0;
+    train.save_adapter_every = 0;
     let v = serde_json::json!({
         "model": cfg.model, "seed": cfg.seed, "subject": cfg.subject, "train": train,
         "adapter": kind.adapter_config(cfg), "device": cfg.device, "dtype": cfg.dtype,

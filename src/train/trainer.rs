@@ -154,6 +154,7 @@ impl TrainJob<'_> {
 
         let mut losses: Vec<f32> = Vec::new();
         let mut lrs: Vec<f64> = Vec::new();
+        let mut resumed = false;
         if self.resume {
             // No checkpoint (a first run, or `compare` starting afresh): train from step 0.
             let encoders = text.as_deref_mut().map(|t| &mut t.encoders);
@@ -162,11 +163,16 @@ impl TrainJob<'_> {
             {
                 losses = state.losses;
                 lrs = state.learning_rates;
+                resumed = true;
                 progress.note(&format!("{}: resuming at step {}", kind.label(), opt.step));
             }
         } else {
             // A fresh run must not leave an older run's checkpoint to be resumed later.
             let _ = std::fs::remove_dir_all(paths.checkpoint());
+        }
+        if !resumed {
+            // Nor an older run's adapters along the way, to be mistaken for this run's.
+            let _ = std::fs::remove_dir_all(paths.step_adapters());
         }
         std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
 
@@ -217,6 +223,16 @@ impl TrainJob<'_> {
                     let path = paths.samples().join(format!("step_{step:06}.png"));
                     write_sample(cfg, self.data, text.as_deref(), s, unet, opts, &path)?;
                 }
+            }
+            let keep = cfg.train.save_adapter_every;
+            if keep > 0 && step.is_multiple_of(keep) {
+                let encoders = text.as_deref_mut().map(|t| &mut t.encoders);
+                adapter::file::save_with_text(
+                    unet,
+                    encoders,
+                    &meta(step),
+                    &paths.step_adapter(step),
+                )?;
             }
             let every = cfg.train.checkpoint_every;
             if every > 0 && step.is_multiple_of(every) && step < total {
@@ -327,7 +343,10 @@ pub fn train(
 ) -> Result<Vec<TrainOutcome>> {
     let dir = ModelDir::open(&cfg.model)?;
     let (data, text) = prepare_data_and_text(cfg, &dir, opts, |m| progress.note(m))?;
-    let mut text = text.map(|t| TextTraining::new(t, cfg)).transpose()?;
+    let captions: Vec<String> = data.captions.iter().map(|(c, _)| c.clone()).collect();
+    let mut text = text
+        .map(|t| TextTraining::new(t, cfg, &captions))
+        .transpose()?;
     let mut unet = load_unet(&dir, opts)?;
     let identity = model_identity(&dir, &mut unet, opts.dtype)?;
     let mut out = Vec::new();
