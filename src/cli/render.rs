@@ -34,6 +34,7 @@ pub struct RenderArgs {
 
 pub fn run_render(a: RenderArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
+    let _lock = super::lock_outputs(&[&cfg.render_dir()])?;
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
     let extra = a
         .adapters
@@ -61,6 +62,7 @@ pub struct CompareArgs {
 
 pub fn run_compare(a: CompareArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
+    let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
     let (outcomes, m) = moslora::render::compare(&cfg, opts, &mut Bar::new(), &mut Bar::new())?;
     for o in &outcomes {
