@@ -62,7 +62,9 @@ impl RunLock {
             f.seek(SeekFrom::Start(0))?;
             f.write_all(text.as_bytes())
         };
-        write(&mut file).map_err(|e| fsutil::no_space(Error::io(&path, e), &path, None))?;
+        // The OS lock is what guards the folder; the text only names the holder. A full
+        // disk must not stop a run here, before it can report what it failed to write.
+        let _ = write(&mut file);
         fsutil::remove_dead_temporaries(dir);
         Ok(RunLock { file, path })
     }
