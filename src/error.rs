@@ -118,9 +118,15 @@ pub enum Error {
     Torch(#[from] tch::TchError),
 }
 
-/// "(needs about 12.3 MB, 0.0 MB free)", or less when a figure is unknown.
+/// "(needs about 12.3 MB, 40 KB free)", or less when a figure is unknown.
 fn space_note(needed: Option<u64>, free: Option<u64>) -> String {
-    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let mb = |b: u64| {
+        if b >= 1_000_000 {
+            format!("{:.1} MB", b as f64 / 1e6)
+        } else {
+            format!("{} KB", b.div_ceil(1000))
+        }
+    };
     match (needed, free) {
         (Some(n), Some(f)) => format!(" (needs about {}, {} free)", mb(n), mb(f)),
         (Some(n), None) => format!(" (needs about {})", mb(n)),

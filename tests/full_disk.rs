@@ -4,7 +4,7 @@
 //!
 //! Where mounting is not allowed, the same writers meet a file-size limit instead
 //! (RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail with EFBIG); the test says which route
-//! it took. One test in this binary, because the limit is the whole process's.
+//! it took (`MOSLORA_TEST_NO_MOUNT=1` forces the second). One test in this binary, because the limit is the whole process's.
 
 mod common;
 mod run_support;
@@ -85,13 +85,19 @@ fn a_full_disk_is_one_line_keeps_the_previous_files_and_leaves_no_temporaries() 
     let root = scratch("disk");
     let disk = root.join("disk");
     std::fs::create_dir_all(&disk).unwrap();
-    let mounted = mount_tmpfs(&disk, "8m");
+    // MOSLORA_TEST_NO_MOUNT=1 takes the file-size-limit route even where mounting works, to
+    // check that route.
+    let mounted = match std::env::var_os("MOSLORA_TEST_NO_MOUNT") {
+        Some(_) => None,
+        None => mount_tmpfs(&disk, "8m"),
+    };
     let route = if mounted.is_some() {
         "an 8 MB tmpfs, filled up (ENOSPC)"
     } else {
-        "no mount allowed here: a 4 KB file-size limit (RLIMIT_FSIZE, EFBIG)"
+        "no mount allowed here: a 1 KB file-size limit (RLIMIT_FSIZE, EFBIG)"
     };
     println!("full-disk route: {route}");
+    let clock = std::time::Instant::now();
 
     // Everything written once with room to spare: the "previous good files".
     let run = write_run(&disk, 2, 0);
@@ -102,33 +108,41 @@ fn a_full_disk_is_one_line_keeps_the_previous_files_and_leaves_no_temporaries() 
     let study = disk.join("study");
     let render_args = |seeds: &str| -> Vec<String> {
         [
-            "render", &run_s, "--only-adapters", "--adapter", &adapter_s, "--prompts", "study8",
-            "--seeds", seeds,
+            "render",
+            &run_s,
+            "--only-adapters",
+            "--adapter",
+            &adapter_s,
+            "--seeds",
+            seeds,
         ]
         .map(String::from)
         .to_vec()
     };
-    let study_args: Vec<String> = [
-        "study", "make", "--renders",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        out.join("renders").display().to_string(),
-        "--a".into(),
-        "base".into(),
-        "--b".into(),
-        "lora".into(),
-        "--seed".into(),
-        "1".into(),
-        "--out".into(),
-        study.display().to_string(),
-        "--force".into(),
-    ])
-    .collect();
+    let study_args: Vec<String> = ["study", "make", "--renders"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            out.join("renders").display().to_string(),
+            "--a".into(),
+            "base".into(),
+            "--b".into(),
+            "lora".into(),
+            "--seed".into(),
+            "1".into(),
+            "--out".into(),
+            study.display().to_string(),
+            "--force".into(),
+        ])
+        .collect();
     let as_str = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().join(" ");
     for args in [
-        vec!["train".to_string(), run_s.clone(), "--adapter".into(), "lora".into()],
+        vec![
+            "train".to_string(),
+            run_s.clone(),
+            "--adapter".into(),
+            "lora".into(),
+        ],
         render_args("0"),
         study_args.clone(),
     ] {
@@ -139,7 +153,11 @@ fn a_full_disk_is_one_line_keeps_the_previous_files_and_leaves_no_temporaries() 
     let mut before = BTreeMap::new();
     snapshot(&disk, &mut before);
     let used: u64 = before.values().map(|b| b.len() as u64).sum();
-    println!("written with room: {} files, {:.2} MB", before.len(), used as f64 / 1e6);
+    println!(
+        "written with room: {} files, {:.2} MB",
+        before.len(),
+        used as f64 / 1e6
+    );
 
     // No more room.
     let (reason, old_limit) = if mounted.is_some() {
@@ -147,7 +165,7 @@ fn a_full_disk_is_one_line_keeps_the_previous_files_and_leaves_no_temporaries() 
         println!("filler: {:.2} MB", filler as f64 / 1e6);
         ("no space left on device", None)
     } else {
-        ("file size limit reached", Some(limit_file_size(4096)))
+        ("file size limit reached", Some(limit_file_size(1024)))
     };
 
     let mut failures = Failures::new();
@@ -165,20 +183,44 @@ fn a_full_disk_is_one_line_keeps_the_previous_files_and_leaves_no_temporaries() 
     let cli_cases: Vec<(&str, Vec<String>, &str)> = vec![
         (
             "train --resume (final checkpoint, with the adapter inside it)",
-            vec!["train".into(), run_s.clone(), "--adapter".into(), "lora".into(), "--resume".into()],
+            vec![
+                "train".into(),
+                run_s.clone(),
+                "--adapter".into(),
+                "lora".into(),
+                "--resume".into(),
+            ],
             "lora/checkpoint",
         ),
-        ("render of a new seed (a PNG)", render_args("0,1"), "images/"),
-        ("render with every image kept (a grid)", render_args("0"), "grids/"),
-        ("study make --force (the study kit)", study_args.clone(), "study"),
+        (
+            "render of a new seed (a PNG)",
+            render_args("0,1"),
+            "images/",
+        ),
+        (
+            "render with every image kept (a grid)",
+            render_args("0"),
+            "grids/",
+        ),
+        (
+            "study make --force (the study kit)",
+            study_args.clone(),
+            "study",
+        ),
     ];
     for (case, args, names) in &cli_cases {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, err) = moslora(&argv);
-        println!("{case}: exit {code:?}: {}", err.trim());
+        println!(
+            "[{:.1?}] {case}: exit {code:?}: {}",
+            clock.elapsed(),
+            err.trim()
+        );
         failures.check(case, code == Some(5), || format!("exit {code:?}: {err}"));
         let lines: Vec<&str> = err.trim().lines().filter(|l| l.contains("error")).collect();
-        failures.check(case, lines.len() == 1, || format!("not one error line: {err}"));
+        failures.check(case, lines.len() == 1, || {
+            format!("not one error line: {err}")
+        });
         failures.contains_all(case, &err, &[reason, *names, "free some space"]);
         check_after(case, &mut failures);
     }
@@ -188,14 +230,22 @@ fn a_full_disk_is_one_line_keeps_the_previous_files_and_leaves_no_temporaries() 
     let m = Manifest::read(&manifest_dir).unwrap();
     let e = m.write(&manifest_dir).unwrap_err();
     println!("manifest write: {e}");
-    failures.check("manifest", matches!(e, moslora::Error::NoSpace { .. }), || e.to_string());
+    failures.check(
+        "manifest",
+        matches!(e, moslora::Error::NoSpace { .. }),
+        || e.to_string(),
+    );
     failures.contains_all("manifest", &e.to_string(), &[reason, "manifest.json"]);
     check_after("manifest", &mut failures);
 
     let t: Vec<(String, tch::Tensor)> = tensors(&adapter).into_iter().collect();
     let e = moslora::sdxl::weights::save_safetensors(&t, None, &adapter).unwrap_err();
     println!("adapter write: {e}");
-    failures.check("adapter", matches!(e, moslora::Error::NoSpace { .. }), || e.to_string());
+    failures.check(
+        "adapter",
+        matches!(e, moslora::Error::NoSpace { .. }),
+        || e.to_string(),
+    );
     failures.contains_all("adapter", &e.to_string(), &[reason, "adapter.safetensors"]);
     check_after("adapter", &mut failures);
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{scratch, tensors};
 use rand::{Rng, SeedableRng};
 use run_support::{
-    checkpoint_step, error_lines, inode, leftovers, moslora, pngs, write_run, Running,
+    checkpoint_step, error_lines, inode, leftovers, moslora, pngs, write_run, Running, PROMPTS,
 };
 
 const STEPS: u64 = 12;
@@ -184,12 +184,8 @@ fn a_stopped_or_killed_render_keeps_whole_pngs_and_the_rerun_renders_only_the_re
     let root = scratch("render");
     let run = write_run(&root, 2, 0);
     let run_s = run.to_str().unwrap();
-    let render = |stderr: &str| {
-        Running::start(
-            &["render", run_s, "--only-adapters", "--prompts", "study8"],
-            &root.join(stderr),
-        )
-    };
+    let render =
+        |stderr: &str| Running::start(&["render", run_s, "--only-adapters"], &root.join(stderr));
     let images = root.join("out/renders/images");
     let first_images = |n: usize| {
         let images = images.clone();
@@ -208,7 +204,7 @@ fn a_stopped_or_killed_render_keeps_whole_pngs_and_the_rerun_renders_only_the_re
     let after_term = check_pngs("SIGTERM", &images);
     assert!(leftovers(&root.join("out")).is_empty());
     println!(
-        "SIGTERM: {} of 8 images kept; {}",
+        "SIGTERM: {} of {PROMPTS} images kept; {}",
         after_term.len(),
         errors[0]
     );
@@ -218,7 +214,7 @@ fn a_stopped_or_killed_render_keeps_whole_pngs_and_the_rerun_renders_only_the_re
     let kept: Vec<(PathBuf, u64)> = after_term.iter().map(|p| (p.clone(), inode(p))).collect();
     let mut p = render("kill.txt");
     assert!(
-        p.wait_for(LIMIT, first_images(after_term.len() + 2)),
+        p.wait_for(LIMIT, first_images(after_term.len() + 1)),
         "render ended too soon"
     );
     p.signal("KILL");
@@ -226,7 +222,7 @@ fn a_stopped_or_killed_render_keeps_whole_pngs_and_the_rerun_renders_only_the_re
     let after_kill = check_pngs("SIGKILL", &images);
     let left = leftovers(&root.join("out"));
     println!(
-        "SIGKILL: {} of 8 images kept, left behind: {left:?}",
+        "SIGKILL: {} of {PROMPTS} images kept, left behind: {left:?}",
         after_kill.len()
     );
     for (p, ino) in &kept {
@@ -235,25 +231,19 @@ fn a_stopped_or_killed_render_keeps_whole_pngs_and_the_rerun_renders_only_the_re
 
     // The last run finishes only what is missing, and clears what the killed one left.
     let kept: Vec<(PathBuf, u64)> = after_kill.iter().map(|p| (p.clone(), inode(p))).collect();
-    let (code, err) = moslora(&["render", run_s, "--only-adapters", "--prompts", "study8"]);
+    let (code, err) = moslora(&["render", run_s, "--only-adapters"]);
     assert_eq!(code, Some(0), "{err}");
     for (p, ino) in &kept {
         assert_eq!(inode(p), *ino, "{} was rendered again", p.display());
     }
     let all = check_pngs("finished", &images);
-    assert_eq!(all.len(), 8);
+    assert_eq!(all.len(), PROMPTS);
     assert!(leftovers(&root.join("out")).is_empty());
 
     // The same pictures as a render that was never stopped.
     let whole = root.join("whole");
     let whole_run = write_run(&whole, 2, 0);
-    let (code, err) = moslora(&[
-        "render",
-        whole_run.to_str().unwrap(),
-        "--only-adapters",
-        "--prompts",
-        "study8",
-    ]);
+    let (code, err) = moslora(&["render", whole_run.to_str().unwrap(), "--only-adapters"]);
     assert_eq!(code, Some(0), "{err}");
     for p in &all {
         let twin = whole
@@ -270,7 +260,7 @@ fn a_stopped_or_killed_render_keeps_whole_pngs_and_the_rerun_renders_only_the_re
         &std::fs::read_to_string(root.join("out/renders/manifest.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(m["images"].as_array().unwrap().len(), 8);
+    assert_eq!(m["images"].as_array().unwrap().len(), PROMPTS);
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -326,8 +316,8 @@ fn a_compare_stopped_in_training_or_killed_in_rendering_finishes_on_the_next_run
     for (p, ino) in &kept {
         assert_eq!(inode(p), *ino, "{} was rendered again", p.display());
     }
-    // 8 prompts x (base, LoRA, MoSLoRA).
-    assert_eq!(check_pngs("compare finished", &images).len(), 24);
+    // Every prompt x (base, LoRA, MoSLoRA).
+    assert_eq!(check_pngs("compare finished", &images).len(), 3 * PROMPTS);
     assert!(leftovers(&out).is_empty());
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -8,17 +8,29 @@ use std::time::{Duration, Instant};
 
 use crate::common::{repo, tiny_model};
 
+/// How many prompts the runs of [`write_run`] render.
+pub const PROMPTS: usize = 6;
+
 /// A RUN.yaml in `dir` writing to `dir/out`: `steps` tiny LoRA/MoSLoRA steps with a checkpoint
-/// every `checkpoint_every`, and renders of the base model (one seed, 4 sampler steps).
+/// every `checkpoint_every`, and renders with the base model column of [`PROMPTS`] prompts
+/// (one seed, 4 sampler steps).
 pub fn write_run(dir: &Path, steps: u64, checkpoint_every: u64) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
+    let prompts = dir.join("prompts.yaml");
+    let list: String = ["snow", "beach", "city", "water", "forest", "kitchen"]
+        .iter()
+        .map(|w| format!("  - \"a [V] {{class}} in the {w}\"\n"))
+        .collect();
+    assert_eq!(list.lines().count(), PROMPTS);
+    std::fs::write(&prompts, format!("prompts:\n{list}")).unwrap();
     let yaml = format!(
         "model: {}\noutput: {}\nsubject:\n  images: {}\ntrain:\n  steps: {steps}\n  \
          resolution: 64\n  batch_size: 1\n  crops_per_image: 1\n  checkpoint_every: {checkpoint_every}\n\
-         render:\n  seeds: [0]\n  steps: 4\n  include_base: true\n",
+         render:\n  prompts: {}\n  seeds: [0]\n  steps: 4\n  include_base: true\n",
         tiny_model().display(),
         dir.join("out").display(),
-        repo().join("assets/subject").display()
+        repo().join("assets/subject").display(),
+        prompts.display()
     );
     let path = dir.join("run.yaml");
     std::fs::write(&path, yaml).unwrap();
