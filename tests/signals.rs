@@ -98,6 +98,25 @@ fn sigterm_saves_a_checkpoint_and_resume_gives_the_same_bits() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// Where a kill is aimed.
+#[derive(Clone, Copy, Debug)]
+enum Aim {
+    /// A seeded-random moment within one step-and-checkpoint period.
+    Anywhere,
+    /// As soon as a checkpoint's hidden temporary folder appears: inside its write.
+    CheckpointWrite,
+    /// As soon as the final adapter's temporary file appears: inside its write.
+    AdapterWrite,
+}
+
+/// Does any entry of `dir` start with `prefix`?
+fn has_entry(dir: &Path, prefix: &str) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|r| {
+        r.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+    })
+}
+
 #[test]
 fn sigkill_at_random_moments_leaves_a_checkpoint_that_resumes_to_the_same_bits() {
     whole_run();
@@ -107,7 +126,25 @@ fn sigkill_at_random_moments_leaves_a_checkpoint_that_resumes_to_the_same_bits()
     let ckpt = out.join("checkpoint");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20_260_501);
     let mut last = 0;
-    for round in 0..4 {
+    let aims = [
+        Aim::Anywhere,
+        Aim::CheckpointWrite,
+        Aim::Anywhere,
+        Aim::CheckpointWrite,
+        Aim::AdapterWrite,
+    ];
+    for (round, aim) in aims.into_iter().enumerate() {
+        // A kill between the two renames of a checkpoint swap leaves no `checkpoint/`, only the
+        // previous one set aside, and maybe the new one half-written: that window is too narrow
+        // to hit by timing, so it is laid out as such a kill leaves it (a pid that cannot run).
+        if round == 4 && ckpt.join("state.json").exists() && last < STEPS {
+            let dead = 0x7fff_fff0;
+            std::fs::rename(&ckpt, out.join(format!(".checkpoint.old-{dead}"))).unwrap();
+            let half = out.join(format!(".checkpoint.tmp-{dead}"));
+            std::fs::create_dir_all(&half).unwrap();
+            std::fs::write(half.join("adapter.safetensors"), b"\x10\0\0\0").unwrap();
+            println!("laid out a kill between the renames of the checkpoint at step {last}");
+        }
         let mut p = Running::start(
             &[
                 "train",
@@ -118,11 +155,31 @@ fn sigkill_at_random_moments_leaves_a_checkpoint_that_resumes_to_the_same_bits()
             ],
             &root.join(format!("stderr-{round}.txt")),
         );
-        // Past the last checkpoint, so the kill lands mid-training (between steps, in a
-        // checkpoint write, or in the final writes), not in the start-up.
+        // Past the first checkpoint of this run, so the kill lands in training, not start-up.
         let training = p.wait_for(LIMIT, || checkpoint_step(&ckpt).is_some_and(|s| s > last));
-        let delay = rng.random_range(0..300);
-        std::thread::sleep(Duration::from_millis(delay));
+        let moment = match aim {
+            Aim::Anywhere => {
+                // One period (a step and its checkpoint), then a random point in the next.
+                let from = checkpoint_step(&ckpt).unwrap_or(last);
+                let t = std::time::Instant::now();
+                p.wait_for(LIMIT, || checkpoint_step(&ckpt).is_some_and(|s| s > from));
+                let period = t.elapsed().as_millis().max(1) as u64;
+                let delay = rng.random_range(0..period);
+                std::thread::sleep(Duration::from_millis(delay));
+                format!("{delay} ms into a {period} ms step")
+            }
+            Aim::CheckpointWrite | Aim::AdapterWrite => {
+                let (dir, prefix) = match aim {
+                    Aim::AdapterWrite => (out.clone(), ".adapter.tmp-"),
+                    _ => (out.clone(), ".checkpoint.tmp-"),
+                };
+                let t = std::time::Instant::now();
+                while p.running() && !has_entry(&dir, prefix) && t.elapsed() < LIMIT {
+                    std::thread::yield_now();
+                }
+                format!("on seeing {prefix}*")
+            }
+        };
         let finished = !p.running();
         p.signal("KILL");
         let (_, err) = p.finish();
@@ -144,9 +201,12 @@ fn sigkill_at_random_moments_leaves_a_checkpoint_that_resumes_to_the_same_bits()
         tensors(&readable.join("adapter.safetensors"));
         tensors(&readable.join("optimizer.safetensors"));
         println!(
-            "kill {round}: {delay} ms after step {}{}: checkpoint at step {step} in {}; left behind: {:?}",
-            last + 1,
-            if finished { " (the run had already ended)" } else { "" },
+            "kill {round} ({aim:?}) {moment}{}: checkpoint at step {step} in {}; left behind: {:?}",
+            if finished {
+                " (the run had already ended)"
+            } else {
+                ""
+            },
             readable.file_name().unwrap().to_string_lossy(),
             left.iter()
                 .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -162,10 +222,8 @@ fn sigkill_at_random_moments_leaves_a_checkpoint_that_resumes_to_the_same_bits()
             // Killed after the final adapter was in place: it must be whole.
             tensors(&out.join("adapter.safetensors"));
         }
-        if last == STEPS {
-            break;
-        }
     }
+
     resume_to_the_end_and_compare(&run, &out, last);
     std::fs::remove_dir_all(&root).unwrap();
 }
