@@ -86,9 +86,14 @@ pub enum Error {
     /// The file system ran out of room (or a file-size limit was hit) while `path` was being
     /// written; the previous file at `path`, if any, is untouched and no temporary is left.
     #[error(
-        "{reason} writing {}{}: free some space (or point the output elsewhere) and run again",
+        "{reason} writing {}{}: {}",
         path.display(),
-        space_note(*needed, *free)
+        space_note(*needed, *free),
+        if reason.starts_with("file size limit") {
+            "raise the file-size limit (`ulimit -f`) and run again"
+        } else {
+            "free some space (or point the output elsewhere) and run again"
+        }
     )]
     NoSpace {
         path: PathBuf,

@@ -160,12 +160,16 @@ fn a_full_disk_is_one_line_keeps_the_previous_files_and_leaves_no_temporaries() 
     );
 
     // No more room.
-    let (reason, old_limit) = if mounted.is_some() {
+    let (reason, advice, old_limit) = if mounted.is_some() {
         let filler = fill(&disk);
         println!("filler: {:.2} MB", filler as f64 / 1e6);
-        ("no space left on device", None)
+        ("no space left on device", "free some space", None)
     } else {
-        ("file size limit reached", Some(limit_file_size(1024)))
+        (
+            "file size limit reached",
+            "raise the file-size limit",
+            Some(limit_file_size(1024)),
+        )
     };
 
     let mut failures = Failures::new();
@@ -221,7 +225,7 @@ fn a_full_disk_is_one_line_keeps_the_previous_files_and_leaves_no_temporaries() 
         failures.check(case, lines.len() == 1, || {
             format!("not one error line: {err}")
         });
-        failures.contains_all(case, &err, &[reason, *names, "free some space"]);
+        failures.contains_all(case, &err, &[reason, *names, advice]);
         check_after(case, &mut failures);
     }
 
