@@ -83,11 +83,61 @@ pub enum Error {
         checkpoint: Option<PathBuf>,
     },
 
+    /// The file system ran out of room (or a file-size limit was hit) while `path` was being
+    /// written; the previous file at `path`, if any, is untouched and no temporary is left.
+    #[error(
+        "{reason} writing {}{}: {}",
+        path.display(),
+        space_note(*needed, *free),
+        if reason.starts_with("file size limit") {
+            "raise the file-size limit (`ulimit -f`) and run again"
+        } else {
+            "free some space (or point the output elsewhere) and run again"
+        }
+    )]
+    NoSpace {
+        path: PathBuf,
+        reason: &'static str,
+        /// Bytes the write needed, when known.
+        needed: Option<u64>,
+        /// Bytes free on that file system, when it could be asked.
+        free: Option<u64>,
+    },
+
+    /// Another live process holds the output folder's lock.
+    #[error(
+        "{} is in use by another run ({holder}); wait for it to finish, or stop it, or use another output folder",
+        dir.display()
+    )]
+    Locked { dir: PathBuf, holder: String },
+
+    /// The run was stopped by SIGINT / SIGTERM / SIGHUP at a safe point (checkpoint saved,
+    /// finished files in place); running the same command again continues it.
+    #[error("{what}")]
+    Interrupted { what: String },
+
     #[error("{0}")]
     Msg(String),
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+/// "(needs about 12.3 MB, 40 KB free)", or less when a figure is unknown.
+fn space_note(needed: Option<u64>, free: Option<u64>) -> String {
+    let mb = |b: u64| {
+        if b >= 1_000_000 {
+            format!("{:.1} MB", b as f64 / 1e6)
+        } else {
+            format!("{} KB", b.div_ceil(1000))
+        }
+    };
+    match (needed, free) {
+        (Some(n), Some(f)) => format!(" (needs about {}, {} free)", mb(n), mb(f)),
+        (Some(n), None) => format!(" (needs about {})", mb(n)),
+        (None, Some(f)) => format!(" ({} free)", mb(f)),
+        (None, None) => String::new(),
+    }
 }
 
 impl Error {

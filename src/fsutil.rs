@@ -21,23 +21,135 @@ pub fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Let `write` fill a temporary file, then rename it over `path`. On failure the temporary
-/// file is removed and `path` is untouched.
+/// file is removed and `path` is untouched; a full disk becomes [`Error::NoSpace`].
+///
+/// The file is flushed to the disk before the rename and the folder after it, so a crash or a
+/// power cut leaves either the old file or the whole new one, never a renamed empty one.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_atomic_sized(path, None, write)
+}
+
+/// [`write_atomic`] of `needed` bytes (when known), which the full-disk error then states.
+fn write_atomic_sized(
+    path: &Path,
+    needed: Option<u64>,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(|e| no_space(Error::io(dir, e), path, needed))?;
     }
     let tmp = temp_path(path);
-    let result =
-        write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    let result = write(&tmp)
+        .and_then(|()| sync(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map_err(|e| no_space(e, path, needed))?;
+    if let Some(dir) = dir {
+        // Some file systems cannot sync a folder; the file itself is already on the disk.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// Flush a written file's data to the disk.
+pub fn sync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Turn an I/O error that means "the disk is full" (or a quota, or a file-size limit) into
+/// [`Error::NoSpace`] about `path`, the file the user knows; any other error is returned as
+/// it is.
+pub fn no_space(e: Error, path: &Path, needed: Option<u64>) -> Error {
+    use std::io::ErrorKind;
+    let reason = match &e {
+        Error::Io { source, .. } => match source.kind() {
+            ErrorKind::StorageFull => "no space left on device",
+            ErrorKind::QuotaExceeded => "disk quota exceeded",
+            ErrorKind::FileTooLarge => "file size limit reached",
+            _ => return e,
+        },
+        _ => return e,
+    };
+    Error::NoSpace {
+        path: path.to_path_buf(),
+        reason,
+        needed,
+        free: free_space(path),
+    }
+}
+
+/// Bytes free to an unprivileged user on the file system holding `path` (or its nearest
+/// existing ancestor).
+pub fn free_space(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is written by statvfs before it is read.
+    let st = unsafe {
+        if libc::statvfs(c.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Is `name` a temporary of [`temp_path`] (or a checkpoint's `.NAME.tmp-PID` folder) whose
+/// writer is no longer running? Such leftovers exist only when a process was killed outright
+/// (SIGKILL, a power cut) mid-write.
+fn dead_temporary(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some((_, tail)) = rest.rsplit_once(".tmp-") else {
+        return false;
+    };
+    let digits = tail.split('.').next().unwrap_or("");
+    let Ok(pid) = digits.parse::<i32>() else {
+        return false;
+    };
+    pid > 0 && pid as u32 != std::process::id() && !process_alive(pid)
+}
+
+/// Is process `pid` running (or a zombie not yet reaped)?
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Remove, under `dir` (recursively), the temporaries that killed processes left behind.
+/// Returns how many were removed. Files and folders of live writers are left alone.
+pub fn remove_dead_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(kind) = e.file_type() else { continue };
+        if dead_temporary(&name) {
+            let gone = if kind.is_dir() {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
+            removed += usize::from(gone.is_ok());
+        } else if kind.is_dir() {
+            removed += remove_dead_temporaries(&e.path());
+        }
+    }
+    removed
 }
 
 /// Write bytes atomically.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(path, |tmp| {
+    write_atomic_sized(path, Some(bytes.len() as u64), |tmp| {
         std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e))
     })
 }
@@ -67,7 +179,50 @@ pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The `tEXt` value of `keyword` in a PNG's header chunks, read without decoding the pixels;
+/// None when the file is missing, not a PNG, or lacks it.
+pub fn png_text(path: &Path, keyword: &str) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_ignore_text_chunk(false);
+    let reader = decoder.read_info().ok()?;
+    reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|c| c.keyword == keyword)
+        .map(|c| c.text.clone())
+}
+
 /// Write a PNG atomically.
 pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
     write_bytes(path, &png_bytes(img, text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_temporaries_of_dead_writers_are_recognised() {
+        // PID 0x7fff_fff0 is above any pid_max Linux allows, so no such process runs.
+        let dead = 0x7fff_fff0;
+        for name in [
+            format!(".adapter.tmp-{dead}.safetensors"),
+            format!(".checkpoint.tmp-{dead}"),
+            format!(".a.b.tmp-{dead}.png"),
+        ] {
+            assert!(dead_temporary(&name), "{name}");
+        }
+        let me = std::process::id();
+        for name in [
+            format!(".adapter.tmp-{me}.safetensors"),
+            "adapter.safetensors".to_string(),
+            format!("adapter.tmp-{dead}.png"),
+            format!(".checkpoint.old-{dead}"),
+            ".x.tmp-abc.png".to_string(),
+        ] {
+            assert!(!dead_temporary(&name), "{name}");
+        }
+    }
 }

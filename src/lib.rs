@@ -7,6 +7,7 @@ pub mod error;
 pub mod fsutil;
 pub mod metrics;
 pub mod render;
+pub mod run_lock;
 pub mod runtime;
 pub mod schedule;
 pub mod sdxl;

@@ -96,31 +96,50 @@ fn report(e: &moslora::Error) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A served study stops on Ctrl-C and SIGTERM by itself (every answer is already committed).
-    let serving = matches!(
-        cli.command,
-        Command::Study(cli::study::StudyCommand::Serve(_))
-    );
-    // First Ctrl-C: finish the step, save a checkpoint, stop. Second: stop at once.
-    if !serving {
-        let _ = ctrlc::set_handler(|| {
-            if moslora::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
-        });
-    }
+    install_stop_handler(&cli.command);
     run(cli.command).unwrap_or_else(|e| {
         report(&e);
         ExitCode::from(exit_code(&e))
     })
 }
 
+/// SIGINT (Ctrl-C), SIGTERM (what batch schedulers send before SIGKILL) and SIGHUP (a closed
+/// terminal). Commands that can stop at a safe point do so on the first signal (training
+/// saves a checkpoint, rendering finishes the image it is on) and exit 130; a second signal
+/// ends them at once. The others end at once: they write each file atomically, so nothing
+/// half-written is left.
+fn install_stop_handler(command: &Command) {
+    // A served study stops on Ctrl-C and SIGTERM by itself (every answer is already committed).
+    if matches!(command, Command::Study(cli::study::StudyCommand::Serve(_))) {
+        return;
+    }
+    let graceful: Option<&'static str> = match command {
+        Command::Train(_) | Command::Pretrain(_) | Command::Judge(_) => Some("saving a checkpoint"),
+        Command::Render(_) => Some("finishing the image being rendered"),
+        Command::Compare(_) | Command::Demo(_) => {
+            Some("saving a checkpoint, or finishing the image being rendered")
+        }
+        // The sweep's own tasks stop as their commands do.
+        Command::Sweep(_) => Some("letting the running tasks stop"),
+        _ => None,
+    };
+    let _ = ctrlc::set_handler(move || {
+        let Some(what) = graceful else {
+            std::process::exit(130);
+        };
+        if moslora::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: {what} (Ctrl-C again to quit at once)");
+    });
+}
+
 /// Exit codes a script (a sweep, a scheduler) can act on: 2 for what the person invoking must
 /// change (a setting, an existing output, an adapter or checkpoint of another run), as clap
 /// exits 2 on a bad command line; 3 for a training loss that stopped being finite; 4 for a
-/// device that is not there (the CPU would do); 1 for everything else (files, libtorch). 130
-/// is a run stopped by Ctrl-C.
+/// device that is not there (the CPU would do); 5 for a full disk (free space, run again);
+/// 6 for an output folder another live run holds (wait for it); 1 for everything else
+/// (files, libtorch). 130 is a run stopped by Ctrl-C, SIGTERM or SIGHUP at a safe point.
 fn exit_code(e: &moslora::Error) -> u8 {
     use moslora::Error;
     match e {
@@ -131,6 +150,9 @@ fn exit_code(e: &moslora::Error) -> u8 {
         | Error::StaleCheckpoint { .. } => 2,
         Error::Diverged { .. } => 3,
         Error::DeviceUnavailable { .. } => 4,
+        Error::NoSpace { .. } => 5,
+        Error::Locked { .. } => 6,
+        Error::Interrupted { .. } => 130,
         _ => 1,
     }
 }

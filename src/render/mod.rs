@@ -97,7 +97,15 @@ pub trait RenderProgress {
     fn image(&mut self, _done: u64, _label: &str, _reused: bool) {}
     fn note(&mut self, _msg: &str) {}
     fn finish(&mut self) {}
+    /// Checked before each image: stop (every finished image in place) when true.
+    fn should_stop(&self) -> bool {
+        crate::train::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
+
+/// The PNG text chunk holding an image's render key: a re-run after an interrupted render
+/// (which wrote no manifest) knows from the file itself that it is done.
+pub const KEY_CHUNK: &str = "moslora-key";
 
 pub struct QuietRender;
 impl RenderProgress for QuietRender {}
@@ -169,11 +177,14 @@ fn check_writable(dir: &Path) -> Result<()> {
         ))
     })?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| {
-        Error::msg(format!(
-            "the render folder {} is not writable ({e})",
-            dir.display()
-        ))
+    std::fs::write(&probe, b"").map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            Error::msg(format!(
+                "the render folder {} is not writable ({e})",
+                dir.display()
+            ))
+        }
+        _ => crate::fsutil::no_space(Error::io(&probe, e), dir, None),
     })?;
     let _ = std::fs::remove_file(probe);
     Ok(())
@@ -334,6 +345,27 @@ pub fn render(
                     .as_bytes(),
                 );
                 done += 1;
+                let finished_file =
+                    || crate::fsutil::png_text(&out.join(&file), KEY_CHUNK).as_ref() == Some(&key);
+                if !previous.contains_key(&key) && finished_file() {
+                    // Left by an interrupted render of the same inputs: the noise is cheap
+                    // to draw again for the manifest, the picture is not.
+                    let noise = den.initial_noise(seed, settings.width, settings.height)?;
+                    images.push(ImageEntry {
+                        file,
+                        prompt_id: p.id.clone(),
+                        prompt: p.text.clone(),
+                        seed,
+                        adapter: column.name.clone(),
+                        noise_sha256: tensor_sha256(&noise)?,
+                        width: settings.width,
+                        height: settings.height,
+                        key,
+                        scores: None,
+                    });
+                    progress.image(done, &column.label, true);
+                    continue;
+                }
                 if let Some(prev) = previous.get(&key).filter(|prev| prev.file == file) {
                     // The pixels are reused; scores belong to a scoring run of the old
                     // manifest, whose tables this one does not carry: score again.
@@ -343,6 +375,15 @@ pub fn render(
                     });
                     progress.image(done, &column.label, true);
                     continue;
+                }
+                if progress.should_stop() {
+                    let written = images.len();
+                    return Err(Error::Interrupted {
+                        what: format!(
+                            "render stopped: {written} of {total} images are in {}; run the same command again to render the rest",
+                            out.display()
+                        ),
+                    });
                 }
                 if !merged {
                     if let (Some((f, _)), Some(path)) = (loaded, &column.adapter) {
@@ -364,6 +405,7 @@ pub fn render(
                         "settings",
                         serde_json::to_string(&settings).expect("serialisable"),
                     ),
+                    (KEY_CHUNK, key.clone()),
                 ];
                 write_png(&out.join(&file), &img, &meta)?;
                 images.push(ImageEntry {
@@ -583,9 +625,9 @@ pub fn compare(
         }
         outcomes = crate::train::train(cfg, &stale, opts, true, train_progress)?;
         if outcomes.iter().any(|o| o.interrupted) {
-            return Err(Error::msg(
-                "training was interrupted; run the same command again to continue",
-            ));
+            return Err(Error::Interrupted {
+                what: "training stopped with a checkpoint saved; run the same command again to continue".into(),
+            });
         }
     } else {
         render_progress.note("LoRA and MoSLoRA adapters are up to date: not retraining");

@@ -25,7 +25,10 @@ use super::sgm_names::{self, Part};
 use super::single_file::{is_single_file, ModelConfigs, CONFIGS_KEY};
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
-use super::weights::{safetensors_dtype, Init, MappedFile, ShapeSource, TensorSource, Weights};
+use super::weights::{
+    safetensors_dtype, safetensors_write_error, Init, MappedFile, ShapeSource, TensorSource,
+    Weights,
+};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
@@ -260,7 +263,7 @@ fn serialize(
 ) -> Result<()> {
     fsutil::write_atomic(path, |tmp| {
         safetensors::serialize_to_file(views, Some(metadata), tmp)
-            .map_err(|e| Error::msg(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| safetensors_write_error(e, tmp, path))?;
         if let Some(e) = failed.borrow_mut().take() {
             return Err(e);
         }

@@ -564,6 +564,15 @@ impl safetensors::View for TensorBytes {
     }
 }
 
+/// A failed safetensors write: an I/O error stays one (so a full disk is reported as such),
+/// anything else names the file.
+pub fn safetensors_write_error(e: safetensors::SafeTensorError, tmp: &Path, path: &Path) -> Error {
+    match e {
+        safetensors::SafeTensorError::IoError(io) => Error::io(tmp, io),
+        e => Error::msg(format!("writing {}: {e}", path.display())),
+    }
+}
+
 /// Write named tensors as one `.safetensors` file, atomically (temporary file, then rename).
 /// Tensors are streamed from their own memory: a multi-gigabyte model is not copied.
 pub fn save_safetensors(
@@ -587,6 +596,6 @@ pub fn save_safetensors(
     }
     crate::fsutil::write_atomic(path, |tmp| {
         safetensors::serialize_to_file(views, metadata, tmp)
-            .map_err(|e| Error::msg(format!("writing {}: {e}", path.display())))
+            .map_err(|e| safetensors_write_error(e, tmp, path))
     })
 }

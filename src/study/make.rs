@@ -480,7 +480,21 @@ pub fn make(opts: &MakeOptions) -> Result<MadeStudy> {
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    result?;
+    // A full disk is reported against the study folder, not the hidden one it was built in.
+    result.map_err(|e| match e {
+        Error::NoSpace {
+            reason,
+            needed,
+            free,
+            path,
+        } if path.starts_with(&tmp) => Error::NoSpace {
+            path: out.clone(),
+            reason,
+            needed,
+            free,
+        },
+        e => e,
+    })?;
     Ok(MadeStudy {
         dir: out,
         key_path,

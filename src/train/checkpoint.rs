@@ -56,8 +56,8 @@ pub fn save(
 ) -> Result<()> {
     let tmp = sibling(dir, "tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut write = || -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let text = text.as_deref_mut();
         file::save_with_text(unet, text, run.meta, &tmp.join("adapter.safetensors"))?;
         save_safetensors(&run.opt.state(), None, &tmp.join("optimizer.safetensors"))?;
@@ -72,14 +72,84 @@ pub fn save(
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+        // Named as the checkpoint the user knows, not the hidden folder it was built in.
+        return Err(match crate::fsutil::no_space(e, dir, None) {
+            Error::NoSpace {
+                reason,
+                needed,
+                free,
+                ..
+            } => Error::NoSpace {
+                path: dir.to_path_buf(),
+                reason,
+                needed,
+                free,
+            },
+            e => e,
+        });
     }
+    // Two renames: between them a killed run leaves only the `.old` folder, which `recover`
+    // puts back.
     let old = sibling(dir, "old");
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+    }
     let _ = std::fs::remove_dir_all(&old);
+    remove_dead_olds(dir);
+    Ok(())
+}
+
+/// The `.NAME.old-PID` siblings of checkpoint `dir`: earlier checkpoints set aside during a
+/// swap.
+fn olds(dir: &Path) -> Vec<PathBuf> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!(".{}.old-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Remove set-aside checkpoints once a current one is in place.
+fn remove_dead_olds(dir: &Path) {
+    if dir.join("state.json").exists() {
+        for o in olds(dir) {
+            let _ = std::fs::remove_dir_all(o);
+        }
+    }
+}
+
+/// A run killed between the two renames of [`save`] leaves no checkpoint folder, only the
+/// previous checkpoint set aside as `.NAME.old-PID`: put it back. Without a checkpoint folder
+/// a resumed run would start again from step 0.
+pub fn recover(dir: &Path) -> Result<()> {
+    if dir.join("state.json").exists() {
+        remove_dead_olds(dir);
+        return Ok(());
+    }
+    // Complete set-aside checkpoints only (each was a whole checkpoint when set aside).
+    if let Some(old) = olds(dir)
+        .into_iter()
+        .find(|o| o.join("state.json").exists())
+    {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
+        remove_dead_olds(dir);
+    }
     Ok(())
 }
 
@@ -93,6 +163,7 @@ pub fn load(
     text: Option<&mut TextEncoders>,
     opt: &mut AdamW,
 ) -> Result<Option<State>> {
+    recover(dir)?;
     let state_path = dir.join("state.json");
     if !state_path.exists() {
         return Ok(None);
@@ -153,6 +224,9 @@ pub fn load(
 
 /// Does the checkpoint in `dir` exist and belong to these settings?
 pub fn matches(dir: &Path, fingerprint: &str) -> bool {
+    if recover(dir).is_err() {
+        return false;
+    }
     let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
         return false;
     };

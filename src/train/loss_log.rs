@@ -78,57 +78,58 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
         RGBColor(44, 160, 44),
         RGBColor(148, 103, 189),
     ];
-    fsutil::write_atomic(path, |tmp| {
-        let err =
-            |e: &dyn std::fmt::Display| Error::msg(format!("drawing {}: {e}", path.display()));
-        {
-            let root = BitMapBackend::new(tmp, (900, 500)).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| err(&e))?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 22))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(60)
-                .build_cartesian_2d(1f64..steps as f64, (lo - pad)..(hi + pad))
-                .map_err(|e| err(&e))?;
+    let err = |e: &dyn std::fmt::Display| Error::msg(format!("drawing {}: {e}", path.display()));
+    let (w, h) = (900u32, 500u32);
+    // Drawn in memory and written by fsutil, so a full disk is reported like any other write.
+    let mut pixels = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(1f64..steps as f64, (lo - pad)..(hi + pad))
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("optimizer step")
+            .x_label_formatter(&|x| format!("{}", *x as i64))
+            .y_desc("training loss (MSE)")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (i, (name, losses)) in runs.iter().enumerate() {
+            let c = colours[i % colours.len()];
+            let raw = losses.iter().enumerate().filter(|(_, v)| v.is_finite());
             chart
-                .configure_mesh()
-                .x_desc("optimizer step")
-                .x_label_formatter(&|x| format!("{}", *x as i64))
-                .y_desc("training loss (MSE)")
-                .label_style(("sans-serif", 14))
-                .draw()
+                .draw_series(LineSeries::new(
+                    raw.map(|(s, &v)| ((s + 1) as f64, v as f64)),
+                    c.mix(0.25),
+                ))
                 .map_err(|e| err(&e))?;
-            for (i, (name, losses)) in runs.iter().enumerate() {
-                let c = colours[i % colours.len()];
-                let raw = losses.iter().enumerate().filter(|(_, v)| v.is_finite());
-                chart
-                    .draw_series(LineSeries::new(
-                        raw.map(|(s, &v)| ((s + 1) as f64, v as f64)),
-                        c.mix(0.25),
-                    ))
-                    .map_err(|e| err(&e))?;
-                let sm = smooth(losses, 0.95);
-                chart
-                    .draw_series(LineSeries::new(
-                        sm.iter().enumerate().map(|(s, &v)| ((s + 1) as f64, v)),
-                        c.stroke_width(2),
-                    ))
-                    .map_err(|e| err(&e))?
-                    .label(format!("{name} (smoothed)"))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                    });
-            }
+            let sm = smooth(losses, 0.95);
             chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 14))
-                .draw()
-                .map_err(|e| err(&e))?;
-            root.present().map_err(|e| err(&e))?;
+                .draw_series(LineSeries::new(
+                    sm.iter().enumerate().map(|(s, &v)| ((s + 1) as f64, v)),
+                    c.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?
+                .label(format!("{name} (smoothed)"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
         }
-        Ok(())
-    })
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, pixels).expect("the buffer is w x h x 3");
+    fsutil::write_png(path, &img, &[])
 }
