@@ -43,7 +43,21 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub fn read_to_string(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        // Say where, so the one stray Latin-1 or UTF-16 byte can be found.
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        Error::BadFile {
+            path: path.to_path_buf(),
+            what: format!(
+                "not UTF-8 text: byte 0x{:02X} at line {line} (byte {at}) is not UTF-8; save \
+                 the file as UTF-8",
+                bytes[at]
+            ),
+        }
+    })
 }
 
 /// Encode RGB8 as PNG with `tEXt` chunks; deterministic (no timestamps), so re-rendering
@@ -70,4 +84,39 @@ pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
 /// Write a PNG atomically.
 pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
     write_bytes(path, &png_bytes(img, text)?)
+}
+
+/// `dir/entry` for a path a file of ours names (a manifest's image, a kit's picture), or why
+/// it is refused: an absolute path, a `..` step, or a link that resolves outside `dir` would
+/// let a hand-edited file make us read (and copy into a kit to share) any file on the disk.
+/// A missing file is not refused here: the caller says what it expected there.
+pub fn inside(dir: &Path, entry: &str) -> std::result::Result<PathBuf, String> {
+    use std::path::Component;
+    let rel = Path::new(entry);
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(format!(
+                    "`{entry}` climbs out with `..`: expected a path inside the folder"
+                ))
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "`{entry}` is absolute: expected a path inside the folder"
+                ))
+            }
+        }
+    }
+    let path = dir.join(rel);
+    // A link (of the file or a folder on the way) may point anywhere: judge where it lands.
+    if let (Ok(real), Ok(root)) = (path.canonicalize(), dir.canonicalize()) {
+        if !real.starts_with(&root) {
+            return Err(format!(
+                "`{entry}` is a link to {}, outside the folder: copy the file in instead",
+                real.display()
+            ));
+        }
+    }
+    Ok(path)
 }
