@@ -60,7 +60,7 @@ pub fn read_to_string(path: &Path) -> Result<String> {
     })
 }
 
-/// Encode RGB8 as PNG with `tEXt` chunks; deterministic (no timestamps), so re-rendering
+/// Encode RGB8 as PNG with `tEXt` (or `iTXt`) chunks; deterministic (no timestamps), so re-rendering
 /// the same pixels gives the same bytes.
 pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -69,8 +69,14 @@ pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         for (k, v) in text {
-            enc.add_text_chunk(k.to_string(), v.clone())
-                .map_err(|e| Error::msg(format!("PNG text chunk {k}: {e}")))?;
+            // tEXt holds Latin-1 only: a prompt in another script (or with an emoji) goes in
+            // an iTXt chunk, UTF-8, rather than failing the render.
+            let added = if v.chars().all(|c| u32::from(c) < 256) {
+                enc.add_text_chunk(k.to_string(), v.clone())
+            } else {
+                enc.add_itxt_chunk(k.to_string(), v.clone())
+            };
+            added.map_err(|e| Error::msg(format!("PNG text chunk {k}: {e}")))?;
         }
         let mut w = enc
             .write_header()
@@ -109,14 +115,24 @@ pub fn inside(dir: &Path, entry: &str) -> std::result::Result<PathBuf, String> {
         }
     }
     let path = dir.join(rel);
-    // A link (of the file or a folder on the way) may point anywhere: judge where it lands.
-    if let (Ok(real), Ok(root)) = (path.canonicalize(), dir.canonicalize()) {
-        if !real.starts_with(&root) {
-            return Err(format!(
-                "`{entry}` is a link to {}, outside the folder: copy the file in instead",
-                real.display()
-            ));
+    // A link (of the file or a folder on the way) may point anywhere: judge where it lands,
+    // or where the deepest part that exists lands when the file itself is missing.
+    let Ok(root) = dir.canonicalize() else {
+        return Ok(path);
+    };
+    let mut probe = path.clone();
+    loop {
+        if let Ok(real) = probe.canonicalize() {
+            if !real.starts_with(&root) {
+                return Err(format!(
+                    "`{entry}` is a link to {}, outside the folder: copy the file in instead",
+                    real.display()
+                ));
+            }
+            return Ok(path);
+        }
+        if !probe.pop() {
+            return Ok(path);
         }
     }
-    Ok(path)
 }

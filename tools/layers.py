@@ -11,7 +11,7 @@ read: they may reach anywhere.
 import os, re, sys
 
 LAYERS = [
-    ("foundation", ["error", "fsutil", "image_file", "runtime"]),
+    ("foundation", ["error", "fsutil", "html", "image_file", "runtime"]),
     ("model", ["sdxl", "schedule"]),
     ("adapter", ["adapter"]),
     ("config", ["config"]),
