@@ -261,25 +261,40 @@ fn a_symlink_loop_in_the_photo_folder_is_named_not_followed() {
     );
 }
 
-/// `moslora train` on a folder holding `bad` beside a good photo: one line naming it.
+/// `moslora train` on a folder holding `bad` beside a good photo: one line naming it. The
+/// second run's instance prompt is longer than CLIP keeps: its warning, naming the words cut
+/// off, is printed before the photos are checked.
 #[test]
 fn train_refuses_hostile_photos_in_one_line() {
     let mut f = Failures::new();
-    for (case, name, bytes, expect) in [
+    let words: Vec<String> = (0..80).map(|i| format!("w{i}")).collect();
+    let long = format!(
+        "  prompt: \"a photo of [V] {{class}} {}\"\n",
+        words.join(" ")
+    );
+    for (case, name, bytes, extra, expect) in [
         (
             "bomb",
             "bomb.png",
             png_claiming(60_000, 60_000),
+            String::new(),
             &["bomb.png", "60000 x 60000", "16384 pixels a side"][..],
         ),
         (
-            "1x1",
+            "1x1 and a long prompt",
             "dot.png",
             png_of(&small_picture(1, 1)),
-            &["dot.png", "1 x 1 pixels", "at least 16 pixels"][..],
+            long,
+            &[
+                "dot.png",
+                "1 x 1 pixels",
+                "at least 16 pixels",
+                "truncated because CLIP can only handle sequences up to 77 tokens",
+                "w 7 9\"",
+            ][..],
         ),
     ] {
-        let dir = scratch(&format!("train-{case}"));
+        let dir = scratch(&format!("train-{}", case.replace(' ', "-")));
         let photos = dir.join("photos");
         std::fs::create_dir_all(&photos).unwrap();
         std::fs::write(photos.join("good.png"), png_of(&small_picture(64, 64))).unwrap();
@@ -288,7 +303,7 @@ fn train_refuses_hostile_photos_in_one_line() {
         std::fs::write(
             &run,
             format!(
-                "model: {}\noutput: {}\nsubject:\n  images: {}\ntrain:\n  steps: 2\n  resolution: 64\n  batch_size: 1\n",
+                "model: {}\noutput: {}\nsubject:\n  images: {}\n{extra}train:\n  steps: 2\n  resolution: 64\n  batch_size: 1\n",
                 tiny_model().display(),
                 dir.join("out").display(),
                 photos.display()
