@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::{copy_dir, fixtures, python, repo, scratch, tiny_model, Failures};
+use common::{copy_dir, fixtures, python, scratch, tiny_model, Failures};
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageEncoder, RgbImage};
 use moslora::sdxl::model_dir::ModelDir;
@@ -648,5 +648,4 @@ fn prompt_files_not_utf8_or_empty_are_refused_by_name() {
         f.contains_all(name, &e, expect);
     }
     f.assert_none();
-    let _ = repo();
 }
