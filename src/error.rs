@@ -34,6 +34,21 @@ pub enum Error {
         found: Vec<i64>,
     },
 
+    /// A weight holding NaN or infinity: the file is damaged, or was saved from a diverged run.
+    #[error(
+        "{component}: tensor `{tensor}` in {} holds {count} NaN or infinite value(s) of \
+         {total}: the checkpoint is damaged or was saved from a diverged run; download or \
+         export it again",
+        file.display()
+    )]
+    NonFinite {
+        component: String,
+        tensor: String,
+        file: PathBuf,
+        count: u64,
+        total: u64,
+    },
+
     #[error("{}: {what}", path.display())]
     Config { path: PathBuf, what: String },
 
@@ -187,6 +202,19 @@ impl Error {
                 file,
                 expected,
                 found,
+            },
+            Error::NonFinite {
+                tensor,
+                file,
+                count,
+                total,
+                ..
+            } => Error::NonFinite {
+                component: name.to_string(),
+                tensor,
+                file,
+                count,
+                total,
             },
             e => e,
         }

@@ -155,10 +155,24 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub fn read_to_string(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        // Say where, so the one stray Latin-1 or UTF-16 byte can be found.
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        Error::BadFile {
+            path: path.to_path_buf(),
+            what: format!(
+                "not UTF-8 text: byte 0x{:02X} at line {line} (byte {at}) is not UTF-8; save \
+                 the file as UTF-8",
+                bytes[at]
+            ),
+        }
+    })
 }
 
-/// Encode RGB8 as PNG with `tEXt` chunks; deterministic (no timestamps), so re-rendering
+/// Encode RGB8 as PNG with `tEXt` (or `iTXt`) chunks; deterministic (no timestamps), so re-rendering
 /// the same pixels gives the same bytes.
 pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -167,8 +181,14 @@ pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         for (k, v) in text {
-            enc.add_text_chunk(k.to_string(), v.clone())
-                .map_err(|e| Error::msg(format!("PNG text chunk {k}: {e}")))?;
+            // tEXt holds Latin-1 only: a prompt in another script (or with an emoji) goes in
+            // an iTXt chunk, UTF-8, rather than failing the render.
+            let added = if v.chars().all(|c| u32::from(c) < 256) {
+                enc.add_text_chunk(k.to_string(), v.clone())
+            } else {
+                enc.add_itxt_chunk(k.to_string(), v.clone())
+            };
+            added.map_err(|e| Error::msg(format!("PNG text chunk {k}: {e}")))?;
         }
         let mut w = enc
             .write_header()
@@ -197,6 +217,51 @@ pub fn png_text(path: &Path, keyword: &str) -> Option<String> {
 /// Write a PNG atomically.
 pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
     write_bytes(path, &png_bytes(img, text)?)
+}
+
+/// `dir/entry` for a path a file of ours names (a manifest's image, a kit's picture), or why
+/// it is refused: an absolute path, a `..` step, or a link that resolves outside `dir` would
+/// let a hand-edited file make us read (and copy into a kit to share) any file on the disk.
+/// A missing file is not refused here: the caller says what it expected there.
+pub fn inside(dir: &Path, entry: &str) -> std::result::Result<PathBuf, String> {
+    use std::path::Component;
+    let rel = Path::new(entry);
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(format!(
+                    "`{entry}` climbs out with `..`: expected a path inside the folder"
+                ))
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "`{entry}` is absolute: expected a path inside the folder"
+                ))
+            }
+        }
+    }
+    let path = dir.join(rel);
+    // A link (of the file or a folder on the way) may point anywhere: judge where it lands,
+    // or where the deepest part that exists lands when the file itself is missing.
+    let Ok(root) = dir.canonicalize() else {
+        return Ok(path);
+    };
+    let mut probe = path.clone();
+    loop {
+        if let Ok(real) = probe.canonicalize() {
+            if !real.starts_with(&root) {
+                return Err(format!(
+                    "`{entry}` is a link to {}, outside the folder: copy the file in instead",
+                    real.display()
+                ));
+            }
+            return Ok(path);
+        }
+        if !probe.pop() {
+            return Ok(path);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fsutil;
+pub mod html;
+pub mod image_file;
 pub mod metrics;
 pub mod render;
 pub mod run_lock;

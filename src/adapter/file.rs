@@ -191,10 +191,12 @@ impl AdapterFile {
                 .strip_suffix(".weight")
                 .and_then(|r| r.rsplit_once('.'))
                 .ok_or_else(|| bad(format!("unexpected tensor `{name}`")))?;
+            let t = f.load(&name)?;
+            crate::sdxl::weights::check_finite(&t, &name, path)?;
             parts
                 .entry((component, module.to_string()))
                 .or_default()
-                .insert(part.to_string(), f.load(&name)?);
+                .insert(part.to_string(), t);
         }
         let mut file = AdapterFile {
             meta,

@@ -68,20 +68,7 @@ pub fn clip_t_prompt(template: &str, class: &str) -> String {
 /// is scored upright); each encoder's preprocessing makes it RGB its reference's way. One line
 /// naming the file when it cannot be read.
 pub fn read_image(path: &Path) -> Result<DynamicImage> {
-    use image::ImageDecoder;
-    let unreadable = |e: &dyn std::fmt::Display| Error::BadFile {
-        path: path.to_path_buf(),
-        what: format!("not a readable image (expected PNG, JPEG or WebP: {e})"),
-    };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let mut decoder = reader.into_decoder().map_err(|e| unreadable(&e))?;
-    let orientation = decoder.orientation().map_err(|e| unreadable(&e))?;
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| unreadable(&e))?;
-    img.apply_orientation(orientation);
-    Ok(img)
+    crate::image_file::open(path)
 }
 
 /// Run `f` on `BATCH`-sized batches of preprocessed pictures ((3, S, S) each) and stack the

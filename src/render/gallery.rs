@@ -7,14 +7,7 @@ use std::path::Path;
 use super::manifest::{ImageScores, Manifest, MetricsSummary};
 use crate::error::Result;
 
-/// Escape text for HTML content and attribute values.
-pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
+use crate::html::{esc, url};
 
 const STYLE: &str = r#"
 :root { --ink: #1d232b; --muted: #5b6573; --line: #d9dee5; --bg: #f6f7f9; --accent: #2f6fdd; }
@@ -167,7 +160,7 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
     for p in &m.subject.photos {
         h.push_str(&format!(
             "<img src=\"{}\" alt=\"training photo\" data-caption=\"training photo {}\">",
-            esc(p),
+            url(p),
             esc(p)
         ));
     }
@@ -175,7 +168,7 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
     if let Some(curve) = &m.loss_curve {
         h.push_str(&format!(
             "<details class=\"curve\"><summary>training loss</summary><img src=\"{}\" alt=\"loss curves\"></details>",
-            esc(curve)
+            url(curve)
         ));
     }
     if let Some(ms) = &m.metrics {
@@ -184,7 +177,7 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
     h.push_str("</header>\n<div class=\"tools\"><input id=\"filter\" type=\"search\" placeholder=\"Filter prompts…\" autofocus><span id=\"count\" class=\"meta\"></span>");
     h.push_str(&format!(
         "<a class=\"meta\" href=\"{}\">contact sheet</a></div>\n<main>\n",
-        esc(&m.contact_sheet)
+        url(&m.contact_sheet)
     ));
     let seeds: Vec<u64> = {
         let mut v: Vec<u64> = m.images.iter().map(|i| i.seed).collect();
@@ -209,7 +202,7 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
                 match m.images.iter().find(|i| i.prompt_id == p.id && i.seed == *seed && i.adapter == a.name) {
                     Some(i) => h.push_str(&format!(
                         "<td><img loading=\"lazy\" src=\"{}\" alt=\"{}\" data-caption=\"{} — {} — seed {}{}\">{}</td>",
-                        esc(&i.file),
+                        url(&i.file),
                         esc(&a.label),
                         esc(&a.label),
                         esc(&p.text),

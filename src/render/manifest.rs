@@ -229,12 +229,33 @@ impl Manifest {
         if m.format_version > FORMAT_VERSION {
             return Err(Error::config(&path, "written by a newer moslora"));
         }
+        for (field, entry) in m.named_files() {
+            crate::fsutil::inside(dir, entry)
+                .map_err(|why| Error::config(&path, format!("{field} {why}")))?;
+        }
         Ok(m)
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("serialisable");
         crate::fsutil::write_bytes(&dir.join(FILE), text.as_bytes())
+    }
+
+    /// Every file the manifest names (relative paths) with the field that names it.
+    pub fn named_files(&self) -> Vec<(String, &str)> {
+        let mut v: Vec<(String, &str)> = Vec::new();
+        let photos = self.subject.photos.iter().enumerate();
+        v.extend(photos.map(|(i, p)| (format!("subject.photos[{i}]"), p.as_str())));
+        let images = self.images.iter().enumerate();
+        v.extend(images.map(|(i, e)| (format!("images[{i}].file"), e.file.as_str())));
+        let grids = self.grids.iter().enumerate();
+        v.extend(grids.map(|(i, g)| (format!("grids[{i}].file"), g.file.as_str())));
+        v.push(("contact_sheet".into(), self.contact_sheet.as_str()));
+        v.push(("gallery".into(), self.gallery.as_str()));
+        if let Some(c) = &self.loss_curve {
+            v.push(("loss_curve".into(), c.as_str()));
+        }
+        v
     }
 
     /// Every file the manifest names (relative paths).

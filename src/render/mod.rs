@@ -276,6 +276,11 @@ pub fn render(
     };
     let (base_embeds, column_embeds) = {
         let mut text = TextEncoders::load(&dir, opts)?;
+        for p in &prompt_entries {
+            if let Some(warning) = text.truncation_warning(&p.text)? {
+                progress.note(&warning);
+            }
+        }
         let base = encode_all(&text)?;
         let mut per_column = Vec::new();
         for (column, loaded) in &adapters {

@@ -14,6 +14,7 @@ pub mod model_folder;
 pub mod nn;
 pub mod pipeline;
 pub mod resnet;
+pub mod safetensors_header;
 pub mod sgm_names;
 pub mod single_file;
 pub mod tokenizer;

@@ -110,6 +110,19 @@ impl TextEncoders {
         })
     }
 
+    /// The warning diffusers gives when `prompt` is longer than the tokenizers keep, naming
+    /// the words cut off; None when it fits. Both tokenizers share SDXL's vocabulary and
+    /// length, so the first one speaks for both.
+    pub fn truncation_warning(&self, prompt: &str) -> Result<Option<String>> {
+        Ok(self.tokenizer.truncated_part(prompt)?.map(|cut| {
+            format!(
+                "warning: prompt {prompt:?}: the following part of your input was truncated \
+                 because CLIP can only handle sequences up to {} tokens: {cut:?}",
+                self.tokenizer.max_len()
+            )
+        }))
+    }
+
     /// diffusers `encode_prompt` for one prompt (no clip-skip): `hidden_states[-2]` of both
     /// encoders side by side, and text_encoder_2's projected pooled output.
     pub fn encode(&self, prompt: &str) -> Result<PromptEmbeds> {

@@ -346,7 +346,9 @@ impl TensorSource for ComponentSource {
             Part::Transposed => t.contiguous(),
             _ => t,
         };
-        Ok(t.to_kind(kind).to_device(device))
+        let t = t.to_kind(kind).to_device(device);
+        super::weights::check_finite(&t, &stored.name, &self.file.path)?;
+        Ok(t)
     }
 
     fn unused(&self, used: &[String]) -> Vec<String> {

@@ -192,6 +192,17 @@ impl ClipTokenizer {
         Ok(ids)
     }
 
+    /// The part of `text` that `encode` cuts off to fit `max_len()` tokens, as text (what
+    /// diffusers names in its truncation warning); None when the prompt fits.
+    pub fn truncated_part(&self, text: &str) -> Result<Option<String>> {
+        let tokens = self.tokens(text)?;
+        let keep = self.max_len - 2;
+        if tokens.len() <= keep {
+            return Ok(None);
+        }
+        self.decode(&tokens[keep..]).map(Some)
+    }
+
     /// The text of `ids` (special tokens dropped), as `CLIPTokenizer.decode` gives it: for
     /// reporting the part of a prompt that truncation removed.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {

@@ -191,6 +191,34 @@ pub fn safetensors_dtype(kind: Kind) -> Result<Dtype> {
     })
 }
 
+/// Refuse a weight holding NaN or infinity, naming it: in a frozen weight it would surface
+/// steps later as a black picture or a diverged loss. One sum in f32 is the cheap test (NaN
+/// and infinity carry through it; about 3 s over SDXL's 3.5 G weights in f32 on two CPU
+/// cores, a tenth of copying them once, against 45 s for `isfinite().all()`); only a
+/// non-finite sum pays for the exact count, which also clears finite weights large enough
+/// to overflow the sum.
+pub fn check_finite(t: &Tensor, name: &str, file: &Path) -> Result<()> {
+    if !t.is_floating_point() || t.numel() == 0 {
+        return Ok(());
+    }
+    let sum = f64::try_from(t.sum(Kind::Float))?;
+    if sum.is_finite() {
+        return Ok(());
+    }
+    let finite = i64::try_from(t.isfinite().sum(Kind::Int64))? as u64;
+    let total = t.numel() as u64;
+    if finite == total {
+        return Ok(());
+    }
+    Err(Error::NonFinite {
+        component: String::new(),
+        tensor: name.to_string(),
+        file: file.to_path_buf(),
+        count: total - finite,
+        total,
+    })
+}
+
 /// One memory-mapped `.safetensors` file.
 #[derive(Debug)]
 pub struct MappedFile {
@@ -204,7 +232,9 @@ impl MappedFile {
         // SAFETY: the file is opened read-only and treated as immutable for the map's lifetime;
         // a checkpoint being rewritten underneath a running process is outside our contract.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        // Parse once up front so a truncated or corrupt file fails here, naming the file.
+        // Parse once up front so a truncated, corrupt or hostile file fails here, naming the
+        // file and the tensor; the crate's own check stays behind ours.
+        super::safetensors_header::check(&mmap, path)?;
         SafeTensors::deserialize(&mmap).map_err(|e| Error::BadFile {
             path: path.to_path_buf(),
             what: format!("not a valid safetensors file ({e})"),
@@ -367,7 +397,11 @@ impl TensorSource for SafetensorsSource {
         }
         let t = self.files[*i].load(stored)?;
         // One conversion straight to the target; `to_device` is a no-op on the CPU.
-        Ok(t.to_kind(kind).to_device(device))
+        let t = t.to_kind(kind).to_device(device);
+        // Checked in the target dtype and place: an f32 sum over f32 on the CPU, or on the GPU,
+        // is several times faster than over f16 on the CPU.
+        check_finite(&t, name, &self.files[*i].path)?;
+        Ok(t)
     }
 
     fn unused(&self, used: &[String]) -> Vec<String> {

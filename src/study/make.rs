@@ -549,13 +549,7 @@ fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
 }
 
 fn decode(path: &Path) -> Result<RgbImage> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::msg(format!("{}: cannot read this image ({e})", path.display())))?;
-    Ok(img.to_rgb8())
+    Ok(crate::image_file::open(path)?.to_rgb8())
 }
 
 /// The PNG chunk that pads a file to a given length: ancillary (viewers skip it), private,

@@ -45,16 +45,7 @@ pub struct PageTrial {
 /// The page with the study embedded.
 pub fn render(study: &PageStudy) -> Result<String> {
     let json = serde_json::to_string(study).map_err(|e| Error::msg(e.to_string()))?;
-    Ok(TEMPLATE.replace("__STUDY_JSON__", &script_safe(&json)))
-}
-
-/// JSON that cannot end the `<script>` element it sits in, whatever the prompts say.
-fn script_safe(json: &str) -> String {
-    json.replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026")
-        .replace('\u{2028}', "\\u2028")
-        .replace('\u{2029}', "\\u2029")
+    Ok(TEMPLATE.replace("__STUDY_JSON__", &crate::html::script_json(&json)))
 }
 
 const TEMPLATE: &str = r##"<!doctype html>

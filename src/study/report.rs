@@ -198,7 +198,8 @@ pub fn text(t: &Tally) -> String {
 
 /// The Markdown report.
 pub fn markdown(t: &Tally) -> String {
-    let (a, b) = (&t.a.label, &t.b.label);
+    use crate::html::md_text;
+    let (a, b) = (&md_text(&t.a.label), &md_text(&t.b.label));
     let mut md = format!("# Human evaluation: {b} vs {a}\n\n");
     let _ = writeln!(
         md,
@@ -243,7 +244,7 @@ pub fn markdown(t: &Tally) -> String {
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                s.subject,
+                md_text(&s.subject),
                 s.pairs,
                 c.title(),
                 sum.votes,
@@ -268,7 +269,7 @@ pub fn markdown(t: &Tally) -> String {
         let _ = writeln!(
             md,
             "| {} | {}/{} | {} | {} | {} | {} | {} | {} |",
-            r.rater.replace('|', "\\|"),
+            md_text(&r.rater),
             r.answered,
             r.trials,
             wtl(0),
@@ -296,10 +297,10 @@ pub fn markdown(t: &Tally) -> String {
     for f in &t.files {
         let _ = writeln!(
             md,
-            "- `{}`: {}{}",
-            f.file.display(),
+            "- {}: {}{}",
+            md_text(&f.file.display().to_string()),
             if f.tallied { "" } else { "**not tallied**: " },
-            f.message
+            md_text(&f.message)
         );
     }
     md

@@ -98,7 +98,7 @@ fn write_index(
     table: bool,
     study: bool,
 ) -> Result<()> {
-    use crate::render::gallery::esc;
+    use crate::html::{esc, url};
     let mut h = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>moslora sweep</title>\
          <style>body{font:15px/1.45 system-ui,sans-serif;margin:24px;color:#1d232b;background:#f6f7f9}\
@@ -136,13 +136,13 @@ fn write_index(
             esc(group),
             esc(&s.class),
             s.kind.name(),
-            esc(group)
+            url(group)
         ));
         for g in &m.grids {
             h.push_str(&format!(
                 "<a href=\"{0}/{1}\"><img src=\"{0}/{1}\" alt=\"{2}\"></a>",
-                esc(group),
-                esc(&g.file),
+                url(group),
+                url(&g.file),
                 esc(&g.prompt_id)
             ));
         }

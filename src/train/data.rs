@@ -219,13 +219,7 @@ pub fn prepare_data_and_text(
 }
 
 fn warn_if_truncated(text: &TextEncoders, prompt: &str, note: &mut impl FnMut(&str)) {
-    if let Ok(ids) = text.tokenizer.encode_unpadded(prompt) {
-        if ids.len() > text.tokenizer.max_len() {
-            note(&format!(
-                "warning: the prompt {prompt:?} is {} tokens long; CLIP keeps the first {}",
-                ids.len(),
-                text.tokenizer.max_len()
-            ));
-        }
+    if let Ok(Some(warning)) = text.truncation_warning(prompt) {
+        note(&warning);
     }
 }

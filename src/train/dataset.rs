@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{imageops, DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{imageops, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -28,22 +28,12 @@ impl Photo {
     }
 }
 
-/// Decode one photo with its EXIF orientation applied.
+/// Decode one photo with its EXIF orientation applied; its claimed size is checked before
+/// decoding (`image_file::open`).
 pub fn load_photo(path: &Path) -> Result<Photo> {
-    let unreadable = |e: &dyn std::fmt::Display| {
-        Error::msg(format!("{}: cannot read this image ({e})", path.display()))
-    };
-    let reader = ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let mut decoder = reader.into_decoder().map_err(|e| unreadable(&e))?;
-    let orientation = decoder.orientation().map_err(|e| unreadable(&e))?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(&e))?;
-    img.apply_orientation(orientation);
     Ok(Photo {
         path: path.to_path_buf(),
-        image: img.to_rgb8(),
+        image: crate::image_file::open(path)?.to_rgb8(),
     })
 }
 
@@ -67,7 +57,22 @@ pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
     let mut others = 0;
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        if !path.is_file() {
+        // The folder is read one level deep, so a link back to it cannot make this loop; a
+        // photo-named link that loops or points nowhere is named rather than dropped unseen.
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if is_photo(&path) => {
+                return Err(Error::BadFile {
+                    path,
+                    what: format!(
+                        "cannot open this photo ({e}): a symbolic link that loops or points \
+                         nowhere? Replace it with the photo itself"
+                    ),
+                })
+            }
+            Err(_) => continue,
+        };
+        if !meta.is_file() {
             continue;
         }
         if is_photo(&path) {
@@ -202,6 +207,29 @@ fn crops_of_resized(
         .collect()
 }
 
+/// The shortest short side a photo may have to train at `resolution`: a quarter of it. A
+/// smaller photo would be upscaled more than four times, and the model would learn the blur
+/// (a 1 x 1 picture is a single colour).
+pub fn min_photo_side(resolution: i64) -> u32 {
+    (resolution.max(4) / 4) as u32
+}
+
+/// Refuse a photo too small for `resolution`, naming it and the minimum.
+pub fn check_photo_size(photo: &Photo, resolution: i64) -> Result<()> {
+    let (w, h) = photo.image.dimensions();
+    let min = min_photo_side(resolution);
+    if w.min(h) < min {
+        return Err(Error::BadFile {
+            path: photo.path.clone(),
+            what: format!(
+                "{w} x {h} pixels is too small to train at train.resolution {resolution}: the \
+                 short side must be at least {min} pixels"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Which variants of each photo are cached: square crops of side `resolution` (centred, or
 /// `crops` random ones), each also mirrored when `random_flip`.
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +255,9 @@ pub fn encode_examples(
         random_flip,
         crops,
     } = variants;
+    for photo in photos {
+        check_photo_size(photo, resolution)?;
+    }
     let _guard = tch::no_grad_guard();
     let mut out = Vec::new();
     for (i, photo) in photos.iter().enumerate() {
