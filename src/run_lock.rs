@@ -18,6 +18,9 @@ pub const LOCK_FILE: &str = ".moslora.lock";
 pub struct RunLock {
     file: File,
     path: PathBuf,
+    /// The outermost folder this lock made, if `dir` did not exist: a run refused before it
+    /// wrote anything (bad photos, a missing model) leaves no empty output behind.
+    made: Option<PathBuf>,
 }
 
 impl RunLock {
@@ -26,6 +29,11 @@ impl RunLock {
     ///
     /// Taking the lock also clears the temporaries a killed run left in `dir`.
     pub fn acquire(dir: &Path, command: &str) -> Result<RunLock> {
+        let made = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .last()
+            .map(Path::to_path_buf);
         std::fs::create_dir_all(dir).map_err(|e| fsutil::no_space(Error::io(dir, e), dir, None))?;
         let path = dir.join(LOCK_FILE);
         // Never truncated on open: the holder's text must survive a second run opening it.
@@ -66,7 +74,7 @@ impl RunLock {
         // disk must not stop a run here, before it can report what it failed to write.
         let _ = write(&mut file);
         fsutil::remove_dead_temporaries(dir);
-        Ok(RunLock { file, path })
+        Ok(RunLock { file, path, made })
     }
 
     /// The lock file.
@@ -80,6 +88,22 @@ impl Drop for RunLock {
         // Emptied, not removed: removing it would let a run that opened the old file and a run
         // that creates a new one both hold "the" lock. The OS lock goes with the file handle.
         let _ = self.file.set_len(0);
+        // A folder this run made and left holding only the lock is taken away again. A
+        // second run can only be refused on it meanwhile (the lock is still held here).
+        let Some(made) = &self.made else { return };
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let only_lock = std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().all(|e| e.file_name() == LOCK_FILE))
+            .unwrap_or(false);
+        if only_lock && std::fs::remove_file(&self.path).is_ok() {
+            for d in dir.ancestors() {
+                if std::fs::remove_dir(d).is_err() || d == made.as_path() {
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -130,6 +154,7 @@ mod tests {
         drop(first);
         let again = RunLock::acquire(&dir, "moslora train b.yaml").unwrap();
         drop(again);
-        std::fs::remove_dir_all(&dir).unwrap();
+        // The lock made the folder and nothing else was written: it is gone again.
+        assert!(!dir.exists(), "{} left behind", dir.display());
     }
 }

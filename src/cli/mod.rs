@@ -19,13 +19,15 @@ pub fn lock_outputs(dirs: &[&std::path::Path]) -> moslora::Result<Vec<moslora::r
     let mut locks = Vec::new();
     let mut seen: Vec<std::path::PathBuf> = Vec::new();
     for dir in dirs {
-        let canonical = std::fs::create_dir_all(dir)
-            .and_then(|()| dir.canonicalize())
-            .unwrap_or_else(|_| dir.to_path_buf());
-        if !seen.contains(&canonical) {
-            locks.push(moslora::run_lock::RunLock::acquire(dir, &command)?);
-            seen.push(canonical);
+        // The same folder named twice is locked once (a second lock would refuse the first).
+        let canonical = |d: &std::path::Path| d.canonicalize().unwrap_or_else(|_| d.to_path_buf());
+        if dir.exists() && seen.contains(&canonical(dir)) {
+            continue;
         }
+        // The lock makes a missing folder itself, so that it can take it away again when the
+        // run is refused before writing anything.
+        locks.push(moslora::run_lock::RunLock::acquire(dir, &command)?);
+        seen.push(canonical(dir));
     }
     Ok(locks)
 }

@@ -46,7 +46,6 @@ pub struct RenderArgs {
 
 pub fn run_render(a: RenderArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
-    let _lock = super::lock_outputs(&[&cfg.render_dir()])?;
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
     let mut extra = a
         .adapters
@@ -77,6 +76,8 @@ pub fn run_render(a: RenderArgs) -> Result<()> {
     if a.adapters_from.is_some() {
         plan.out = moslora::render::steps::series_dir(&plan.out);
     }
+    // The folder this render writes (a step series writes beside the comparison's).
+    let _lock = super::lock_outputs(&[&plan.out])?;
     let m = moslora::render::render(&cfg, &plan, opts, &mut Bar::new())?;
     print_summary(&m, &plan.out);
     Ok(())

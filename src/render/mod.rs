@@ -159,6 +159,17 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The SHA-256 of an adapter's settings and tensor bytes (the file after its header). An
+/// adapter file read successfully has a well-formed header, so the length is in range.
+fn adapter_content_sha(f: &AdapterFile, bytes: &[u8]) -> String {
+    let header = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let settings = serde_json::to_string(&f.meta.adapter).expect("serialisable");
+    let mut h = Sha256::new();
+    h.update(settings.as_bytes());
+    h.update(&bytes[8 + header..]);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn tensor_sha256(t: &Tensor) -> Result<String> {
     let t = t.to_kind(tch::Kind::Float).contiguous();
     let n = t.numel();
@@ -204,6 +215,10 @@ pub fn render(
     }
     // Read every adapter before the long work, so a missing or foreign file fails first.
     let mut adapters: Vec<(Column, Option<(AdapterFile, String)>)> = Vec::new();
+    // What an adapter's pictures depend on: its settings and tensors, not where it was trained
+    // (the file's metadata names its photo folder), so the same training in another folder
+    // (a sweep's task on another node) keys, and so writes, the very same PNG bytes.
+    let mut contents: Vec<String> = Vec::new();
     for c in &plan.columns {
         let loaded = match &c.adapter {
             Some(p) => {
@@ -215,9 +230,14 @@ pub fn render(
                     )));
                 }
                 let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-                Some((AdapterFile::read(p)?, sha256_hex(&bytes)))
+                let f = AdapterFile::read(p)?;
+                contents.push(adapter_content_sha(&f, &bytes));
+                Some((f, sha256_hex(&bytes)))
             }
-            None => None,
+            None => {
+                contents.push(String::new());
+                None
+            }
         };
         adapters.push((c.clone(), loaded));
     }
@@ -316,7 +336,9 @@ pub fn render(
     let mut images = Vec::new();
     let mut adapter_entries = Vec::new();
     let mut done = 0;
-    for ((column, loaded), own_embeds) in adapters.iter().zip(&column_embeds) {
+    for (((column, loaded), own_embeds), adapter_sha) in
+        adapters.iter().zip(&column_embeds).zip(&contents)
+    {
         adapter::remove_all(&mut den.unet);
         let embeds = own_embeds.as_ref().unwrap_or(&base_embeds);
         let mut entry = AdapterEntry {
@@ -329,7 +351,6 @@ pub fn render(
             steps: None,
         };
         let mut merged = false;
-        let adapter_sha = loaded.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
         if let (Some((f, sha)), Some(path)) = (loaded, &column.adapter) {
             entry.file = Some(path.display().to_string());
             entry.sha256 = Some(sha.clone());
