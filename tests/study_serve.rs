@@ -269,13 +269,55 @@ fn votes_need_a_valid_token_and_are_validated() {
             r.text()
         );
     }
-    // Size limit: a megabyte of JSON is refused before it is parsed.
+    // Size limit: a megabyte of JSON is refused on its declared length, before the server
+    // asks for the body.
     let big = format!("{{\"trial\": \"{}\"}}", "x".repeat(1 << 20));
-    let r = http
-        .send("POST", "/api/rater/answer", Some(ann), Some(big.as_bytes()))
+    let (r, body_sent) = http
+        .post_expecting_continue("/api/rater/answer", ann, big.as_bytes())
         .unwrap();
     assert_eq!(r.status, 413, "{}", r.text());
-    let mut http = server.client();
+    assert!(
+        !body_sent,
+        "the server asked for a body it refuses on its length"
+    );
+    assert!(r.text().contains("accepts at most"), "{}", r.text());
+    // Sent whole without asking, the body is refused just the same: with a 413 if the client
+    // reads it before the server drops the connection it stopped reading, else with the
+    // connection reset. Never accepted.
+    let mut blast = server.client();
+    match blast.send("POST", "/api/rater/answer", Some(ann), Some(big.as_bytes())) {
+        Ok(r) => assert_eq!(r.status, 413, "{}", r.text()),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{e:?}"
+        ),
+    }
+    // A body of undeclared length (chunked) is cut off at the limit as it arrives.
+    let mut chunked = server.client();
+    let mut req = format!(
+        "POST /api/rater/answer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ann}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let limit = moslora::study::serve::routes::body_limit(key.trials.len());
+    let piece = "y".repeat(4096);
+    for _ in 0..=limit / piece.len() {
+        req.extend_from_slice(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes());
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    match chunked.raw(&req) {
+        Ok(r) => assert_eq!(r.status, 413, "{}", r.text()),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{e:?}"
+        ),
+    }
 
     // Nothing of the refused requests was stored.
     let s = http.get("/api/rater", Some(ann)).json();

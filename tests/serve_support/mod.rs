@@ -233,6 +233,32 @@ impl Http {
         self.raw(&bytes)
     }
 
+    /// A POST that sends `Expect: 100-continue` and its body only once the server asks for
+    /// it, as curl does for large bodies: a refusal on the headers alone comes back without
+    /// the body on the wire.
+    pub fn post_expecting_continue(
+        &mut self,
+        path: &str,
+        token: &str,
+        body: &[u8],
+    ) -> std::io::Result<(Resp, bool)> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let r = self.raw(head.as_bytes())?;
+        if r.status != 100 {
+            // The server answered on the headers: the body was never sent, so this
+            // connection is out of step with it and is not used again.
+            self.conn = None;
+            return Ok((r, false));
+        }
+        Ok((self.raw(body)?, true))
+    }
+
     /// Send bytes as they are and read one response.
     pub fn raw(&mut self, bytes: &[u8]) -> std::io::Result<Resp> {
         if self.conn.is_none() {

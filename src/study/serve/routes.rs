@@ -76,8 +76,33 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/organiser", get(organiser))
         .fallback(study_file)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(limit, declared_length))
         .layer(axum::middleware::map_response(harden))
         .with_state(app)
+}
+
+/// A body whose declared length is over the limit is refused before a byte of it is read:
+/// the client learns at once (one that sent `Expect: 100-continue` never sends the body),
+/// and the server spends nothing on it. Bodies without a declared length are cut off at the
+/// limit by `DefaultBodyLimit` as they arrive.
+async fn declared_length(
+    State(limit): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is {n} bytes; this study accepts at most {limit}"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 /// Headers for every response: no sniffing, no framing, no referrer.
