@@ -54,6 +54,31 @@ fn write_atomic_sized(
     Ok(())
 }
 
+/// Give a written file the permissions `File::create` would have given it (0666 less the
+/// umask). The safetensors crate writes through a private (0600) file, and an adapter the
+/// artist shares or a model another user loads must be readable like any other file. (Files
+/// that must stay private, like a study's links, are made so by their own writers.)
+pub fn plain_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(mask) = umask() else { return };
+    // Only plain files: a checkpoint's folder keeps its own mode.
+    if path.is_file() {
+        // A file system without Unix modes keeps what it has: nothing to report.
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666 & !mask));
+    }
+}
+
+/// The process's umask, as Linux reports it in /proc/self/status (read, never set: setting
+/// it to read it would race with other threads creating files).
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
+}
+
 /// Flush a written file's data to the disk.
 pub fn sync(path: &Path) -> Result<()> {
     std::fs::File::open(path)
@@ -267,6 +292,30 @@ pub fn inside(dir: &Path, entry: &str) -> std::result::Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomically_written_files_get_ordinary_permissions() {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mask = umask().expect("Linux reports the umask");
+        let dir = std::env::temp_dir().join(format!("fsutil-mode-{}", std::process::id()));
+        let path = dir.join("adapter.safetensors");
+        // A writer that makes its file private, as the safetensors crate does.
+        write_atomic(&path, |tmp| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(tmp)
+                .map(drop)
+                .map_err(|e| Error::io(tmp, e))?;
+            plain_permissions(tmp);
+            Ok(())
+        })
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode, 0o666 & !mask, "mode {mode:o} with umask {mask:o}");
+    }
 
     #[test]
     fn only_temporaries_of_dead_writers_are_recognised() {

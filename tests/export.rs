@@ -231,6 +231,13 @@ fn exported_loras_render_in_diffusers_like_in_moslora() {
         export(adapter, ExportFormat::Diffusers, &peft, &Layout::sdxl()).unwrap();
         assert_eq!(k.mixer_folded, name != "lora");
         check_factors(adapter, &kohya, &peft);
+        // Files to share are readable like any other file (the safetensors crate's own
+        // writer makes them owner-only).
+        for f in [adapter, &kohya, &peft] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert!(mode & 0o044 == 0o044, "{} has mode {mode:o}", f.display());
+        }
         for (format, file) in [("kohya", kohya), ("diffusers", peft)] {
             jobs.push((
                 format!("{name} as {format}"),

@@ -264,6 +264,7 @@ fn serialize(
     fsutil::write_atomic(path, |tmp| {
         safetensors::serialize_to_file(views, Some(metadata), tmp)
             .map_err(|e| safetensors_write_error(e, tmp, path))?;
+        fsutil::plain_permissions(tmp);
         if let Some(e) = failed.borrow_mut().take() {
             return Err(e);
         }

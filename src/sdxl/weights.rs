@@ -630,6 +630,8 @@ pub fn save_safetensors(
     }
     crate::fsutil::write_atomic(path, |tmp| {
         safetensors::serialize_to_file(views, metadata, tmp)
-            .map_err(|e| safetensors_write_error(e, tmp, path))
+            .map_err(|e| safetensors_write_error(e, tmp, path))?;
+        crate::fsutil::plain_permissions(tmp);
+        Ok(())
     })
 }
