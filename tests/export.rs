@@ -53,6 +53,7 @@ fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
         &options(),
         RunOptions::default(),
         |_| {},
+        |_| {},
     )
     .unwrap();
     image.permute([1, 2, 0]).to_kind(Kind::Float)

@@ -608,6 +608,32 @@ fn long_prompts_warn_naming_the_cut_words_as_diffusers_does() {
     );
 }
 
+/// `moslora generate` gives the same warning for its one prompt, above its progress bar.
+#[test]
+fn generate_warns_about_a_long_prompt() {
+    let dir = scratch("generate-long");
+    let out = dir.join("long.png");
+    let words: Vec<String> = (0..80).map(|i| format!("w{i}")).collect();
+    let long = format!("a photo of sks dog {}", words.join(" "));
+    let run = Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .args(["generate", "--model"])
+        .arg(tiny_model())
+        .args(["--prompt", &long, "--steps", "2", "--width", "32"])
+        .args(["--height", "32", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    println!("{err}");
+    assert!(run.status.success(), "{err}");
+    assert!(out.exists());
+    assert!(
+        err.contains("truncated because CLIP can only handle sequences up to 77 tokens")
+            && err.contains("w 7 9\""),
+        "no warning naming the cut words:\n{err}"
+    );
+}
+
 #[test]
 fn prompt_files_not_utf8_or_empty_are_refused_by_name() {
     use moslora::render::prompts;

@@ -364,6 +364,7 @@ fn text_encoder_adapters_render_with_their_own_prompt_embeddings() {
                 &o,
                 RunOptions::default(),
                 |_| {},
+                |_| {},
             )
             .unwrap()
             .permute([1, 2, 0])

@@ -208,5 +208,21 @@ fn score_command_prints_and_writes_the_tables() {
     let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
     assert_eq!(row[6], "", "{csv}");
     assert!(!row[7].is_empty() && !row[8].is_empty(), "{csv}");
+
+    // A prompt longer than CLIP reads: CLIP-T scores its start and the warning names the rest.
+    let words: Vec<String> = (0..80).map(|i| format!("w{i}")).collect();
+    let long = format!("a [V] {{class}} on the beach {}", words.join(" "));
+    let path = renders.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["prompts"][0]["template"] = long.clone().into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let (ok, out, err) = run(&["score", s(&renders), "--clip", s(&clip)]);
+    println!("{out}{err}");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("truncated because CLIP can only handle sequences up to")
+            && err.contains("w 7 9\""),
+        "no warning naming the cut words:\n{err}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -47,6 +47,7 @@ fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
         &o,
         RunOptions::default(),
         |_| {},
+        |_| {},
     )
     .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
     image.permute([1, 2, 0]).to_kind(Kind::Float)

@@ -280,6 +280,18 @@ pub fn score(dir: &Path, opts: &ScoreOptions, progress: &mut dyn ScoreProgress) 
             let mut unique: Vec<String> = texts.clone();
             unique.sort();
             unique.dedup();
+            // A text longer than CLIP reads is scored on its start only: say what is left out,
+            // as diffusers does for prompts.
+            for t in &unique {
+                if let Some(cut) = c.tokenizer.truncated_part(t)? {
+                    progress.note(&format!(
+                        "warning: CLIP-T text {t:?}: the following part was truncated because \
+                         CLIP can only handle sequences up to {} tokens, so it is not scored: \
+                         {cut:?}",
+                        c.tokenizer.max_len()
+                    ));
+                }
+            }
             let text_emb = clip_text_embeds(c, &unique)?;
             let idx: Vec<i64> = texts
                 .iter()

@@ -18,6 +18,7 @@ pub fn generate(
     adapter: Option<(&Path, f64)>,
     o: &GenerateOptions,
     opts: RunOptions,
+    note: impl FnOnce(&str),
     on_step: impl FnMut(usize),
 ) -> Result<Tensor> {
     let dir = ModelDir::open(dir)?;
@@ -31,6 +32,10 @@ pub fn generate(
     if let Some((file, path, scale)) = &adapter {
         file.apply_text_encoders(&mut text, *scale, path)?;
         adapter::merge_text_encoders(&mut text);
+    }
+    // diffusers' warning when the prompt is longer than CLIP keeps, naming the cut words.
+    if let Some(warning) = text.truncation_warning(prompt)? {
+        note(&warning);
     }
     let cond = text.encode(prompt)?;
     let uncond = text.encode_negative(negative, &cond)?;
