@@ -52,8 +52,7 @@ fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
         adapter.map(|p| (p, 1.0)),
         &options(),
         RunOptions::default(),
-        |_| {},
-        |_| {},
+        &mut moslora::render::generate::Silent,
     )
     .unwrap();
     image.permute([1, 2, 0]).to_kind(Kind::Float)

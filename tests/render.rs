@@ -363,8 +363,7 @@ fn text_encoder_adapters_render_with_their_own_prompt_embeddings() {
                 with,
                 &o,
                 RunOptions::default(),
-                |_| {},
-                |_| {},
+                &mut moslora::render::generate::Silent,
             )
             .unwrap()
             .permute([1, 2, 0])

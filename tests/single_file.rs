@@ -46,8 +46,7 @@ fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
         adapter.map(|p| (p, 1.0)),
         &o,
         RunOptions::default(),
-        |_| {},
-        |_| {},
+        &mut moslora::render::generate::Silent,
     )
     .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
     image.permute([1, 2, 0]).to_kind(Kind::Float)

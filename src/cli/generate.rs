@@ -106,10 +106,8 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         height: a.height.unwrap_or(native),
         seed: a.seed,
     };
-    // Shared by the warning (a line above the bar) and the steps (the bar moving).
-    let bar = std::cell::RefCell::new(Bar::new());
-    bar.borrow_mut()
-        .begin("generating", "step", a.steps as u64, 0, false);
+    let mut bar = Bar::new();
+    bar.begin("generating", "step", a.steps as u64, 0, false);
     let adapter = a.adapter.as_ref().map(|p| (p.as_path(), a.adapter_scale));
     let image = moslora::render::generate::generate(
         &a.model,
@@ -118,10 +116,9 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         adapter,
         &o,
         opts,
-        |warning| bar.borrow().say(warning),
-        |_| bar.borrow_mut().inc(),
+        &mut bar,
     )?;
-    bar.borrow_mut().clear();
+    bar.clear();
     let img = moslora::sdxl::image_processing::rgb_image(&image)?;
     moslora::fsutil::write_png(&a.out, &img, &[])?;
     println!("wrote {}", a.out.display());

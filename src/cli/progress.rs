@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use moslora::metrics::ScoreProgress;
+use moslora::render::generate::GenerateProgress;
 use moslora::render::RenderProgress;
 use moslora::toyworld::pretrain::PretrainProgress;
 use moslora::train::{AdapterKind, Progress};
@@ -176,6 +177,15 @@ impl PretrainProgress for Bar {
     }
     fn note(&mut self, msg: &str) {
         self.say(msg);
+    }
+}
+
+impl GenerateProgress for Bar {
+    fn note(&mut self, msg: &str) {
+        self.say(msg);
+    }
+    fn step(&mut self, _done: usize) {
+        self.inc();
     }
 }
 

@@ -9,6 +9,16 @@ use crate::error::Result;
 use crate::sdxl::model_dir::ModelDir;
 use crate::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
 
+/// What [`generate`] reports while it works: warnings, and each finished sampling step.
+pub trait GenerateProgress {
+    fn note(&mut self, _msg: &str) {}
+    fn step(&mut self, _done: usize) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+impl GenerateProgress for Silent {}
+
 /// `sdxl::pipeline::generate` with an optional adapter file and strength, merged into the weights of the UNet
 /// (and of the text encoders when it adapts them).
 pub fn generate(
@@ -18,8 +28,7 @@ pub fn generate(
     adapter: Option<(&Path, f64)>,
     o: &GenerateOptions,
     opts: RunOptions,
-    note: impl FnOnce(&str),
-    on_step: impl FnMut(usize),
+    progress: &mut dyn GenerateProgress,
 ) -> Result<Tensor> {
     let dir = ModelDir::open(dir)?;
     // Read the adapter first: a wrong file fails before minutes of loading.
@@ -35,7 +44,7 @@ pub fn generate(
     }
     // diffusers' warning when the prompt is longer than CLIP keeps, naming the cut words.
     if let Some(warning) = text.truncation_warning(prompt)? {
-        note(&warning);
+        progress.note(&warning);
     }
     let cond = text.encode(prompt)?;
     let uncond = text.encode_negative(negative, &cond)?;
@@ -46,6 +55,6 @@ pub fn generate(
         adapter::merge_all(&mut den.unet);
     }
     let noise = den.initial_noise(o.seed, o.width, o.height)?;
-    let latents = den.sample(&cond, &uncond, &noise, o, on_step)?;
+    let latents = den.sample(&cond, &uncond, &noise, o, |i| progress.step(i))?;
     Ok(den.decode(&latents))
 }
