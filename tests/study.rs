@@ -438,8 +438,15 @@ fn make_refuses_bad_input_with_one_clear_line() {
         failures.contains_all(case, &e, says);
     }
     failures.assert_none();
-    // With --force the study is made again over the one there.
-    moslora_ok(&[
+    // With --force the study is made again over the one there, and the replaced key, the
+    // only record of which side was which, is kept under its study id.
+    let key_path = root.join("S.key.json");
+    let old_key = std::fs::read(&key_path).unwrap();
+    let old_id = serde_json::from_slice::<serde_json::Value>(&old_key).unwrap()["study_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, err) = moslora_ok(&[
         "study",
         "make",
         "--renders",
@@ -452,6 +459,19 @@ fn make_refuses_bad_input_with_one_clear_line() {
         &out,
         "--force",
     ]);
+    let kept = root.join(format!("S.key.{old_id}.json"));
+    assert!(
+        err.contains(&format!("kept as {}", kept.display())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        old_key,
+        "the kept key is the old one"
+    );
+    let new_key: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&key_path).unwrap()).unwrap();
+    assert_ne!(new_key["study_id"].as_str().unwrap(), old_id);
 }
 
 // ---------------------------------------------------------------- statistics

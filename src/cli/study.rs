@@ -68,7 +68,8 @@ pub struct StudyMakeArgs {
     /// The rater folder to write (must not exist or be empty, unless --force)
     #[arg(long)]
     out: PathBuf,
-    /// Replace an existing study folder and its key
+    /// Replace an existing study folder and its key (the old key is kept as
+    /// NAME.key.<study id>.json, so votes already given still tally)
     #[arg(long)]
     force: bool,
 }

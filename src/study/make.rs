@@ -462,6 +462,17 @@ pub fn make(opts: &MakeOptions) -> Result<MadeStudy> {
         trials,
     };
 
+    // A key replaced with --force is the only record of its study's sides: it is kept under
+    // its study id before anything is replaced, so that votes already given for that study
+    // still tally, even when this run is stopped between writing the key and the folder.
+    let json = serde_json::to_vec_pretty(&key).map_err(|e| Error::msg(e.to_string()))?;
+    if let Some(kept) = keep_replaced_key(&key_path, &key.study_id, &json)? {
+        notes.push(format!(
+            "the replaced study's key is kept as {}: votes given for that study tally with it",
+            kept.display()
+        ));
+    }
+
     // Everything is written into a hidden sibling folder and renamed into place at the end,
     // so an interrupted run leaves no half study.
     let tmp = fsutil::temp_path(&out);
@@ -473,7 +484,6 @@ pub fn make(opts: &MakeOptions) -> Result<MadeStudy> {
         write_photos(&tmp, &photo_jobs)?;
         fsutil::write_bytes(&tmp.join("index.html"), page::render(&page)?.as_bytes())?;
         same_mtime(&tmp)?;
-        let json = serde_json::to_vec_pretty(&key).map_err(|e| Error::msg(e.to_string()))?;
         fsutil::write_bytes(&key_path, &json)?;
         replace_dir(&tmp, &out)
     })();
@@ -530,6 +540,43 @@ fn check_free(out: &Path, key: &Path, force: bool) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Copy the key at `key_path`, if there is one and it is not `new` itself, to
+/// `NAME.key.<its study id>.json` beside it (atomically); the path of the copy. A key that
+/// cannot be read as one is kept as it is, under `NAME.key.replaced.json`.
+fn keep_replaced_key(key_path: &Path, new_id: &str, new: &[u8]) -> Result<Option<PathBuf>> {
+    let bytes = match std::fs::read(key_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(key_path, e)),
+    };
+    if bytes == new {
+        return Ok(None);
+    }
+    let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("study_id")?.as_str().map(str::to_string))
+        // Only file-name-safe ids name a file; anything else is kept under a fixed name.
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .unwrap_or_else(|| "replaced".to_string());
+    // The same id made again (the same --seed) over other renders: still another study.
+    let id = if id == new_id {
+        format!("{id}-replaced")
+    } else {
+        id
+    };
+    let name = key_path.file_name().unwrap_or_default().to_string_lossy();
+    let stem = name.strip_suffix(".key.json").unwrap_or(&name);
+    let kept = key_path.with_file_name(format!("{stem}.key.{id}.json"));
+    fsutil::write_bytes(&kept, &bytes)?;
+    Ok(Some(kept))
 }
 
 /// Move the finished folder into place, replacing an old one.
