@@ -362,6 +362,21 @@ pub fn render(
         for (pi, p) in prompt_entries.iter().enumerate() {
             for &seed in &plan.seeds {
                 let file = format!("images/{}_s{seed}_{}.png", p.id, column.name);
+                // The manifest's entry of this picture, rendered now or kept from before.
+                let entry = |file: String, noise: &Tensor, key: String| -> Result<ImageEntry> {
+                    Ok(ImageEntry {
+                        file,
+                        prompt_id: p.id.clone(),
+                        prompt: p.text.clone(),
+                        seed,
+                        adapter: column.name.clone(),
+                        noise_sha256: tensor_sha256(noise)?,
+                        width: settings.width,
+                        height: settings.height,
+                        key,
+                        scores: None,
+                    })
+                };
                 let key = sha256_hex(
                     serde_json::json!({
                         "prompt": p.text, "seed": seed, "settings": settings, "adapter": adapter_sha,
@@ -377,18 +392,7 @@ pub fn render(
                     // Left by an interrupted render of the same inputs: the noise is cheap
                     // to draw again for the manifest, the picture is not.
                     let noise = den.initial_noise(seed, settings.width, settings.height)?;
-                    images.push(ImageEntry {
-                        file,
-                        prompt_id: p.id.clone(),
-                        prompt: p.text.clone(),
-                        seed,
-                        adapter: column.name.clone(),
-                        noise_sha256: tensor_sha256(&noise)?,
-                        width: settings.width,
-                        height: settings.height,
-                        key,
-                        scores: None,
-                    });
+                    images.push(entry(file, &noise, key)?);
                     progress.image(done, &column.label, true);
                     continue;
                 }
@@ -434,18 +438,7 @@ pub fn render(
                     (KEY_CHUNK, key.clone()),
                 ];
                 write_png(&out.join(&file), &img, &meta)?;
-                images.push(ImageEntry {
-                    file,
-                    prompt_id: p.id.clone(),
-                    prompt: p.text.clone(),
-                    seed,
-                    adapter: column.name.clone(),
-                    noise_sha256: tensor_sha256(&noise)?,
-                    width: settings.width,
-                    height: settings.height,
-                    key,
-                    scores: None,
-                });
+                images.push(entry(file, &noise, key)?);
                 progress.image(done, &column.label, false);
             }
         }

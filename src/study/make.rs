@@ -572,9 +572,7 @@ fn keep_replaced_key(key_path: &Path, new_id: &str, new: &[u8]) -> Result<Option
     } else {
         id
     };
-    let name = key_path.file_name().unwrap_or_default().to_string_lossy();
-    let stem = name.strip_suffix(".key.json").unwrap_or(&name);
-    let kept = key_path.with_file_name(format!("{stem}.key.{id}.json"));
+    let kept = super::beside_key(key_path, &format!(".key.{id}.json"));
     fsutil::write_bytes(&kept, &bytes)?;
     Ok(Some(kept))
 }

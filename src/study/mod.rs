@@ -196,6 +196,12 @@ pub fn key_path_for(study: &Path) -> Result<PathBuf> {
 
 /// Where the tally of a key goes by default: `STUDY.key.json` -> `STUDY.tally` beside it.
 pub fn tally_dir_for(key: &Path) -> PathBuf {
+    beside_key(key, ".tally")
+}
+
+/// A file of the study whose key is `STUDY.key.json` (or `NAME.json`): `STUDY` + `suffix`,
+/// beside the key.
+pub fn beside_key(key: &Path, suffix: &str) -> PathBuf {
     let name = key
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -204,7 +210,7 @@ pub fn tally_dir_for(key: &Path) -> PathBuf {
         .strip_suffix(".key.json")
         .or_else(|| name.strip_suffix(".json"))
         .unwrap_or(&name);
-    key.with_file_name(format!("{stem}.tally"))
+    key.with_file_name(format!("{stem}{suffix}"))
 }
 
 /// The seeded generator every random choice of a study comes from (shared with the metrics'

@@ -65,15 +65,7 @@ pub fn db_path_for(study: &Path) -> PathBuf {
 
 /// The database of the study whose key is `STUDY.key.json`: `STUDY.votes.sqlite` beside it.
 pub fn db_path_for_key(key: &Path) -> PathBuf {
-    let name = key
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = name
-        .strip_suffix(".key.json")
-        .or_else(|| name.strip_suffix(".json"))
-        .unwrap_or(&name);
-    key.with_file_name(format!("{stem}.votes.sqlite"))
+    crate::study::beside_key(key, ".votes.sqlite")
 }
 
 /// `STUDY` + suffix, beside the folder (a trailing slash or `.` in the name is resolved first).

@@ -56,15 +56,7 @@ pub const MAX_RATERS: usize = 1000;
 
 /// `STUDY.links.txt` beside the key `STUDY.key.json`.
 pub fn links_path_for_key(key: &Path) -> PathBuf {
-    let name = key
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = name
-        .strip_suffix(".key.json")
-        .or_else(|| name.strip_suffix(".json"))
-        .unwrap_or(&name);
-    key.with_file_name(format!("{stem}.links.txt"))
+    crate::study::beside_key(key, ".links.txt")
 }
 
 /// The rater names asked for, checked.
