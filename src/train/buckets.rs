@@ -14,10 +14,10 @@
 
 use std::collections::BTreeMap;
 
-use image::{imageops, RgbImage};
-use tch::{Device, Kind, Tensor};
+use image::RgbImage;
+use tch::{Device, Tensor};
 
-use super::dataset::{to_tensor, Example, Photo, Variants};
+use super::dataset::{self, Example, Photo, Variants};
 use crate::config::{Buckets, Train};
 use crate::error::{Error, Result};
 use crate::sdxl::image_processing::{pil_resize_with, Resample};
@@ -206,13 +206,7 @@ pub fn crop_offsets(
     if center {
         return vec![((h - bh) / 2, (w - bw) / 2)];
     }
-    (0..count)
-        .map(|_| {
-            let top = Tensor::randint((h - bh + 1) as i64, [1], (Kind::Int64, Device::Cpu));
-            let left = Tensor::randint((w - bw + 1) as i64, [1], (Kind::Int64, Device::Cpu));
-            (top.int64_value(&[0]) as u32, left.int64_value(&[0]) as u32)
-        })
-        .collect()
+    dataset::random_offsets((h, w), (bh, bw), count)
 }
 
 /// A photo resized for `placement` (PIL's Lanczos).
@@ -233,30 +227,10 @@ pub fn crops(
     flip: bool,
     count: usize,
 ) -> Vec<(Tensor, [f32; 6])> {
-    let (oh, ow) = photo.original_size();
-    let flipped;
-    let img = if flip {
-        flipped = imageops::flip_horizontal(resized);
-        &flipped
-    } else {
-        resized
-    };
     let (bw, bh) = (bucket.width, bucket.height);
-    crop_offsets((img.height(), img.width()), (bh, bw), center, count)
-        .into_iter()
-        .map(|(top, left)| {
-            let crop = imageops::crop_imm(img, left, top, bw, bh).to_image();
-            let ids = [
-                oh as f32,
-                ow as f32,
-                top as f32,
-                left as f32,
-                bh as f32,
-                bw as f32,
-            ];
-            (to_tensor(&crop), ids)
-        })
-        .collect()
+    dataset::crops_at(photo, resized, (bh, bw), flip, |img| {
+        crop_offsets((img.height(), img.width()), (bh, bw), center, count)
+    })
 }
 
 /// The smallest side of any bucket: a photo whose short side is below it cannot fill even the

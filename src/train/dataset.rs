@@ -139,10 +139,16 @@ pub fn crop_offsets(h: u32, w: u32, size: u32, center: bool, count: usize) -> Ve
         let left = ((w - size) as f64 / 2.0).round_ties_even() as u32;
         return vec![(top, left)];
     }
+    random_offsets((h, w), (size, size), count)
+}
+
+/// `count` random (top, left) offsets of a (ch, cw) crop in an (h, w) picture, drawn from
+/// libtorch's global generator as torchvision's `RandomCrop` draws them (top, then left).
+pub fn random_offsets((h, w): (u32, u32), (ch, cw): (u32, u32), count: usize) -> Vec<(u32, u32)> {
     (0..count)
         .map(|_| {
-            let top = Tensor::randint((h - size + 1) as i64, [1], (Kind::Int64, Device::Cpu));
-            let left = Tensor::randint((w - size + 1) as i64, [1], (Kind::Int64, Device::Cpu));
+            let top = Tensor::randint((h - ch + 1) as i64, [1], (Kind::Int64, Device::Cpu));
+            let left = Tensor::randint((w - cw + 1) as i64, [1], (Kind::Int64, Device::Cpu));
             (top.int64_value(&[0]) as u32, left.int64_value(&[0]) as u32)
         })
         .collect()
@@ -182,6 +188,22 @@ fn crops_of_resized(
     count: usize,
 ) -> Vec<(Tensor, [f32; 6])> {
     let size = resolution as u32;
+    crops_at(photo, resized, (size, size), flip, |img| {
+        crop_offsets(img.height(), img.width(), size, center_crop, count)
+    })
+}
+
+/// The (ch, cw) crops of a resized photo at the offsets `offsets` picks on it, flipped first
+/// when `flip` (so the offsets are measured on the flipped picture). Each comes as (pixels
+/// (1, 3, ch, cw) in [-1, 1], `[original_h, original_w, crop_top, crop_left, ch, cw]`): the
+/// crop's SDXL `time_ids`.
+pub fn crops_at(
+    photo: &Photo,
+    resized: &RgbImage,
+    (ch, cw): (u32, u32),
+    flip: bool,
+    offsets: impl FnOnce(&RgbImage) -> Vec<(u32, u32)>,
+) -> Vec<(Tensor, [f32; 6])> {
     let (oh, ow) = photo.original_size();
     let flipped;
     let img = if flip {
@@ -190,17 +212,17 @@ fn crops_of_resized(
     } else {
         resized
     };
-    crop_offsets(img.height(), img.width(), size, center_crop, count)
+    offsets(img)
         .into_iter()
         .map(|(top, left)| {
-            let crop = imageops::crop_imm(img, left, top, size, size).to_image();
+            let crop = imageops::crop_imm(img, left, top, cw, ch).to_image();
             let ids = [
                 oh as f32,
                 ow as f32,
                 top as f32,
                 left as f32,
-                resolution as f32,
-                resolution as f32,
+                ch as f32,
+                cw as f32,
             ];
             (to_tensor(&crop), ids)
         })
