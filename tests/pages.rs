@@ -32,12 +32,7 @@ fn hostile_render(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn hostile_text_shows_as_text_in_chromium() {
-    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(
-            Path::new(tool).exists() || std::env::var_os("CHROMIUM").is_some(),
-            "{tool} is missing: run `make browser`"
-        );
-    }
+    require_browser();
     let root = scratch("browser");
     let render = hostile_render(&root.join("render"));
     let m = Manifest::read(&render).unwrap();

@@ -7,34 +7,12 @@ mod common;
 mod study_support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{python, repo};
-use moslora::study::{Choice, Key, Which};
+use moslora::study::{Key, Which};
 use serde_json::Value;
 use study_support::*;
-
-fn require_browser() {
-    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        let overridden = match tool {
-            "/usr/bin/chromium" => std::env::var_os("CHROMIUM"),
-            _ => std::env::var_os("CHROMEDRIVER"),
-        };
-        assert!(
-            overridden.is_some() || Path::new(tool).exists(),
-            "{tool} is missing: run `make browser` (installs Debian's chromium and chromium-driver, and selenium)"
-        );
-    }
-}
-
-fn choice(s: &str) -> Choice {
-    match s {
-        "left" => Choice::Left,
-        "tie" => Choice::Tie,
-        "right" => Choice::Right,
-        other => panic!("answer {other:?}"),
-    }
-}
 
 #[test]
 fn scripted_rater_in_chromium_is_tallied_exactly() {
@@ -72,20 +50,7 @@ fn scripted_rater_in_chromium_is_tallied_exactly() {
     );
 
     let script: Value = serde_json::from_slice(&std::fs::read(&answers_path).unwrap()).unwrap();
-    let given: HashMap<String, (Choice, Choice)> = script["answers"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(id, a)| {
-            (
-                id.clone(),
-                (
-                    choice(a["similarity"].as_str().unwrap()),
-                    choice(a["prompt"].as_str().unwrap()),
-                ),
-            )
-        })
-        .collect();
+    let given = scripted_answers(&script["answers"]);
     assert_eq!(given.len(), key.trials.len(), "every trial answered");
 
     // The downloaded votes say exactly what the script answered.

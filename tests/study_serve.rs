@@ -10,7 +10,6 @@ mod serve_support;
 mod study_support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use moslora::study::{Choice, Key, Which};
@@ -23,15 +22,6 @@ fn choice_name(c: Choice) -> &'static str {
         Choice::Left => "left",
         Choice::Tie => "tie",
         Choice::Right => "right",
-    }
-}
-
-fn choice(s: &str) -> Choice {
-    match s {
-        "left" => Choice::Left,
-        "tie" => Choice::Tie,
-        "right" => Choice::Right,
-        other => panic!("answer {other:?}"),
     }
 }
 
@@ -710,18 +700,6 @@ fn tally_from_the_database_equals_tally_from_votes_files() {
     );
 }
 
-fn require_browser() {
-    for (tool, var) in [
-        ("/usr/bin/chromium", "CHROMIUM"),
-        ("/usr/bin/chromedriver", "CHROMEDRIVER"),
-    ] {
-        assert!(
-            std::env::var_os(var).is_some() || Path::new(tool).exists(),
-            "{tool} is missing: run `make browser` (installs Debian's chromium and chromium-driver, and selenium)"
-        );
-    }
-}
-
 #[test]
 fn two_raters_in_chromium_and_the_organiser_page() {
     require_browser();
@@ -759,22 +737,7 @@ fn two_raters_in_chromium_and_the_organiser_page() {
 
     let script: Value = serde_json::from_slice(&std::fs::read(&answers_path).unwrap()).unwrap();
     let n = key.trials.len();
-    let given = |rater: &str| -> HashMap<String, (Choice, Choice)> {
-        script["raters"][rater]["answers"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(id, a)| {
-                (
-                    id.clone(),
-                    (
-                        choice(a["similarity"].as_str().unwrap()),
-                        choice(a["prompt"].as_str().unwrap()),
-                    ),
-                )
-            })
-            .collect()
-    };
+    let given = |rater: &str| scripted_answers(&script["raters"][rater]["answers"]);
     let (ann, bo) = (given("ann"), given("bo"));
     assert_eq!(ann.len(), n);
     assert_eq!(bo.len(), n);

@@ -323,3 +323,48 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The headless browser the page tests drive: Debian's chromium and chromedriver (or the
+/// ones CHROMIUM and CHROMEDRIVER name).
+pub fn require_browser() {
+    for (tool, var) in [
+        ("/usr/bin/chromium", "CHROMIUM"),
+        ("/usr/bin/chromedriver", "CHROMEDRIVER"),
+    ] {
+        assert!(
+            std::env::var_os(var).is_some() || Path::new(tool).exists(),
+            "{tool} is missing: run `make browser` (installs Debian's chromium and chromium-driver, and selenium)"
+        );
+    }
+}
+
+/// An answer as the page and the votes files spell it.
+pub fn choice(s: &str) -> moslora::study::Choice {
+    use moslora::study::Choice;
+    match s {
+        "left" => Choice::Left,
+        "tie" => Choice::Tie,
+        "right" => Choice::Right,
+        other => panic!("answer {other:?}"),
+    }
+}
+
+/// A browser script's answers (`{trial: {similarity, prompt}}`): trial -> (similarity, prompt).
+pub fn scripted_answers(
+    answers: &serde_json::Value,
+) -> std::collections::HashMap<String, (moslora::study::Choice, moslora::study::Choice)> {
+    answers
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, a)| {
+            (
+                id.clone(),
+                (
+                    choice(a["similarity"].as_str().unwrap()),
+                    choice(a["prompt"].as_str().unwrap()),
+                ),
+            )
+        })
+        .collect()
+}
