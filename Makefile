@@ -31,7 +31,7 @@ TORCHVISION := torchvision==0.26.0
 
 BIN := target/release/moslora
 
-.PHONY: all build test demo bench fixtures venv clean fmt clippy lint browser toy-model toy-bench
+.PHONY: all build install test demo bench fixtures venv clean fmt clippy lint browser toy-model toy-bench
 
 all: build
 
@@ -54,6 +54,13 @@ venv: $(VENV)/.reference $(VENV)/.torchvision
 
 build: $(VENV)/.torch
 	cargo build --release
+
+# `moslora` on the PATH, running from any folder without this clone: the binary in
+# $(PREFIX)/bin, libtorch and the CUDA libraries it loads in $(PREFIX)/lib/moslora (about 3.6 GB,
+# copied from the torch wheel), the toy model, judge and templates in $(PREFIX)/share/moslora.
+PREFIX ?= $(HOME)/.local
+install: build
+	tools/install.sh $(BIN) $(PREFIX)
 
 # Fixtures: a tiny random SDXL pipeline saved by diffusers, the real CLIP vocabulary, and
 # reference outputs, all cached under target/ and remade when a script changes.

@@ -13,6 +13,7 @@ pub mod run_lock;
 pub mod runtime;
 pub mod schedule;
 pub mod sdxl;
+pub mod shipped;
 pub mod study;
 pub mod sweep;
 pub mod toyworld;

@@ -14,12 +14,13 @@ pub struct DemoArgs {
     /// Folder for everything the demo makes
     #[arg(long, default_value = "moslora-demo")]
     out: PathBuf,
-    /// The pretrained toy-world model
-    #[arg(long, default_value = "assets/toy-model")]
-    model: PathBuf,
-    /// The toy world's judge (a CLIP folder) that scores the renders
-    #[arg(long, default_value = "assets/toy-judge")]
-    judge: PathBuf,
+    /// The pretrained toy-world model [default: the shipped one, `assets/toy-model`]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The toy world's judge (a CLIP folder) that scores the renders [default: the shipped
+    /// one, `assets/toy-judge`]
+    #[arg(long)]
+    judge: Option<PathBuf>,
     /// Skip the scores
     #[arg(long)]
     no_judge: bool,
@@ -34,8 +35,8 @@ pub struct DemoArgs {
 pub fn run(a: DemoArgs) -> Result<()> {
     let o = DemoOptions {
         dir: a.out,
-        model: a.model,
-        judge: (!a.no_judge).then_some(a.judge),
+        model: a.model.unwrap_or_else(moslora::shipped::toy_model),
+        judge: (!a.no_judge).then(|| a.judge.unwrap_or_else(moslora::shipped::toy_judge)),
         train_steps: a.train_steps,
         render_steps: a.render_steps,
     };
@@ -60,7 +61,7 @@ fn print_demo(r: &DemoReport) {
         r.config.adapter.rank,
         r.config.train.learning_rate
     );
-    println!("rate than SDXL's 1e-4 to learn in 500 steps; see README). For real pictures train on SDXL.");
+    println!("rate than SDXL's 1e-4 to learn in 500 steps; see docs/toy-world.md). For real pictures train on SDXL.");
     println!();
     let table = moslora::metrics::report::text(&r.manifest);
     if !table.is_empty() {
