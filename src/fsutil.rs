@@ -179,6 +179,27 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Write bytes atomically into an owner-only file (mode 0600, whatever the umask): a study's
+/// key and links. The temporary is private from the moment it exists, so the secret is never
+/// readable by others, not even between its creation and the rename.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_sized(path, Some(bytes.len() as u64), |tmp| {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(tmp)
+            .map_err(|e| Error::io(tmp, e))?;
+        // A leftover temporary of the same name keeps its mode on opening: set it anyway.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| f.write_all(bytes))
+            .map_err(|e| Error::io(tmp, e))
+    })
+}
+
 pub fn read_to_string(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     String::from_utf8(bytes).map_err(|e| {
@@ -315,6 +336,31 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(mode, 0o666 & !mask, "mode {mode:o} with umask {mask:o}");
+    }
+
+    #[test]
+    fn private_files_are_owner_only_even_over_readable_ones() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("fsutil-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("S.key.json");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // A readable file there already, and a readable leftover temporary of this process.
+        for p in [path.clone(), temp_path(&path)] {
+            std::fs::write(&p, b"old").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        write_private(&path, b"secret").unwrap();
+        let (got, bytes) = (mode(&path), std::fs::read(&path).unwrap());
+        let left = temp_path(&path).exists();
+        let fresh = dir.join("fresh.txt");
+        write_private(&fresh, b"x").unwrap();
+        let got_fresh = mode(&fresh);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(got, 0o600, "replaced file: mode {got:o}");
+        assert_eq!(got_fresh, 0o600, "new file: mode {got_fresh:o}");
+        assert_eq!(bytes, b"secret");
+        assert!(!left, "the temporary was left behind");
     }
 
     #[test]

@@ -363,7 +363,7 @@ fn make_refuses_bad_input_with_one_clear_line() {
     let r = write_render(&root.join("r"), &RenderSpec::new("robot", "toy", 2, 1, 8));
     let rs = r.display().to_string();
     let out = root.join("S").display().to_string();
-    // Names and labels in any case.
+    // Names and labels in any case. The key is owner-only (it tells the sides apart).
     moslora_ok(&[
         "study",
         "make",
@@ -376,15 +376,34 @@ fn make_refuses_bad_input_with_one_clear_line() {
         "--out",
         &out,
     ]);
+    let key_path = root.join("S.key.json");
+    assert_eq!(file_mode(&key_path), 0o600, "the key's mode");
     // In order, each seeing the folders as the ones before left them: what is wrong, whether
     // to remove the study (not its key) first, the arguments after `study make --renders`
     // (`{r}` the render folder, `{root}` the scratch folder, `{S}` the study), what to say.
-    let cases: [(&str, bool, &str, &[&str]); 6] = [
+    // Each is an invocation to change: exit code 2, as the README promises.
+    let cases: [(&str, bool, &str, &[&str]); 8] = [
         (
             "an unknown --b",
             false,
             "{r} --a LoRA --b dora --out /tmp/x-none",
-            &["--b dora", "moslora (MoSLoRA)"],
+            &[
+                "--b dora",
+                &rs,
+                "base (Base), lora (LoRA), moslora (MoSLoRA)",
+            ],
+        ),
+        (
+            "a misspelt --b",
+            false,
+            "{r} --a LoRA --b MoSLoRa2 --out /tmp/x-none",
+            &["--b MoSLoRa2", "no such adapter", "did you mean `MoSLoRA`?"],
+        ),
+        (
+            "a misspelt --a",
+            false,
+            "{r} --a bsae --b MoSLoRA --out /tmp/x-none",
+            &["--a bsae", "did you mean `Base`?"],
         ),
         (
             "the same adapter twice",
@@ -396,13 +415,22 @@ fn make_refuses_bad_input_with_one_clear_line() {
             "a study that is there",
             false,
             "{r} --a LoRA --b MoSLoRA --out {S}",
-            &["not empty", "--force"],
+            &[
+                &format!("{out} already exists"),
+                "not empty",
+                "--force",
+                "another --out",
+            ],
         ),
         (
             "a key that is there",
             true,
             "{r} --a LoRA --b MoSLoRA --out {S}",
-            &["key is already there"],
+            &[
+                &format!("{} already exists", key_path.display()),
+                "study key",
+                "--force",
+            ],
         ),
         (
             "a folder without a manifest",
@@ -431,16 +459,15 @@ fn make_refuses_bad_input_with_one_clear_line() {
         }));
         let o = moslora(&args);
         let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
-        failures.check(case, !o.status.success(), || {
-            format!("{args:?} should fail")
+        failures.check(case, o.status.code() == Some(2), || {
+            format!("{args:?} should exit 2, exited {:?}: {e}", o.status.code())
         });
         failures.check(case, e.lines().count() == 1, || format!("one line: {e}"));
         failures.contains_all(case, &e, says);
     }
     failures.assert_none();
     // With --force the study is made again over the one there, and the replaced key, the
-    // only record of which side was which, is kept under its study id.
-    let key_path = root.join("S.key.json");
+    // only record of which side was which, is kept under its study id; both owner-only.
     let old_key = std::fs::read(&key_path).unwrap();
     let old_id = serde_json::from_slice::<serde_json::Value>(&old_key).unwrap()["study_id"]
         .as_str()
@@ -469,9 +496,21 @@ fn make_refuses_bad_input_with_one_clear_line() {
         old_key,
         "the kept key is the old one"
     );
+    assert_eq!(file_mode(&kept), 0o600, "the kept key's mode");
+    assert_eq!(file_mode(&key_path), 0o600, "the new key's mode");
     let new_key: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&key_path).unwrap()).unwrap();
     assert_ne!(new_key["study_id"].as_str().unwrap(), old_id);
+}
+
+/// A file's permission bits.
+fn file_mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 // ---------------------------------------------------------------- statistics

@@ -169,7 +169,7 @@ fn votes_need_a_valid_token_and_are_validated() {
             .unwrap()
             .permissions(),
     );
-    assert_eq!(mode & 0o077, 0, "links file readable by others: {mode:o}");
+    assert_eq!(mode & 0o777, 0o600, "links file not owner-only: {mode:o}");
     let mut http = server.client();
     let t0 = &key.trials[0].id;
     let vote = json!({"trial": t0, "similarity": "left", "prompt": "tie", "ms": 1234});
@@ -416,6 +416,207 @@ fn votes_need_a_valid_token_and_are_validated() {
         );
     }
     assert!(out.contains("links in"), "{out}");
+}
+
+/// Whatever the body, the query or the headers say, an answer or a session is stored under the
+/// rater whose token sent it, and only there.
+#[test]
+fn a_token_writes_only_under_its_own_rater() {
+    let root = scratch("own-rater");
+    let (study, key, key_path) = small_study(&root);
+    let server = Server::start(&study, &key_path, &["--raters", "3"]);
+    let tok = tokens(&key_path);
+    let (t2, t3, org) = (&tok["rater-02"], &tok["rater-03"], &tok["organiser"]);
+    let mut http = server.client();
+    let (a, b, c) = (&key.trials[0].id, &key.trials[1].id, &key.trials[2].id);
+    let state = |http: &mut Http, t: &str| http.get("/api/rater", Some(t)).json()["state"].clone();
+
+    // Rater two's own answer, and a display name.
+    let mine = json!({"trial": a, "similarity": "left", "prompt": "tie", "ms": 500});
+    assert_eq!(http.post("/api/rater/answer", Some(t2), &mine).status, 200);
+    let r = http.post("/api/rater/session", Some(t2), &json!({"name": "Two"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"ok": true}));
+
+    // A body naming another rater (by name, id or token) is refused whole.
+    for (what, body) in [
+        (
+            "answer",
+            json!({"trial": b, "similarity": "right", "rater": "rater-03"}),
+        ),
+        (
+            "answer",
+            json!({"trial": b, "similarity": "right", "rater_id": 3}),
+        ),
+        (
+            "answer",
+            json!({"trial": b, "similarity": "right", "token": t3}),
+        ),
+        ("session", json!({"pos": 1, "rater": "rater-03"})),
+    ] {
+        let r = http.post(&format!("/api/rater/{what}"), Some(t2), &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        let e = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            e.contains("unknown field") && e.contains("cannot name"),
+            "{body}: {e}"
+        );
+    }
+    // A query naming another rater changes nothing: the token decides.
+    let r = http.post(
+        "/api/rater/answer?rater=rater-03",
+        Some(t2),
+        &json!({"trial": b, "similarity": "tie", "prompt": "right", "ms": 700}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Two Authorization headers (two raters' tokens) are refused, in either order.
+    for (first, second) in [(t2, t3), (t3, t2)] {
+        let body = json!({"trial": c, "similarity": "left"}).to_string();
+        let r = http
+            .raw(
+                format!(
+                    "POST /api/rater/answer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {first}\r\n\
+                     Authorization: Bearer {second}\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert!(
+            r.text().contains("one Authorization header"),
+            "{}",
+            r.text()
+        );
+    }
+    // A display name that is another rater's is not kept (the rest of the session is), and
+    // the reply says so; rater three is untouched.
+    for name in ["rater-03", " RATER-03 "] {
+        let r = http.post(
+            "/api/rater/session",
+            Some(t2),
+            &json!({"name": name, "pos": 2}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let note = r.json()["note"].as_str().unwrap_or_default().to_string();
+        assert!(
+            note.contains("\"rater-03\" is another rater's") && note.contains("rater-02's"),
+            "{note}"
+        );
+    }
+
+    let two = state(&mut http, t2);
+    assert_eq!(two["rater"], "rater-02");
+    assert_eq!(two["name"], "Two", "rater two's name was replaced");
+    assert_eq!(two["pos"], 2, "the rest of the session is kept");
+    assert_eq!(
+        two["answers"],
+        json!({
+            a.as_str(): {"similarity": "left", "prompt": "tie", "ms": 500},
+            b.as_str(): {"similarity": "tie", "prompt": "right", "ms": 700},
+        })
+    );
+    let three = state(&mut http, t3);
+    assert_eq!(three["rater"], "rater-03");
+    assert_eq!(three["answers"], json!({}), "rater three got answers");
+    assert_eq!(three["name"], Value::Null);
+    assert_eq!(three["pos"], 0);
+    let progress = http.get("/api/organiser", Some(org)).json()["raters"].clone();
+    let answered: Vec<(String, u64)> = progress
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["rater"].as_str().unwrap().into(),
+                r["answered"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        [
+            ("rater-01".into(), 0),
+            ("rater-02".into(), 2),
+            ("rater-03".into(), 0)
+        ]
+    );
+}
+
+/// Friends sharing one laptop: two raters' links in one tab (`tests/browser/study_switch.py`).
+/// The page follows the link in the address bar, and the server holds each rater's answers
+/// under that rater exactly.
+#[test]
+fn two_links_in_one_tab_switch_the_rater_in_chromium() {
+    require_browser();
+    let root = scratch("switch");
+    let (study, key, key_path) = small_study(&root);
+    let server = Server::start(&study, &key_path, &["--raters", "3"]);
+    let tok = tokens(&key_path);
+    let answers_path = root.join("answers.json");
+    let t0 = Instant::now();
+    let out = std::process::Command::new(common::python())
+        .arg(common::repo().join("tests/browser/study_switch.py"))
+        .args(["--base", &format!("http://{}", server.addr)])
+        .args(["--rater", &format!("rater-02={}", tok["rater-02"])])
+        .args(["--rater", &format!("rater-03={}", tok["rater-03"])])
+        .args(["--answers", answers_path.to_str().unwrap()])
+        .args(["--seed", "3"])
+        .args(["--screenshot", root.join("switch.png").to_str().unwrap()])
+        .output()
+        .expect("running python");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    println!("{so}\nbrowser script: {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(
+        out.status.success(),
+        "the scripted raters failed:\n{so}\n{se}\nserver:\n{}",
+        server.output()
+    );
+    let script: Value = serde_json::from_slice(&std::fs::read(&answers_path).unwrap()).unwrap();
+    assert_eq!(script["browser_storage_items"], json!([0, 0]));
+
+    // The server holds exactly what each rater gave, under that rater (the time on a pair
+    // left unanswered is kept too, as time only).
+    let mut http = server.client();
+    for (rater, pairs) in [("rater-02", 3), ("rater-03", 2)] {
+        let given = script["raters"][rater]["answers"].as_object().unwrap();
+        assert_eq!(given.len(), pairs);
+        let s = http.get("/api/rater", Some(&tok[rater])).json()["state"].clone();
+        assert_eq!(s["rater"], rater);
+        let answered: BTreeMap<&String, Value> = s["answers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, a)| !a["similarity"].is_null() || !a["prompt"].is_null())
+            .map(|(t, a)| {
+                (
+                    t,
+                    json!({"similarity": a["similarity"], "prompt": a["prompt"]}),
+                )
+            })
+            .collect();
+        let given: BTreeMap<&String, Value> = given.iter().map(|(t, a)| (t, a.clone())).collect();
+        assert_eq!(answered, given, "{rater}: the server holds other answers");
+    }
+    let names: Vec<Value> = http.get("/api/organiser", Some(&tok["organiser"])).json()["raters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| json!([r["rater"], r["name"], r["answered"]]))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            json!(["rater-01", null, 0]),
+            json!(["rater-02", "rater-02", 2]),
+            json!(["rater-03", script["typed_name"], 2]),
+        ]
+    );
+    assert_eq!(key.trials.len(), 13);
 }
 
 #[test]

@@ -38,16 +38,20 @@ use crate::render::manifest::{self, AdapterEntry, ImageEntry, Manifest};
 /// A render folder's manifest, with a clear message when the folder is not one.
 fn load_manifest(dir: &Path) -> Result<Manifest> {
     if !dir.join(manifest::FILE).is_file() {
-        return Err(Error::msg(format!(
-            "--renders {}: no {} there (expected a folder written by `moslora render`)",
-            dir.display(),
-            manifest::FILE
-        )));
+        return Err(Error::setting(
+            "--renders",
+            format!(
+                "--renders {}: no {} there (expected a folder written by `moslora render`)",
+                dir.display(),
+                manifest::FILE
+            ),
+        ));
     }
     Manifest::read(dir)
 }
 
-/// The adapter named `query` by name or label, case-insensitively.
+/// The adapter named `query` by name or label, case-insensitively. An unknown one is an
+/// invocation to change: the message lists the folder's adapters and the closest one.
 pub fn find_adapter<'m>(
     m: &'m Manifest,
     query: &str,
@@ -64,11 +68,37 @@ pub fn find_adapter<'m>(
                 .iter()
                 .map(|a| format!("{} ({})", a.name, a.label))
                 .collect();
-            Error::msg(format!(
-                "{flag} {query}: no such adapter in {} (it has: {})",
-                dir.display(),
-                known.join(", ")
-            ))
+            // The closest adapter by name or label, suggested by its label (as the README
+            // spells them: `--a LoRA --b MoSLoRA`).
+            let similarity = |c: &str| {
+                strsim::normalized_damerau_levenshtein(&q.to_lowercase(), &c.to_lowercase())
+            };
+            let closest = m
+                .adapters
+                .iter()
+                .map(|a| (similarity(&a.name).max(similarity(&a.label)), a))
+                .fold(
+                    None,
+                    |best: Option<(f64, &AdapterEntry)>, (score, a)| match best {
+                        Some((b, _)) if b >= score => best,
+                        _ => Some((score, a)),
+                    },
+                )
+                .filter(|(score, _)| *score >= 0.5)
+                .map(|(_, a)| format!("; did you mean `{}`?", a.label))
+                .unwrap_or_default();
+            Error::setting(
+                flag,
+                format!(
+                    "{flag} {query}: no such adapter in {} (it has: {}){closest}",
+                    dir.display(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
         })
 }
 
@@ -139,7 +169,10 @@ fn collect(
     notes: &mut Vec<String>,
 ) -> Result<(KeyAdapters, Vec<Subject>, Vec<Pair>)> {
     if opts.renders.is_empty() {
-        return Err(Error::msg("study make: give at least one --renders folder"));
+        return Err(Error::setting(
+            "--renders",
+            "study make: give at least one --renders folder",
+        ));
     }
     let mut adapters: Option<KeyAdapters> = None;
     let mut subjects: Vec<Subject> = Vec::new();
@@ -151,10 +184,13 @@ fn collect(
         let a = find_adapter(&m, &opts.a, dir, "--a")?;
         let b = find_adapter(&m, &opts.b, dir, "--b")?;
         if a.name == b.name {
-            return Err(Error::msg(format!(
-                "--a {} and --b {} name the same adapter `{}`: compare two different ones",
-                opts.a, opts.b, a.name
-            )));
+            return Err(Error::setting(
+                "--b",
+                format!(
+                    "--a {} and --b {} name the same adapter `{}`: compare two different ones",
+                    opts.a, opts.b, a.name
+                ),
+            ));
         }
         let ka = KeyAdapter {
             name: a.name.clone(),
@@ -348,10 +384,13 @@ pub fn make(opts: &MakeOptions) -> Result<MadeStudy> {
     let study_id = hex(&mut rng, 16);
     let repeats = opts.repeats.unwrap_or(pairs.len().div_ceil(10));
     if repeats > pairs.len() {
-        return Err(Error::msg(format!(
-            "--repeats {repeats}: there are only {} pairs to repeat",
-            pairs.len()
-        )));
+        return Err(Error::setting(
+            "--repeats",
+            format!(
+                "--repeats {repeats}: there are only {} pairs to repeat",
+                pairs.len()
+            ),
+        ));
     }
 
     let mut names = Names {
@@ -484,7 +523,7 @@ pub fn make(opts: &MakeOptions) -> Result<MadeStudy> {
         write_photos(&tmp, &photo_jobs)?;
         fsutil::write_bytes(&tmp.join("index.html"), page::render(&page)?.as_bytes())?;
         same_mtime(&tmp)?;
-        fsutil::write_bytes(&key_path, &json)?;
+        fsutil::write_private(&key_path, &json)?;
         replace_dir(&tmp, &out)
     })();
     if result.is_err() {
@@ -522,22 +561,27 @@ fn check_free(out: &Path, key: &Path, force: bool) -> Result<()> {
     if out.is_dir() {
         let mut entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
         if entries.next().is_some() {
-            return Err(Error::msg(format!(
-                "--out {}: the folder exists and is not empty (pass --force to replace the study there)",
-                out.display()
-            )));
+            return Err(Error::OutputExists {
+                path: out.to_path_buf(),
+                hint: "--out names a folder that is not empty; pass --force to replace the \
+                       study there (its key is kept), or choose another --out"
+                    .into(),
+            });
         }
     } else if out.exists() {
-        return Err(Error::msg(format!(
-            "--out {}: exists and is not a folder",
-            out.display()
-        )));
+        return Err(Error::OutputExists {
+            path: out.to_path_buf(),
+            hint: "--out names a file, not a folder; choose another --out".into(),
+        });
     }
     if key.exists() {
-        return Err(Error::msg(format!(
-            "{}: a study key is already there; replacing it would lose which side was which (pass --force to replace it)",
-            key.display()
-        )));
+        return Err(Error::OutputExists {
+            path: key.to_path_buf(),
+            hint: "it is a study key, the only record of which side was which; pass \
+                   --force to replace it (it is then kept beside the new one), or choose \
+                   another --out"
+                .into(),
+        });
     }
     Ok(())
 }
@@ -573,7 +617,7 @@ fn keep_replaced_key(key_path: &Path, new_id: &str, new: &[u8]) -> Result<Option
         id
     };
     let kept = super::beside_key(key_path, &format!(".key.{id}.json"));
-    fsutil::write_bytes(&kept, &bytes)?;
+    fsutil::write_private(&kept, &bytes)?;
     Ok(Some(kept))
 }
 

@@ -387,8 +387,10 @@ function download() {
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
 
+// The typed name; served, the rater's own name when none is typed.
+function chosenName() { return $("name").value.trim() || (SERVER ? SERVER.defaultName() : ""); }
 function begin() {
-  const name = $("name").value.trim();
+  const name = chosenName();
   if (!name) return;
   state = { rater: name, order: shuffledOrder(), pos: 0, answers: {}, started: new Date().toISOString() };
   save();
@@ -438,7 +440,7 @@ document.addEventListener("visibilitychange", () => {
 });
 window.addEventListener("pagehide", () => { stopClock(); save(); });
 
-$("name").addEventListener("input", () => { $("begin").disabled = !$("name").value.trim(); });
+$("name").addEventListener("input", () => { $("begin").disabled = !chosenName(); });
 $("begin").addEventListener("click", begin);
 $("next").addEventListener("click", next);
 $("back").addEventListener("click", back);
@@ -454,7 +456,10 @@ buildQuestions();
 const minutes = Math.max(1, Math.round(N * 12 / 60));  // about 12 s a pair
 $("count").textContent = N + " pairs, about " + minutes + (minutes === 1 ? " minute" : " minutes");
 function opening() { if (state) resume(); else { show("start"); updateProgress(); $("name").focus(); } }
-if (SERVER) SERVER.start(saved => { state = saved; opening(); });
+// Served, the page answers for its link's rater only: when another link is opened in this tab,
+// the server script takes the page's last state and the page lets go of it.
+if (SERVER) SERVER.start(saved => { state = saved; opening(); },
+  () => { stopClock(); save(); state = null; shownAt = null; });
 else {
   try { localStorage.getItem(STORE); } catch (e) { warn("Your browser does not let this page save answers: keep this tab open and download your votes at the end."); }
   state = load();

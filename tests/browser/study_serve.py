@@ -128,7 +128,9 @@ def main():
     try:
         r.open()
         assert r.visible("start"), "a new rater starts at the start page"
-        assert r.el("name").get_attribute("value") == one, "the name field offers the rater's name"
+        assert r.el("name").get_attribute("value") == "", "the name box holds text"
+        assert r.el("name").get_attribute("placeholder") == one, "the name box offers the rater's name"
+        assert r.el("served-as").text.startswith(f"You are rating as {one}"), r.el("served-as").text
         assert "hidden" in r.el("switch").get_attribute("class"), "one link, one rater: no switching"
         r.el("name").clear()
         r.el("name").send_keys(HTML_NAME)

@@ -70,16 +70,6 @@ pub fn write(path: &Path, study_id: &str, base: &str, links: &[Link]) -> Result<
     for l in links {
         text.push_str(&format!("{}\t{}\n", l.name, url(base, l)));
     }
-    fsutil::write_atomic(path, |tmp| {
-        use std::io::Write;
-        let mut open = std::fs::OpenOptions::new();
-        open.write(true).create(true).truncate(true);
-        // Owner-only from the moment it exists, not after.
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-        let mut f = open.open(tmp).map_err(|e| Error::io(tmp, e))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io(tmp, e))
-    })
+    // Owner-only from the moment it exists, not after.
+    fsutil::write_private(path, text.as_bytes())
 }

@@ -235,6 +235,7 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
                 .map_err(|e| Error::msg(format!("starting the votes writer: {e}")))?,
             reader: Mutex::new(reader),
             raters: rater_table,
+            rater_names: raters.iter().map(|r| (r.id, r.name.clone())).collect(),
             organiser,
             files,
             page,

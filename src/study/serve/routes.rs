@@ -15,7 +15,7 @@
 //! and no CORS header is ever sent, so other sites' scripts cannot read answers. Nothing here
 //! logs a request.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -52,6 +52,8 @@ pub struct App {
     pub writer: Writer,
     pub reader: Mutex<VoteDb>,
     pub raters: TokenTable,
+    /// Each rater's name (as the organiser gave it), by database id.
+    pub rater_names: HashMap<i64, String>,
     pub organiser: TokenTable,
     pub files: StudyFiles,
     /// The rater page with `serve.js` added.
@@ -139,8 +141,15 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-/// The rater (database id) the request's token admits.
+/// The rater (database id) the request's token admits. A request is one rater's: one with
+/// several Authorization headers (two raters' tokens, say) is refused, whichever comes first.
 fn rater_of(app: &App, headers: &HeaderMap) -> Result<i64, ApiError> {
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "a request carries one Authorization header, with one rater's token".into(),
+        ));
+    }
     let presented = bearer(
         headers
             .get(header::AUTHORIZATION)
@@ -260,8 +269,14 @@ fn object<'a>(
         ))
     })?;
     if let Some(k) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
+        // Who answers is the token's rater, never something the body says.
+        let why = if ["rater", "token", "rater_id"].contains(&k.as_str()) {
+            "; the rater is the one whose token sends the request, a body cannot name one"
+        } else {
+            ""
+        };
         return Err(bad(format!(
-            "{what}: unknown field {:?} (expected {})",
+            "{what}: unknown field {:?} (expected {}){why}",
             k.chars().take(40).collect::<String>(),
             fields.join(", ")
         )));
@@ -411,11 +426,33 @@ async fn put_session(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let session = match parse_session(&body).and_then(|s| check_session(&app, s)) {
+    let mut session = match parse_session(&body).and_then(|s| check_session(&app, s)) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    acknowledge(app.writer.write(Change::Session { rater, session }).await)
+    // A name that is another rater's would show this rater's answers under that name on the
+    // organiser's page: it is not kept (the rest of the session is), and the reply says so.
+    let mut note = None;
+    if let Some(name) = &session.name {
+        let other = app
+            .rater_names
+            .iter()
+            .find(|(id, n)| **id != rater && n.eq_ignore_ascii_case(name.trim()));
+        if let Some((_, other)) = other {
+            let own = app.rater_names.get(&rater).map_or("", String::as_str);
+            note = Some(format!(
+                "the name {other:?} is another rater's and was not kept: this link is {own}'s"
+            ));
+            session.name = None;
+        }
+    }
+    match app.writer.write(Change::Session { rater, session }).await {
+        Ok(()) => match note {
+            Some(note) => Json(json!({ "ok": true, "note": note })).into_response(),
+            None => Json(json!({ "ok": true })).into_response(),
+        },
+        Err(e) => internal(e).into_response(),
+    }
 }
 
 /// `{"ok": true}` once committed.

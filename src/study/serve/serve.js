@@ -4,9 +4,19 @@
 // answers then live on the server, so a reload or another device resumes where the rater was.
 // The rater's token is the link's fragment (`/#TOKEN`): browsers never send a fragment to a
 // server, so it reaches the server only in the Authorization header of these requests.
+// One page is one rater: the token is read once, and every request of the page carries it.
+// Opening another rater's link in the same tab changes only the fragment, which browsers do
+// without loading the page again; the page then lets the answers already given reach the
+// server under their own rater, and loads itself again under the new link (`switchRater`).
+// Nothing is kept in this browser's storage: what the page holds lives as long as the page.
 "use strict";
 window.studyServer = (function () {
-  const token = decodeURIComponent(location.hash.replace(/^#/, ""));
+  function tokenOf(hash) {
+    try { return decodeURIComponent(hash.replace(/^#/, "")); } catch (e) { return hash.replace(/^#/, ""); }
+  }
+  const token = tokenOf(location.hash);
+  let rater = "";            // who this link is, as the organiser named them
+  let defaultName = "";      // the name the page uses when the rater types none
   let sentAnswers = {};      // trial id -> the JSON last acknowledged (or in flight)
   let sentSession = "";
   let queue = Promise.resolve();
@@ -14,6 +24,8 @@ window.studyServer = (function () {
   let failed = false;
   let latest = null;         // the page's state at the last save, to retry from
   let retryTimer = null;
+  let release = null;        // the page's way to let go of its state (a clock, keys)
+  let closed = false;        // another link was opened in this tab: no more answers here
 
   function request(method, path, body) {
     return fetch(path, {
@@ -39,18 +51,22 @@ window.studyServer = (function () {
   // Requests go one after another, in the order the rater acted.
   function send(method, path, body, onFail) {
     pending += 1; status();
-    queue = queue.then(() => request(method, path, body)).then(() => {
+    queue = queue.then(() => request(method, path, body)).then(data => {
       pending -= 1;
       if (failed && pending === 0) { failed = false; note(""); }
+      if (data && data.note) note(data.note);
       status();
     }, e => {
       pending -= 1; failed = true; onFail();
       note("Not saved: " + e.message + ". Keep this page open; it tries again.");
       status();
-      if (!retryTimer) retryTimer = setTimeout(() => { retryTimer = null; if (latest) save(latest); }, 3000);
+      if (!retryTimer) retryTimer = setTimeout(() => { retryTimer = null; if (latest) push(latest); }, 3000);
     });
   }
   function save(state) {
+    if (!closed) push(state);
+  }
+  function push(state) {
     latest = state;
     for (const [id, a] of Object.entries(state.answers || {})) {
       const body = { trial: id, similarity: a.similarity || null, prompt: a.prompt || null,
@@ -96,7 +112,52 @@ window.studyServer = (function () {
     box.append(label, text, row);
     done.append(box);
   }
-  function start(resume) {
+  // Whom this page answers as, in words nobody can miss.
+  function showRater(s) {
+    let who = document.getElementById("served-as");
+    if (!who) {
+      who = document.createElement("div");
+      who.id = "served-as";
+      who.style.cssText = "background:var(--accent-soft);border:1px solid var(--accent);" +
+        "border-radius:8px;padding:8px 14px;margin-bottom:12px";
+      const main = document.querySelector("main");
+      if (main) main.prepend(who);
+    }
+    const line = document.createElement("b");
+    line.textContent = "You are rating as " + s.rater + (s.name && s.name !== s.rater ? " (" + s.name + ")" : "");
+    const hint = document.createElement("span");
+    hint.className = "keys";
+    hint.textContent = " \u2014 not you? Open your own link.";
+    who.replaceChildren(line, hint);
+    document.body.dataset.rater = s.rater;
+    document.title = "Image comparison study \u2014 " + s.rater;
+  }
+  // Another link in the address bar of this tab: the answers given so far belong to this
+  // page's rater and are sent with this page's token; then the page loads again, as the new
+  // link's rater. Until then it takes no answers.
+  function switchRater() {
+    if (closed || tokenOf(location.hash) === token) return;
+    if (release) release();
+    closed = true;
+    for (const id of ["start", "trial", "done"]) {
+      const el = document.getElementById(id);
+      if (el) el.classList.add("hidden");
+    }
+    const who = rater || "the previous rater";
+    const wait = () => {
+      if (pending === 0 && !failed) { location.reload(); return; }
+      note("Another link was opened in this tab. Saving the last answers of " + who +
+        " first" + (failed ? " (not saved yet: the page keeps trying)" : "") + "\u2026");
+      setTimeout(wait, 100);
+    };
+    wait();
+  }
+  window.addEventListener("hashchange", switchRater);
+  function start(resume, onRelease) {
+    release = onRelease || null;
+    // A reload must not bring back a name typed under another link.
+    const nameBox = document.getElementById("name");
+    if (nameBox) nameBox.autocomplete = "off";
     const sw = document.getElementById("switch");
     if (sw) sw.classList.add("hidden");
     const saving = document.getElementById("saving-note");
@@ -117,13 +178,18 @@ window.studyServer = (function () {
       return;
     }
     request("GET", "api/rater").then(data => {
+      if (closed) return;
       const s = data.state;
+      rater = s.rater;
+      showRater(s);
       for (const [id, a] of Object.entries(s.answers)) {
         sentAnswers[id] = JSON.stringify({ trial: id, similarity: a.similarity, prompt: a.prompt, ms: a.ms });
       }
+      // The name box offers the rater's name as a placeholder, never as text to type after.
       const name = document.getElementById("name");
-      if (name && !name.value) {
-        name.value = s.name || s.rater;
+      defaultName = s.name || s.rater;
+      if (name) {
+        name.placeholder = defaultName;
         name.dispatchEvent(new Event("input"));
       }
       const comment = document.getElementById("comment");
@@ -137,5 +203,5 @@ window.studyServer = (function () {
   }
   // Leaving while an answer is still on its way would lose it: ask first.
   window.addEventListener("beforeunload", e => { if (pending > 0) e.preventDefault(); });
-  return { start, save, pending: () => pending };
+  return { start, save, pending: () => pending, defaultName: () => defaultName };
 })();
