@@ -90,6 +90,7 @@ pub fn run(c: SweepCommand) -> Result<ExitCode> {
                 None => sweep::index_from_env()?,
             };
             let name = s.task_name(s.task(index)?);
+            super::models::fetch_run(&s.base)?;
             match sweep::task::run(&s, index, &mut Bar::new(), &mut Bar::new())? {
                 sweep::task::Outcome::AlreadyDone => println!("task {name}: already done"),
                 sweep::task::Outcome::Done => println!("task {name}: done"),
@@ -172,6 +173,11 @@ fn run_sweep(a: RunArgs) -> Result<ExitCode> {
         (0..s.tasks.len()).collect()
     };
     let exe = std::env::current_exe().map_err(|e| Error::msg(format!("own path: {e}")))?;
+    // Downloaded once here, not by every task at once (a cluster's tasks find it in the
+    // shared cache).
+    if !indices.is_empty() {
+        super::models::fetch_run(&s.base)?;
+    }
     if a.slurm {
         let sub = sweep::slurm::submit(&s, &indices, &exe)?;
         println!(
