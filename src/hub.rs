@@ -324,11 +324,12 @@ pub fn fetch_id(
     // Download by commit, so that every file comes from the one snapshot.
     let repo = api.repo(model_repo(id, &listing.sha));
     let snapshot = s.repo_dir(id).join("snapshots").join(&listing.sha);
-    // model_index.json first: it names the pipeline's components.
+    // model_index.json first (a few hundred bytes, quietly): it names the pipeline's
+    // components.
     let components = match listing.files.iter().find(|f| f.name == "model_index.json") {
         Some(f) => {
             let one = std::slice::from_ref(f);
-            download_missing(&repo, id, want, s, &snapshot, one, progress)?;
+            download_missing(&repo, id, want, s, &snapshot, one, &mut Quiet)?;
             Some(components(&snapshot.join("model_index.json"))?)
         }
         None => None,

@@ -242,8 +242,13 @@ impl FetchProgress for Bar {
     }
     fn file_done(&mut self) {
         if let Some(b) = self.bar.take() {
-            if b.is_hidden() {
-                eprintln!("downloaded {} ({} bytes)", b.message(), b.position());
+            // Where there is no bar (a log), a line for each file of a megabyte or more.
+            if b.is_hidden() && b.position() >= 1_000_000 {
+                eprintln!(
+                    "downloaded {} ({:.1} MB)",
+                    b.message(),
+                    b.position() as f64 / 1e6
+                );
             }
             b.finish();
         }

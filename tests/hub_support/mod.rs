@@ -217,6 +217,10 @@ async fn handle(
                 .map(|(n, b)| {
                     let mut v = entry(n, b);
                     v["rfilename"] = n.clone().into();
+                    // The listing spells the LFS hash `sha256`, the tree `oid`.
+                    if let Some(lfs) = v.get_mut("lfs") {
+                        lfs["sha256"] = lfs["oid"].take();
+                    }
                     v
                 })
                 .collect();
