@@ -623,6 +623,10 @@ fn strip_shard(s: &str) -> &str {
     s
 }
 
+/// (folder, stem) -> the weight files there, each with its variant.
+type WeightGroups<'a> =
+    std::collections::BTreeMap<(String, String), Vec<(Option<String>, &'a RemoteFile)>>;
+
 /// The files to download, small ones first: for a pipeline (`components` from its
 /// model_index.json), `model_index.json` and, in each component's folder, its JSON and text
 /// files (configs, tokenizers) and one variant of its `.safetensors` weights (`variant` when
@@ -648,10 +652,7 @@ pub fn select_files(
     };
     let mut small = Vec::new();
     // (folder, stem) -> the weight files of each variant.
-    let mut weights: std::collections::BTreeMap<
-        (String, String),
-        Vec<(Option<String>, &RemoteFile)>,
-    > = Default::default();
+    let mut weights: WeightGroups = Default::default();
     for f in files {
         let Some((dir, name)) = place(f) else {
             continue;

@@ -24,15 +24,19 @@ pub fn fetch_encoder(spec: &Path) -> Result<()> {
     fetch(spec, &Want::Encoder)
 }
 
-/// A run's model and encoders. The dtype is read from the settings without asking for the
-/// device (a Slurm login node that submits a sweep has no GPU).
-pub fn fetch_run(cfg: &RunConfig) -> Result<()> {
+/// A run's model, and its encoders when the command scores (`compare`, a sweep). The dtype
+/// is read from the settings without asking for the device (a Slurm login node that submits
+/// a sweep has no GPU).
+pub fn fetch_run(cfg: &RunConfig, encoders: bool) -> Result<()> {
     let dtype = match &cfg.dtype {
         Some(d) => moslora::runtime::parse_dtype(d)?,
         None if cfg.device.starts_with("cuda") => Kind::BFloat16,
         None => Kind::Float,
     };
     fetch_model(&cfg.model, dtype)?;
+    if !encoders {
+        return Ok(());
+    }
     for enc in [&cfg.metrics.clip, &cfg.metrics.dino].into_iter().flatten() {
         fetch_encoder(enc)?;
     }

@@ -90,7 +90,7 @@ pub fn run(c: SweepCommand) -> Result<ExitCode> {
                 None => sweep::index_from_env()?,
             };
             let name = s.task_name(s.task(index)?);
-            super::models::fetch_run(&s.base)?;
+            super::models::fetch_run(&s.base, true)?;
             match sweep::task::run(&s, index, &mut Bar::new(), &mut Bar::new())? {
                 sweep::task::Outcome::AlreadyDone => println!("task {name}: already done"),
                 sweep::task::Outcome::Done => println!("task {name}: done"),
@@ -176,7 +176,7 @@ fn run_sweep(a: RunArgs) -> Result<ExitCode> {
     // Downloaded once here, not by every task at once (a cluster's tasks find it in the
     // shared cache).
     if !indices.is_empty() {
-        super::models::fetch_run(&s.base)?;
+        super::models::fetch_run(&s.base, true)?;
     }
     if a.slurm {
         let sub = sweep::slurm::submit(&s, &indices, &exe)?;
