@@ -240,17 +240,21 @@ impl FetchProgress for Bar {
             );
         }
     }
+    /// Files of a megabyte or more stay on the screen (or get a line in a log); the small
+    /// ones (configs, tokenizer settings) go.
     fn file_done(&mut self) {
         if let Some(b) = self.bar.take() {
-            // Where there is no bar (a log), a line for each file of a megabyte or more.
-            if b.is_hidden() && b.position() >= 1_000_000 {
+            if b.position() < 1_000_000 {
+                b.finish_and_clear();
+            } else if b.is_hidden() {
                 eprintln!(
                     "downloaded {} ({:.1} MB)",
                     b.message(),
                     b.position() as f64 / 1e6
                 );
+            } else {
+                b.finish();
             }
-            b.finish();
         }
     }
 }
