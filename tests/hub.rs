@@ -111,12 +111,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The render from the fixture folder itself, the reference for every cache.
-fn folder_render(dir: &Path) -> Vec<u8> {
-    let out = dir.join("folder.png");
-    let o = generate(&[], tiny().to_str().unwrap(), &out);
-    assert!(o.status.success());
-    std::fs::read(out).unwrap()
+/// The render from the fixture folder itself, the reference for every cache (made once).
+fn folder_render() -> &'static [u8] {
+    static PNG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PNG.get_or_init(|| {
+        let out = scratch("folder").join("folder.png");
+        let o = generate(&[], tiny().to_str().unwrap(), &out);
+        assert!(o.status.success());
+        std::fs::read(out).unwrap()
+    })
 }
 
 /// `tests/reference/hub_cache.py ARGS` against the stand-in.
@@ -168,7 +171,7 @@ fn a_cache_huggingface_hub_made_renders_offline_as_the_folder_does() {
         &["download", ID, cache.to_str().unwrap()],
     );
     hub.take_log();
-    let reference = folder_render(&dir);
+    let reference = folder_render();
     let url = PathBuf::from(&hub.url);
     let env = [
         ("HF_ENDPOINT", url.as_path()),
@@ -199,7 +202,7 @@ fn moslora_downloads_into_a_cache_diffusers_loads() {
     let hub = Hub::start(vec![(ID, pipeline_repo(ID))]);
     let cache = dir.join("cache-b");
     let home = dir.join("home");
-    let reference = folder_render(&dir);
+    let reference = folder_render();
     let url = PathBuf::from(&hub.url);
     let env = [
         ("HF_ENDPOINT", url.as_path()),
@@ -381,7 +384,7 @@ fn a_killed_download_resumes_where_it_stopped() {
         std::fs::read(blob).unwrap() == bytes,
         "the resumed file differs"
     );
-    assert!(std::fs::read(&out).unwrap() == folder_render(&dir));
+    assert!(std::fs::read(&out).unwrap() == folder_render());
 }
 
 #[test]
