@@ -165,7 +165,8 @@ pub enum Error {
 
     /// A Hugging Face id that is not (wholly) in the cache, where the network may not be used.
     #[error(
-        "model `{id}` is not in the Hugging Face cache ({}){}{}",
+        "model `{id}`: no folder of that name exists here, and it is not in the Hugging Face \
+         cache ({}){}{}",
         cache.display(),
         match missing {
             Some(m) => format!(": only part of it is there (missing {m})"),

@@ -318,6 +318,7 @@ pub fn fetch_id(
         .with_endpoint(s.endpoint.clone())
         .with_token(s.token.clone())
         .with_progress(false)
+        .with_user_agent("moslora", env!("CARGO_PKG_VERSION"))
         .build()
         .map_err(|e| Error::msg(format!("setting up the Hugging Face client: {e}")))?;
     let listing = list(&api.repo(model_repo(id, &id.revision)), id, want, s)?;

@@ -173,6 +173,12 @@ fn run_sweep(a: RunArgs) -> Result<ExitCode> {
         (0..s.tasks.len()).collect()
     };
     let exe = std::env::current_exe().map_err(|e| Error::msg(format!("own path: {e}")))?;
+    if !a.local && !a.slurm {
+        return Err(Error::setting(
+            "backend",
+            "choose where the tasks run: --local [--jobs N], --slurm, or --emit k8s",
+        ));
+    }
     // Downloaded once here, not by every task at once (a cluster's tasks find it in the
     // shared cache).
     if !indices.is_empty() {
@@ -188,12 +194,6 @@ fn run_sweep(a: RunArgs) -> Result<ExitCode> {
             sub.gather
         );
         return Ok(ExitCode::SUCCESS);
-    }
-    if !a.local {
-        return Err(Error::setting(
-            "backend",
-            "choose where the tasks run: --local [--jobs N], --slurm, or --emit k8s",
-        ));
     }
     if indices.is_empty() {
         println!("every task is done");
