@@ -9,7 +9,7 @@
 //! downloads what a snapshot lacks, unless `HF_HUB_OFFLINE` is set: only the files the
 //! pipeline reads (configs, tokenizers, one variant's `.safetensors`), never pickles. The
 //! downloads are `hf-hub`'s: blobs by etag, resumed with an HTTP Range from the partial file
-//! a killed run left.
+//! a killed run left (hf-hub's `<etag>.part`, or huggingface_hub's `<etag>.incomplete`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -398,6 +398,8 @@ fn model_repo(id: &HubId, revision: &str) -> Repo {
 pub struct RemoteFile {
     pub name: String,
     pub size: Option<u64>,
+    /// An LFS file's sha256: the etag its blob is named by.
+    pub sha256: Option<String>,
 }
 
 impl RemoteFile {
@@ -405,6 +407,7 @@ impl RemoteFile {
         RemoteFile {
             name: name.to_string(),
             size,
+            sha256: None,
         }
     }
 }
@@ -419,6 +422,7 @@ fn list(repo: &ApiRepo, id: &HubId, want: &Want, s: &Settings) -> Result<Listing
     #[derive(Deserialize)]
     struct Lfs {
         size: Option<u64>,
+        sha256: Option<String>,
     }
     #[derive(Deserialize)]
     struct Sibling {
@@ -448,9 +452,16 @@ fn list(repo: &ApiRepo, id: &HubId, want: &Want, s: &Settings) -> Result<Listing
     let files = info
         .siblings
         .into_iter()
-        .map(|f| RemoteFile {
-            size: f.lfs.and_then(|l| l.size).or(f.size),
-            name: f.rfilename,
+        .map(|f| {
+            let (size, sha256) = match f.lfs {
+                Some(l) => (l.size.or(f.size), l.sha256),
+                None => (f.size, None),
+            };
+            RemoteFile {
+                name: f.rfilename,
+                size,
+                sha256,
+            }
         })
         .collect();
     Ok(Listing {
@@ -475,7 +486,17 @@ fn download_missing(
         .iter()
         .filter(|f| !snapshot.join(&f.name).exists())
         .collect();
+    let blobs = s.repo_dir(id).join("blobs");
     for (i, f) in todo.iter().enumerate() {
+        // huggingface_hub's partial download (`<etag>.incomplete`) is resumed as hf-hub's
+        // own (`<etag>.part`).
+        if let Some(sha) = &f.sha256 {
+            let theirs = blobs.join(format!("{sha}.incomplete"));
+            let ours = blobs.join(format!("{sha}.part"));
+            if theirs.is_file() && !ours.exists() {
+                let _ = std::fs::rename(&theirs, &ours);
+            }
+        }
         let relay = Relay {
             progress: &mut *progress,
             name: &f.name,

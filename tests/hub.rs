@@ -7,7 +7,8 @@
 //! - moslora downloads it into an empty cache B (only what it reads, in huggingface_hub's
 //!   layout); diffusers, offline, loads it from cache B by id and renders exactly what it
 //!   renders from the folder; a second run sends no request;
-//! - a download killed halfway resumes with a Range request and the same bytes;
+//! - a download killed halfway resumes with a Range request and the same bytes, and so does
+//!   one huggingface_hub left (`.incomplete`);
 //! - encoders (`score --clip ID --dino ID`) score as their folders do;
 //! - not found, revision not found, gated (no token, a refused token; and the token file
 //!   letting it through), offline with nothing cached, a refused connection and a
@@ -385,6 +386,30 @@ fn a_killed_download_resumes_where_it_stopped() {
         "the resumed file differs"
     );
     assert!(std::fs::read(&out).unwrap() == folder_render());
+
+    // What huggingface_hub leaves when it is killed (`blobs/<etag>.incomplete`) resumes too.
+    let cache2 = dir.join("cache-python");
+    let sha: String = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(&bytes);
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let blobs2 = cache2.join("models--tiny--sdxl/blobs");
+    std::fs::create_dir_all(&blobs2).unwrap();
+    let third = bytes.len() / 3;
+    std::fs::write(blobs2.join(format!("{sha}.incomplete")), &bytes[..third]).unwrap();
+    let env2 = [env[0], ("HF_HUB_CACHE", cache2.as_path()), env[2]];
+    let out2 = dir.join("resumed-python.png");
+    assert!(generate(&env2, ID, &out2).status.success());
+    let resumed = format!("bytes={third}-");
+    assert!(
+        hub.take_log()
+            .iter()
+            .any(|s| s.path.ends_with(big) && s.range.as_deref() == Some(resumed.as_str())),
+        "huggingface_hub's partial file was not resumed"
+    );
+    assert!(std::fs::read(blobs2.join(&sha)).unwrap() == bytes);
+    assert!(std::fs::read(&out2).unwrap() == folder_render());
 }
 
 #[test]
