@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    /// SDXL model: a diffusers folder.
+    /// SDXL model: a diffusers folder, a single-file checkpoint, or a Hugging Face id
+    /// (`org/name`, `org/name@revision`) when no path of that name exists.
     #[serde(default = "default_model")]
     pub model: PathBuf,
     /// Where adapters, logs and renders go.
@@ -37,8 +38,8 @@ pub struct RunConfig {
     pub metrics: Metrics,
 }
 
-/// `metrics: {clip: DIR, dino: DIR}`: transformers folders of a CLIPModel (CLIP-I, CLIP-T)
-/// and a DINO ViTModel. Neither given: no scoring.
+/// `metrics: {clip: DIR, dino: DIR}`: transformers folders (or Hugging Face ids) of a
+/// CLIPModel (CLIP-I, CLIP-T) and a DINO ViTModel. Neither given: no scoring.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
@@ -476,7 +477,18 @@ impl RunConfig {
                 *p = normalize(&base.join(&*p));
             }
         };
-        abs(&mut self.model);
+        // A model or encoder that is no path beside the file but spells a Hugging Face id
+        // stays that id.
+        let abs_or_id = |p: &mut PathBuf| {
+            if p.is_relative()
+                && !base.join(&*p).exists()
+                && crate::hub::HubId::from_path(p).is_some()
+            {
+                return;
+            }
+            abs(p);
+        };
+        abs_or_id(&mut self.model);
         abs(&mut self.output);
         abs(&mut self.subject.images);
         if let Some(pp) = &mut self.train.prior_preservation {
@@ -497,7 +509,7 @@ impl RunConfig {
             .into_iter()
             .flatten()
         {
-            abs(p);
+            abs_or_id(p);
         }
     }
 
@@ -666,6 +678,39 @@ mod tests {
         std::fs::write(&run, "render:\n  prompts: toy\n").unwrap();
         let c = RunConfig::load(&run).unwrap();
         assert_eq!(c.render.prompts, Some(dir.join("toy")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hugging_face_ids_stay_ids_unless_a_folder_has_the_name() {
+        let dir = std::env::temp_dir().join(format!("moslora-cfg-id-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("models/sdxl")).unwrap();
+        let run = dir.join("run.yaml");
+        let text = "model: stabilityai/stable-diffusion-xl-base-1.0@main\nmetrics:\n  \
+                    clip: openai/clip-vit-base-patch32\n  dino: enc/dino\n";
+        std::fs::write(&run, text).unwrap();
+        let c = RunConfig::load(&run).unwrap();
+        let id = PathBuf::from("stabilityai/stable-diffusion-xl-base-1.0@main");
+        assert_eq!(c.model, id);
+        assert_eq!(
+            c.metrics.clip,
+            Some(PathBuf::from("openai/clip-vit-base-patch32"))
+        );
+        // `enc/dino` could be an id too: with no folder of that name it stays one.
+        assert_eq!(c.metrics.dino, Some(PathBuf::from("enc/dino")));
+        // A folder beside the RUN.yaml wins; `./` and paths of other shapes are paths.
+        for (value, expected) in [
+            ("models/sdxl", dir.join("models/sdxl")),
+            ("./org/name", dir.join("org/name")),
+            (
+                "weights/sdxl.safetensors",
+                dir.join("weights/sdxl.safetensors"),
+            ),
+            ("a/b/c", dir.join("a/b/c")),
+        ] {
+            std::fs::write(&run, format!("model: {value}\n")).unwrap();
+            assert_eq!(RunConfig::load(&run).unwrap().model, expected, "{value}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -131,6 +131,79 @@ pub enum Error {
     #[error("{what}")]
     Interrupted { what: String },
 
+    /// A Hugging Face id the hub does not have (or hides: a private repository without a
+    /// token), and no folder of that name either.
+    #[error(
+        "model `{id}`: not found on {endpoint}: {what}; and no folder of that name exists \
+         here. Check the spelling (org/name, as on the model's page), or give the path of a \
+         downloaded folder"
+    )]
+    HubNotFound {
+        id: String,
+        endpoint: String,
+        what: String,
+    },
+
+    /// A gated Hugging Face repository: its licence must be accepted and a token given.
+    #[error(
+        "model `{id}` is gated: {}",
+        if *token_sent {
+            format!("the token (HF_TOKEN or the token file) was refused: accept the licence on \
+                     {page} with the account the token belongs to, or set HF_TOKEN to a token \
+                     of an account that has")
+        } else {
+            format!("accept its licence on {page} (logged in), then set HF_TOKEN to an access \
+                     token of that account and run again")
+        }
+    )]
+    HubGated {
+        id: String,
+        /// The model's page, where the licence is accepted.
+        page: String,
+        token_sent: bool,
+    },
+
+    /// A Hugging Face id that is not (wholly) in the cache, where the network may not be used.
+    #[error(
+        "model `{id}`: no folder of that name exists here, and it is not in the Hugging Face \
+         cache ({}){}{}",
+        cache.display(),
+        match missing {
+            Some(m) => format!(": only part of it is there (missing {m})"),
+            None => String::new(),
+        },
+        if *offline {
+            format!("; HF_HUB_OFFLINE is set, so nothing is downloaded: run once without \
+                     HF_HUB_OFFLINE, or download it where there is a network with \
+                     `{command}` and bring that cache here")
+        } else {
+            format!("; download it with `{command}`")
+        }
+    )]
+    HubNotCached {
+        id: String,
+        /// The repository's folder in the cache.
+        cache: PathBuf,
+        offline: bool,
+        missing: Option<String>,
+        /// The manual download command.
+        command: String,
+    },
+
+    /// The hub could not be reached (no network, refused, a failing server) for an id that
+    /// is not cached.
+    #[error(
+        "could not download model `{id}` from {endpoint}: {cause}. Check the network (or \
+         HF_ENDPOINT), or download it where there is a network with `{command}` \
+         (huggingface-cli download takes the same arguments) and bring that cache here"
+    )]
+    HubUnreachable {
+        id: String,
+        endpoint: String,
+        cause: String,
+        command: String,
+    },
+
     #[error("{0}")]
     Msg(String),
 

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod error;
 pub mod fsutil;
 pub mod html;
+pub mod hub;
 pub mod image_file;
 pub mod metrics;
 pub mod render;

@@ -138,8 +138,10 @@ fn install_stop_handler(command: &Command) {
 /// change (a setting, an existing output, an adapter or checkpoint of another run), as clap
 /// exits 2 on a bad command line; 3 for a training loss that stopped being finite; 4 for a
 /// device that is not there (the CPU would do); 5 for a full disk (free space, run again);
-/// 6 for an output folder another live run holds (wait for it); 1 for everything else
-/// (files, libtorch). 130 is a run stopped by Ctrl-C, SIGTERM or SIGHUP at a safe point.
+/// 6 for an output folder another live run holds (wait for it); 7 for a Hugging Face model
+/// that cannot be had here now (not cached and offline, or the hub out of reach: download
+/// it, then run again); 8 for a gated model (accept its licence, set HF_TOKEN); 1 for
+/// everything else (files, libtorch). 130 is a run stopped by Ctrl-C, SIGTERM or SIGHUP at a safe point.
 fn exit_code(e: &moslora::Error) -> u8 {
     use moslora::Error;
     match e {
@@ -147,11 +149,14 @@ fn exit_code(e: &moslora::Error) -> u8 {
         | Error::Config { .. }
         | Error::OutputExists { .. }
         | Error::AdapterMismatch { .. }
-        | Error::StaleCheckpoint { .. } => 2,
+        | Error::StaleCheckpoint { .. }
+        | Error::HubNotFound { .. } => 2,
         Error::Diverged { .. } => 3,
         Error::DeviceUnavailable { .. } => 4,
         Error::NoSpace { .. } => 5,
         Error::Locked { .. } => 6,
+        Error::HubNotCached { .. } | Error::HubUnreachable { .. } => 7,
+        Error::HubGated { .. } => 8,
         Error::Interrupted { .. } => 130,
         _ => 1,
     }

@@ -49,7 +49,8 @@ impl ModelWriteArgs {
 
 #[derive(Args)]
 pub struct MergeArgs {
-    /// SDXL model: a diffusers folder or a single-file .safetensors checkpoint
+    /// SDXL model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging
+    /// Face id (org/name[@revision]) when no path of that name exists
     #[arg(long)]
     model: PathBuf,
     /// The adapter file to merge
@@ -67,7 +68,8 @@ pub struct MergeArgs {
 
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// SDXL model: a diffusers folder or a single-file .safetensors checkpoint
+    /// SDXL model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging
+    /// Face id (org/name[@revision]) when no path of that name exists
     #[arg(long)]
     model: PathBuf,
     /// Output: a single file if it ends in .safetensors, else a diffusers folder
@@ -83,6 +85,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     let format = ExportFormat::parse(&a.format)?;
     let layout = match &a.model {
         Some(m) => {
+            super::models::fetch_model(m, tch::Kind::Float)?;
             let dir = moslora::sdxl::convert::open_model(m, a.config.as_deref())?;
             Layout::unet(&dir.unet_config()?)
         }
@@ -106,6 +109,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
 }
 
 pub fn run_merge(a: MergeArgs) -> Result<()> {
+    super::models::fetch_model(&a.model, write_kind(&a.write)?)?;
     let model = moslora::sdxl::convert::open_model(&a.model, a.write.config.as_deref())?;
     let w = moslora::adapter::merged_model::merge(
         &model,
@@ -130,6 +134,7 @@ pub fn run_merge(a: MergeArgs) -> Result<()> {
 }
 
 pub fn run_convert(a: ConvertArgs) -> Result<()> {
+    super::models::fetch_model(&a.model, write_kind(&a.write)?)?;
     let model = moslora::sdxl::convert::open_model(&a.model, a.write.config.as_deref())?;
     let w = moslora::sdxl::convert::convert(&model, &a.out, &a.write.options()?)?;
     println!(
@@ -144,4 +149,14 @@ pub fn run_convert(a: ConvertArgs) -> Result<()> {
         w.tensors
     );
     Ok(())
+}
+
+/// The weights a written model wants read: the half-precision variant for f16 or bf16, else
+/// the full one.
+fn write_kind(w: &ModelWriteArgs) -> Result<tch::Kind> {
+    Ok(w.dtype
+        .as_deref()
+        .map(parse_dtype)
+        .transpose()?
+        .unwrap_or(tch::Kind::Float))
 }

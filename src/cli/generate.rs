@@ -61,7 +61,8 @@ struct DeviceArgs {
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// SDXL model: a diffusers folder or a single-file .safetensors checkpoint
+    /// SDXL model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging
+    /// Face id (org/name[@revision]) when no path of that name exists
     #[arg(long)]
     model: PathBuf,
     #[arg(long)]
@@ -97,6 +98,7 @@ pub struct GenerateArgs {
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let opts = RunOptions::from_names(&a.device.device, a.device.dtype.as_deref())?;
+    super::models::fetch_model(&a.model, opts.dtype)?;
     let dir = moslora::sdxl::model_dir::ModelDir::open(&a.model)?;
     let native = dir.unet_config()?.sample_size * dir.vae_config()?.scale_factor();
     let o = GenerateOptions {

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod export;
 pub mod generate;
+pub mod models;
 pub mod progress;
 pub mod render;
 pub mod score;

@@ -1,5 +1,5 @@
 //! The one progress bar every long command shows: training, rendering, generating,
-//! pretraining and the judge. It counts steps (or images) with the smoothed loss where
+//! pretraining, the judge and model downloads. It counts steps (or images) with the smoothed loss where
 //! there is one, the speed, the time spent and the time left. Where stderr is not a
 //! terminal (a log file, CI) indicatif hides the bar, so a plain line goes out every
 //! minute instead, and notes go straight to stderr.
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use moslora::hub::FetchProgress;
 use moslora::metrics::ScoreProgress;
 use moslora::render::generate::GenerateProgress;
 use moslora::render::RenderProgress;
@@ -66,6 +67,28 @@ impl Bar {
         self.bar = Some(bar);
         self.unit = unit;
         self.has_loss = has_loss;
+        self.loss = None;
+        self.last_line = Instant::now();
+    }
+
+    /// Starts a bar over the `total` bytes of the file `name`.
+    fn begin_bytes(&mut self, prefix: &str, name: &str, total: u64) {
+        self.end();
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {msg} {bytes_per_sec} \
+                 {elapsed} elapsed, {eta} left",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(prefix.to_string());
+        bar.set_message(name.to_string());
+        bar.enable_steady_tick(Duration::from_millis(250));
+        self.bar = Some(bar);
+        self.unit = "byte";
+        self.has_loss = false;
         self.loss = None;
         self.last_line = Instant::now();
     }
@@ -192,5 +215,46 @@ impl GenerateProgress for Bar {
 impl ScoreProgress for Bar {
     fn note(&mut self, msg: &str) {
         self.say(msg);
+    }
+}
+
+impl FetchProgress for Bar {
+    fn note(&mut self, msg: &str) {
+        self.say(msg);
+    }
+    fn file(&mut self, name: &str, index: usize, count: usize, size: u64) {
+        self.begin_bytes(&format!("{index}/{count}"), name, size);
+    }
+    fn bytes(&mut self, n: u64) {
+        let Some(b) = &self.bar else { return };
+        b.inc(n);
+        if b.is_hidden() && self.last_line.elapsed() >= PLAIN_LINE_EVERY {
+            self.last_line = Instant::now();
+            eprintln!(
+                "downloading {}: {:.1} of {:.1} MB, {} s elapsed, about {} s left",
+                b.message(),
+                b.position() as f64 / 1e6,
+                b.length().unwrap_or(0) as f64 / 1e6,
+                b.elapsed().as_secs(),
+                b.eta().as_secs()
+            );
+        }
+    }
+    /// Files of a megabyte or more stay on the screen (or get a line in a log); the small
+    /// ones (configs, tokenizer settings) go.
+    fn file_done(&mut self) {
+        if let Some(b) = self.bar.take() {
+            if b.position() < 1_000_000 {
+                b.finish_and_clear();
+            } else if b.is_hidden() {
+                eprintln!(
+                    "downloaded {} ({:.1} MB)",
+                    b.message(),
+                    b.position() as f64 / 1e6
+                );
+            } else {
+                b.finish();
+            }
+        }
     }
 }

@@ -46,6 +46,7 @@ pub struct RenderArgs {
 
 pub fn run_render(a: RenderArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
+    super::models::fetch_run(&cfg, false)?;
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
     let mut extra = a
         .adapters
@@ -91,6 +92,7 @@ pub struct CompareArgs {
 
 pub fn run_compare(a: CompareArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
+    super::models::fetch_run(&cfg, true)?;
     let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
     let (outcomes, m) = moslora::render::compare(&cfg, opts, &mut Bar::new(), &mut Bar::new())?;

@@ -13,10 +13,12 @@ use super::progress::Bar;
 pub struct ScoreArgs {
     /// A render folder (`moslora render` or `compare`)
     renders: PathBuf,
-    /// A transformers CLIPModel folder, e.g. openai/clip-vit-base-patch32 (CLIP-I, CLIP-T)
+    /// A transformers CLIPModel folder, or a Hugging Face id such as
+    /// openai/clip-vit-base-patch32 (CLIP-I, CLIP-T)
     #[arg(long)]
     clip: Option<PathBuf>,
-    /// A transformers ViTModel DINO folder, e.g. facebook/dino-vits16 (DINO)
+    /// A transformers ViTModel DINO folder, or a Hugging Face id such as facebook/dino-vits16
+    /// (DINO)
     #[arg(long)]
     dino: Option<PathBuf>,
     /// cpu, cuda or cuda:N
@@ -25,6 +27,9 @@ pub struct ScoreArgs {
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
+    for enc in [&a.clip, &a.dino].into_iter().flatten() {
+        super::models::fetch_encoder(enc)?;
+    }
     let o = ScoreOptions {
         clip: a.clip,
         dino: a.dino,

@@ -90,6 +90,7 @@ pub fn run(c: SweepCommand) -> Result<ExitCode> {
                 None => sweep::index_from_env()?,
             };
             let name = s.task_name(s.task(index)?);
+            super::models::fetch_run(&s.base, true)?;
             match sweep::task::run(&s, index, &mut Bar::new(), &mut Bar::new())? {
                 sweep::task::Outcome::AlreadyDone => println!("task {name}: already done"),
                 sweep::task::Outcome::Done => println!("task {name}: done"),
@@ -172,6 +173,17 @@ fn run_sweep(a: RunArgs) -> Result<ExitCode> {
         (0..s.tasks.len()).collect()
     };
     let exe = std::env::current_exe().map_err(|e| Error::msg(format!("own path: {e}")))?;
+    if !a.local && !a.slurm {
+        return Err(Error::setting(
+            "backend",
+            "choose where the tasks run: --local [--jobs N], --slurm, or --emit k8s",
+        ));
+    }
+    // Downloaded once here, not by every task at once (a cluster's tasks find it in the
+    // shared cache).
+    if !indices.is_empty() {
+        super::models::fetch_run(&s.base, true)?;
+    }
     if a.slurm {
         let sub = sweep::slurm::submit(&s, &indices, &exe)?;
         println!(
@@ -182,12 +194,6 @@ fn run_sweep(a: RunArgs) -> Result<ExitCode> {
             sub.gather
         );
         return Ok(ExitCode::SUCCESS);
-    }
-    if !a.local {
-        return Err(Error::setting(
-            "backend",
-            "choose where the tasks run: --local [--jobs N], --slurm, or --emit k8s",
-        ));
     }
     if indices.is_empty() {
         println!("every task is done");

@@ -26,6 +26,7 @@ pub struct TrainArgs {
 /// Trains; false when Ctrl-C stopped a run (its checkpoint saved).
 pub fn run(a: TrainArgs) -> Result<bool> {
     let cfg = RunConfig::load(&a.run)?;
+    super::models::fetch_run(&cfg, false)?;
     let _lock = super::lock_outputs(&[&cfg.output])?;
     let kinds: Vec<AdapterKind> = match &a.adapter {
         Some(k) => vec![AdapterKind::parse(k)?],

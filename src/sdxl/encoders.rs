@@ -78,6 +78,7 @@ fn check_all_used(w: &Weights, files: &[PathBuf]) -> Result<()> {
 /// Open a CLIP folder (`--clip`): `CLIPModel` weights, its tokenizer, and the preprocessing
 /// (CLIP's, at the vision tower's `image_size`).
 pub fn load_clip(dir: &Path, device: Device) -> Result<LoadedClip> {
+    let dir = &crate::hub::locate(dir)?;
     let what = "a transformers CLIPModel folder such as openai/clip-vit-base-patch32";
     let cfg_path = config_path(dir, "--clip", what)?;
     let cfg = ClipConfig::from_file(&cfg_path)?;
@@ -114,6 +115,7 @@ pub fn load_clip(dir: &Path, device: Device) -> Result<LoadedClip> {
 /// Open a DINO folder (`--dino`). `eps` overrides the config's layer-norm epsilon (the
 /// original DINO code's 1e-6 against the HF config's 1e-12), for measuring its effect.
 pub fn load_dino(dir: &Path, device: Device, eps: Option<f64>) -> Result<LoadedDino> {
+    let dir = &crate::hub::locate(dir)?;
     let what = "a transformers ViTModel folder such as facebook/dino-vits16";
     let cfg_path = config_path(dir, "--dino", what)?;
     let mut cfg = VitConfig::from_file(&cfg_path)?;

@@ -41,6 +41,8 @@ impl ModelDir {
     /// `open`, reading a single-file checkpoint with the configs (and tokenizers) of the
     /// diffusers folder `configs` rather than its own or SDXL base's.
     pub fn open_with_configs(root: &Path, configs: Option<&Path>) -> Result<Self> {
+        // A Hugging Face id (`org/name`) is its cached snapshot (a path that exists wins).
+        let root = &crate::hub::locate(root)?;
         if is_single_file(root) {
             let single = SingleFile::open(root, configs)?;
             return Ok(ModelDir {
@@ -51,7 +53,8 @@ impl ModelDir {
         if !root.is_dir() {
             return Err(Error::msg(format!(
                 "model folder {} does not exist: point `model:` (or --model) at a downloaded \
-                 SDXL folder such as stable-diffusion-xl-base-1.0, or make a tiny one with \
+                 SDXL folder, or give a Hugging Face id such as \
+                 stabilityai/stable-diffusion-xl-base-1.0, or make a tiny one with \
                  `moslora init-model --preset tiny --out DIR`",
                 root.display()
             )));

@@ -125,11 +125,13 @@ pub fn model_identity(
     unet: &mut UNet2DConditionModel,
     kind: Kind,
 ) -> Result<ModelIdentity> {
-    let name = dir
-        .root
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.root.display().to_string());
+    // A Hugging Face snapshot is named by its id, not by its commit.
+    let name = crate::hub::id_of_snapshot(&dir.root).unwrap_or_else(|| {
+        dir.root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.root.display().to_string())
+    });
     Ok(ModelIdentity {
         name,
         architecture: architecture_hash(unet),
