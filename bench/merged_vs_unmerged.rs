@@ -10,6 +10,7 @@ use std::time::Instant;
 use moslora::adapter::{self, file::AdapterFile};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
+use moslora::schedule::sampler::SamplerKind;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -35,6 +36,7 @@ fn main() -> moslora::Result<()> {
         width: size,
         height: size,
         seed: 0,
+        sampler: SamplerKind::Euler,
     };
     let noise = den.initial_noise(0, size, size)?;
     let (mut merged, mut unmerged) = (Vec::new(), Vec::new());

@@ -26,6 +26,7 @@ use moslora::sdxl::sgm_names::Layout;
 use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{ShapeSource, TensorSource, Weights};
 use moslora::train::{self, AdapterKind, Quiet, RunPaths};
+use moslora::schedule::sampler::SamplerKind;
 use tch::{Device, Kind, Tensor};
 
 const PROMPT: &str = "a photo of sks toy";
@@ -41,6 +42,7 @@ fn options() -> GenerateOptions {
         height: SIZE,
         seed: SEED,
     }
+    sampler: SamplerKind::Euler,
 }
 
 /// moslora's render, (H, W, 3) in 0..255.

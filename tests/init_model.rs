@@ -7,6 +7,7 @@ use std::process::Command;
 
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{generate, GenerateOptions, RunOptions};
+use moslora::schedule::sampler::SamplerKind;
 
 fn init(out: &PathBuf, seed: u64) {
     let status = Command::new(env!("CARGO_BIN_EXE_moslora"))
@@ -58,6 +59,7 @@ fn tiny_model_loads_in_moslora_and_diffusers() {
         width: 64,
         height: 64,
         seed: 0,
+        sampler: SamplerKind::Euler,
     };
     let img = generate(
         &out,

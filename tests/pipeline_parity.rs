@@ -8,6 +8,7 @@ use std::process::Command;
 use common::{assert_close, fixtures, mean_pixel_diff, read_png, reference, tiny_model};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
+use moslora::schedule::sampler::SamplerKind;
 use serde_json::Value;
 use tch::Kind;
 
@@ -33,6 +34,7 @@ fn options(case: &Value) -> GenerateOptions {
         height: case["height"].as_i64().unwrap(),
         seed: case["seed"].as_u64().unwrap(),
     }
+    sampler: SamplerKind::Euler,
 }
 
 #[test]

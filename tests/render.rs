@@ -21,6 +21,7 @@ use moslora::sdxl::pipeline::{
     load_unet, seeded_randn, Denoiser, GenerateOptions, RunOptions, TextEncoders,
 };
 use moslora::train::{self, AdapterKind, Quiet};
+use moslora::schedule::sampler::SamplerKind;
 use sha2::{Digest, Sha256};
 
 fn config(out: &Path) -> RunConfig {
@@ -248,6 +249,7 @@ fn merged_adapter_renders_like_the_unmerged_one() {
         width: 64,
         height: 64,
         seed: 3,
+        sampler: SamplerKind::Euler,
     };
     let noise = den.initial_noise(3, 64, 64).unwrap();
     let unmerged = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
@@ -343,6 +345,7 @@ fn text_encoder_adapters_render_with_their_own_prompt_embeddings() {
         width: 64,
         height: 64,
         seed: 2,
+        sampler: SamplerKind::Euler,
     };
     for p in &m.prompts {
         let mut pixels = Vec::new();

@@ -23,6 +23,7 @@ use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{load_unet, GenerateOptions, RunOptions, TextEncoders};
 use moslora::sdxl::sgm_names::Layout;
 use moslora::train::{self, AdapterKind, Quiet, RunPaths};
+use moslora::schedule::sampler::SamplerKind;
 use tch::{Device, Kind, Tensor};
 
 const PROMPT: &str = "a photo of sks toy";
@@ -38,6 +39,7 @@ fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
         width: SIZE,
         height: SIZE,
         seed: SEED,
+        sampler: SamplerKind::Euler,
     };
     let image = moslora::render::generate::generate(
         model,

@@ -14,6 +14,7 @@ use common::{
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
 use moslora::toyworld::pretrain::{pretrain, PretrainOptions, PretrainProgress, Recipe};
+use moslora::schedule::sampler::SamplerKind;
 use tch::Kind;
 
 /// The "it learns" run is the demo's (500 steps, 8 prompts x 4 seeds, 30 sampling steps). The
@@ -78,6 +79,7 @@ fn renders_as_diffusers_does(model: &Path) {
             width: size,
             height: size,
             seed: case["seed"].as_u64().unwrap(),
+            sampler: SamplerKind::Euler,
         };
         let noise = den.initial_noise(o.seed, size, size).unwrap();
         let lat = den

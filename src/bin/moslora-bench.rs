@@ -23,6 +23,7 @@ use moslora::train::dataset::Example;
 use moslora::train::optimizer::AdamW;
 use moslora::train::{self, AdapterKind, TrainData};
 use moslora::Result;
+use moslora::schedule::sampler::SamplerKind;
 
 #[derive(Parser)]
 #[command(name = "moslora-bench", about = "moslora's side of the benchmarks")]
@@ -282,6 +283,7 @@ fn sample(a: &SampleArgs) -> Result<serde_json::Value> {
         width: a.size,
         height: a.size,
         seed: 0,
+        sampler: SamplerKind::Euler,
     };
     let t = Instant::now();
     let noise = den.initial_noise(o.seed, o.width, o.height)?;

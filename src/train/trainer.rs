@@ -308,6 +308,7 @@ fn write_sample(
         width: size,
         height: size,
         seed: 0,
+        sampler: s.kind,
     };
     let noise = seeded_randn(0, &[1, 4, size / 8, size / 8]);
     // With text-encoder adapters the prompt reads as the adapters make it read now.
