@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use moslora::adapter::{self, file::AdapterFile};
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
-use moslora::schedule::sampler::SamplerKind;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

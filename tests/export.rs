@@ -19,6 +19,7 @@ use moslora::adapter::export::{export, kohya_component_name, kohya_name, ExportF
 use moslora::adapter::file::{self, AdapterFile};
 use moslora::adapter::{self, AdapterConfig, Component, MixerInit};
 use moslora::config::RunConfig;
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::config::{presets, UNetConfig};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{load_unet, Denoiser, GenerateOptions, RunOptions, TextEncoders};
@@ -26,7 +27,6 @@ use moslora::sdxl::sgm_names::Layout;
 use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{ShapeSource, TensorSource, Weights};
 use moslora::train::{self, AdapterKind, Quiet, RunPaths};
-use moslora::schedule::sampler::SamplerKind;
 use tch::{Device, Kind, Tensor};
 
 const PROMPT: &str = "a photo of sks toy";
@@ -41,8 +41,8 @@ fn options() -> GenerateOptions {
         width: SIZE,
         height: SIZE,
         seed: SEED,
+        sampler: SamplerKind::Euler,
     }
-    sampler: SamplerKind::Euler,
 }
 
 /// moslora's render, (H, W, 3) in 0..255.

@@ -5,9 +5,9 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{generate, GenerateOptions, RunOptions};
-use moslora::schedule::sampler::SamplerKind;
 
 fn init(out: &PathBuf, seed: u64) {
     let status = Command::new(env!("CARGO_BIN_EXE_moslora"))

@@ -20,7 +20,9 @@ use moslora::schedule::config::SchedulerConfig;
 use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::config::read_json;
 use moslora::sdxl::model_dir::ModelDir;
-use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
+use moslora::sdxl::pipeline::{
+    add_time_ids, step_noise, Denoiser, GenerateOptions, PromptEmbeds, RunOptions, TextEncoders,
+};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
@@ -54,14 +56,26 @@ fn schedules_match_diffusers() {
                 let got_t = Tensor::from_slice(s.timesteps());
                 let want_t = &r[&format!("{key}.timesteps")];
                 // Timesteps are what the UNet sees: they must agree exactly.
-                f.check(&key, got_t.size() == want_t.size() && got_t.equal(want_t), || {
-                    format!("timesteps {:?} != {:?}", s.timesteps(), Vec::<f32>::try_from(want_t).unwrap())
-                });
+                f.check(
+                    &key,
+                    got_t.size() == want_t.size() && got_t.equal(want_t),
+                    || {
+                        format!(
+                            "timesteps {:?} != {:?}",
+                            s.timesteps(),
+                            Vec::<f32>::try_from(want_t).unwrap()
+                        )
+                    },
+                );
                 if let Some(want_s) = r.get(&format!("{key}.sigmas")) {
                     let got_s = Tensor::from_slice(s.sigmas());
                     let ok = got_s.size() == want_s.size() && max_abs_diff(&got_s, want_s) <= TOL;
                     f.check(&key, ok, || {
-                        format!("sigmas {:?} != {:?}", s.sigmas(), Vec::<f32>::try_from(want_s).unwrap())
+                        format!(
+                            "sigmas {:?} != {:?}",
+                            s.sigmas(),
+                            Vec::<f32>::try_from(want_s).unwrap()
+                        )
                     });
                 }
                 let want = r[&format!("{key}.init_noise_sigma")].double_value(&[0]);
@@ -88,8 +102,53 @@ fn options(case: &Value, kind: SamplerKind, size: Option<i64>) -> GenerateOption
     }
 }
 
+/// The latents after the first step of `o`'s sampling loop, as `sample_latents` runs it
+/// (guidance batched, the sampler driven through its trait).
+fn first_step(
+    den: &Denoiser,
+    cond: &PromptEmbeds,
+    uncond: &PromptEmbeds,
+    o: &GenerateOptions,
+) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let mut s = o.sampler.build(&den.scheduler).unwrap();
+    s.set_timesteps(o.steps).unwrap();
+    let noise = den.initial_noise(o.seed, o.width, o.height).unwrap();
+    let latents = &noise * s.init_noise_sigma();
+    let guided = o.guidance > 1.0;
+    let embeds = if guided {
+        PromptEmbeds::cat(&[uncond, cond])
+    } else {
+        PromptEmbeds::cat(&[cond])
+    };
+    let batch = embeds.hidden.size()[0];
+    let time_ids =
+        add_time_ids((o.height, o.width), (0, 0), (o.height, o.width)).repeat([batch, 1]);
+    let input = if guided {
+        Tensor::cat(&[&latents, &latents], 0)
+    } else {
+        latents.shallow_clone()
+    };
+    let input = s.scale_model_input(&input, 0);
+    let t = Tensor::from_slice(&[s.timesteps()[0]]);
+    let eps = den
+        .unet
+        .forward(&input, &t, &embeds.hidden, &embeds.pooled, &time_ids);
+    let eps = if guided {
+        let parts = eps.chunk(2, 0);
+        &parts[0] + (&parts[1] - &parts[0]) * o.guidance
+    } else {
+        eps
+    };
+    let noise = step_noise(o.seed, &noise.size(), 1);
+    s.step(&eps, 0, &latents, noise.first())
+}
+
 /// Render every case of `cases` with every sampler and compare the final latents with
-/// `latents(sampler, case)` and the PNG with `png(sampler, case)`.
+/// `latents(sampler, case)` and the PNG with `png(sampler, case)`. A case whose reference
+/// moves by more than a tenth of the tolerance when diffusers' own initial noise moves by
+/// 1e-6 (`sensitivity`) cannot be compared end to end: its first step is compared instead
+/// (`first(sampler, case)`), and the cases so treated are returned.
 fn compare_renders(
     model: &std::path::Path,
     cases: &[Value],
@@ -97,7 +156,9 @@ fn compare_renders(
     latents: impl Fn(&str, &str) -> Tensor,
     png: impl Fn(&str, &str) -> std::path::PathBuf,
     pixel_tol: f64,
-) {
+    conditioning: Option<(&dyn Fn(&str, &str) -> f64, &dyn Fn(&str, &str) -> Tensor)>,
+) -> Vec<String> {
+    let mut ill_conditioned = Vec::new();
     let dir = ModelDir::open(model).unwrap();
     let opts = RunOptions::default();
     let text = TextEncoders::load(&dir, opts).unwrap();
@@ -110,6 +171,21 @@ fn compare_renders(
             let o = options(case, kind, size);
             let cond = text.encode(case["prompt"].as_str().unwrap()).unwrap();
             let uncond = text.encode_negative(None, &cond).unwrap();
+            if let Some((sensitivity, first)) = &conditioning {
+                let moved = sensitivity(kind.name(), name);
+                if moved > TOL / 10.0 {
+                    println!("{what}: diffusers' own render moves {moved:.1e} for a 1e-6 change of the noise: comparing the first step");
+                    assert_close(
+                        &format!("{what}: latents after the first step"),
+                        &first_step(&den, &cond, &uncond, &o),
+                        &first(kind.name(), name),
+                        TOL,
+                    );
+                    ill_conditioned.push(format!("{}.{name}", kind.name()));
+                    compared += 1;
+                    continue;
+                }
+            }
             let noise = den.initial_noise(o.seed, o.width, o.height).unwrap();
             let lat = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
             assert_close(
@@ -127,14 +203,22 @@ fn compare_renders(
         }
     }
     assert_eq!(compared, 8 * 2, "every sampler and case compared");
+    ill_conditioned
 }
 
 fn cases_of(v: &Value) -> Vec<Value> {
     let cases = v.as_array().unwrap().clone();
     let names: Vec<&str> = cases.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["cfg", "noguide"], "reference cases");
-    assert!(cases[0]["guidance"].as_f64().unwrap() > 1.0, "a guided case");
-    assert_eq!(cases[1]["guidance"].as_f64().unwrap(), 1.0, "an unguided case");
+    assert!(
+        cases[0]["guidance"].as_f64().unwrap() > 1.0,
+        "a guided case"
+    );
+    assert_eq!(
+        cases[1]["guidance"].as_f64().unwrap(),
+        1.0,
+        "an unguided case"
+    );
     cases
 }
 
@@ -143,14 +227,21 @@ fn tiny_pipeline_renders_as_diffusers_with_every_sampler() {
     let r = reference("samplers");
     let text = std::fs::read_to_string(fixtures().join("ref/samplers.json")).unwrap();
     let cases = cases_of(&serde_json::from_str(&text).unwrap());
-    compare_renders(
+    let sensitivity = |s: &str, c: &str| r[&format!("{s}.{c}.sensitivity")].double_value(&[0]);
+    let first = |s: &str, c: &str| r[&format!("{s}.{c}.first_step_latents")].shallow_clone();
+    let ill = compare_renders(
         &tiny_model(),
         &cases,
         None,
         |s, c| r[&format!("{s}.{c}.final_latents")].shallow_clone(),
         |s, c| fixtures().join(format!("ref/samplers_{s}_{c}.png")),
         PIXEL_TOL,
+        Some((&sensitivity, &first)),
     );
+    // Only DDIM with guidance, whose clipped predictions make the random tiny model's render
+    // chaotic (the toy model's DDIM renders are compared end to end below); any other case
+    // found so would be a loss of coverage.
+    assert_eq!(ill, ["ddim.cfg"], "cases compared by their first step only");
 }
 
 #[test]
@@ -170,6 +261,7 @@ fn toy_model_renders_as_diffusers_with_every_sampler() {
         |s, c| r[&format!("{s}.{c}")].shallow_clone(),
         |s, c| out.join(format!("toy_{s}_{c}.png")),
         TOY_PIXEL_TOL,
+        None,
     );
 }
 

@@ -18,12 +18,12 @@ use moslora::adapter::export::{export, ExportFormat};
 use moslora::adapter::file;
 use moslora::adapter::{self, merged_model, AdapterConfig, MixerInit};
 use moslora::config::RunConfig;
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::convert::{self, WriteOptions};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{load_unet, GenerateOptions, RunOptions, TextEncoders};
 use moslora::sdxl::sgm_names::Layout;
 use moslora::train::{self, AdapterKind, Quiet, RunPaths};
-use moslora::schedule::sampler::SamplerKind;
 use tch::{Device, Kind, Tensor};
 
 const PROMPT: &str = "a photo of sks toy";

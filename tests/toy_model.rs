@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use common::{
     assert_close, max_abs_diff, mean_pixel_diff, read_png, repo, run_reference, scratch, tensors,
 };
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
 use moslora::toyworld::pretrain::{pretrain, PretrainOptions, PretrainProgress, Recipe};
-use moslora::schedule::sampler::SamplerKind;
 use tch::Kind;
 
 /// The "it learns" run is the demo's (500 steps, 8 prompts x 4 seeds, 30 sampling steps). The

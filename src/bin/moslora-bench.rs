@@ -15,6 +15,7 @@ use moslora::adapter::file::{AdapterFile, AdapterMeta, FORMAT_VERSION};
 use moslora::adapter::{self, AdapterConfig};
 use moslora::config::RunConfig;
 use moslora::schedule::ddpm::DdpmSchedule;
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{
     load_unet, Denoiser, GenerateOptions, PromptEmbeds, RunOptions, TextEncoders,
@@ -23,7 +24,6 @@ use moslora::train::dataset::Example;
 use moslora::train::optimizer::AdamW;
 use moslora::train::{self, AdapterKind, TrainData};
 use moslora::Result;
-use moslora::schedule::sampler::SamplerKind;
 
 #[derive(Parser)]
 #[command(name = "moslora-bench", about = "moslora's side of the benchmarks")]

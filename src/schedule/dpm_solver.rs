@@ -13,8 +13,7 @@ use super::config::SchedulerConfig;
 use super::euler::{Prediction, TimestepSpacing};
 use super::sampler::Scheduler;
 use super::sigmas::{
-    alpha_sigma, check_steps, interp, karras, lambda, multistep_timesteps, sigma_to_t,
-    train_sigmas,
+    alpha_sigma, check_steps, interp, karras, lambda, multistep_timesteps, sigma_to_t, train_sigmas,
 };
 use crate::error::{Error, Result};
 
@@ -117,16 +116,13 @@ impl DpmSolverMultistep {
         Ok(s)
     }
 
-
     /// `convert_model_output`: the model's output as a prediction of the clean sample.
     fn data_prediction(&self, model_output: &Tensor, i: usize, sample: &Tensor) -> Tensor {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
         match self.prediction {
             Prediction::Epsilon => (sample - model_output * sigma_t as f64) / alpha_t as f64,
             Prediction::Sample => model_output.shallow_clone(),
-            Prediction::VPrediction => {
-                sample * alpha_t as f64 - model_output * sigma_t as f64
-            }
+            Prediction::VPrediction => sample * alpha_t as f64 - model_output * sigma_t as f64,
         }
     }
 }
@@ -223,8 +219,7 @@ impl Scheduler for DpmSolverMultistep {
         let first_order = self.lower_order_nums < 1 || lower_order_final;
         let prev = match (self.algorithm, first_order) {
             (DpmAlgorithm::DpmSolverPp, true) => {
-                sample * (sigma_t / sigma_s0) as f64
-                    - m0 * (alpha_t * ((-h).exp() - 1.0)) as f64
+                sample * (sigma_t / sigma_s0) as f64 - m0 * (alpha_t * ((-h).exp() - 1.0)) as f64
             }
             (DpmAlgorithm::SdeDpmSolverPp, true) => {
                 let e2h = (-2.0 * h).exp();
@@ -252,8 +247,8 @@ impl Scheduler for DpmSolverMultistep {
                     DpmAlgorithm::SdeDpmSolverPp => {
                         let e2h = (-2.0 * h).exp();
                         let c = alpha_t * (1.0 - e2h);
-                        let base = sample * (sigma_t / sigma_s0 * (-h).exp()) as f64
-                            + m0 * c as f64;
+                        let base =
+                            sample * (sigma_t / sigma_s0 * (-h).exp()) as f64 + m0 * c as f64;
                         let with_d1 = match self.solver_type {
                             SolverType::Midpoint => base + d1 * (0.5 * c) as f64,
                             SolverType::Heun => {

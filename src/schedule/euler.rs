@@ -9,8 +9,8 @@ use tch::{Kind, Tensor};
 
 use super::config::SchedulerConfig;
 use super::sampler::Scheduler;
-pub use super::sigmas::{Prediction, TimestepSpacing};
 use super::sigmas::{check_steps, euler_timesteps, interp, train_sigmas};
+pub use super::sigmas::{Prediction, TimestepSpacing};
 use crate::error::{Error, Result};
 
 #[derive(Debug)]

@@ -31,7 +31,6 @@ impl EulerAncestral {
             prediction,
         })
     }
-
 }
 
 impl Scheduler for EulerAncestral {
@@ -79,15 +78,17 @@ impl Scheduler for EulerAncestral {
         };
         let sigma_to = sigmas[step_index + 1];
         // float32 scalar arithmetic, as diffusers does it on 0-d tensors.
-        let sigma_up = (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to)
-            / (sigma * sigma))
-            .sqrt();
+        let sigma_up =
+            (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).sqrt();
         let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
         let derivative = (&sample - pred_original) / sigma as f64;
         let dt = sigma_down - sigma;
         let prev = sample + derivative * dt as f64;
-        let prev = prev + noise.to_device(model_output.device()).to_kind(model_output.kind())
-            * sigma_up as f64;
+        let prev = prev
+            + noise
+                .to_device(model_output.device())
+                .to_kind(model_output.kind())
+                * sigma_up as f64;
         prev.to_kind(model_output.kind())
     }
 }

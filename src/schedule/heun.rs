@@ -61,7 +61,6 @@ impl Heun {
             .collect();
         self.first = None;
     }
-
 }
 
 impl Scheduler for Heun {
@@ -80,7 +79,11 @@ impl Scheduler for Heun {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .sigmas
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         match self.spacing {
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
             TimestepSpacing::Leading => sqrt_sigma_sq_plus_one(max) as f64,

@@ -177,7 +177,12 @@ impl SamplerKind {
         let best = SamplerKind::ALL
             .iter()
             .flat_map(|k| k.aliases().into_iter().map(move |a| (*k, a)))
-            .map(|(k, a)| (strsim::normalized_damerau_levenshtein(&key, &normalise(a)), k))
+            .map(|(k, a)| {
+                (
+                    strsim::normalized_damerau_levenshtein(&key, &normalise(a)),
+                    k,
+                )
+            })
             .max_by(|a, b| a.0.total_cmp(&b.0));
         let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
         let hint = match best {
@@ -207,12 +212,16 @@ impl SamplerKind {
             SamplerKind::EulerA => Box::new(EulerAncestral::new(cfg)?),
             SamplerKind::Heun => Box::new(Heun::new(cfg)?),
             SamplerKind::Ddim => Box::new(Ddim::new(cfg)?),
-            SamplerKind::Dpmpp2m => {
-                Box::new(DpmSolverMultistep::new(cfg, DpmAlgorithm::DpmSolverPp, false)?)
-            }
-            SamplerKind::Dpmpp2mKarras => {
-                Box::new(DpmSolverMultistep::new(cfg, DpmAlgorithm::DpmSolverPp, true)?)
-            }
+            SamplerKind::Dpmpp2m => Box::new(DpmSolverMultistep::new(
+                cfg,
+                DpmAlgorithm::DpmSolverPp,
+                false,
+            )?),
+            SamplerKind::Dpmpp2mKarras => Box::new(DpmSolverMultistep::new(
+                cfg,
+                DpmAlgorithm::DpmSolverPp,
+                true,
+            )?),
             SamplerKind::Dpmpp2mSdeKarras => Box::new(DpmSolverMultistep::new(
                 cfg,
                 DpmAlgorithm::SdeDpmSolverPp,
@@ -233,7 +242,13 @@ impl fmt::Display for SamplerKind {
 fn normalise(s: &str) -> String {
     s.chars()
         .filter(|c| !matches!(c, ' ' | '-' | '_'))
-        .map(|c| if c == '+' { 'p' } else { c.to_ascii_lowercase() })
+        .map(|c| {
+            if c == '+' {
+                'p'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect()
 }
 
@@ -275,7 +290,9 @@ mod tests {
 
     #[test]
     fn an_unknown_name_gets_the_closest() {
-        let e = SamplerKind::parse("dpmpp_2m_karas").unwrap_err().to_string();
+        let e = SamplerKind::parse("dpmpp_2m_karas")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("did you mean `dpmpp_2m_karras`?"), "{e}");
         assert!(e.contains("unipc"), "{e}");
         let e = SamplerKind::parse("plms").unwrap_err().to_string();

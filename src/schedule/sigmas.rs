@@ -125,7 +125,12 @@ pub fn euler_timesteps(spacing: TimestepSpacing, n: usize, train: i64, offset: i
 
 /// The integer timesteps of the multistep solvers (`DPMSolverMultistepScheduler`,
 /// `UniPCMultistepScheduler`): they space `n + 1` points and drop the last (timestep 0).
-pub fn multistep_timesteps(spacing: TimestepSpacing, n: usize, train: i64, offset: i64) -> Vec<i64> {
+pub fn multistep_timesteps(
+    spacing: TimestepSpacing,
+    n: usize,
+    train: i64,
+    offset: i64,
+) -> Vec<i64> {
     match spacing {
         TimestepSpacing::Linspace => {
             let mut t: Vec<i64> = linspace((train - 1) as f64, n + 1)

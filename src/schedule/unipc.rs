@@ -9,8 +9,7 @@ use super::config::SchedulerConfig;
 use super::euler::{Prediction, TimestepSpacing};
 use super::sampler::Scheduler;
 use super::sigmas::{
-    alpha_sigma, check_steps, interp, karras, lambda, multistep_timesteps, sigma_to_t,
-    train_sigmas,
+    alpha_sigma, check_steps, interp, karras, lambda, multistep_timesteps, sigma_to_t, train_sigmas,
 };
 use crate::error::{Error, Result};
 
@@ -56,7 +55,10 @@ impl UniPcMultistep {
         }
         for (field, on) in [
             ("thresholding", cfg.thresholding == Some(true)),
-            ("rescale_betas_zero_snr", cfg.rescale_betas_zero_snr == Some(true)),
+            (
+                "rescale_betas_zero_snr",
+                cfg.rescale_betas_zero_snr == Some(true),
+            ),
             ("predict_x0: false", cfg.predict_x0 == Some(false)),
         ] {
             if on {
@@ -109,15 +111,12 @@ impl UniPcMultistep {
         })
     }
 
-
     fn data_prediction(&self, model_output: &Tensor, i: usize, sample: &Tensor) -> Tensor {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
         match self.prediction {
             Prediction::Epsilon => (sample - model_output * sigma_t as f64) / alpha_t as f64,
             Prediction::Sample => model_output.shallow_clone(),
-            Prediction::VPrediction => {
-                sample * alpha_t as f64 - model_output * sigma_t as f64
-            }
+            Prediction::VPrediction => sample * alpha_t as f64 - model_output * sigma_t as f64,
         }
     }
 
@@ -196,7 +195,8 @@ impl UniPcMultistep {
 impl Scheduler for UniPcMultistep {
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         check_steps(n, self.num_train_timesteps)?;
-        let ints = multistep_timesteps(self.spacing, n, self.num_train_timesteps, self.steps_offset);
+        let ints =
+            multistep_timesteps(self.spacing, n, self.num_train_timesteps, self.steps_offset);
         let (timesteps, mut sigmas): (Vec<f32>, Vec<f32>) = if self.karras {
             let ts = &self.train_sigmas;
             let sigma_min = self.sigma_min.unwrap_or(ts[0] as f64);
