@@ -6,7 +6,10 @@
 //! unknown name refused with the closest one.
 //!
 //! Tolerances as in the pipeline parity tests: tensors 1e-4 max abs error; the tiny model's
-//! PNGs under one level of 255 on average, the toy model's under half a level.
+//! PNGs under one level of 255 on average, the toy model's under half a level. The random
+//! tiny model's DDIM renders are chaotic in diffusers itself (a 1e-6 change of the noise moves
+//! their final latents by up to 4e-2): they are compared by their first step, and the toy
+//! model's DDIM renders end to end.
 
 mod common;
 
@@ -102,6 +105,13 @@ fn options(case: &Value, kind: SamplerKind, size: Option<i64>) -> GenerateOption
     }
 }
 
+/// Per (sampler, case): the reference's sensitivity to a 1e-6 change of the noise, and its
+/// latents after the first step.
+type Conditioning<'a> = (
+    &'a dyn Fn(&str, &str) -> f64,
+    &'a dyn Fn(&str, &str) -> Tensor,
+);
+
 /// The latents after the first step of `o`'s sampling loop, as `sample_latents` runs it
 /// (guidance batched, the sampler driven through its trait).
 fn first_step(
@@ -146,9 +156,10 @@ fn first_step(
 
 /// Render every case of `cases` with every sampler and compare the final latents with
 /// `latents(sampler, case)` and the PNG with `png(sampler, case)`. A case whose reference
-/// moves by more than a tenth of the tolerance when diffusers' own initial noise moves by
-/// 1e-6 (`sensitivity`) cannot be compared end to end: its first step is compared instead
-/// (`first(sampler, case)`), and the cases so treated are returned.
+/// moves by more than the tolerance when diffusers' own initial noise moves by 1e-6
+/// (`sensitivity`; float32 rounding differs by about that much) cannot be compared end to
+/// end: its first step is compared instead (`first(sampler, case)`), and the cases so treated
+/// are returned. (The well-posed cases move by 2e-5 to 6e-5.)
 fn compare_renders(
     model: &std::path::Path,
     cases: &[Value],
@@ -156,7 +167,7 @@ fn compare_renders(
     latents: impl Fn(&str, &str) -> Tensor,
     png: impl Fn(&str, &str) -> std::path::PathBuf,
     pixel_tol: f64,
-    conditioning: Option<(&dyn Fn(&str, &str) -> f64, &dyn Fn(&str, &str) -> Tensor)>,
+    conditioning: Option<Conditioning>,
 ) -> Vec<String> {
     let mut ill_conditioned = Vec::new();
     let dir = ModelDir::open(model).unwrap();
@@ -173,7 +184,7 @@ fn compare_renders(
             let uncond = text.encode_negative(None, &cond).unwrap();
             if let Some((sensitivity, first)) = &conditioning {
                 let moved = sensitivity(kind.name(), name);
-                if moved > TOL / 10.0 {
+                if moved > TOL {
                     println!("{what}: diffusers' own render moves {moved:.1e} for a 1e-6 change of the noise: comparing the first step");
                     assert_close(
                         &format!("{what}: latents after the first step"),
@@ -238,10 +249,15 @@ fn tiny_pipeline_renders_as_diffusers_with_every_sampler() {
         PIXEL_TOL,
         Some((&sensitivity, &first)),
     );
-    // Only DDIM with guidance, whose clipped predictions make the random tiny model's render
-    // chaotic (the toy model's DDIM renders are compared end to end below); any other case
-    // found so would be a loss of coverage.
-    assert_eq!(ill, ["ddim.cfg"], "cases compared by their first step only");
+    // Only DDIM, whose clipped predictions make the random tiny model's render chaotic (4e-2
+    // with guidance, 3e-4 without, for a 1e-6 change of the noise; the toy model's DDIM
+    // renders are compared end to end below); any other case found so would be a loss of
+    // coverage.
+    assert_eq!(
+        ill,
+        ["ddim.cfg", "ddim.noguide"],
+        "cases compared by their first step only"
+    );
 }
 
 #[test]
