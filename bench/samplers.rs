@@ -6,6 +6,7 @@
 //! converged.
 //!
 //!     cargo run --release --example samplers -- OUT_DIR [PROMPTS] [SEEDS]
+//!     cargo run --release --example samplers -- --chart OUT_DIR   (redraw from samplers.json)
 //!
 //! PROMPTS (default 8) of the toy world's scenes and SEEDS (default 0,1,2) are rendered with
 //! guidance 5 at the model's native size. Every picture's renders (the reference and each
@@ -23,7 +24,7 @@ use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
 use moslora::{Error, Result};
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 const STEPS: [usize; 6] = [10, 15, 20, 25, 30, 50];
@@ -40,7 +41,7 @@ const PROMPTS: [&str; 8] = [
     "a photo of a pink house on top of a wooden floor",
 ];
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Row {
     sampler: String,
     display_name: String,
@@ -92,6 +93,16 @@ const SAME_PICTURE: f64 = 1.0;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--chart") {
+        let out = PathBuf::from(args.get(2).expect("usage: samplers --chart OUT_DIR"));
+        let path = out.join("samplers.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::msg(format!("{e}")))?;
+        let rows: Vec<Row> = serde_json::from_value(v["rows"].clone())
+            .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+        return chart(&out.join("samplers.png"), &rows);
+    }
     let out = PathBuf::from(
         args.get(1)
             .expect("usage: samplers OUT_DIR [PROMPTS] [SEEDS]"),
@@ -317,8 +328,23 @@ fn chart(path: &Path, rows: &[Row]) -> Result<()> {
         RGBColor(227, 119, 194),
         RGBColor(23, 190, 207),
     ];
-    let max_dist = rows.iter().map(|r| r.pixel_distance).fold(0.0, f64::max) * 1.05;
-    let (t_lo, t_hi) = rows.iter().fold((f64::MAX, f64::MIN), |(a, b), r| {
+    // A sampler whose pictures fall apart (DDIM with its clipped predictions) would flatten
+    // every other line: it is left off the chart, and its legend entry says so.
+    let broken = |k: SamplerKind| {
+        rows.iter()
+            .filter(|r| r.sampler == k.name())
+            .all(|r| r.clip_i < 0.5)
+    };
+    let shown: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            !SamplerKind::ALL
+                .iter()
+                .any(|&k| broken(k) && r.sampler == k.name())
+        })
+        .collect();
+    let max_dist = shown.iter().map(|r| r.pixel_distance).fold(0.0, f64::max) * 1.05;
+    let (t_lo, t_hi) = shown.iter().fold((f64::MAX, f64::MIN), |(a, b), r| {
         (a.min(r.clip_t), b.max(r.clip_t))
     });
     let pad = ((t_hi - t_lo) * 0.1).max(1e-3);
@@ -353,13 +379,21 @@ fn chart(path: &Path, rows: &[Row]) -> Result<()> {
             chart
                 .configure_mesh()
                 .x_desc("sampling steps")
+                .x_label_formatter(&|x| format!("{}", *x as i64))
+                .y_label_formatter(&|y| {
+                    if p == 0 {
+                        format!("{y:.0}")
+                    } else {
+                        format!("{y:.3}")
+                    }
+                })
                 .y_desc(y_desc)
                 .label_style(("sans-serif", 13))
                 .draw()
                 .map_err(|e| err(&e))?;
             for (i, kind) in SamplerKind::ALL.iter().enumerate() {
                 let c = colours[i % colours.len()];
-                let pts: Vec<(f64, f64)> = rows
+                let pts: Vec<(f64, f64)> = shown
                     .iter()
                     .filter(|r| r.sampler == kind.name())
                     .map(|r| {
@@ -372,7 +406,11 @@ fn chart(path: &Path, rows: &[Row]) -> Result<()> {
                 chart
                     .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
                     .map_err(|e| err(&e))?
-                    .label(kind.display_name())
+                    .label(if broken(*kind) {
+                        format!("{} (left off, see the table)", kind.display_name())
+                    } else {
+                        kind.display_name().to_string()
+                    })
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
                     });

@@ -342,6 +342,12 @@ pub fn train(
     resume: bool,
     progress: &mut dyn Progress,
 ) -> Result<Vec<TrainOutcome>> {
+    // The renders that follow (compare, sweeps) and the samples use it: a misspelt sampler
+    // fails now, not after the training.
+    crate::schedule::sampler::SamplerKind::parse_setting(
+        "render.scheduler",
+        &cfg.render.scheduler,
+    )?;
     let dir = ModelDir::open(&cfg.model)?;
     let (data, text) = prepare_data_and_text(cfg, &dir, opts, |m| progress.note(m))?;
     let captions: Vec<String> = data.captions.iter().map(|(c, _)| c.clone()).collect();
