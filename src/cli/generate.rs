@@ -114,7 +114,13 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         sampler,
     };
     let mut bar = Bar::new();
-    bar.begin("generating", "step", a.steps as u64, 0, false);
+    // Heun evaluates the UNet twice per step: the bar counts evaluations.
+    let evaluations = {
+        let mut s = sampler.build(&dir.scheduler_config()?)?;
+        s.set_timesteps(a.steps)?;
+        s.timesteps().len()
+    };
+    bar.begin("generating", "step", evaluations as u64, 0, false);
     let adapter = a.adapter.as_ref().map(|p| (p.as_path(), a.adapter_scale));
     let image = moslora::render::generate::generate(
         &a.model,
