@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use moslora::adapter::{self, file::AdapterFile};
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
 
@@ -35,6 +36,7 @@ fn main() -> moslora::Result<()> {
         width: size,
         height: size,
         seed: 0,
+        sampler: SamplerKind::Euler,
     };
     let noise = den.initial_noise(0, size, size)?;
     let (mut merged, mut unmerged) = (Vec::new(), Vec::new());

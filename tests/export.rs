@@ -19,6 +19,7 @@ use moslora::adapter::export::{export, kohya_component_name, kohya_name, ExportF
 use moslora::adapter::file::{self, AdapterFile};
 use moslora::adapter::{self, AdapterConfig, Component, MixerInit};
 use moslora::config::RunConfig;
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::config::{presets, UNetConfig};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{load_unet, Denoiser, GenerateOptions, RunOptions, TextEncoders};
@@ -40,6 +41,7 @@ fn options() -> GenerateOptions {
         width: SIZE,
         height: SIZE,
         seed: SEED,
+        sampler: SamplerKind::Euler,
     }
 }
 

@@ -5,6 +5,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{generate, GenerateOptions, RunOptions};
 
@@ -58,6 +59,7 @@ fn tiny_model_loads_in_moslora_and_diffusers() {
         width: 64,
         height: 64,
         seed: 0,
+        sampler: SamplerKind::Euler,
     };
     let img = generate(
         &out,

@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{assert_close, fixtures, mean_pixel_diff, read_png, reference, tiny_model};
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
 use serde_json::Value;
@@ -32,6 +33,7 @@ fn options(case: &Value) -> GenerateOptions {
         width: case["width"].as_i64().unwrap(),
         height: case["height"].as_i64().unwrap(),
         seed: case["seed"].as_u64().unwrap(),
+        sampler: SamplerKind::Euler,
     }
 }
 

@@ -16,6 +16,7 @@ use moslora::config::RunConfig;
 use moslora::render::manifest::Manifest;
 use moslora::render::picture::GridLayout;
 use moslora::render::{self, Column, RenderProgress};
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{
     load_unet, seeded_randn, Denoiser, GenerateOptions, RunOptions, TextEncoders,
@@ -248,6 +249,7 @@ fn merged_adapter_renders_like_the_unmerged_one() {
         width: 64,
         height: 64,
         seed: 3,
+        sampler: SamplerKind::Euler,
     };
     let noise = den.initial_noise(3, 64, 64).unwrap();
     let unmerged = den.sample(&cond, &uncond, &noise, &o, |_| {}).unwrap();
@@ -343,6 +345,7 @@ fn text_encoder_adapters_render_with_their_own_prompt_embeddings() {
         width: 64,
         height: 64,
         seed: 2,
+        sampler: SamplerKind::Euler,
     };
     for p in &m.prompts {
         let mut pixels = Vec::new();
@@ -459,6 +462,38 @@ fn bad_input_is_refused_clearly() {
     let mut perms = std::fs::metadata(&ro).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&ro, perms).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn another_sampler_renders_anew_and_a_spelling_keys_the_same_pictures() {
+    let cfg = config(trained());
+    let dir = scratch("samplers");
+    let (euler, rec) = render_into(&cfg, &dir);
+    assert_eq!((rec.rendered, rec.reused), (12, 0));
+    assert_eq!(euler.settings.scheduler, "euler");
+    let euler_png = std::fs::read(dir.join(&euler.images[0].file)).unwrap();
+    // Another sampler: no kept picture is reused, and the pictures change.
+    let mut c = cfg.clone();
+    c.render.scheduler = "DPM++ 2M Karras".into();
+    let (m, rec) = render_into(&c, &dir);
+    assert_eq!((rec.rendered, rec.reused), (12, 0));
+    assert_eq!(m.settings.scheduler, "dpmpp_2m_karras");
+    assert_ne!(
+        std::fs::read(dir.join(&m.images[0].file)).unwrap(),
+        euler_png
+    );
+    // The same sampler by its own name: every picture is kept.
+    c.render.scheduler = "dpmpp_2m_karras".into();
+    let (_, rec) = render_into(&c, &dir);
+    assert_eq!((rec.rendered, rec.reused), (0, 12));
+    // A misspelt one: refused before anything renders, naming the setting.
+    c.render.scheduler = "Euler ancestral a".into();
+    let e = render_error(&c, None, Vec::new());
+    assert!(
+        e.contains("render.scheduler") && e.contains("did you mean `euler_a`?"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -137,7 +137,7 @@ fn euler_sampling_loop_matches_diffusers() {
             let input = s.scale_model_input(&latents, i);
             // The stand-in model of ref_schedule.py: eps(x, t) = tanh(x) * t / 1000.
             let eps = input.tanh() * (Tensor::from(t) / 1000.0);
-            latents = s.step(&eps, i, &latents);
+            latents = s.step(&eps, i, &latents, None);
         }
         assert_close(
             &format!("euler: 7-step loop, {spacing}"),

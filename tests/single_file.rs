@@ -18,6 +18,7 @@ use moslora::adapter::export::{export, ExportFormat};
 use moslora::adapter::file;
 use moslora::adapter::{self, merged_model, AdapterConfig, MixerInit};
 use moslora::config::RunConfig;
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::convert::{self, WriteOptions};
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{load_unet, GenerateOptions, RunOptions, TextEncoders};
@@ -38,6 +39,7 @@ fn render(model: &Path, adapter: Option<&Path>) -> Tensor {
         width: SIZE,
         height: SIZE,
         seed: SEED,
+        sampler: SamplerKind::Euler,
     };
     let image = moslora::render::generate::generate(
         model,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use common::{
     assert_close, max_abs_diff, mean_pixel_diff, read_png, repo, run_reference, scratch, tensors,
 };
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{Denoiser, GenerateOptions, RunOptions, TextEncoders};
 use moslora::toyworld::pretrain::{pretrain, PretrainOptions, PretrainProgress, Recipe};
@@ -78,6 +79,7 @@ fn renders_as_diffusers_does(model: &Path) {
             width: size,
             height: size,
             seed: case["seed"].as_u64().unwrap(),
+            sampler: SamplerKind::Euler,
         };
         let noise = den.initial_noise(o.seed, size, size).unwrap();
         let lat = den

@@ -605,6 +605,8 @@ fn prior_preservation_makes_class_images_and_samples_are_rendered() {
     let out = scratch("prior");
     let mut cfg = config(&out, 2);
     cfg.render.steps = 3;
+    // Class images and samples are drawn with the renders' sampler, here a stochastic one.
+    cfg.render.scheduler = "Euler a".into();
     cfg.train.sample_every = 1;
     cfg.train.prior_preservation = Some(moslora::config::PriorPreservation {
         class_images: out.join("class"),

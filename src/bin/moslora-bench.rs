@@ -15,6 +15,7 @@ use moslora::adapter::file::{AdapterFile, AdapterMeta, FORMAT_VERSION};
 use moslora::adapter::{self, AdapterConfig};
 use moslora::config::RunConfig;
 use moslora::schedule::ddpm::DdpmSchedule;
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
 use moslora::sdxl::pipeline::{
     load_unet, Denoiser, GenerateOptions, PromptEmbeds, RunOptions, TextEncoders,
@@ -282,6 +283,7 @@ fn sample(a: &SampleArgs) -> Result<serde_json::Value> {
         width: a.size,
         height: a.size,
         seed: 0,
+        sampler: SamplerKind::Euler,
     };
     let t = Instant::now();
     let noise = den.initial_noise(o.seed, o.width, o.height)?;

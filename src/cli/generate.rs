@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use moslora::runtime::parse_dtype;
+use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::init_model::{init_model, InitOptions};
 use moslora::sdxl::pipeline::{GenerateOptions, RunOptions};
 use moslora::Result;
@@ -74,6 +75,10 @@ pub struct GenerateArgs {
     seed: u64,
     #[arg(long, default_value_t = 50)]
     steps: usize,
+    /// Sampler: euler, euler_a, heun, ddim, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde_karras or
+    /// unipc (A1111's names, "DPM++ 2M Karras", and diffusers' class names work too)
+    #[arg(long, default_value = "euler")]
+    scheduler: String,
     /// Classifier-free guidance scale (1 or less disables the unconditional pass)
     #[arg(long, default_value_t = 5.0)]
     guidance: f64,
@@ -97,6 +102,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
+    let sampler = SamplerKind::parse_setting("--scheduler", &a.scheduler)?;
     let opts = RunOptions::from_names(&a.device.device, a.device.dtype.as_deref())?;
     super::models::fetch_model(&a.model, opts.dtype)?;
     let dir = moslora::sdxl::model_dir::ModelDir::open(&a.model)?;
@@ -107,9 +113,16 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         width: a.width.unwrap_or(native),
         height: a.height.unwrap_or(native),
         seed: a.seed,
+        sampler,
     };
     let mut bar = Bar::new();
-    bar.begin("generating", "step", a.steps as u64, 0, false);
+    // Heun evaluates the UNet twice per step: the bar counts evaluations.
+    let evaluations = {
+        let mut s = sampler.build(&dir.scheduler_config()?)?;
+        s.set_timesteps(a.steps)?;
+        s.timesteps().len()
+    };
+    bar.begin("generating", "step", evaluations as u64, 0, false);
     let adapter = a.adapter.as_ref().map(|p| (p.as_path(), a.adapter_scale));
     let image = moslora::render::generate::generate(
         &a.model,

@@ -25,6 +25,7 @@ use crate::adapter::{self, file::AdapterFile};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::fsutil::write_png;
+use crate::schedule::sampler::SamplerKind;
 use crate::sdxl::image_processing::rgb_image;
 use crate::sdxl::model_dir::ModelDir;
 use crate::sdxl::pipeline::{Denoiser, GenerateOptions, PromptEmbeds, RunOptions, TextEncoders};
@@ -213,6 +214,7 @@ pub fn render(
             "nothing to render: no adapters and no base column",
         ));
     }
+    let sampler = SamplerKind::parse_setting("render.scheduler", &cfg.render.scheduler)?;
     // Read every adapter before the long work, so a missing or foreign file fails first.
     let mut adapters: Vec<(Column, Option<(AdapterFile, String)>)> = Vec::new();
     // What an adapter's pictures depend on: its settings and tensors, not where it was trained
@@ -260,7 +262,9 @@ pub fn render(
     let settings = Settings {
         steps: cfg.render.steps,
         guidance: cfg.render.guidance,
-        scheduler: cfg.render.scheduler.clone(),
+        // The canonical name: "DPM++ 2M Karras" and "dpmpp_2m_karras" key the same pictures,
+        // and another sampler keys other pictures.
+        scheduler: sampler.name().to_string(),
         width: cfg.render.width.unwrap_or(native),
         height: cfg.render.height.unwrap_or(native),
         negative_prompt: cfg.render.negative_prompt.clone(),
@@ -272,6 +276,7 @@ pub fn render(
         width: settings.width,
         height: settings.height,
         seed,
+        sampler,
     };
 
     let prompt_entries: Vec<PromptEntry> = plan

@@ -20,6 +20,38 @@ pub struct SchedulerConfig {
     pub timestep_spacing: String,
     #[serde(default)]
     pub steps_offset: i64,
+    // The settings of the other samplers' classes. A field the file lacks takes the default
+    // of the class that reads it (`None` here), as diffusers' `from_config` gives it.
+    #[serde(default)]
+    pub use_karras_sigmas: Option<bool>,
+    #[serde(default)]
+    pub sigma_min: Option<f64>,
+    #[serde(default)]
+    pub sigma_max: Option<f64>,
+    #[serde(default)]
+    pub final_sigmas_type: Option<String>,
+    #[serde(default)]
+    pub clip_sample: Option<bool>,
+    #[serde(default)]
+    pub clip_sample_range: Option<f64>,
+    #[serde(default)]
+    pub set_alpha_to_one: Option<bool>,
+    #[serde(default)]
+    pub thresholding: Option<bool>,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: Option<bool>,
+    #[serde(default)]
+    pub solver_order: Option<i64>,
+    #[serde(default)]
+    pub solver_type: Option<String>,
+    #[serde(default)]
+    pub lower_order_final: Option<bool>,
+    #[serde(default)]
+    pub euler_at_final: Option<bool>,
+    #[serde(default)]
+    pub predict_x0: Option<bool>,
+    #[serde(default)]
+    pub disable_corrector: Option<Vec<i64>>,
 }
 
 fn default_train_steps() -> i64 {

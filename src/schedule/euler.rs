@@ -8,55 +8,10 @@
 use tch::{Kind, Tensor};
 
 use super::config::SchedulerConfig;
-use super::ddpm::alphas_cumprod;
 use super::sampler::Scheduler;
+use super::sigmas::{check_steps, euler_timesteps, interp, train_sigmas};
+pub use super::sigmas::{Prediction, TimestepSpacing};
 use crate::error::{Error, Result};
-
-/// How the inference timesteps are spread over the training timesteps (diffusers
-/// `timestep_spacing`; Table 2 of "Common Diffusion Noise Schedules and Sample Steps are
-/// Flawed").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimestepSpacing {
-    Leading,
-    Trailing,
-    Linspace,
-}
-
-impl TimestepSpacing {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "leading" => Ok(TimestepSpacing::Leading),
-            "trailing" => Ok(TimestepSpacing::Trailing),
-            "linspace" => Ok(TimestepSpacing::Linspace),
-            other => Err(Error::msg(format!(
-                "scheduler: `timestep_spacing` {other:?} is not one of \"leading\", \"trailing\", \
-                 \"linspace\""
-            ))),
-        }
-    }
-}
-
-/// What the model predicts (diffusers `prediction_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prediction {
-    Epsilon,
-    VPrediction,
-    Sample,
-}
-
-impl Prediction {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "epsilon" => Ok(Prediction::Epsilon),
-            "v_prediction" => Ok(Prediction::VPrediction),
-            "sample" | "original_sample" => Ok(Prediction::Sample),
-            other => Err(Error::msg(format!(
-                "scheduler: `prediction_type` {other:?} is not one of \"epsilon\", \
-                 \"v_prediction\", \"sample\""
-            ))),
-        }
-    }
-}
 
 #[derive(Debug)]
 pub struct EulerDiscrete {
@@ -80,10 +35,7 @@ impl EulerDiscrete {
         if cfg.steps_offset < 0 {
             return Err(Error::msg("scheduler: `steps_offset` must not be negative"));
         }
-        let ac = alphas_cumprod(cfg)?;
-        // Same float32 tensor operations as diffusers: ((1 - abar) / abar) ** 0.5.
-        let sigmas = ((ac.neg() + 1.0) / &ac).pow_tensor_scalar(0.5);
-        let train_sigmas = Vec::<f32>::try_from(&sigmas)?;
+        let train_sigmas = train_sigmas(cfg)?;
         let n = cfg.num_train_timesteps;
         // np.linspace(0, n - 1, n)[::-1] is exactly the integers n-1 .. 0.
         let timesteps: Vec<f32> = (0..n).rev().map(|t| t as f32).collect();
@@ -109,82 +61,14 @@ impl EulerDiscrete {
         Tensor::from_slice(&self.timesteps)
     }
 
-    /// Inference timesteps (float64, before the float32 cast) with NumPy's arithmetic.
-    fn spaced_timesteps(&self, n: usize) -> Vec<f64> {
-        let train = self.num_train_timesteps;
-        match self.spacing {
-            TimestepSpacing::Linspace => {
-                // np.linspace(0, train - 1, n): i * step in float64, the end point exact.
-                let stop = (train - 1) as f64;
-                let step = stop / (n as f64 - 1.0);
-                let mut t: Vec<f64> = (0..n)
-                    .map(|i| if n == 1 { 0.0 } else { i as f64 * step })
-                    .collect();
-                if n > 1 {
-                    t[n - 1] = stop;
-                }
-                // Cast to float32 as np.linspace(dtype=float32) does.
-                t.iter().rev().map(|&v| v as f32 as f64).collect()
-            }
-            TimestepSpacing::Leading => {
-                let ratio = train / n as i64;
-                (0..n as i64)
-                    .rev()
-                    .map(|i| ((i * ratio) as f32 + self.steps_offset as f32) as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => {
-                // np.arange(train, 0, -train / n): its length is ceil(-train / step), which
-                // for some n is n + 1 (a rounding artefact diffusers inherits; kept for
-                // parity); the values are start + i * (first two values' difference).
-                let start = train as f64;
-                let step = -(train as f64) / n as f64;
-                let len = ((0.0 - start) / step).ceil() as usize;
-                let delta = (start + step) - start;
-                (0..len)
-                    .map(|i| {
-                        let v = if i == 0 {
-                            start
-                        } else {
-                            start + i as f64 * delta
-                        };
-                        (v.round_ties_even() as f32 - 1.0) as f64
-                    })
-                    .collect()
-            }
-        }
-    }
-
-    /// `np.interp(t, arange(len(train_sigmas)), train_sigmas)` in float64.
-    fn interp_sigma(&self, t: f64) -> f64 {
-        let fp = &self.train_sigmas;
-        let last = fp.len() - 1;
-        // Outside the table np.interp holds the end values (trailing spacing can ask for -1).
-        if t < 0.0 {
-            return fp[0] as f64;
-        }
-        if t >= last as f64 {
-            return fp[last] as f64;
-        }
-        let j = t.floor() as usize;
-        if j as f64 == t {
-            return fp[j] as f64;
-        }
-        let (lo, hi) = (fp[j] as f64, fp[j + 1] as f64);
-        // np.interp's `slope * (x - xp[j]) + fp[j]`; the slope's divisor xp[j+1] - xp[j] is 1.
-        (hi - lo) * (t - j as f64) + lo
-    }
-
     /// Choose `n` denoising steps (`timestep_spacing` decides which).
     pub fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        if n == 0 || n as i64 > self.num_train_timesteps {
-            return Err(Error::msg(format!(
-                "sampler: {n} steps requested; choose 1 to {}",
-                self.num_train_timesteps
-            )));
-        }
-        let t = self.spaced_timesteps(n);
-        let mut sigmas: Vec<f32> = t.iter().map(|&v| self.interp_sigma(v) as f32).collect();
+        check_steps(n, self.num_train_timesteps)?;
+        let t = euler_timesteps(self.spacing, n, self.num_train_timesteps, self.steps_offset);
+        let mut sigmas: Vec<f32> = t
+            .iter()
+            .map(|&v| interp(&self.train_sigmas, v) as f32)
+            .collect();
         sigmas.push(0.0);
         self.timesteps = t.iter().map(|&v| v as f32).collect();
         self.sigmas = sigmas;
@@ -253,7 +137,7 @@ impl EulerDiscrete {
 /// `(sigma**2 + 1) ** 0.5` as diffusers evaluates it: by libtorch, on a float32 scalar tensor.
 /// libtorch's vectorised square root is not always the correctly rounded one (it can be one
 /// ulp off IEEE `sqrt`), so Rust's `f32::sqrt` would not reproduce it bit for bit.
-fn sqrt_sigma_sq_plus_one(sigma: f32) -> f32 {
+pub(crate) fn sqrt_sigma_sq_plus_one(sigma: f32) -> f32 {
     (Tensor::from(sigma).pow_tensor_scalar(2) + 1)
         .pow_tensor_scalar(0.5)
         .double_value(&[]) as f32
@@ -270,6 +154,10 @@ impl Scheduler for EulerDiscrete {
         EulerDiscrete::timesteps(self)
     }
 
+    fn sigmas(&self) -> &[f32] {
+        EulerDiscrete::sigmas(self)
+    }
+
     fn init_noise_sigma(&self) -> f64 {
         EulerDiscrete::init_noise_sigma(self)
     }
@@ -278,7 +166,13 @@ impl Scheduler for EulerDiscrete {
         EulerDiscrete::scale_model_input(self, sample, step_index)
     }
 
-    fn step(&mut self, model_output: &Tensor, step_index: usize, sample: &Tensor) -> Tensor {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+        _noise: Option<&Tensor>,
+    ) -> Tensor {
         EulerDiscrete::step(self, model_output, step_index, sample)
     }
 }

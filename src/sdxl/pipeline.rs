@@ -1,6 +1,7 @@
 //! The SDXL text-to-image pipeline, step for step as diffusers' `StableDiffusionXLPipeline`:
 //! prompt encoding with both encoders, micro-conditioning, classifier-free guidance with the
-//! conditional and unconditional passes in one batch, Euler sampling, VAE decode.
+//! conditional and unconditional passes in one batch, sampling with the chosen sampler (Euler
+//! by default), VAE decode.
 
 use std::path::Path;
 
@@ -15,7 +16,7 @@ use super::vae::AutoencoderKL;
 use super::weights::Weights;
 use crate::error::{Error, Result};
 use crate::schedule::config::SchedulerConfig;
-use crate::schedule::euler::EulerDiscrete;
+use crate::schedule::sampler::SamplerKind;
 
 /// Where and in which precision to run.
 #[derive(Debug, Clone, Copy)]
@@ -197,6 +198,8 @@ pub struct GenerateOptions {
     pub width: i64,
     pub height: i64,
     pub seed: u64,
+    /// The sampler (diffusers scheduler class) to denoise with.
+    pub sampler: SamplerKind,
 }
 
 /// The UNet, the VAE and the sampler settings: everything but the text encoders, which can
@@ -277,8 +280,10 @@ pub struct Guided<'a> {
     pub uncond: &'a PromptEmbeds,
 }
 
-/// The sampling loop of `StableDiffusionXLPipeline.__call__` (Euler, epsilon prediction),
-/// over any UNet (with or without adapters).
+/// The sampling loop of `StableDiffusionXLPipeline.__call__` with `o.sampler` as its
+/// scheduler, over any UNet (with or without adapters). A stochastic sampler's step noise
+/// comes from the generator seeded with `o.seed`, drawn after the initial latents (which
+/// `noise` is), one draw of the latents' shape per step, as diffusers draws it.
 pub fn sample_latents(
     unet: &UNet2DConditionModel,
     scheduler: &SchedulerConfig,
@@ -290,8 +295,13 @@ pub fn sample_latents(
 ) -> Result<Tensor> {
     let Guided { cond, uncond } = prompt;
     let _guard = tch::no_grad_guard();
-    let mut sched = EulerDiscrete::new(scheduler)?;
+    let mut sched = o.sampler.build(scheduler)?;
     sched.set_timesteps(o.steps)?;
+    let step_noise = if sched.stochastic() {
+        step_noise(o.seed, &noise.size(), sched.timesteps().len())
+    } else {
+        Vec::new()
+    };
     let dev = opts.device;
     let kind = opts.dtype;
     let cfg_on = o.guidance > 1.0;
@@ -326,7 +336,7 @@ pub fn sample_latents(
         } else {
             eps
         };
-        latents = sched.step(&eps, i, &latents);
+        latents = sched.step(&eps, i, &latents, step_noise.get(i));
         on_step(i);
     }
     Ok(latents)
@@ -345,6 +355,17 @@ pub fn load_unet(dir: &ModelDir, opts: RunOptions) -> Result<UNet2DConditionMode
 pub fn seeded_randn(seed: u64, shape: &[i64]) -> Tensor {
     let _rng = crate::runtime::seeded(seed as i64);
     Tensor::randn(shape, (Kind::Float, Device::Cpu))
+}
+
+/// The noise a stochastic sampler adds at each of `steps` steps: `torch.randn` from the CPU
+/// generator seeded with `seed`, after the initial latents' draw of the same `shape`, as
+/// diffusers' `randn_tensor(..., generator=generator)` takes them one step after another.
+pub fn step_noise(seed: u64, shape: &[i64], steps: usize) -> Vec<Tensor> {
+    let _rng = crate::runtime::seeded(seed as i64);
+    let _initial = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+    (0..steps)
+        .map(|_| Tensor::randn(shape, (Kind::Float, Device::Cpu)))
+        .collect()
 }
 
 /// (3, H, W) in [-1, 1] to (3, H, W) u8: `(x / 2 + 0.5).clamp(0, 1) * 255`, rounded half to

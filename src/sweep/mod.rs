@@ -154,6 +154,11 @@ impl Sweep {
             }
         }
         let base = RunConfig::load(&config.base)?;
+        crate::schedule::sampler::SamplerKind::parse_setting(
+            "render.scheduler",
+            &base.render.scheduler,
+        )
+        .map_err(|e| Error::config(&config.base, e.to_string()))?;
         let subjects = subjects::read(&config.subjects)?;
         let axis = |name: &str, empty: bool| {
             if empty {

@@ -583,6 +583,7 @@ pub fn check_base_renders(
             width: size,
             height: size,
             seed: i as u64,
+            sampler: crate::schedule::sampler::SamplerKind::Euler,
         };
         let noise = den.initial_noise(g.seed, size, size)?;
         let lat = den.sample(&cond, &uncond, &noise, &g, |_| {})?;

@@ -652,6 +652,7 @@ pub fn preview(dir: &Path, out: &Path) -> Result<()> {
                 width: size,
                 height: size,
                 seed,
+                sampler: crate::schedule::sampler::SamplerKind::Euler,
             };
             let noise = den.initial_noise(seed, size, size)?;
             let lat = den.sample(&cond, &uncond, &noise, &g, |_| {})?;

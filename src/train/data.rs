@@ -9,6 +9,7 @@ use super::{buckets, captions};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::schedule::config::SchedulerConfig;
+use crate::schedule::sampler::SamplerKind;
 use crate::sdxl::model_dir::ModelDir;
 use crate::sdxl::pipeline::{PromptEmbeds, RunOptions, TextEncoders};
 use crate::sdxl::vae::AutoencoderKL;
@@ -34,6 +35,8 @@ pub struct Sampler {
     pub vae: AutoencoderKL,
     pub uncond: PromptEmbeds,
     pub scheduler: SchedulerConfig,
+    /// `render.scheduler`: samples are drawn with the renders' sampler.
+    pub kind: SamplerKind,
 }
 
 /// Make class images with the base model until `class_images` holds `generate` of them
@@ -67,6 +70,7 @@ fn generate_class_images(
     let uncond = text.encode_negative(None, &cond)?;
     let den = crate::sdxl::pipeline::Denoiser::load(dir, opts)?;
     let size = cfg.train.resolution;
+    let sampler = SamplerKind::parse_setting("render.scheduler", &cfg.render.scheduler)?;
     for i in have..pp.generate {
         let o = crate::sdxl::pipeline::GenerateOptions {
             steps: cfg.render.steps,
@@ -74,6 +78,7 @@ fn generate_class_images(
             width: size,
             height: size,
             seed: cfg.seed.wrapping_add(i as u64),
+            sampler,
         };
         let noise = den.initial_noise(o.seed, size, size)?;
         let latents = den.sample(&cond, &uncond, &noise, &o, |_| {})?;
@@ -203,6 +208,7 @@ pub fn prepare_data_and_text(
             vae,
             uncond,
             scheduler: dir.scheduler_config()?,
+            kind: SamplerKind::parse_setting("render.scheduler", &cfg.render.scheduler)?,
         })
     } else {
         None

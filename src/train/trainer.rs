@@ -308,6 +308,7 @@ fn write_sample(
         width: size,
         height: size,
         seed: 0,
+        sampler: s.kind,
     };
     let noise = seeded_randn(0, &[1, 4, size / 8, size / 8]);
     // With text-encoder adapters the prompt reads as the adapters make it read now.
@@ -341,6 +342,12 @@ pub fn train(
     resume: bool,
     progress: &mut dyn Progress,
 ) -> Result<Vec<TrainOutcome>> {
+    // The renders that follow (compare, sweeps) and the samples use it: a misspelt sampler
+    // fails now, not after the training.
+    crate::schedule::sampler::SamplerKind::parse_setting(
+        "render.scheduler",
+        &cfg.render.scheduler,
+    )?;
     let dir = ModelDir::open(&cfg.model)?;
     let (data, text) = prepare_data_and_text(cfg, &dir, opts, |m| progress.note(m))?;
     let captions: Vec<String> = data.captions.iter().map(|(c, _)| c.clone()).collect();
