@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use moslora::runtime::parse_dtype;
+use moslora::runtime::{parse_dtype, Given};
 use moslora::sdxl::init_model::{init_model, InitOptions};
+use moslora::render::generate::GenerateProgress;
 use moslora::sdxl::pipeline::{GenerateOptions, RunOptions};
 use moslora::Result;
 
@@ -96,9 +97,10 @@ pub struct GenerateArgs {
 }
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
-    let opts = RunOptions::from_names(&a.device.device, a.device.dtype.as_deref())?;
+    let opts = RunOptions::from_names(&a.device.device, a.device.dtype.as_deref(), Given::Flag)?;
     let dir = moslora::sdxl::model_dir::ModelDir::open(&a.model)?;
-    let native = dir.unet_config()?.sample_size * dir.vae_config()?.scale_factor();
+    let native_size = dir.native_size()?;
+    let native = native_size.pixels();
     let o = GenerateOptions {
         steps: a.steps,
         guidance: a.guidance,
@@ -107,6 +109,10 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
     };
     let mut bar = Bar::new();
+    let size = format!("--width {} --height {}", o.width, o.height);
+    if let Some(warning) = native_size.warning(&size, o.width, o.height) {
+        bar.note(&warning);
+    }
     bar.begin("generating", "step", a.steps as u64, 0, false);
     let adapter = a.adapter.as_ref().map(|p| (p.as_path(), a.adapter_scale));
     let image = moslora::render::generate::generate(
