@@ -419,9 +419,7 @@ impl Train {
                     ));
                 }
                 if step > r {
-                    return Err(format!(
-                        "{step_s} must be at most train.resolution ({r})"
-                    ));
+                    return Err(format!("{step_s} must be at most train.resolution ({r})"));
                 }
                 for (v, s) in [(min, &min_s), (max, &max_s)] {
                     if v % step != 0 {
@@ -434,9 +432,7 @@ impl Train {
                     ));
                 }
                 if max < r {
-                    return Err(format!(
-                        "{max_s} must be at least train.resolution ({r})"
-                    ));
+                    return Err(format!("{max_s} must be at least train.resolution ({r})"));
                 }
             }
         }

@@ -40,7 +40,14 @@ pub fn parse_device(s: &str, given: Given) -> Result<Device> {
 }
 
 fn cuda(i: usize, given: Given) -> Result<Device> {
-    let asked = given.spell("device", &if i == 0 { "cuda".to_string() } else { format!("cuda:{i}") });
+    let asked = given.spell(
+        "device",
+        &if i == 0 {
+            "cuda".to_string()
+        } else {
+            format!("cuda:{i}")
+        },
+    );
     if !tch::Cuda::is_available() {
         return Err(Error::DeviceUnavailable {
             what: format!(

@@ -95,7 +95,11 @@ impl Common {
         if let Some(n) = self.threads {
             tch::set_num_threads(n);
         }
-        RunOptions::from_names(&self.device, self.dtype.as_deref(), moslora::runtime::Given::Flag)
+        RunOptions::from_names(
+            &self.device,
+            self.dtype.as_deref(),
+            moslora::runtime::Given::Flag,
+        )
     }
 }
 

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use moslora::render::generate::GenerateProgress;
 use moslora::runtime::{parse_dtype, Given};
 use moslora::sdxl::init_model::{init_model, InitOptions};
-use moslora::render::generate::GenerateProgress;
 use moslora::sdxl::pipeline::{GenerateOptions, RunOptions};
 use moslora::Result;
 

@@ -39,7 +39,9 @@ pub fn lock_outputs(dirs: &[&std::path::Path]) -> moslora::Result<Locks> {
         }
         // The lock makes a missing folder itself, so that it can take it away again when the
         // run is refused before writing anything.
-        locks.0.push(moslora::run_lock::RunLock::acquire(dir, &command)?);
+        locks
+            .0
+            .push(moslora::run_lock::RunLock::acquire(dir, &command)?);
         seen.push(canonical(dir));
     }
     Ok(locks)

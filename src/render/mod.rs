@@ -144,7 +144,10 @@ pub fn plan(
         if columns.iter().any(|x| x.name == c.name) {
             return Err(Error::setting(
                 "--adapter",
-                format!("two adapters are named `{}`: give each column its own name", c.name),
+                format!(
+                    "two adapters are named `{}`: give each column its own name",
+                    c.name
+                ),
             ));
         }
         columns.push(c);

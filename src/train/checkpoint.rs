@@ -234,9 +234,7 @@ pub fn peek(dir: &Path) -> Option<(State, PathBuf)> {
     if dir.join("state.json").exists() {
         return read(dir).map(|s| (s, dir.to_path_buf()));
     }
-    olds(dir)
-        .into_iter()
-        .find_map(|o| read(&o).map(|s| (s, o)))
+    olds(dir).into_iter().find_map(|o| read(&o).map(|s| (s, o)))
 }
 
 /// Does the checkpoint in `dir` exist and belong to these settings?

@@ -133,13 +133,24 @@ pub fn changed_settings(meta: &AdapterMeta, current: &Value) -> Vec<String> {
     }
     let adapter = serde_json::to_value(&meta.adapter).unwrap_or(Value::Null);
     let stored = [
-        ("seed", meta.training.get("seed").cloned().unwrap_or(Value::Null)),
-        ("subject", meta.training.get("subject").cloned().unwrap_or(Value::Null)),
+        (
+            "seed",
+            meta.training.get("seed").cloned().unwrap_or(Value::Null),
+        ),
+        (
+            "subject",
+            meta.training.get("subject").cloned().unwrap_or(Value::Null),
+        ),
         ("train", train),
         ("adapter", adapter),
     ];
     for (key, value) in &stored {
-        diff(key, value, current.get(*key).unwrap_or(&Value::Null), &mut out);
+        diff(
+            key,
+            value,
+            current.get(*key).unwrap_or(&Value::Null),
+            &mut out,
+        );
     }
     if out.is_empty() {
         out.push("model, device or dtype".into());
@@ -269,7 +280,12 @@ fn describe(h: &Held, total: u64, adapters: &mut Vec<(String, String)>, items: &
 /// trains, or the adapters kept along the way. `train --resume` on a checkpoint of other
 /// settings is refused naming each changed setting. `run_file` is the RUN.yaml, for the
 /// message.
-pub fn check(cfg: &RunConfig, kinds: &[AdapterKind], intent: Intent, run_file: &Path) -> Result<()> {
+pub fn check(
+    cfg: &RunConfig,
+    kinds: &[AdapterKind],
+    intent: Intent,
+    run_file: &Path,
+) -> Result<()> {
     let total = cfg.train.steps;
     let mut replaced: Vec<&Held> = Vec::new();
     let held: Vec<Held> = kinds.iter().map(|&k| Held::of(cfg, k)).collect();
@@ -292,9 +308,7 @@ pub fn check(cfg: &RunConfig, kinds: &[AdapterKind], intent: Intent, run_file: &
                 // No checkpoint to continue: the run starts at step 0 over what is there.
                 _ => anything && !h.adapter_current(total),
             },
-            Intent::Compare => {
-                anything && !h.adapter_current(total) && !h.checkpoint_current()
-            }
+            Intent::Compare => anything && !h.adapter_current(total) && !h.checkpoint_current(),
         };
         if replaces {
             replaced.push(h);
@@ -317,7 +331,11 @@ pub fn check(cfg: &RunConfig, kinds: &[AdapterKind], intent: Intent, run_file: &
         }
     }
     for (names, how) in grouped {
-        let noun = if names.len() == 1 { "adapter" } else { "adapters" };
+        let noun = if names.len() == 1 {
+            "adapter"
+        } else {
+            "adapters"
+        };
         items.push(format!("{noun} {} {how}", names.join(", ")));
     }
     let run = run_file.display();
