@@ -328,7 +328,7 @@ fn runs_refused_at_once_leave_nothing_behind_and_advise_what_the_command_has() {
             "`device: cpu` (RUN.yaml)".into(),
         ],
     };
-    let cases = vec![
+    let cases = [
         no_gpu("train"),
         no_gpu("compare"),
         no_gpu("render"),
