@@ -339,18 +339,36 @@ impl Buckets {
     }
 }
 
+/// The model's downscaling assumed while only the RUN.yaml is known (the VAE's factor 8);
+/// the data preparation checks again with the model's own.
+pub const ASSUMED_FACTOR: i64 = 8;
+
 impl Train {
-    /// kohya's bucket sides: (step, min, max), defaults filled in.
-    pub fn kohya_bucket_sides(&self) -> (i64, i64, i64) {
-        (
-            self.bucket_step.unwrap_or(64),
-            self.bucket_min.unwrap_or(self.resolution / 4),
-            self.bucket_max.unwrap_or(self.resolution * 2),
-        )
+    /// kohya's bucket sides (step, min, max) for a model whose sides must be multiples of
+    /// `factor` pixels: the values set, and for those left out, defaults that follow
+    /// `resolution` as kohya's do at 1024 (step 64 = resolution / 16, min resolution / 4, max
+    /// resolution x 2), the step rounded up to a multiple of `factor`, min and max to
+    /// multiples of the step, min at most the resolution.
+    pub fn kohya_bucket_sides(&self, factor: i64) -> (i64, i64, i64) {
+        let r = self.resolution;
+        let up = |v: i64, m: i64| (v.max(1) + m - 1) / m * m;
+        let step = self
+            .bucket_step
+            .unwrap_or_else(|| up(r / 16, factor.max(1)));
+        let step_ok = step.max(1);
+        let min = self
+            .bucket_min
+            .unwrap_or_else(|| up(r / 4, step_ok).min(r / step_ok * step_ok).max(step_ok));
+        let max = self
+            .bucket_max
+            .unwrap_or_else(|| up((r * 2).max(min), step_ok));
+        (step, min, max)
     }
 
-    /// The bucket settings' own checks (the model's size is checked when it is loaded).
-    fn check_buckets(&self) -> std::result::Result<(), String> {
+    /// The bucket settings' own checks, for a model whose sides must be multiples of `factor`
+    /// pixels (see [`ASSUMED_FACTOR`]; the buckets themselves are checked against the model
+    /// when it is loaded). A value the user left out is never blamed: the defaults fit.
+    pub fn check_buckets(&self, factor: i64) -> std::result::Result<(), String> {
         let r = self.resolution;
         match self.buckets {
             Buckets::None => {
@@ -386,25 +404,36 @@ impl Train {
                 }
             }
             Buckets::Kohya => {
-                let (step, min, max) = self.kohya_bucket_sides();
+                let (step, min, max) = self.kohya_bucket_sides(factor);
+                // "train.bucket_min (48)", or "train.bucket_min (32, its default at
+                // resolution 64)" for a value the user left out.
+                let shown = |name: &str, v: i64, set: Option<i64>| match set {
+                    Some(_) => format!("train.{name} ({v})"),
+                    None => format!("train.{name} ({v}, its default at resolution {r})"),
+                };
+                let step_s = shown("bucket_step", step, self.bucket_step);
+                let min_s = shown("bucket_min", min, self.bucket_min);
+                let max_s = shown("bucket_max", max, self.bucket_max);
                 if step < 8 || step % 8 != 0 {
                     return Err(format!(
-                        "train.bucket_step must be a positive multiple of 8 (the VAE's \
-                         factor), not {step}"
+                        "{step_s} must be a positive multiple of 8 (the VAE's factor)"
                     ));
                 }
-                if min % step != 0 || max % step != 0 {
+                if step > r {
+                    return Err(format!("{step_s} must be at most train.resolution ({r})"));
+                }
+                for (v, s) in [(min, &min_s), (max, &max_s)] {
+                    if v % step != 0 {
+                        return Err(format!("{s} must be a multiple of {step_s}"));
+                    }
+                }
+                if min < step || min > r {
                     return Err(format!(
-                        "train.bucket_min ({min}) and train.bucket_max ({max}) must be \
-                         multiples of train.bucket_step ({step})"
+                        "{min_s} must be at least {step_s} and at most train.resolution ({r})"
                     ));
                 }
-                if min < step || min > r || max < r {
-                    return Err(format!(
-                        "train.bucket_min ({min}) must be at least train.bucket_step \
-                         ({step}) and at most train.resolution ({r}), and train.bucket_max \
-                         ({max}) at least train.resolution"
-                    ));
+                if max < r {
+                    return Err(format!("{max_s} must be at least train.resolution ({r})"));
                 }
             }
         }
@@ -560,7 +589,25 @@ impl RunConfig {
                 return Err(what.to_string());
             }
         }
-        t.check_buckets()
+        t.check_buckets(ASSUMED_FACTOR)
+    }
+
+    /// Refuse a `model:` that names nothing, before any work; `run_file` is the RUN.yaml.
+    pub fn check_model_exists(&self, run_file: &Path) -> Result<()> {
+        // A Hugging Face id counts as its cached snapshot (an id not cached is its own error).
+        if crate::hub::locate(&self.model)?.exists() {
+            return Ok(());
+        }
+        Err(Error::config(
+            run_file,
+            format!(
+                "model: {} does not exist: point `model:` at a downloaded SDXL folder such as \
+                 stable-diffusion-xl-base-1.0 (or a single-file .safetensors checkpoint), give a \
+                 Hugging Face id such as stabilityai/stable-diffusion-xl-base-1.0, or make a tiny \
+                 one with `moslora init-model --preset tiny --out DIR`",
+                self.model.display()
+            ),
+        ))
     }
 
     /// Where renders go.

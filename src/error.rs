@@ -75,12 +75,20 @@ pub enum Error {
     },
 
     /// A checkpoint left by a run with other settings: resuming it would mix two runs.
+    /// `changed` names the settings that differ as RUN.yaml spells them (`subject.images`,
+    /// `train.learning_rate`); empty when they are not known.
     #[error(
-        "the checkpoint in {} was made with other settings (model, seed, subject, train or \
-         adapter changed): run without --resume to start afresh",
-        dir.display()
+        "the checkpoint in {} was made with other settings (changed since: {}): restore them \
+         to continue it, start afresh with --force instead of --resume (it replaces the \
+         checkpoint), or set another `output:`",
+        dir.display(),
+        if changed.is_empty() {
+            "model, seed, subject, train or adapter".to_string()
+        } else {
+            changed.join(", ")
+        }
     )]
-    StaleCheckpoint { dir: PathBuf },
+    StaleCheckpoint { dir: PathBuf, changed: Vec<String> },
 
     /// The training loss stopped being finite at `step`; `checkpoint` is the last good one kept.
     #[error(

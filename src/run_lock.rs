@@ -88,16 +88,26 @@ impl Drop for RunLock {
         // Emptied, not removed: removing it would let a run that opened the old file and a run
         // that creates a new one both hold "the" lock. The OS lock goes with the file handle.
         let _ = self.file.set_len(0);
-        // A folder this run made and left holding only the lock is taken away again. A
-        // second run can only be refused on it meanwhile (the lock is still held here).
+        // A folder this run made and left holding only the lock (and empty folders it made
+        // before it was refused) is taken away again. A second run can only be refused on it
+        // meanwhile (the lock is still held here).
         let Some(made) = &self.made else { return };
         let Some(dir) = self.path.parent() else {
             return;
         };
         let only_lock = std::fs::read_dir(dir)
-            .map(|entries| entries.flatten().all(|e| e.file_name() == LOCK_FILE))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .all(|e| e.file_name() == LOCK_FILE || holds_no_file(&e.path()))
+            })
             .unwrap_or(false);
         if only_lock && std::fs::remove_file(&self.path).is_ok() {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let _ = remove_empty_tree(&e.path());
+                }
+            }
             for d in dir.ancestors() {
                 if std::fs::remove_dir(d).is_err() || d == made.as_path() {
                     break;
@@ -105,6 +115,27 @@ impl Drop for RunLock {
             }
         }
     }
+}
+
+/// A real folder (not a link) holding no file at any depth, only folders.
+fn holds_no_file(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.is_dir()
+        && std::fs::read_dir(path)
+            .map(|entries| entries.flatten().all(|e| holds_no_file(&e.path())))
+            .unwrap_or(false)
+}
+
+/// Remove a tree of empty folders, deepest first (`remove_dir` never removes a file).
+fn remove_empty_tree(path: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(path)?.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_tree(&e.path())?;
+        }
+    }
+    std::fs::remove_dir(path)
 }
 
 /// Who holds the lock, from its text. The holder writes it just after locking, so a run

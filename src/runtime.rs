@@ -6,13 +6,31 @@ use tch::{Device, Kind};
 
 use crate::error::{Error, Result};
 
-/// `--device cpu|cuda|cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
+/// Where the user named a device or dtype, so that advice names what they can change there:
+/// a command-line flag (`--device cuda`) or a RUN.yaml field (`device: cuda`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Given {
+    Flag,
+    RunFile,
+}
+
+impl Given {
+    /// How the user would write `name` = `value` where they gave it.
+    pub fn spell(self, name: &str, value: &str) -> String {
+        match self {
+            Given::Flag => format!("`--{name} {value}`"),
+            Given::RunFile => format!("`{name}: {value}` (RUN.yaml)"),
+        }
+    }
+}
+
+/// `cpu|cuda|cuda:N`, given as `given` says.
+pub fn parse_device(s: &str, given: Given) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
+        "cuda" => cuda(0, given),
         _ => match s.strip_prefix("cuda:").map(usize::from_str) {
-            Some(Ok(i)) => cuda(i),
+            Some(Ok(i)) => cuda(i, given),
             _ => Err(Error::setting(
                 "device",
                 format!("unknown device {s:?}: expected `cpu`, `cuda` or `cuda:N`"),
@@ -21,18 +39,31 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-fn cuda(i: usize) -> Result<Device> {
+fn cuda(i: usize, given: Given) -> Result<Device> {
+    let asked = given.spell(
+        "device",
+        &if i == 0 {
+            "cuda".to_string()
+        } else {
+            format!("cuda:{i}")
+        },
+    );
     if !tch::Cuda::is_available() {
         return Err(Error::DeviceUnavailable {
-            what: "`--device cuda` asked for, but libtorch sees no CUDA device \
-                   (no NVIDIA GPU or driver on this machine)"
-                .into(),
+            what: format!(
+                "{asked} asked for, but libtorch sees no CUDA device (no NVIDIA GPU or driver \
+                 on this machine): use {} to run on the CPU",
+                given.spell("device", "cpu")
+            ),
         });
     }
     let n = tch::Cuda::device_count() as usize;
     if i >= n {
         return Err(Error::DeviceUnavailable {
-            what: format!("cuda:{i} asked for, but only {n} CUDA device(s) exist"),
+            what: format!(
+                "{asked} asked for, but only {n} CUDA device(s) exist (cuda:0 to cuda:{})",
+                n.saturating_sub(1)
+            ),
         });
     }
     Ok(Device::Cuda(i))
@@ -51,14 +82,16 @@ pub fn parse_dtype(s: &str) -> Result<Kind> {
     }
 }
 
-/// Half precision on the CPU is slow and loses accuracy for nothing: refuse it with a hint.
-pub fn check_dtype_for_device(kind: Kind, device: Device) -> Result<()> {
+/// Half precision on the CPU is slow and loses accuracy for nothing: refuse it with a hint
+/// in the words of where the dtype was given (`given`).
+pub fn check_dtype_for_device(kind: Kind, device: Device, given: Given) -> Result<()> {
     if device == Device::Cpu && kind != Kind::Float {
         return Err(Error::setting(
             "dtype",
             format!(
-                "dtype {kind:?} on the CPU is not supported: use `--dtype f32` on the CPU, \
-                 bf16/f16 on CUDA"
+                "dtype {} on the CPU is not supported: use {} on the CPU, bf16 or f16 on CUDA",
+                dtype_name(kind),
+                given.spell("dtype", "f32")
             ),
         ));
     }

@@ -38,10 +38,13 @@ impl ExportFormat {
         match s.to_ascii_lowercase().as_str() {
             "kohya" | "comfyui" | "a1111" => Ok(ExportFormat::Kohya),
             "diffusers" | "peft" => Ok(ExportFormat::Diffusers),
-            _ => Err(Error::msg(format!(
-                "unknown export format {s:?}: expected `kohya` (ComfyUI, AUTOMATIC1111, Forge) \
-                 or `diffusers`"
-            ))),
+            _ => Err(Error::setting(
+                "--format",
+                format!(
+                    "unknown export format {s:?}: expected `kohya` (ComfyUI, AUTOMATIC1111, \
+                     Forge) or `diffusers`"
+                ),
+            )),
         }
     }
 

@@ -154,6 +154,35 @@ pub struct AdapterFile {
     pub text_encoder_2: BTreeMap<String, LayerTensors>,
 }
 
+/// The metadata of the adapter file at `path`, without reading its tensors.
+pub fn read_meta(path: &Path) -> Result<AdapterMeta> {
+    meta_of(&MappedFile::open(path)?, path)
+}
+
+fn meta_of(f: &MappedFile, path: &Path) -> Result<AdapterMeta> {
+    let bad = |what: String| Error::BadFile {
+        path: path.to_path_buf(),
+        what,
+    };
+    let md = f.metadata()?;
+    let meta_json = md.get(META_KEY).ok_or_else(|| {
+        bad(
+            "not a moslora adapter (no `moslora` metadata): for kohya or diffusers LoRA \
+             files use the tool that made them"
+                .into(),
+        )
+    })?;
+    let meta: AdapterMeta = serde_json::from_str(meta_json)
+        .map_err(|e| bad(format!("unreadable adapter metadata ({e})")))?;
+    if meta.format_version > FORMAT_VERSION {
+        return Err(bad(format!(
+            "adapter format version {} is newer than this moslora reads ({FORMAT_VERSION})",
+            meta.format_version
+        )));
+    }
+    Ok(meta)
+}
+
 impl AdapterFile {
     pub fn read(path: &Path) -> Result<Self> {
         if !path.exists() {
@@ -163,26 +192,11 @@ impl AdapterFile {
             )));
         }
         let f = MappedFile::open(path)?;
-        let md = f.metadata()?;
+        let meta = meta_of(&f, path)?;
         let bad = |what: String| Error::BadFile {
             path: path.to_path_buf(),
             what,
         };
-        let meta_json = md.get(META_KEY).ok_or_else(|| {
-            bad(
-                "not a moslora adapter (no `moslora` metadata): for kohya or diffusers LoRA \
-                 files use the tool that made them"
-                    .into(),
-            )
-        })?;
-        let meta: AdapterMeta = serde_json::from_str(meta_json)
-            .map_err(|e| bad(format!("unreadable adapter metadata ({e})")))?;
-        if meta.format_version > FORMAT_VERSION {
-            return Err(bad(format!(
-                "adapter format version {} is newer than this moslora reads ({FORMAT_VERSION})",
-                meta.format_version
-            )));
-        }
         let mut parts: BTreeMap<(Component, String), HashMap<String, Tensor>> = BTreeMap::new();
         for (name, _) in f.tensors().tensors() {
             let (component, rest) = Component::split(&name)

@@ -68,7 +68,7 @@ fn score(a: &ScoreArgs) -> Result<serde_json::Value> {
     let opts = moslora::metrics::ScoreOptions {
         clip: Some(a.clip.clone()),
         dino: Some(a.dino.clone()),
-        device: moslora::runtime::parse_device(&a.device)?,
+        device: moslora::runtime::parse_device(&a.device, moslora::runtime::Given::Flag)?,
         dino_eps: None,
     };
     let s = moslora::metrics::score(&a.renders, &opts, &mut moslora::metrics::Quiet)?;
@@ -96,7 +96,11 @@ impl Common {
         if let Some(n) = self.threads {
             tch::set_num_threads(n);
         }
-        RunOptions::from_names(&self.device, self.dtype.as_deref())
+        RunOptions::from_names(
+            &self.device,
+            self.dtype.as_deref(),
+            moslora::runtime::Given::Flag,
+        )
     }
 }
 

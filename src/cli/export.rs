@@ -23,6 +23,9 @@ pub struct ExportArgs {
     /// Output .safetensors file
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing output file
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -83,6 +86,12 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     use moslora::adapter::export::{self, ExportFormat};
     use moslora::sdxl::sgm_names::Layout;
     let format = ExportFormat::parse(&a.format)?;
+    if a.out.exists() && !a.force {
+        return Err(moslora::Error::OutputExists {
+            path: a.out.clone(),
+            hint: "choose another --out or pass --force to replace it".into(),
+        });
+    }
     let layout = match &a.model {
         Some(m) => {
             super::models::fetch_model(m, tch::Kind::Float)?;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use moslora::runtime::parse_dtype;
+use moslora::render::generate::GenerateProgress;
+use moslora::runtime::{parse_dtype, Given};
 use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::init_model::{init_model, InitOptions};
 use moslora::sdxl::pipeline::{GenerateOptions, RunOptions};
@@ -103,10 +104,11 @@ pub struct GenerateArgs {
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let sampler = SamplerKind::parse_setting("--scheduler", &a.scheduler)?;
-    let opts = RunOptions::from_names(&a.device.device, a.device.dtype.as_deref())?;
+    let opts = RunOptions::from_names(&a.device.device, a.device.dtype.as_deref(), Given::Flag)?;
     super::models::fetch_model(&a.model, opts.dtype)?;
     let dir = moslora::sdxl::model_dir::ModelDir::open(&a.model)?;
-    let native = dir.unet_config()?.sample_size * dir.vae_config()?.scale_factor();
+    let native_size = dir.native_size()?;
+    let native = native_size.pixels();
     let o = GenerateOptions {
         steps: a.steps,
         guidance: a.guidance,
@@ -116,6 +118,10 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         sampler,
     };
     let mut bar = Bar::new();
+    let size = format!("--width {} --height {}", o.width, o.height);
+    if let Some(warning) = native_size.warning(&size, o.width, o.height) {
+        bar.note(&warning);
+    }
     // Heun evaluates the UNet twice per step: the bar counts evaluations.
     let evaluations = {
         let mut s = sampler.build(&dir.scheduler_config()?)?;

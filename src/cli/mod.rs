@@ -12,12 +12,25 @@ pub mod sweep;
 pub mod toy;
 pub mod train;
 
+/// The locks of a command's output folders, released in the reverse order of taking them: a
+/// folder made inside another (`OUTPUT/renders`) is let go, and taken away if the run wrote
+/// nothing, before the one around it.
+pub struct Locks(Vec<moslora::run_lock::RunLock>);
+
+impl Drop for Locks {
+    fn drop(&mut self) {
+        while let Some(lock) = self.0.pop() {
+            drop(lock);
+        }
+    }
+}
+
 /// Lock the output folders a command writes, one run at a time in each (see
 /// `moslora::run_lock`); the guards hold the locks until dropped. A folder listed twice is
 /// locked once.
-pub fn lock_outputs(dirs: &[&std::path::Path]) -> moslora::Result<Vec<moslora::run_lock::RunLock>> {
+pub fn lock_outputs(dirs: &[&std::path::Path]) -> moslora::Result<Locks> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let mut locks = Vec::new();
+    let mut locks = Locks(Vec::new());
     let mut seen: Vec<std::path::PathBuf> = Vec::new();
     for dir in dirs {
         // The same folder named twice is locked once (a second lock would refuse the first).
@@ -27,7 +40,9 @@ pub fn lock_outputs(dirs: &[&std::path::Path]) -> moslora::Result<Vec<moslora::r
         }
         // The lock makes a missing folder itself, so that it can take it away again when the
         // run is refused before writing anything.
-        locks.push(moslora::run_lock::RunLock::acquire(dir, &command)?);
+        locks
+            .0
+            .push(moslora::run_lock::RunLock::acquire(dir, &command)?);
         seen.push(canonical(dir));
     }
     Ok(locks)

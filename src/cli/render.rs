@@ -6,6 +6,7 @@ use clap::Args;
 
 use moslora::config::RunConfig;
 use moslora::render::manifest::Manifest;
+use moslora::runtime::Given;
 use moslora::sdxl::pipeline::RunOptions;
 use moslora::Result;
 
@@ -46,8 +47,9 @@ pub struct RenderArgs {
 
 pub fn run_render(a: RenderArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
+    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     super::models::fetch_run(&cfg, false)?;
-    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+    cfg.check_model_exists(&a.run)?;
     let mut extra = a
         .adapters
         .iter()
@@ -88,13 +90,28 @@ pub fn run_render(a: RenderArgs) -> Result<()> {
 pub struct CompareArgs {
     /// The run's configuration
     run: PathBuf,
+    /// Retrain where the output folder holds a checkpoint or adapters of other settings,
+    /// replacing them (without it, such a run stops before any work; adapters of the same
+    /// settings are kept, and their checkpoints continued, either way)
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run_compare(a: CompareArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
+    // Everything that can be refused at once is, before the output folder is touched.
+    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     super::models::fetch_run(&cfg, true)?;
+    cfg.check_model_exists(&a.run)?;
     let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
-    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+    if !a.force {
+        moslora::train::existing::check(
+            &cfg,
+            &moslora::train::AdapterKind::BOTH,
+            moslora::train::existing::Intent::Compare,
+            &a.run,
+        )?;
+    }
     let (outcomes, m) = moslora::render::compare(&cfg, opts, &mut Bar::new(), &mut Bar::new())?;
     for o in &outcomes {
         println!(

@@ -33,7 +33,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let o = ScoreOptions {
         clip: a.clip,
         dino: a.dino,
-        device: moslora::runtime::parse_device(&a.device)?,
+        device: moslora::runtime::parse_device(&a.device, moslora::runtime::Given::Flag)?,
         dino_eps: None,
     };
     score(&a.renders, &o)

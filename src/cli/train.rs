@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use moslora::config::RunConfig;
+use moslora::runtime::Given;
 use moslora::sdxl::pipeline::RunOptions;
+use moslora::train::existing::Intent;
 use moslora::train::AdapterKind;
 use moslora::Result;
 
@@ -21,18 +23,32 @@ pub struct TrainArgs {
     /// Continue from the last checkpoint instead of starting afresh
     #[arg(long)]
     resume: bool,
+    /// Start afresh even where the output folder holds a checkpoint or adapters of an earlier
+    /// run, replacing them (without it, such a run stops before any work)
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
 }
 
 /// Trains; false when Ctrl-C stopped a run (its checkpoint saved).
 pub fn run(a: TrainArgs) -> Result<bool> {
     let cfg = RunConfig::load(&a.run)?;
-    super::models::fetch_run(&cfg, false)?;
-    let _lock = super::lock_outputs(&[&cfg.output])?;
+    // Everything that can be refused at once is, before the output folder is touched.
     let kinds: Vec<AdapterKind> = match &a.adapter {
         Some(k) => vec![AdapterKind::parse(k)?],
         None => AdapterKind::BOTH.to_vec(),
     };
-    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
+    super::models::fetch_run(&cfg, false)?;
+    cfg.check_model_exists(&a.run)?;
+    let _lock = super::lock_outputs(&[&cfg.output])?;
+    if !a.force {
+        let intent = if a.resume {
+            Intent::Resume
+        } else {
+            Intent::Fresh
+        };
+        moslora::train::existing::check(&cfg, &kinds, intent, &a.run)?;
+    }
     let outcomes = moslora::train::train(&cfg, &kinds, opts, a.resume, &mut Bar::new())?;
     let mut interrupted = false;
     for o in &outcomes {

@@ -63,18 +63,20 @@ impl Column {
     /// `NAME=FILE` from the command line.
     pub fn parse(spec: &str) -> Result<Self> {
         let (name, file) = spec.split_once('=').ok_or_else(|| {
-            Error::msg(format!(
-                "--adapter {spec:?}: expected NAME=FILE, e.g. rank16=runs/r16.safetensors"
-            ))
+            Error::setting(
+                "--adapter",
+                format!("--adapter {spec:?}: expected NAME=FILE, e.g. rank16=runs/r16.safetensors"),
+            )
         })?;
         let ok = !name.is_empty()
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !ok {
-            return Err(Error::msg(format!(
-                "--adapter {spec:?}: NAME may use letters, digits, - and _"
-            )));
+            return Err(Error::setting(
+                "--adapter",
+                format!("--adapter {spec:?}: NAME may use letters, digits, - and _"),
+            ));
         }
         Ok(Column {
             name: name.to_ascii_lowercase(),
@@ -141,7 +143,13 @@ pub fn plan(
     }
     for c in extra {
         if columns.iter().any(|x| x.name == c.name) {
-            return Err(Error::msg(format!("two adapters are named `{}`", c.name)));
+            return Err(Error::setting(
+                "--adapter",
+                format!(
+                    "two adapters are named `{}`: give each column its own name",
+                    c.name
+                ),
+            ));
         }
         columns.push(c);
     }
@@ -210,8 +218,10 @@ pub fn render(
     progress: &mut dyn RenderProgress,
 ) -> Result<Manifest> {
     if plan.columns.is_empty() {
-        return Err(Error::msg(
-            "nothing to render: no adapters and no base column",
+        return Err(Error::setting(
+            "--only-adapters",
+            "nothing to render: no adapters and no base column (give --adapter NAME=FILE, or \
+             set render.include_base)",
         ));
     }
     let sampler = SamplerKind::parse_setting("render.scheduler", &cfg.render.scheduler)?;
@@ -258,7 +268,17 @@ pub fn render(
     }
 
     let dir = ModelDir::open(&cfg.model)?;
-    let native = dir.unet_config()?.sample_size * dir.vae_config()?.scale_factor();
+    let native_size = dir.native_size()?;
+    let native = native_size.pixels();
+    if cfg.render.width.is_some() || cfg.render.height.is_some() {
+        let (w, h) = (
+            cfg.render.width.unwrap_or(native),
+            cfg.render.height.unwrap_or(native),
+        );
+        if let Some(warning) = native_size.warning(&format!("render size {w}x{h}"), w, h) {
+            progress.note(&warning);
+        }
+    }
     let settings = Settings {
         steps: cfg.render.steps,
         guidance: cfg.render.guidance,

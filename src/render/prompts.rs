@@ -71,7 +71,17 @@ pub fn load(source: &str, set: Option<&str>) -> Result<Vec<PromptTemplate>> {
             )
         }
     };
-    parse(&text, set).map_err(|e| Error::msg(format!("{origin}: {e}")))
+    parse(&text, set).map_err(|e| {
+        // A list that is not there, or not chosen, is the invocation's to change (exit 2).
+        let of_set = ["has several lists", "no list named", "has one list"]
+            .iter()
+            .any(|p| e.starts_with(p));
+        if of_set {
+            Error::setting("render.set", format!("{origin}: {e}"))
+        } else {
+            Error::msg(format!("{origin}: {e}"))
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -102,7 +112,8 @@ pub fn parse(text: &str, set: Option<&str>) -> std::result::Result<Vec<PromptTem
         (SetFile::Named(lists), None) => {
             let names: Vec<String> = lists.keys().cloned().collect();
             return Err(format!(
-                "has several lists ({}): choose one with --set NAME or render.set",
+                "has several lists ({}): choose one with render.set in RUN.yaml (or \
+                 `moslora render --set NAME`)",
                 names.join(", ")
             ));
         }

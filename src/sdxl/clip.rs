@@ -18,6 +18,12 @@ use super::nn::{Embedding, LayerNorm, Linear};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
+/// How the user names a CLIP folder: `score`'s flag, or the RUN.yaml field that `compare`
+/// and sweeps read (messages name both, each true of one command).
+pub const CLIP_OPTION: &str = "--clip (metrics.clip in RUN.yaml)";
+/// How the user names a DINO folder, as [`CLIP_OPTION`].
+pub const DINO_OPTION: &str = "--dino (metrics.dino in RUN.yaml)";
+
 /// The MLP activation (`hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {

@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::clip::{
     Activation, ClipEncoder, ClipTextModel, EncoderConfig, LayerNames, CLIP_LAYER_NAMES,
+    CLIP_OPTION, DINO_OPTION,
 };
 use super::config::ClipTextConfig;
 use super::nn::{Embedding, LayerNorm, Linear};
@@ -146,17 +147,17 @@ impl ClipConfig {
                 return Err(Error::config(
                     path,
                     format!(
-                        "a {other:?} model{}, not CLIP: --clip expects a transformers CLIPModel \
-                         folder (model_type \"clip\"){}",
+                        "a {other:?} model{}, not CLIP: {CLIP_OPTION} expects a transformers \
+                         CLIPModel folder (model_type \"clip\"){}",
                         if arch.is_empty() {
                             String::new()
                         } else {
                             format!(" ({arch})")
                         },
                         if other == "vit" || other == "dinov2" {
-                            "; a DINO folder goes to --dino"
+                            format!("; a DINO folder goes to {DINO_OPTION}")
                         } else {
-                            ""
+                            String::new()
                         }
                     ),
                 ))

@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use tch::{Device, Kind};
 
+use super::clip::{CLIP_OPTION, DINO_OPTION};
 use super::clip_model::{transformers_weight_files, ClipConfig, ClipModel};
 use super::image_processing::Preprocess;
 use super::tokenizer::ClipTokenizer;
@@ -80,7 +81,7 @@ fn check_all_used(w: &Weights, files: &[PathBuf]) -> Result<()> {
 pub fn load_clip(dir: &Path, device: Device) -> Result<LoadedClip> {
     let dir = &crate::hub::locate(dir)?;
     let what = "a transformers CLIPModel folder such as openai/clip-vit-base-patch32";
-    let cfg_path = config_path(dir, "--clip", what)?;
+    let cfg_path = config_path(dir, CLIP_OPTION, what)?;
     let cfg = ClipConfig::from_file(&cfg_path)?;
     let files = transformers_weight_files(dir)?;
     let mut src = SafetensorsSource::open(&files)?;
@@ -117,7 +118,7 @@ pub fn load_clip(dir: &Path, device: Device) -> Result<LoadedClip> {
 pub fn load_dino(dir: &Path, device: Device, eps: Option<f64>) -> Result<LoadedDino> {
     let dir = &crate::hub::locate(dir)?;
     let what = "a transformers ViTModel folder such as facebook/dino-vits16";
-    let cfg_path = config_path(dir, "--dino", what)?;
+    let cfg_path = config_path(dir, DINO_OPTION, what)?;
     let mut cfg = VitConfig::from_file(&cfg_path)?;
     if let Some(e) = eps {
         cfg.layer_norm_eps = e;

@@ -31,6 +31,43 @@ pub struct ModelDir {
     pub single: Option<Rc<SingleFile>>,
 }
 
+/// A model's native picture size (1024 px for SDXL: 128 latents x 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NativeSize {
+    pub sample_size: i64,
+    pub vae_factor: i64,
+}
+
+impl NativeSize {
+    pub fn pixels(&self) -> i64 {
+        self.sample_size * self.vae_factor
+    }
+
+    /// A warning when `width` x `height` (called `what`, e.g. `train.resolution 1024`) is more
+    /// than twice or less than half the native size on either side: the model draws poorly
+    /// there, and a larger size costs its square in time.
+    pub fn warning(&self, what: &str, width: i64, height: i64) -> Option<String> {
+        let n = self.pixels();
+        let far = |s: i64| s > 2 * n || 2 * s < n;
+        (far(width) || far(height)).then(|| {
+            format!(
+                "warning: {what} is far from this model's native {n} px (sample_size {} x VAE \
+                 factor {}): it was not made for that size, so expect poor pictures{}",
+                self.sample_size,
+                self.vae_factor,
+                if width.max(height) > n {
+                    format!(
+                        " and about {:.0} times the time and memory per picture",
+                        (width * height) as f64 / (n * n) as f64
+                    )
+                } else {
+                    String::new()
+                }
+            )
+        })
+    }
+}
+
 impl ModelDir {
     /// Open a folder, or a single-file checkpoint, and check that every SDXL component is
     /// present.
@@ -52,8 +89,8 @@ impl ModelDir {
         }
         if !root.is_dir() {
             return Err(Error::msg(format!(
-                "model folder {} does not exist: point `model:` (or --model) at a downloaded \
-                 SDXL folder, or give a Hugging Face id such as \
+                "model folder {} does not exist: give a downloaded SDXL folder such as \
+                 stable-diffusion-xl-base-1.0 or a Hugging Face id such as \
                  stabilityai/stable-diffusion-xl-base-1.0, or make a tiny one with \
                  `moslora init-model --preset tiny --out DIR`",
                 root.display()
@@ -120,6 +157,14 @@ impl ModelDir {
             return s.configs.vae();
         }
         read_json(&self.config_path("vae")?)
+    }
+
+    /// The size the model was made for: the UNet's `sample_size` latents x the VAE's factor.
+    pub fn native_size(&self) -> Result<NativeSize> {
+        Ok(NativeSize {
+            sample_size: self.unet_config()?.sample_size,
+            vae_factor: self.vae_config()?.scale_factor(),
+        })
     }
 
     pub fn text_encoder_config(&self, name: &str) -> Result<ClipTextConfig> {

@@ -28,15 +28,19 @@ pub struct RunOptions {
 
 impl RunOptions {
     /// From the user's words: `cpu`/`cuda[:N]` and `f32`/`bf16`/`f16` (default: f32 on the
-    /// CPU, bf16 on CUDA).
-    pub fn from_names(device: &str, dtype: Option<&str>) -> Result<Self> {
-        let device = crate::runtime::parse_device(device)?;
+    /// CPU, bf16 on CUDA), given as flags or RUN.yaml fields (`given`, for the advice).
+    pub fn from_names(
+        device: &str,
+        dtype: Option<&str>,
+        given: crate::runtime::Given,
+    ) -> Result<Self> {
+        let device = crate::runtime::parse_device(device, given)?;
         let dtype = match dtype {
             Some(d) => crate::runtime::parse_dtype(d)?,
             None if device.is_cuda() => Kind::BFloat16,
             None => Kind::Float,
         };
-        crate::runtime::check_dtype_for_device(dtype, device)?;
+        crate::runtime::check_dtype_for_device(dtype, device, given)?;
         Ok(RunOptions { device, dtype })
     }
 }

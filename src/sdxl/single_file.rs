@@ -249,8 +249,9 @@ impl SingleFile {
                 path: self.path.clone(),
                 what: format!(
                     "its UNet does not match {}: conv_in is {shape:?}, the configs expect \
-                     [{}, {}, 3, 3] (for a model of other sizes, pass its diffusers configs \
-                     folder with --config)",
+                     [{}, {}, 3, 3] (a model of other sizes needs its diffusers configs folder: \
+                     `moslora convert --model FILE --config CONFIGS --out FOLDER` makes a \
+                     folder every command reads; export and merge take --config too)",
                     self.configs.origin, want[0], want[1]
                 ),
             });
@@ -449,8 +450,9 @@ fn identify(
     let any = |f: &dyn Fn(&str) -> bool| shapes.keys().any(|k| f(k));
     let what: Option<String> = if metadata.contains_key("moslora") {
         Some(
-            "a moslora adapter file, not a model: give it as the adapter (--adapter), on top of \
-             the SDXL model it was trained on"
+            "a moslora adapter file, not a model: name the SDXL model it was trained on as the \
+             model, and give the adapter where adapters go (`generate --adapter FILE`, `render \
+             --adapter NAME=FILE`, `merge --adapter FILE`)"
                 .into(),
         )
     } else if has("lora_unet_") || has("lora_te") {

@@ -14,7 +14,9 @@ use std::path::Path;
 use serde_json::Value;
 use tch::{Device, Tensor};
 
-use super::clip::{Activation, ClipEncoder, EncoderConfig, VIT_LAYER_NAMES};
+use super::clip::{
+    Activation, ClipEncoder, EncoderConfig, CLIP_OPTION, DINO_OPTION, VIT_LAYER_NAMES,
+};
 use super::nn::{Conv2d, LayerNorm};
 use super::weights::{Init, Weights};
 use crate::error::{Error, Result};
@@ -48,17 +50,19 @@ impl VitConfig {
                 return Err(Error::config(
                     path,
                     format!(
-                        "a CLIP model ({t}), not DINO: --dino expects a transformers ViTModel \
-                         folder such as facebook/dino-vits16 (model_type \"vit\"); a CLIP \
-                         folder goes to --clip"
+                        "a CLIP model ({t}), not DINO: {DINO_OPTION} expects a transformers \
+                         ViTModel folder such as facebook/dino-vits16 (model_type \"vit\"); a \
+                         CLIP folder goes to {CLIP_OPTION}"
                     ),
                 ))
             }
             "dinov2" => {
                 return Err(Error::config(
                     path,
-                    "a DINOv2 model: not supported yet; --dino expects a DINO ViTModel \
-                     (facebook/dino-vits16 or dino-vitb16, model_type \"vit\")",
+                    format!(
+                        "a DINOv2 model: not supported yet; {DINO_OPTION} expects a DINO \
+                         ViTModel (facebook/dino-vits16 or dino-vitb16, model_type \"vit\")"
+                    ),
                 ))
             }
             "" => {
@@ -71,8 +75,8 @@ impl VitConfig {
                 return Err(Error::config(
                     path,
                     format!(
-                        "a {other:?} model, not DINO: --dino expects a transformers ViTModel \
-                         folder (model_type \"vit\")"
+                        "a {other:?} model, not DINO: {DINO_OPTION} expects a transformers \
+                         ViTModel folder (model_type \"vit\")"
                     ),
                 ))
             }

@@ -9,6 +9,7 @@ use super::Sweep;
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::render::{self, Column, RenderProgress};
+use crate::runtime::Given;
 use crate::sdxl::pipeline::RunOptions;
 use crate::train::{self, Progress, RunPaths};
 
@@ -83,7 +84,7 @@ fn work(
     train_progress: &mut dyn Progress,
     render_progress: &mut dyn RenderProgress,
 ) -> Result<Outcome> {
-    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     let kind = t.adapter.kind;
     let paths = RunPaths::new(cfg, kind);
     if !train::is_current(cfg, kind, &paths.adapter()) {

@@ -126,13 +126,14 @@ pub fn kohya_buckets(resolution: u32, min: u32, max: u32, step: u32) -> Vec<Buck
     set.into_iter().collect()
 }
 
-/// The buckets a run's settings ask for (none for square crops).
-pub fn for_settings(t: &Train) -> Vec<Bucket> {
+/// The buckets a run's settings ask for (none for square crops), for a model whose sides
+/// must be multiples of `factor` pixels (kohya's defaults are fitted to it).
+pub fn for_settings(t: &Train, factor: i64) -> Vec<Bucket> {
     match t.buckets {
         Buckets::None => Vec::new(),
         Buckets::Sdxl => sdxl_buckets(),
         Buckets::Kohya => {
-            let (step, min, max) = t.kohya_bucket_sides();
+            let (step, min, max) = t.kohya_bucket_sides(factor);
             kohya_buckets(t.resolution as u32, min as u32, max as u32, step as u32)
         }
     }

@@ -173,6 +173,7 @@ pub fn load(
     if state.fingerprint != fingerprint {
         return Err(Error::StaleCheckpoint {
             dir: dir.to_path_buf(),
+            changed: Vec::new(),
         });
     }
     let adapter_path = dir.join("adapter.safetensors");
@@ -220,6 +221,20 @@ pub fn load(
         ));
     }
     Ok(Some(state))
+}
+
+/// The checkpoint in `dir` as a resumed run would find it (a swap a killed run left half done
+/// counts, as [`recover`] would complete it), without changing anything: its state and the
+/// folder holding it. `None` when there is none, or its state cannot be read.
+pub fn peek(dir: &Path) -> Option<(State, PathBuf)> {
+    let read = |d: &Path| -> Option<State> {
+        let text = std::fs::read_to_string(d.join("state.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    };
+    if dir.join("state.json").exists() {
+        return read(dir).map(|s| (s, dir.to_path_buf()));
+    }
+    olds(dir).into_iter().find_map(|o| read(&o).map(|s| (s, o)))
 }
 
 /// Does the checkpoint in `dir` exist and belong to these settings?

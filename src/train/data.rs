@@ -108,6 +108,11 @@ pub fn prepare_data_and_text(
     opts: RunOptions,
     mut note: impl FnMut(&str),
 ) -> Result<(TrainData, Option<TextEncoders>)> {
+    let r = cfg.train.resolution;
+    let size = format!("train.resolution {r}");
+    if let Some(w) = dir.native_size()?.warning(&size, r, r) {
+        note(&w);
+    }
     let photos = dataset::load_photos(&cfg.subject.images)?;
     note(&format!(
         "{} photos in {}",
@@ -115,12 +120,16 @@ pub fn prepare_data_and_text(
         cfg.subject.images.display()
     ));
     let (caption_texts, photo_captions) = captions::captions(&photos, &cfg.subject, &mut note)?;
-    let buckets = buckets::for_settings(&cfg.train);
-    let placements = if buckets.is_empty() {
+    let placements = if cfg.train.buckets.is_none() {
         None
     } else {
         let unet = dir.unet_config()?;
         let factor = dir.vae_config()?.scale_factor() << (unet.block_out_channels.len() - 1);
+        // The settings again, now that the model's own downscaling is known.
+        cfg.train
+            .check_buckets(factor)
+            .map_err(|e| Error::setting("train.buckets", e))?;
+        let buckets = buckets::for_settings(&cfg.train, factor);
         buckets::check_fit(&buckets, factor)?;
         Some(buckets::place_all(&photos, &buckets, &mut note)?)
     };

@@ -12,7 +12,8 @@
 //! (prompts, class images, everything prepared once), [`batch`] (one step's draws), [`loss`]
 //! (the objective and its backward pass, [`recompute`] for gradient checkpointing),
 //! [`optimizer`] and [`lr_schedule`] (the update), [`trainer`] (the loop, [`checkpoint`]s,
-//! [`loss_log`]), and [`run`] (what a run is: its adapter kind, paths and fingerprint).
+//! [`loss_log`]), [`run`] (what a run is: its adapter kind, paths and fingerprint), and
+//! [`existing`] (what an output folder already holds, and whether a run may replace it).
 
 pub mod batch;
 pub mod buckets;
@@ -20,6 +21,7 @@ pub mod captions;
 pub mod checkpoint;
 pub mod data;
 pub mod dataset;
+pub mod existing;
 pub mod loss;
 pub mod loss_log;
 pub mod lr_schedule;

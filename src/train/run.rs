@@ -103,19 +103,30 @@ impl RunPaths {
     }
 }
 
-/// The settings that determine an adapter's values: if they change, the adapter is stale.
-pub fn training_fingerprint(cfg: &RunConfig, kind: AdapterKind) -> String {
+/// The settings that determine an adapter's values, keyed as in RUN.yaml (`subject.images`,
+/// `train.learning_rate`, `adapter.rank`, ...). Adapters and checkpoints keep them in their
+/// metadata (`training.settings`), so that a run can say which of them changed.
+pub fn training_settings(cfg: &RunConfig, kind: AdapterKind) -> serde_json::Value {
     let mut train = cfg.train.clone();
     // Bookkeeping settings do not change the result.
     train.checkpoint_every = 0;
     train.sample_every = 0;
     train.save_adapter_every = 0;
-    let v = serde_json::json!({
+    serde_json::json!({
         "model": cfg.model, "seed": cfg.seed, "subject": cfg.subject, "train": train,
         "adapter": kind.adapter_config(cfg), "device": cfg.device, "dtype": cfg.dtype,
-    });
+    })
+}
+
+/// A digest of [`training_settings`]: if it changes, the adapter is stale.
+pub fn training_fingerprint(cfg: &RunConfig, kind: AdapterKind) -> String {
+    fingerprint_of(&training_settings(cfg, kind))
+}
+
+/// The fingerprint of a settings value as [`training_settings`] makes it.
+pub fn fingerprint_of(settings: &serde_json::Value) -> String {
     let mut h = Sha256::new();
-    h.update(v.to_string().as_bytes());
+    h.update(settings.to_string().as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 

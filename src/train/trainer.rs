@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::data::{prepare_data_and_text, Sampler, TrainData};
 use super::optimizer::AdamW;
-use super::run::{model_identity, training_fingerprint, AdapterKind, RunPaths};
+use super::run::{model_identity, training_settings, AdapterKind, RunPaths};
 use super::text::TextTraining;
 use super::{
     batch::make_batch, checkpoint, loss::loss_backward, loss_log, lr_schedule::learning_rate,
@@ -150,7 +150,8 @@ impl TrainJob<'_> {
         let n_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
         let mut opt = AdamW::new(params, cfg.train.adam.clone());
         let sched = DdpmSchedule::new(&ModelDir::open(&cfg.model)?.scheduler_config()?)?;
-        let fingerprint = training_fingerprint(cfg, kind);
+        let settings = training_settings(cfg, kind);
+        let fingerprint = super::run::fingerprint_of(&settings);
 
         let mut losses: Vec<f32> = Vec::new();
         let mut lrs: Vec<f64> = Vec::new();
@@ -184,6 +185,7 @@ impl TrainJob<'_> {
             training: serde_json::json!({
                 "fingerprint": fingerprint, "seed": cfg.seed, "subject": cfg.subject,
                 "train": cfg.train, "dtype": crate::runtime::dtype_name(opts.dtype),
+                "settings": settings,
             }),
             steps,
             layers,
