@@ -130,6 +130,14 @@ fn install_stop_handler(command: &Command) {
         if moslora::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
             std::process::exit(130);
         }
+        // Loading, caching latents, sampling class images, scoring: nothing to save, so
+        // nothing to wait for.
+        moslora::runtime::stop_if_nothing_to_save(|| {
+            eprintln!(
+                "\ninterrupted: stopped (nothing was being written; run the same command again)"
+            );
+            std::process::exit(130);
+        });
         eprintln!("\ninterrupted: {what} (Ctrl-C again to quit at once)");
     });
 }

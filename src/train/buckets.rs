@@ -286,6 +286,7 @@ pub fn encode_examples(
     vae: &AutoencoderKL,
     variants: Variants,
     device: Device,
+    tick: &mut dyn FnMut(),
 ) -> Result<Vec<Example>> {
     let _guard = tch::no_grad_guard();
     let mut out = Vec::new();
@@ -313,6 +314,7 @@ pub fn encode_examples(
                     time_ids,
                     caption: *caption,
                 });
+                tick();
             }
         }
     }
@@ -327,6 +329,7 @@ pub fn encode_into_each(
     vae: &AutoencoderKL,
     variants: Variants,
     device: Device,
+    tick: &mut dyn FnMut(),
 ) -> Result<Vec<Example>> {
     let mut out = Vec::new();
     for &bucket in buckets {
@@ -345,6 +348,7 @@ pub fn encode_into_each(
             vae,
             variants,
             device,
+            tick,
         )?);
     }
     Ok(out)
