@@ -284,7 +284,7 @@ fn train_names_hostile_photos_one_line_each() {
             1,
             String::new(),
             &[
-                "good0.png: used",
+                "usable photo(s) (good0.png)",
                 "bomb.png: its header claims 60000 x 60000",
                 "16384 pixels a side",
                 "at least 3 are needed",

@@ -241,13 +241,18 @@ fn fewer_than_three_usable_photos_and_utf16_captions_are_refused_by_name() {
         &err,
         &[
             "subject.images",
-            "holds 2 usable photo(s); at least 3 are needed",
-            "01_sky.jpg: used",
-            "02_sand.jpg: used",
-            "IMG_0003.gif: GIF is not a photo format moslora reads",
-            "empty.jpg: empty file",
-            "IMG_0004.heic: not a readable image (expected JPEG, PNG, WebP, HEIC or TIFF: ",
+            "holds 2 usable photo(s) (01_sky.jpg, 02_sand.jpg); at least 3 are needed",
+            "3 other file(s) are not used, as listed above (IMG_0003.gif, IMG_0004.heic, \
+             empty.jpg)",
+            "\n  IMG_0003.gif: GIF is not a photo format moslora reads",
+            "\n  empty.jpg: empty file\n",
+            "\n  IMG_0004.heic: not a readable image (expected JPEG, PNG, WebP, HEIC or TIFF: ",
         ],
+    );
+    f.check(
+        "one error line",
+        err.lines().filter(|l| l.starts_with("error")).count() == 1,
+        || "not one error line".into(),
     );
 
     // Three photos, one captioned in UTF-16 without a byte-order mark.

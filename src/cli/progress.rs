@@ -2,8 +2,8 @@
 //! caching latents, making class images), rendering, generating, scoring, pretraining and the
 //! judge. It counts steps (or images) with the smoothed loss where
 //! there is one, the speed, the time spent and the time left. Where stderr is not a
-//! terminal (a log file, CI) indicatif hides the bar, so a plain line goes out every
-//! minute instead, and notes go straight to stderr.
+//! terminal (a log file, CI) indicatif hides the bar, so a line names each stage as it starts
+//! and a plain line goes out every minute, and notes go straight to stderr.
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,10 @@ impl Bar {
         bar.set_position(done);
         bar.reset_eta();
         bar.enable_steady_tick(Duration::from_millis(250));
+        if bar.is_hidden() {
+            // A log says what each stage is about to do; the plain lines then follow.
+            eprintln!("{name}: {total} {unit}s");
+        }
         self.bar = Some(bar);
         self.unit = unit;
         self.has_loss = has_loss;

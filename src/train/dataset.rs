@@ -240,52 +240,62 @@ pub fn scan_photos(dir: &Path, min_side: u32, resolution: i64) -> Result<PhotoFo
     Ok(PhotoFolder { photos, skipped })
 }
 
-/// The subject's photos (`subject.images`) for training at `resolution`: every usable photo,
-/// each file not used named with its reason through `note`. Fewer than [`MIN_PHOTOS`] usable
-/// photos is a setting to change (exit 2), naming every file found and why each is not used.
+/// The subject's photos (`subject.images`) for training at `resolution`: every usable photo.
+/// Each file not used is named with its reason through `note`, one line each. Fewer than
+/// [`MIN_PHOTOS`] usable photos is a setting to change (exit 2), naming the files used and
+/// those not.
 pub fn load_subject_photos(
     dir: &Path,
     resolution: i64,
     note: &mut dyn FnMut(&str),
 ) -> Result<Vec<Photo>> {
     let folder = scan_photos(dir, min_photo_side(resolution), resolution)?;
-    let lines = |f: &PhotoFolder| {
-        f.skipped
+    if !folder.skipped.is_empty() {
+        let lines: String = folder
+            .skipped
             .iter()
             .map(|s| format!("\n  {}: {}", s.name, s.why))
-            .collect::<String>()
-    };
-    if folder.photos.len() < MIN_PHOTOS {
-        let used: String = folder
-            .photos
-            .iter()
-            .map(|p| {
-                let name = p.path.file_name().unwrap_or_default().to_string_lossy();
-                format!("\n  {name}: used")
-            })
             .collect();
-        let found = if folder.photos.is_empty() && folder.skipped.is_empty() {
-            " It is empty.".to_string()
-        } else {
-            format!(" Found:{used}{}", lines(&folder))
+        note(&format!(
+            "{} file(s) in {} not used:{lines}",
+            folder.skipped.len(),
+            dir.display()
+        ));
+    }
+    if folder.photos.len() < MIN_PHOTOS {
+        let names = |v: Vec<String>| match v.len() {
+            0 => String::new(),
+            _ => format!(" ({})", v.join(", ")),
+        };
+        let used = names(
+            folder
+                .photos
+                .iter()
+                .map(|p| {
+                    p.path
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into()
+                })
+                .collect(),
+        );
+        let others = match folder.skipped.len() {
+            0 => String::new(),
+            n => format!(
+                "; {n} other file(s) are not used, as listed above{}",
+                names(folder.skipped.iter().map(|s| s.name.clone()).collect())
+            ),
         };
         return Err(Error::setting(
             "subject.images",
             format!(
-                "subject.images: {} holds {} usable photo(s); at least {MIN_PHOTOS} are needed \
-                 (3 to 20 photos of one subject, as {}).{found}",
+                "subject.images: {} holds {} usable photo(s){used}; at least {MIN_PHOTOS} are \
+                 needed (3 to 20 photos of one subject, as {}){others}",
                 dir.display(),
                 folder.photos.len(),
                 crate::image_file::FORMATS
             ),
-        ));
-    }
-    if !folder.skipped.is_empty() {
-        note(&format!(
-            "{} file(s) in {} not used:{}",
-            folder.skipped.len(),
-            dir.display(),
-            lines(&folder)
         ));
     }
     Ok(folder.photos)
