@@ -109,9 +109,10 @@ impl UnetBlocks {
     }
 
     /// The structure the UNet layer names of an adapter show, for files from before it was
-    /// recorded: the highest resnet or attention index in a down block is `layers_per_block`
-    /// - 1, in an up block `layers_per_block`; up blocks named with `attentions` hold them.
-    /// None when the names do not tell (no UNet layer in a down or up block).
+    /// recorded: the highest resnet or attention index in a down block is one less than
+    /// `layers_per_block`, in an up block `layers_per_block`; up blocks named with
+    /// `attentions` hold them. None when the names do not tell (no UNet layer in a down or up
+    /// block).
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Self> {
         let mut per: Option<i64> = None;
         let mut up_attention: Vec<bool> = Vec::new();

@@ -21,7 +21,7 @@ pub fn caption_path(photo: &Path) -> PathBuf {
 /// Which byte order UTF-16 text without a byte-order mark seems to have: Windows' Notepad and
 /// PowerShell save "Unicode" as UTF-16, and a prompt is mostly ASCII, so every other byte is 0.
 fn utf16_without_bom(bytes: &[u8]) -> Option<&'static str> {
-    if bytes.len() < 2 || bytes.len() % 2 != 0 {
+    if bytes.len() < 2 || !bytes.len().is_multiple_of(2) {
         return None;
     }
     let zeros = |start: usize| {
@@ -55,7 +55,7 @@ fn decode(path: &Path, bytes: Vec<u8>) -> Result<String> {
                 u16::from_le_bytes(pair)
             }
         });
-        if rest.len() % 2 != 0 {
+        if !rest.len().is_multiple_of(2) {
             return Err(Error::msg(format!(
                 "{}: the caption starts with a UTF-16 byte-order mark but has an odd number of \
                  bytes: save it as UTF-8",
