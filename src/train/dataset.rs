@@ -262,6 +262,16 @@ pub fn load_subject_photos(
             dir.display()
         ));
     }
+    if folder.photos.is_empty() && folder.skipped.is_empty() {
+        return Err(Error::setting(
+            "subject.images",
+            format!(
+                "subject.images: {} is empty: put 3 to 20 photos of one subject there, as {}",
+                dir.display(),
+                crate::image_file::FORMATS
+            ),
+        ));
+    }
     if folder.photos.len() < MIN_PHOTOS {
         let names = |v: Vec<String>| match v.len() {
             0 => String::new(),
@@ -290,10 +300,13 @@ pub fn load_subject_photos(
         return Err(Error::setting(
             "subject.images",
             format!(
-                "subject.images: {} holds {} usable photo(s){used}; at least {MIN_PHOTOS} are \
-                 needed (3 to 20 photos of one subject, as {}){others}",
+                "subject.images: {} holds {}{used}; at least {MIN_PHOTOS} are needed (3 to 20 \
+                 photos of one subject, as {}){others}",
                 dir.display(),
-                folder.photos.len(),
+                match folder.photos.len() {
+                    0 => "no photo moslora can use".to_string(),
+                    n => format!("{n} usable photo(s)"),
+                },
                 crate::image_file::FORMATS
             ),
         ));
