@@ -177,6 +177,8 @@ pub fn prepare_data_and_text(
     drop(quiet);
     generate_class_images(cfg, dir, &text, opts, progress)?;
     let _quiet = crate::runtime::nothing_to_save();
+    // A stop that came in between found nothing to end at once.
+    crate::runtime::check_interrupted("before caching latents")?;
     let uncond = text.encode_negative(None, &instance_prompt)?;
     let text = (!cfg.adapter.text_encoder_targets.is_empty()).then_some(text);
 

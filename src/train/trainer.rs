@@ -354,6 +354,7 @@ pub fn train(
         .map(|t| TextTraining::new(t, cfg, &captions))
         .transpose()?;
     let quiet = crate::runtime::nothing_to_save();
+    crate::runtime::check_interrupted("before loading the UNet")?;
     progress.phase("load", "model part", 1);
     let mut unet = load_unet(&dir, opts)?;
     let identity = model_identity(&dir, &mut unet, opts.dtype)?;
