@@ -22,12 +22,18 @@ SELENIUM  := selenium==4.51.0
 # against them (tests/reference/check_k8s_job.py).
 KUBERNETES := kubernetes==37.0.2
 REF_PKGS  := diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 \
-             accelerate==1.15.0 numpy pillow $(SELENIUM) $(KUBERNETES)
+             accelerate==1.15.0 numpy pillow $(SELENIUM) $(KUBERNETES) \
+             $(PILLOW_HEIF)
 # Only the CLIP BPE merges file is needed from open-clip; its own dependencies are not.
 OPENCLIP  := open-clip-torch==3.3.0
 # torchvision (the release made for torch 2.11) for the photo references: diffusers' DreamBooth
 # preprocessing uses its transforms. Without dependencies, so the pinned torch stays.
 TORCHVISION := torchvision==0.26.0
+# HEIC photos: the build links Debian's libheif (1.15 on bookworm, hence libheif-rs 0.20 in
+# Cargo.toml); pillow-heif (its own libheif) makes the HEIC test's photos and decodes them as
+# the reference.
+LIBHEIF_DEB := libheif-dev
+PILLOW_HEIF := pillow-heif==1.9.0
 
 BIN := target/release/moslora
 
@@ -52,7 +58,14 @@ $(VENV)/.torchvision: $(VENV)/.reference
 
 venv: $(VENV)/.reference $(VENV)/.torchvision
 
-build: $(VENV)/.torch
+# libheif for HEIC photos, installed with apt-get when missing (CI runs as root on a fresh
+# Debian machine): every cargo build links it.
+$(VENV)/.libheif: $(VENV)/.torch
+	dpkg -s $(LIBHEIF_DEB) >/dev/null 2>&1 || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(LIBHEIF_DEB))
+	touch $@
+
+build: $(VENV)/.torch $(VENV)/.libheif
 	cargo build --release
 
 # `moslora` on the PATH, running from any folder without this clone: the binary in
@@ -83,6 +96,11 @@ $(VENV)/.browser: $(VENV)/.reference
 
 browser: $(VENV)/.browser
 
+# pillow-heif, also for a .venv made before it joined REF_PKGS.
+$(VENV)/.heif-ref: $(VENV)/.reference
+	$(PY) -m pip install --quiet $(PILLOW_HEIF)
+	touch $@
+
 # The Kubernetes client, also for a .venv made before it joined REF_PKGS.
 $(VENV)/.k8s: $(VENV)/.reference
 	$(PY) -m pip install --quiet $(KUBERNETES)
@@ -90,12 +108,12 @@ $(VENV)/.k8s: $(VENV)/.reference
 
 # The house stays clean: the layer check (no import up a layer, no loop between modules),
 # formatting and clippy (every target, warnings as errors) run first.
-lint: $(VENV)/.torch
+lint: $(VENV)/.torch $(VENV)/.libheif
 	$(PYTHON_SYS) tools/layers.py
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
 
-test: $(FIXTURES)/.stamp $(VENV)/.browser $(VENV)/.k8s lint
+test: $(FIXTURES)/.stamp $(VENV)/.browser $(VENV)/.k8s $(VENV)/.heif-ref lint
 	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release --no-fail-fast -- --test-threads=1
 
 # The whole job on the toy world's pretrained model (assets/toy-model): train LoRA and MoSLoRA
@@ -124,7 +142,7 @@ bench: build $(VENV)/.reference
 fmt:
 	cargo fmt --all
 
-clippy: $(VENV)/.torch
+clippy: $(VENV)/.torch $(VENV)/.libheif
 	cargo clippy --release --all-targets -- -D warnings
 
 clean:

@@ -125,13 +125,31 @@ fn install_stop_handler(command: &Command) {
     };
     let _ = ctrlc::set_handler(move || {
         let Some(what) = graceful else {
-            std::process::exit(130);
+            quit_now();
         };
         if moslora::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
+            quit_now();
         }
+        // Loading, caching latents, sampling class images, scoring: nothing to save, so
+        // nothing to wait for.
+        moslora::runtime::stop_if_nothing_to_save(|| {
+            eprintln!(
+                "\ninterrupted: stopped (nothing was being written; run the same command again)"
+            );
+            quit_now();
+        });
         eprintln!("\ninterrupted: {what} (Ctrl-C again to quit at once)");
     });
+}
+
+/// Ends the process from the stop handler's thread with exit code 130, without running exit
+/// handlers: libtorch's static destructors would run while the main thread is still inside
+/// libtorch, and could crash (SIGSEGV instead of 130). Files are written atomically, so
+/// nothing half-written is left; stderr is unbuffered (as `std::process::exit`, this does not
+/// flush a part line of stdout).
+fn quit_now() -> ! {
+    // SAFETY: _exit takes no pointers and ends the process.
+    unsafe { libc::_exit(130) }
 }
 
 /// Exit codes a script (a sweep, a scheduler) can act on: 2 for what the person invoking must

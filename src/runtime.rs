@@ -146,3 +146,53 @@ pub fn iso_date_now() -> String {
         rem % 60
     )
 }
+
+/// Set by the stop handler (Ctrl-C, SIGTERM, SIGHUP): long work stops at its next safe point
+/// (training writes a checkpoint, rendering finishes its image). `train::INTERRUPTED` is this.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How many phases now running have nothing to save (loading a model, caching latents,
+/// sampling a class image, scoring): a stop signal during one ends the process at once.
+static NOTHING_TO_SAVE: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// Held while a phase has nothing to save; see [`nothing_to_save`].
+#[must_use = "the phase has nothing to save only while this is held"]
+pub struct NothingToSave(());
+
+/// Marks the current phase as one with nothing to save, until the guard is dropped: a stop
+/// signal then ends the process at once (exit 130) instead of waiting for a safe point that
+/// may be minutes away. Drop the guard before writing a file; the stop handler and the drop
+/// take one lock, so the process never ends between the two.
+pub fn nothing_to_save() -> NothingToSave {
+    *NOTHING_TO_SAVE.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    NothingToSave(())
+}
+
+impl Drop for NothingToSave {
+    fn drop(&mut self) {
+        *NOTHING_TO_SAVE.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+    }
+}
+
+/// For the stop handler: runs `stop` (which ends the process) if a phase with nothing to save
+/// is running, holding the lock that keeps such a phase from ending meanwhile; returns
+/// otherwise.
+pub fn stop_if_nothing_to_save(stop: impl FnOnce()) {
+    let n = NOTHING_TO_SAVE.lock().unwrap_or_else(|e| e.into_inner());
+    if *n > 0 {
+        stop();
+    }
+}
+
+/// `Err(Interrupted)` once a stop was asked for: for loops with nothing to save between
+/// their items (`what` says what stopped).
+pub fn check_interrupted(what: &str) -> Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::Interrupted {
+            what: format!(
+                "interrupted {what}; nothing half-written is left: run the same command again"
+            ),
+        });
+    }
+    Ok(())
+}

@@ -460,18 +460,17 @@ fn write_run(dir: &Path, photos: &Path, train: &str) -> PathBuf {
 fn photos_with(dir: &Path, extra: &[(&str, &[u8])]) -> PathBuf {
     let photos = dir.join("photos");
     std::fs::create_dir_all(&photos).unwrap();
-    std::fs::copy(
-        repo().join("assets/subject/01_sky.jpg"),
-        photos.join("01_sky.jpg"),
-    )
-    .unwrap();
+    // The fewest a subject trains on.
+    for name in ["01_sky.jpg", "02_sand.jpg", "05_grass.jpg"] {
+        std::fs::copy(repo().join("assets/subject").join(name), photos.join(name)).unwrap();
+    }
     for (name, bytes) in extra {
         std::fs::write(photos.join(name), bytes).unwrap();
     }
     photos
 }
 
-/// What is wrong, the files added beside one good photo, the `train:` lines, and what the
+/// What is wrong, the files added beside three good photos, the `train:` lines, and what the
 /// one line must say.
 type BadRun<'a> = (&'a str, Vec<(&'a str, &'a [u8])>, &'a str, Vec<&'a str>);
 

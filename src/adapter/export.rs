@@ -15,7 +15,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::file::AdapterFile;
+use super::file::{AdapterFile, UnetBlocks};
 use super::{Component, LowRankAdapter};
 use crate::error::{Error, Result};
 use crate::sdxl::sgm_names::{unet_path, Layout};
@@ -81,6 +81,59 @@ pub fn kohya_component_name(component: Component, module: &str, layout: &Layout)
     match component {
         Component::Unet => kohya_name(module, layout),
         c => Some(format!("{}{}", c.kohya_prefix(), module.replace('.', "_"))),
+    }
+}
+
+/// The block structure to name the adapter at `adapter` by, and where it came from: its own
+/// model's, as its metadata records it (or, in files from before that was recorded, as its
+/// UNet layer names show). `model` is a `--model` given for it (its name and structure): it
+/// must be the adapter's own, else the export is refused naming both; it also serves an
+/// adapter whose structure is unknown. Neither known: SDXL's.
+pub fn naming_layout(adapter: &Path, model: Option<(&str, &Layout)>) -> Result<(Layout, String)> {
+    let file = AdapterFile::read(adapter)?;
+    let meta = &file.meta;
+    let own = match &meta.unet_blocks {
+        Some(b) => Some((b.clone(), "the adapter's metadata")),
+        None => UnetBlocks::from_names(file.layers.keys().map(String::as_str))
+            .map(|b| (b, "the adapter's layer names")),
+    };
+    let trained_on = if meta.base_model.name.is_empty() {
+        "an unnamed model".to_string()
+    } else {
+        format!("`{}`", meta.base_model.name)
+    };
+    match (own, model) {
+        (Some((own, from)), Some((name, layout))) => {
+            let theirs = UnetBlocks::from_layout(layout);
+            // Only the layers' numbering matters to their names.
+            if own.layers_per_block != theirs.layers_per_block
+                || (own.up_attention.len() == theirs.up_attention.len()
+                    && own.up_attention != theirs.up_attention)
+            {
+                return Err(Error::AdapterMismatch {
+                    adapter: adapter.to_path_buf(),
+                    model: name.to_string(),
+                    what: format!(
+                        "the adapter's UNet has {} (from {from}), {name}'s has {}: leave out \
+                         --model to name its layers as its own model does, or give the model it \
+                         was trained on",
+                        own.describe(),
+                        theirs.describe()
+                    ),
+                    trained_on: meta.base_model.name.clone(),
+                });
+            }
+            Ok((
+                own.layout(),
+                format!("{trained_on} (from {from}; --model agrees)"),
+            ))
+        }
+        (Some((own, from)), None) => Ok((own.layout(), format!("{trained_on} (from {from})"))),
+        (None, Some((name, layout))) => Ok((layout.clone(), format!("--model {name}"))),
+        (None, None) => Ok((
+            Layout::sdxl(),
+            "SDXL base 1.0 (the adapter does not say)".into(),
+        )),
     }
 }
 

@@ -16,7 +16,9 @@ use super::{
     adapted, text_encoder_parts, Adaptable, AdapterConfig, Component, LowRankAdapter, MixerInit,
 };
 use crate::error::{Error, Result};
+use crate::sdxl::config::UNetConfig;
 use crate::sdxl::pipeline::TextEncoders;
+use crate::sdxl::sgm_names::Layout;
 use crate::sdxl::unet::UNet2DConditionModel;
 use crate::sdxl::weights::{save_safetensors, MappedFile};
 
@@ -50,6 +52,99 @@ pub struct AdapterMeta {
     pub steps: u64,
     /// Number of adapted layers, in every component together.
     pub layers: usize,
+    /// The base model's UNet block structure, which decides the layers' kohya names (written
+    /// by [`save`] from the UNet saved; absent in files from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unet_blocks: Option<UnetBlocks>,
+}
+
+/// A UNet's block structure as far as layer names depend on it: kohya's (SGM's) numbering of
+/// `input_blocks` / `output_blocks` counts the resnets per block, so SDXL's (2 per block)
+/// `input_blocks_4_1` is `input_blocks_3_1` in a UNet with one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnetBlocks {
+    /// Resnets per down block (up blocks have one more).
+    pub layers_per_block: i64,
+    /// Per up block: does it hold attentions?
+    pub up_attention: Vec<bool>,
+}
+
+impl UnetBlocks {
+    pub fn of(config: &UNetConfig) -> Self {
+        Self::from_layout(&Layout::unet(config))
+    }
+
+    pub fn from_layout(l: &Layout) -> Self {
+        UnetBlocks {
+            layers_per_block: l.layers_per_block,
+            up_attention: l.up_attention.clone(),
+        }
+    }
+
+    /// The naming layout (no VAE part: adapters have none).
+    pub fn layout(&self) -> Layout {
+        Layout {
+            layers_per_block: self.layers_per_block,
+            up_attention: self.up_attention.clone(),
+            vae_blocks: 0,
+        }
+    }
+
+    /// For messages: "2 resnets per block, attention in up blocks 0 and 1 of 3".
+    pub fn describe(&self) -> String {
+        let with: Vec<String> = (0..self.up_attention.len())
+            .filter(|&i| self.up_attention[i])
+            .map(|i| i.to_string())
+            .collect();
+        format!(
+            "{} resnet(s) per block, attention in up block(s) {} of {}",
+            self.layers_per_block,
+            if with.is_empty() {
+                "none".to_string()
+            } else {
+                with.join(", ")
+            },
+            self.up_attention.len()
+        )
+    }
+
+    /// The structure the UNet layer names of an adapter show, for files from before it was
+    /// recorded: the highest resnet or attention index in a down block is one less than
+    /// `layers_per_block`, in an up block `layers_per_block`; up blocks named with
+    /// `attentions` hold them. None when the names do not tell (no UNet layer in a down or up
+    /// block).
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let mut per: Option<i64> = None;
+        let mut up_attention: Vec<bool> = Vec::new();
+        for name in names {
+            let s: Vec<&str> = name.split('.').collect();
+            let [blocks, b, kind, i, ..] = s.as_slice() else {
+                continue;
+            };
+            let (Ok(b), Ok(i)) = (b.parse::<usize>(), i.parse::<i64>()) else {
+                continue;
+            };
+            if !matches!(*kind, "resnets" | "attentions") {
+                continue;
+            }
+            let at_least = match *blocks {
+                "down_blocks" => i + 1,
+                "up_blocks" => {
+                    if up_attention.len() <= b {
+                        up_attention.resize(b + 1, false);
+                    }
+                    up_attention[b] |= *kind == "attentions";
+                    i
+                }
+                _ => continue,
+            };
+            per = Some(per.map_or(at_least, |p| p.max(at_least)));
+        }
+        Some(UnetBlocks {
+            layers_per_block: per.filter(|&p| p > 0)?,
+            up_attention,
+        })
+    }
 }
 
 /// sha256 of a UNet's linear layers' names and shapes.
@@ -86,7 +181,16 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Write the UNet's adapters (atomically).
 pub fn save(unet: &mut UNet2DConditionModel, meta: &AdapterMeta, path: &Path) -> Result<()> {
-    save_parts(&mut [(Component::Unet, unet)], meta, path)
+    let meta = with_blocks(unet, meta);
+    save_parts(&mut [(Component::Unet, unet)], &meta, path)
+}
+
+/// `meta` recording the block structure of `unet` (the model its layers are named in).
+fn with_blocks(unet: &UNet2DConditionModel, meta: &AdapterMeta) -> AdapterMeta {
+    AdapterMeta {
+        unet_blocks: Some(UnetBlocks::of(unet.config())),
+        ..meta.clone()
+    }
 }
 
 /// Write the adapters of the UNet and, when given, of both text encoders (atomically).
@@ -96,13 +200,14 @@ pub fn save_with_text(
     meta: &AdapterMeta,
     path: &Path,
 ) -> Result<()> {
+    let meta = with_blocks(unet, meta);
     let mut parts: Vec<(Component, &mut dyn Adaptable)> = vec![(Component::Unet, unet)];
     if let Some(text) = text {
         for (c, m) in text_encoder_parts(text) {
             parts.push((c, m));
         }
     }
-    save_parts(&mut parts, meta, path)
+    save_parts(&mut parts, &meta, path)
 }
 
 /// Write the adapters of the given parts under their components' prefixes (atomically).

@@ -337,6 +337,7 @@ fn make_adapter(a: &MakeAdapterArgs) -> Result<serde_json::Value> {
         training: json!({}),
         steps: 0,
         layers,
+        unet_blocks: None,
     };
     adapter::file::save(&mut unet, &meta, &a.out)?;
     Ok(json!({"what": "make-adapter", "out": a.out, "layers": layers}))

@@ -14,7 +14,8 @@ pub struct ExportArgs {
     /// kohya (ComfyUI, AUTOMATIC1111, Forge; diffusers reads it too) or diffusers (PEFT)
     #[arg(long)]
     format: String,
-    /// The model the adapter belongs to, to read its UNet layout (default: SDXL's)
+    /// The model the adapter belongs to (default: the one its metadata names); refused if
+    /// its UNet blocks are not the adapter's model's
     #[arg(long)]
     model: Option<PathBuf>,
     /// Configs folder for a single-file --model that is not SDXL base sized
@@ -92,14 +93,16 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
             hint: "choose another --out or pass --force to replace it".into(),
         });
     }
-    let layout = match &a.model {
+    let model = match &a.model {
         Some(m) => {
             super::models::fetch_model(m, tch::Kind::Float)?;
             let dir = moslora::sdxl::convert::open_model(m, a.config.as_deref())?;
-            Layout::unet(&dir.unet_config()?)
+            Some((m.display().to_string(), Layout::unet(&dir.unet_config()?)))
         }
-        None => Layout::sdxl(),
+        None => None,
     };
+    let (layout, named_for) =
+        export::naming_layout(&a.adapter, model.as_ref().map(|(n, l)| (n.as_str(), l)))?;
     let e = export::export(&a.adapter, format, &a.out, &layout)?;
     let folded = if e.mixer_folded {
         ", mixer folded into lora_down"
@@ -107,7 +110,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         ""
     };
     println!(
-        "wrote {} ({} LoRA, {} layers, rank {}, alpha {}{folded})",
+        "wrote {} ({} LoRA, {} layers, rank {}, alpha {}{folded}; layers named for {named_for})",
         a.out.display(),
         format.name(),
         e.layers,

@@ -1,8 +1,9 @@
-//! The one progress bar every long command shows: training, rendering, generating,
-//! pretraining, the judge and model downloads. It counts steps (or images) with the smoothed loss where
+//! The one progress bar every long command shows: training (and before it loading the model,
+//! caching latents, making class images), rendering, generating, scoring, pretraining, the
+//! judge and model downloads. It counts steps (or images) with the smoothed loss where
 //! there is one, the speed, the time spent and the time left. Where stderr is not a
-//! terminal (a log file, CI) indicatif hides the bar, so a plain line goes out every
-//! minute instead, and notes go straight to stderr.
+//! terminal (a log file, CI) indicatif hides the bar, so a line names each stage as it starts
+//! and a plain line goes out every minute, and notes go straight to stderr.
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,10 @@ impl Bar {
         bar.set_position(done);
         bar.reset_eta();
         bar.enable_steady_tick(Duration::from_millis(250));
+        if bar.is_hidden() {
+            // A log says what each stage is about to do; the plain lines then follow.
+            eprintln!("{name}: {total} {unit}s");
+        }
         self.bar = Some(bar);
         self.unit = unit;
         self.has_loss = has_loss;
@@ -168,11 +173,23 @@ impl Progress for Bar {
     fn finish(&mut self) {
         self.end();
     }
+    fn phase(&mut self, name: &str, unit: &'static str, total: u64) {
+        self.begin(name, unit, total, 0, false);
+    }
+    fn phase_step(&mut self, done: u64) {
+        self.advance(done, None);
+    }
 }
 
 impl RenderProgress for Bar {
     fn start(&mut self, total: u64) {
         self.begin("render", "image", total, 0, false);
+    }
+    fn phase(&mut self, name: &str, unit: &'static str, total: u64) {
+        self.begin(name, unit, total, 0, false);
+    }
+    fn phase_step(&mut self, done: u64) {
+        self.advance(done, None);
     }
     fn image(&mut self, done: u64, label: &str, reused: bool) {
         let reused = if reused { ", reused" } else { "" };
@@ -215,6 +232,15 @@ impl GenerateProgress for Bar {
 impl ScoreProgress for Bar {
     fn note(&mut self, msg: &str) {
         self.say(msg);
+    }
+    fn start(&mut self, total: u64) {
+        self.begin("score", "picture", total, 0, false);
+    }
+    fn encoded(&mut self, done: u64) {
+        self.advance(done, None);
+        if self.bar.as_ref().and_then(|b| b.length()) == Some(done) {
+            self.clear();
+        }
     }
 }
 

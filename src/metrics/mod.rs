@@ -74,9 +74,22 @@ pub fn read_image(path: &Path) -> Result<DynamicImage> {
 /// Run `f` on `BATCH`-sized batches of preprocessed pictures ((3, S, S) each) and stack the
 /// rows.
 fn batched(pixels: &[Tensor], f: impl Fn(&Tensor) -> Tensor) -> Tensor {
+    batched_counted(pixels, f, &mut |_| {})
+}
+
+/// [`batched`], calling `tick` with each batch's size once it is done.
+fn batched_counted(
+    pixels: &[Tensor],
+    f: impl Fn(&Tensor) -> Tensor,
+    tick: &mut dyn FnMut(usize),
+) -> Tensor {
     let rows: Vec<Tensor> = pixels
         .chunks(BATCH)
-        .map(|chunk| tch::no_grad(|| f(&Tensor::stack(chunk, 0))).to_kind(Kind::Float))
+        .map(|chunk| {
+            let row = tch::no_grad(|| f(&Tensor::stack(chunk, 0))).to_kind(Kind::Float);
+            tick(chunk.len());
+            row
+        })
         .collect();
     Tensor::cat(&rows, 0).to_device(Device::Cpu)
 }
@@ -197,10 +210,22 @@ pub fn pairwise_mean(x: &Tensor) -> Option<f64> {
 /// Progress and notes while scoring.
 pub trait ScoreProgress {
     fn note(&mut self, _msg: &str) {}
+    /// Scoring begins: `total` pictures to encode (each once per scorer).
+    fn start(&mut self, _total: u64) {}
+    /// `done` of them are encoded.
+    fn encoded(&mut self, _done: u64) {}
 }
 
 pub struct Quiet;
 impl ScoreProgress for Quiet {}
+
+/// A batch counter that moves `progress` on: `done` pictures so far.
+fn counter<'a>(done: &'a mut u64, progress: &'a mut dyn ScoreProgress) -> impl FnMut(usize) + 'a {
+    move |k| {
+        *done += k as u64;
+        progress.encoded(*done);
+    }
+}
 
 /// What `score` wrote.
 pub struct Scored {
@@ -217,6 +242,8 @@ pub fn score(dir: &Path, opts: &ScoreOptions, progress: &mut dyn ScoreProgress) 
              --dino DIR (a transformers ViTModel DINO folder)",
         ));
     }
+    // Loading and encoding write nothing: a stop signal meanwhile ends the run at once.
+    let quiet = crate::runtime::nothing_to_save();
     let mut m = Manifest::read(dir)?;
     if m.subject.photos.is_empty() {
         return Err(Error::config(
@@ -266,11 +293,15 @@ pub fn score(dir: &Path, opts: &ScoreOptions, progress: &mut dyn ScoreProgress) 
     ));
 
     let n = m.images.len();
+    let scorers = clip.is_some() as u64 + dino.is_some() as u64;
+    progress.start(scorers * (np + n) as u64);
+    let mut done = 0u64;
     let mut scores = vec![ImageScores::default(); n];
     let mut ceiling = ImageScores::default();
     if let (Some(c), Some((photos, renders))) = (&clip, &clip_px) {
-        let photo_emb = batched(photos, |px| c.model.image_embeds(px));
-        let render_emb = batched(renders, |px| c.model.image_embeds(px));
+        let embed = |px: &Tensor| c.model.image_embeds(px);
+        let photo_emb = batched_counted(photos, embed, &mut counter(&mut done, progress));
+        let render_emb = batched_counted(renders, embed, &mut counter(&mut done, progress));
         ceiling.clip_i = pairwise_mean(&photo_emb);
         if n > 0 {
             for (s, v) in scores.iter_mut().zip(mean_cosine(&render_emb, &photo_emb)) {
@@ -304,10 +335,11 @@ pub fn score(dir: &Path, opts: &ScoreOptions, progress: &mut dyn ScoreProgress) 
         }
     }
     if let (Some(d), Some((photos, renders))) = (&dino, &dino_px) {
-        let photo_f = batched(photos, |px| d.model.cls_features(px));
+        let features = |px: &Tensor| d.model.cls_features(px);
+        let photo_f = batched_counted(photos, features, &mut counter(&mut done, progress));
         ceiling.dino = pairwise_mean(&photo_f);
         if n > 0 {
-            let render_f = batched(renders, |px| d.model.cls_features(px));
+            let render_f = batched_counted(renders, features, &mut counter(&mut done, progress));
             for (s, v) in scores.iter_mut().zip(mean_cosine(&render_f, &photo_f)) {
                 s.dino = Some(v);
             }
@@ -323,6 +355,7 @@ pub fn score(dir: &Path, opts: &ScoreOptions, progress: &mut dyn ScoreProgress) 
         dino.as_ref().map(|d| d.dir.display().to_string()),
     );
     m.metrics = Some(summary);
+    drop(quiet);
 
     let csv_path = dir.join("scores.csv");
     let md_path = dir.join("scores.md");

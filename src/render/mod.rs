@@ -100,6 +100,10 @@ pub trait RenderProgress {
     fn image(&mut self, _done: u64, _label: &str, _reused: bool) {}
     fn note(&mut self, _msg: &str) {}
     fn finish(&mut self) {}
+    /// A phase before the images (`load`): `total` units of `unit`.
+    fn phase(&mut self, _name: &str, _unit: &'static str, _total: u64) {}
+    /// `done` units of the current phase are done.
+    fn phase_step(&mut self, _done: u64) {}
     /// Checked before each image: stop (every finished image in place) when true.
     fn should_stop(&self) -> bool {
         crate::train::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
@@ -319,8 +323,12 @@ pub fn render(
         }
         Ok(v)
     };
+    // Loading writes nothing: a stop signal meanwhile ends the run at once.
+    let quiet = crate::runtime::nothing_to_save();
+    progress.phase("load", "model part", 2);
     let (base_embeds, column_embeds) = {
         let mut text = TextEncoders::load(&dir, opts)?;
+        progress.phase_step(1);
         for p in &prompt_entries {
             if let Some(warning) = text.truncation_warning(&p.text)? {
                 progress.note(&warning);
@@ -345,6 +353,8 @@ pub fn render(
     };
     let mut den = Denoiser::load(&dir, opts)?;
     let identity = crate::train::model_identity(&dir, &mut den.unet, opts.dtype)?;
+    progress.phase_step(2);
+    drop(quiet);
 
     let previous: HashMap<String, ImageEntry> = Manifest::read(out)
         .map(|m| {
@@ -592,25 +602,38 @@ fn write_contact_sheet(out: &Path, grids: &[GridEntry]) -> Result<String> {
     Ok(file)
 }
 
+/// The subject's photos that trained, beside the renders (the gallery shows them, `score`
+/// compares with them): JPEG, PNG and WebP as they are, HEIC and TIFF (which browsers do not
+/// show) as upright PNGs named `NAME.png`. Files the run did not use are left out.
 fn copy_photos(cfg: &RunConfig, out: &Path) -> Result<Vec<String>> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&cfg.subject.images)
-        .map_err(|e| Error::io(&cfg.subject.images, e))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| crate::train::dataset::is_photo(p))
-        .collect();
-    names.sort();
+    use crate::train::dataset;
+    let resolution = cfg.train.resolution;
+    let folder = dataset::scan_photos(
+        &cfg.subject.images,
+        dataset::min_photo_side(resolution),
+        resolution,
+    )?;
     let mut rel = Vec::new();
-    for p in names {
+    for photo in folder.photos {
+        let p = &photo.path;
         let name = p
             .file_name()
             .expect("a file")
             .to_string_lossy()
             .into_owned();
-        let dest = out.join("photos").join(&name);
-        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        crate::fsutil::write_bytes(&dest, &bytes)?;
-        rel.push(format!("photos/{name}"));
+        let shown = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| ["jpg", "jpeg", "png", "webp"].contains(&e.to_lowercase().as_str()));
+        if shown {
+            let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+            crate::fsutil::write_bytes(&out.join("photos").join(&name), &bytes)?;
+            rel.push(format!("photos/{name}"));
+        } else {
+            let name = format!("{name}.png");
+            write_png(&out.join("photos").join(&name), &photo.image, &[])?;
+            rel.push(format!("photos/{name}"));
+        }
     }
     Ok(rel)
 }

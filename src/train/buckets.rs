@@ -287,6 +287,7 @@ pub fn encode_examples(
     vae: &AutoencoderKL,
     variants: Variants,
     device: Device,
+    tick: &mut dyn FnMut(),
 ) -> Result<Vec<Example>> {
     let _guard = tch::no_grad_guard();
     let mut out = Vec::new();
@@ -314,6 +315,7 @@ pub fn encode_examples(
                     time_ids,
                     caption: *caption,
                 });
+                tick();
             }
         }
     }
@@ -328,6 +330,7 @@ pub fn encode_into_each(
     vae: &AutoencoderKL,
     variants: Variants,
     device: Device,
+    tick: &mut dyn FnMut(),
 ) -> Result<Vec<Example>> {
     let mut out = Vec::new();
     for &bucket in buckets {
@@ -346,6 +349,7 @@ pub fn encode_into_each(
             vae,
             variants,
             device,
+            tick,
         )?);
     }
     Ok(out)

@@ -18,8 +18,84 @@ pub fn caption_path(photo: &Path) -> PathBuf {
     photo.with_extension("txt")
 }
 
-/// The caption of the photo at `photo`, if it has a caption file: trimmed, in UTF-8. An
-/// empty, oversized or non-UTF-8 file is an error naming it.
+/// Which byte order UTF-16 text without a byte-order mark seems to have: Windows' Notepad and
+/// PowerShell save "Unicode" as UTF-16, and a prompt is mostly ASCII, so every other byte is 0.
+fn utf16_without_bom(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.len() < 2 || !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    let zeros = |start: usize| {
+        bytes
+            .iter()
+            .skip(start)
+            .step_by(2)
+            .filter(|&&b| b == 0)
+            .count()
+    };
+    let half = bytes.len() / 4;
+    if zeros(1) > half && zeros(0) == 0 {
+        Some("little-endian")
+    } else if zeros(0) > half && zeros(1) == 0 {
+        Some("big-endian")
+    } else {
+        None
+    }
+}
+
+/// A caption file's text: UTF-8 (a UTF-8 byte-order mark is dropped later), or UTF-16 with a
+/// byte-order mark (what Windows calls "Unicode"). UTF-16 without one, or any other encoding,
+/// is refused naming it.
+fn decode(path: &Path, bytes: Vec<u8>) -> Result<String> {
+    let utf16 = |rest: &[u8], big: bool| {
+        let units = rest.chunks(2).map(|c| {
+            let pair = [c[0], *c.get(1).unwrap_or(&0)];
+            if big {
+                u16::from_be_bytes(pair)
+            } else {
+                u16::from_le_bytes(pair)
+            }
+        });
+        if !rest.len().is_multiple_of(2) {
+            return Err(Error::msg(format!(
+                "{}: the caption starts with a UTF-16 byte-order mark but has an odd number of \
+                 bytes: save it as UTF-8",
+                path.display()
+            )));
+        }
+        char::decode_utf16(units)
+            .collect::<std::result::Result<String, _>>()
+            .map_err(|e| {
+                Error::msg(format!(
+                    "{}: the caption is not valid UTF-16 ({e}): save it as UTF-8",
+                    path.display()
+                ))
+            })
+    };
+    if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE]) {
+        return utf16(rest, false);
+    }
+    if let Some(rest) = bytes.strip_prefix(&[0xFE, 0xFF]) {
+        return utf16(rest, true);
+    }
+    if let Some(order) = utf16_without_bom(&bytes) {
+        return Err(Error::msg(format!(
+            "{}: the caption is UTF-16 ({order}) text without a byte-order mark: save it as \
+             UTF-8 (in Notepad: Save as, Encoding UTF-8)",
+            path.display()
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Error::msg(format!(
+            "{}: the caption is not UTF-8 text (invalid byte at offset {}): save it as UTF-8",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// The caption of the photo at `photo`, if it has a caption file: trimmed, from UTF-8 (or
+/// UTF-16 with a byte-order mark). An empty, oversized or otherwise encoded file is an error
+/// naming it.
 pub fn read_caption(photo: &Path) -> Result<Option<String>> {
     let path = caption_path(photo);
     if !path.is_file() {
@@ -36,13 +112,7 @@ pub fn read_caption(photo: &Path) -> Result<Option<String>> {
         )));
     }
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Error::msg(format!(
-            "{}: the caption is not UTF-8 text (invalid byte at offset {}): save it as UTF-8",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
+    let text = decode(&path, bytes)?;
     // A byte-order mark is how some editors say "UTF-8"; it is not part of the prompt.
     let text = text.trim_start_matches('\u{feff}').trim();
     if text.is_empty() {

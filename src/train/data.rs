@@ -5,6 +5,7 @@
 use tch::Kind;
 
 use super::dataset::{self, Example};
+use super::trainer::Progress;
 use super::{buckets, captions};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
@@ -46,7 +47,7 @@ fn generate_class_images(
     dir: &ModelDir,
     text: &TextEncoders,
     opts: RunOptions,
-    note: &mut impl FnMut(&str),
+    progress: &mut dyn Progress,
 ) -> Result<()> {
     let Some(pp) = &cfg.train.prior_preservation else {
         return Ok(());
@@ -61,17 +62,23 @@ fn generate_class_images(
         return Ok(());
     }
     let prompt = cfg.subject.fill(&pp.prompt);
-    note(&format!(
+    progress.note(&format!(
         "prior preservation: making {} class images of {prompt:?} with the base model in {}",
         pp.generate - have,
         pp.class_images.display()
     ));
     let cond = text.encode(&prompt)?;
     let uncond = text.encode_negative(None, &cond)?;
-    let den = crate::sdxl::pipeline::Denoiser::load(dir, opts)?;
+    let den = {
+        let _quiet = crate::runtime::nothing_to_save();
+        crate::sdxl::pipeline::Denoiser::load(dir, opts)?
+    };
     let size = cfg.train.resolution;
     let sampler = SamplerKind::parse_setting("render.scheduler", &cfg.render.scheduler)?;
+    progress.phase("class", "image", (pp.generate - have) as u64);
     for i in have..pp.generate {
+        // Sampling writes nothing: a stop ends it at once. The picture is written whole.
+        let quiet = crate::runtime::nothing_to_save();
         let o = crate::sdxl::pipeline::GenerateOptions {
             steps: cfg.render.steps,
             guidance: cfg.render.guidance,
@@ -83,10 +90,22 @@ fn generate_class_images(
         let noise = den.initial_noise(o.seed, size, size)?;
         let latents = den.sample(&cond, &uncond, &noise, &o, |_| {})?;
         let img = crate::sdxl::image_processing::rgb_image(&den.decode(&latents))?;
+        drop(quiet);
         let path = pp.class_images.join(format!("class_{i:04}.png"));
         crate::fsutil::write_png(&path, &img, &[("prompt", prompt.clone())])?;
+        progress.phase_step((i + 1 - have) as u64);
+        crate::runtime::check_interrupted("while making class images")?;
     }
     Ok(())
+}
+
+/// A caller's note function as a [`Progress`] (no bars).
+struct Notes<F>(F);
+
+impl<F: FnMut(&str)> Progress for Notes<F> {
+    fn note(&mut self, msg: &str) {
+        (self.0)(msg)
+    }
 }
 
 /// Load the photos, embed the prompts and encode the latents. The text encoders and the VAE
@@ -97,23 +116,27 @@ pub fn prepare_data(
     opts: RunOptions,
     note: impl FnMut(&str),
 ) -> Result<TrainData> {
-    prepare_data_and_text(cfg, dir, opts, note).map(|(data, _)| data)
+    prepare_data_and_text(cfg, dir, opts, &mut Notes(note)).map(|(data, _)| data)
 }
 
 /// `prepare_data`, keeping the text encoders when the run adapts them
-/// (`adapter.text_encoder_targets`).
+/// (`adapter.text_encoder_targets`). Loading, caching latents and making class images show as
+/// phases on `progress`; a stop signal meanwhile ends the process at once (nothing is written
+/// but whole class images).
 pub fn prepare_data_and_text(
     cfg: &RunConfig,
     dir: &ModelDir,
     opts: RunOptions,
-    mut note: impl FnMut(&str),
+    progress: &mut dyn Progress,
 ) -> Result<(TrainData, Option<TextEncoders>)> {
     let r = cfg.train.resolution;
     let size = format!("train.resolution {r}");
+    let mut note = |m: &str| progress.note(m);
     if let Some(w) = dir.native_size()?.warning(&size, r, r) {
         note(&w);
     }
-    let photos = dataset::load_photos(&cfg.subject.images)?;
+    let photos =
+        dataset::load_subject_photos(&cfg.subject.images, cfg.train.resolution, &mut note)?;
     note(&format!(
         "{} photos in {}",
         photos.len(),
@@ -133,7 +156,17 @@ pub fn prepare_data_and_text(
         buckets::check_fit(&buckets, factor)?;
         Some(buckets::place_all(&photos, &buckets, &mut note)?)
     };
+    // Loading and caching write nothing: a stop signal meanwhile ends the run at once.
+    let quiet = crate::runtime::nothing_to_save();
+    progress.phase("load", "model part", 2);
     let text = TextEncoders::load(dir, opts)?;
+    progress.phase_step(1);
+    let w = dir.weights("vae", Kind::Float, opts.device)?;
+    let vae = AutoencoderKL::new(&w, &dir.vae_config()?)?;
+    crate::sdxl::model_dir::check_all_used(&w)?;
+    drop(w);
+    progress.phase_step(2);
+    let mut note = |m: &str| progress.note(m);
     let prompt = cfg.instance_prompt();
     warn_if_truncated(&text, &prompt, &mut note);
     let instance_prompt = text.encode(&prompt)?;
@@ -155,13 +188,14 @@ pub fn prepare_data_and_text(
         Some(pp) => Some(text.encode(&cfg.subject.fill(&pp.prompt))?),
         None => None,
     };
-    generate_class_images(cfg, dir, &text, opts, &mut note)?;
+    drop(quiet);
+    generate_class_images(cfg, dir, &text, opts, progress)?;
+    let _quiet = crate::runtime::nothing_to_save();
+    // A stop that came in between found nothing to end at once.
+    crate::runtime::check_interrupted("before caching latents")?;
     let uncond = text.encode_negative(None, &instance_prompt)?;
     let text = (!cfg.adapter.text_encoder_targets.is_empty()).then_some(text);
 
-    let w = dir.weights("vae", Kind::Float, opts.device)?;
-    let vae = AutoencoderKL::new(&w, &dir.vae_config()?)?;
-    crate::sdxl::model_dir::check_all_used(&w)?;
     let t = &cfg.train;
     let rng = crate::runtime::seeded(cfg.seed as i64);
     let variants = dataset::Variants {
@@ -170,45 +204,76 @@ pub fn prepare_data_and_text(
         random_flip: t.random_flip,
         crops: t.crops_per_image,
     };
-    let instance = match &placements {
-        None => dataset::encode_examples(&photos, &photo_captions, &vae, variants, opts.device)?,
-        Some(placed) => {
-            note(&format!("buckets: {}", buckets::summary(placed)));
-            buckets::encode_examples(
-                &photos,
-                placed,
-                &photo_captions,
-                &vae,
-                variants,
-                opts.device,
-            )?
-        }
+    let class_photos = match &cfg.train.prior_preservation {
+        Some(pp) if class_prompt.is_some() => Some(dataset::load_photos(&pp.class_images)?),
+        _ => None,
     };
-    note(&format!(
-        "{} cached latent variants (crops x flips)",
-        instance.len()
-    ));
-    let class = match (&cfg.train.prior_preservation, class_prompt) {
-        (Some(pp), Some(embeds)) => {
-            let photos = dataset::load_photos(&pp.class_images)?;
-            let one_crop = dataset::Variants {
-                crops: 1,
-                ..variants
-            };
+    let one_crop = dataset::Variants {
+        crops: 1,
+        ..variants
+    };
+    // Every bucket the subject's photos use, in a fixed order (class images go into each).
+    let used: Vec<buckets::Bucket> = placements.as_ref().map_or(Vec::new(), |placed| {
+        let mut used: Vec<buckets::Bucket> = placed.iter().map(|p| p.bucket).collect();
+        used.sort();
+        used.dedup();
+        used
+    });
+    let total = photos.len() * variants.per_photo()
+        + class_photos
+            .as_ref()
+            .map_or(0, |c| c.len() * one_crop.per_photo() * used.len().max(1));
+    if let Some(placed) = &placements {
+        progress.note(&format!("buckets: {}", buckets::summary(placed)));
+    }
+    progress.phase("cache", "latent", total as u64);
+    let mut done = 0u64;
+    let mut tick = || {
+        done += 1;
+        progress.phase_step(done);
+    };
+    let instance = match &placements {
+        None => dataset::encode_examples(
+            &photos,
+            &photo_captions,
+            &vae,
+            variants,
+            opts.device,
+            &mut tick,
+        )?,
+        Some(placed) => buckets::encode_examples(
+            &photos,
+            placed,
+            &photo_captions,
+            &vae,
+            variants,
+            opts.device,
+            &mut tick,
+        )?,
+    };
+    let class = match (&cfg.train.prior_preservation, class_prompt, class_photos) {
+        (Some(pp), Some(embeds), Some(photos)) => {
             let ex = match &placements {
-                None => dataset::encode_examples(&photos, &[], &vae, one_crop, opts.device)?,
-                Some(placed) => {
-                    // Every bucket the subject's photos use, in a fixed order.
-                    let mut used: Vec<buckets::Bucket> = placed.iter().map(|p| p.bucket).collect();
-                    used.sort();
-                    used.dedup();
-                    buckets::encode_into_each(&photos, &used, &vae, one_crop, opts.device)?
+                None => {
+                    dataset::encode_examples(&photos, &[], &vae, one_crop, opts.device, &mut tick)?
                 }
+                Some(_) => buckets::encode_into_each(
+                    &photos,
+                    &used,
+                    &vae,
+                    one_crop,
+                    opts.device,
+                    &mut tick,
+                )?,
             };
             Some((ex, embeds, pp.weight))
         }
         _ => None,
     };
+    progress.note(&format!(
+        "{} cached latent variants (crops x flips)",
+        instance.len()
+    ));
     // The crop offsets of both sets are drawn; the generator is free again.
     drop(rng);
     let scaling_factor = vae.scaling_factor();

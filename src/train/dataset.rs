@@ -12,7 +12,11 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::sdxl::vae::AutoencoderKL;
 
-pub const PHOTO_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
+pub const PHOTO_EXTENSIONS: &[&str] =
+    &["jpg", "jpeg", "png", "webp", "heic", "heif", "tif", "tiff"];
+
+/// The fewest usable photos a subject trains on (the README asks for 3 to 20).
+pub const MIN_PHOTOS: usize = 3;
 
 /// One decoded photo.
 #[derive(Debug)]
@@ -92,12 +96,222 @@ pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
             "is empty".to_string()
         };
         return Err(Error::msg(format!(
-            "subject.images: {} {what}: expected JPEG, PNG or WebP photos of the subject",
-            dir.display()
+            "subject.images: {} {what}: expected {} photos of the subject",
+            dir.display(),
+            crate::image_file::FORMATS
         )));
     }
     files.sort();
     files.iter().map(|p| load_photo(p)).collect()
+}
+
+/// A file of the photo folder that is not used, and why (one line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The file name within the folder (a sub-folder's ends in `/`).
+    pub name: String,
+    pub why: String,
+}
+
+/// A subject's photo folder as read: the photos that train, sorted by file name, and every
+/// other entry with why it is not used. Caption files of photos and hidden files (`.DS_Store`)
+/// are neither.
+#[derive(Debug)]
+pub struct PhotoFolder {
+    pub photos: Vec<Photo>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Why a file whose extension is not a photo format's is not used; None for what is no photo
+/// at all (a photo's caption file).
+fn not_a_photo(path: &Path, names: &[String]) -> Option<String> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_lowercase);
+    let use_ = format!("use {}", crate::image_file::FORMATS);
+    match ext.as_deref() {
+        Some("txt") => {
+            let stem = path.file_stem()?.to_string_lossy().into_owned();
+            let has_photo = names.iter().any(|n| {
+                let n = Path::new(n);
+                is_photo(n) && n.file_stem().is_some_and(|s| s.to_string_lossy() == stem)
+            });
+            (!has_photo).then(|| {
+                format!(
+                    "a caption file with no photo named {stem}.jpg, .png, .webp, .heic or .tif \
+                     beside it"
+                )
+            })
+        }
+        None | Some("") => Some(format!(
+            "no file extension, so not read as a photo ({use_})"
+        )),
+        Some(e) => Some(format!(
+            "{} is not a photo format moslora reads ({use_})",
+            e.to_uppercase()
+        )),
+    }
+}
+
+/// Read every entry of the photo folder `dir`: each photo is decoded (upright) and kept when
+/// its short side is at least `min_side` pixels; everything else is listed with its reason
+/// (not a photo format, an empty or unreadable file with the decoder's reason, too small, a
+/// sub-folder, a link pointing nowhere).
+pub fn scan_photos(dir: &Path, min_side: u32, resolution: i64) -> Result<PhotoFolder> {
+    if !dir.is_dir() {
+        return Err(Error::setting(
+            "subject.images",
+            format!(
+                "subject.images: {} is not a folder: put {MIN_PHOTOS}-20 photos of your subject \
+                 there",
+                dir.display()
+            ),
+        ));
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let name = entry.map_err(|e| Error::io(dir, e))?.file_name();
+        let name = name.to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    let mut photos = Vec::new();
+    let mut skipped = Vec::new();
+    for name in &names {
+        let path = dir.join(name);
+        let mut skip = |why: String| {
+            skipped.push(Skipped {
+                name: name.clone(),
+                why,
+            })
+        };
+        // The folder is read one level deep, so a link back to it cannot make this loop.
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                skip(format!(
+                    "cannot open it ({e}): a symbolic link that loops or points nowhere? \
+                     Replace it with the photo itself"
+                ));
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            skipped.push(Skipped {
+                name: format!("{name}/"),
+                why: "a folder: photos in sub-folders are not read".into(),
+            });
+            continue;
+        }
+        if !is_photo(&path) {
+            if let Some(why) = not_a_photo(&path, &names) {
+                skip(why);
+            }
+            continue;
+        }
+        let photo = match load_photo(&path) {
+            Ok(p) => p,
+            // The message without the path: the line starts with the file's name.
+            Err(Error::BadFile { what, .. }) => {
+                skip(
+                    what.trim_start_matches("cannot read this image: ")
+                        .to_string(),
+                );
+                continue;
+            }
+            Err(e) => {
+                skip(e.to_string());
+                continue;
+            }
+        };
+        let (w, h) = photo.image.dimensions();
+        if w.min(h) < min_side {
+            skip(format!(
+                "{w} x {h} pixels is too small to train at train.resolution {resolution}: the \
+                 short side must be at least {min_side} pixels"
+            ));
+            continue;
+        }
+        photos.push(photo);
+    }
+    Ok(PhotoFolder { photos, skipped })
+}
+
+/// The subject's photos (`subject.images`) for training at `resolution`: every usable photo.
+/// Each file not used is named with its reason through `note`, one line each. Fewer than
+/// [`MIN_PHOTOS`] usable photos is a setting to change (exit 2), naming the files used and
+/// those not.
+pub fn load_subject_photos(
+    dir: &Path,
+    resolution: i64,
+    note: &mut dyn FnMut(&str),
+) -> Result<Vec<Photo>> {
+    let folder = scan_photos(dir, min_photo_side(resolution), resolution)?;
+    if !folder.skipped.is_empty() {
+        let lines: String = folder
+            .skipped
+            .iter()
+            .map(|s| format!("\n  {}: {}", s.name, s.why))
+            .collect();
+        note(&format!(
+            "{} file(s) in {} not used:{lines}",
+            folder.skipped.len(),
+            dir.display()
+        ));
+    }
+    if folder.photos.is_empty() && folder.skipped.is_empty() {
+        return Err(Error::setting(
+            "subject.images",
+            format!(
+                "subject.images: {} is empty: put 3 to 20 photos of one subject there, as {}",
+                dir.display(),
+                crate::image_file::FORMATS
+            ),
+        ));
+    }
+    if folder.photos.len() < MIN_PHOTOS {
+        let names = |v: Vec<String>| match v.len() {
+            0 => String::new(),
+            _ => format!(" ({})", v.join(", ")),
+        };
+        let used = names(
+            folder
+                .photos
+                .iter()
+                .map(|p| {
+                    p.path
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into()
+                })
+                .collect(),
+        );
+        let others = match folder.skipped.len() {
+            0 => String::new(),
+            n => format!(
+                "; {n} other file(s) are not used, as listed above{}",
+                names(folder.skipped.iter().map(|s| s.name.clone()).collect())
+            ),
+        };
+        return Err(Error::setting(
+            "subject.images",
+            format!(
+                "subject.images: {} holds {}{used}; at least {MIN_PHOTOS} are needed (3 to 20 \
+                 photos of one subject, as {}){others}",
+                dir.display(),
+                match folder.photos.len() {
+                    0 => "no photo moslora can use".to_string(),
+                    n => format!("{n} usable photo(s)"),
+                },
+                crate::image_file::FORMATS
+            ),
+        ));
+    }
+    Ok(folder.photos)
 }
 
 /// One cached training example: the VAE posterior of a crop/flip variant and its
@@ -262,14 +476,24 @@ pub struct Variants {
     pub crops: usize,
 }
 
-/// Encode every crop/flip variant of every photo once. Draws crop offsets from libtorch's
-/// global generator (seed it first). `captions[i]` goes with photo `i` (empty: none).
+impl Variants {
+    /// How many variants of each photo are cached.
+    pub fn per_photo(&self) -> usize {
+        let crops = if self.center_crop { 1 } else { self.crops };
+        crops * if self.random_flip { 2 } else { 1 }
+    }
+}
+
+/// Encode every crop/flip variant of every photo once, calling `tick` after each. Draws crop
+/// offsets from libtorch's global generator (seed it first). `captions[i]` goes with photo `i`
+/// (empty: none).
 pub fn encode_examples(
     photos: &[Photo],
     captions: &[Option<usize>],
     vae: &AutoencoderKL,
     variants: Variants,
     device: Device,
+    tick: &mut dyn FnMut(),
 ) -> Result<Vec<Example>> {
     let Variants {
         resolution,
@@ -301,6 +525,7 @@ pub fn encode_examples(
                     time_ids,
                     caption,
                 });
+                tick();
             }
         }
     }

@@ -3,7 +3,7 @@
 //! once and trains each requested adapter in turn.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::data::{prepare_data_and_text, Sampler, TrainData};
@@ -27,7 +27,7 @@ use crate::sdxl::pipeline::{
 use crate::sdxl::unet::UNet2DConditionModel;
 
 /// Set by the Ctrl-C handler: the loop writes a checkpoint and stops cleanly.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub use crate::runtime::INTERRUPTED;
 
 /// One optimizer step of a run: the batch of step `opt.step + 1`, its loss and gradients,
 /// clipping, and the AdamW update at the scheduled learning rate. Returns the loss before
@@ -98,6 +98,10 @@ pub trait Progress {
     fn step(&mut self, _step: u64, _loss: f32, _smoothed: f64) {}
     fn note(&mut self, _msg: &str) {}
     fn finish(&mut self) {}
+    /// A phase before the steps begins (`load`, `cache`, `class`): `total` units of `unit`.
+    fn phase(&mut self, _name: &str, _unit: &'static str, _total: u64) {}
+    /// `done` units of the current phase are done.
+    fn phase_step(&mut self, _done: u64) {}
     /// Checked before each step: stop cleanly (checkpoint written) when true.
     fn should_stop(&self) -> bool {
         INTERRUPTED.load(Ordering::SeqCst)
@@ -177,6 +181,7 @@ impl TrainJob<'_> {
         }
         std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
 
+        let blocks = crate::adapter::file::UnetBlocks::of(unet.config());
         let meta = |steps: u64| AdapterMeta {
             format_version: FORMAT_VERSION,
             name: kind.name().to_string(),
@@ -189,6 +194,7 @@ impl TrainJob<'_> {
             }),
             steps,
             layers,
+            unet_blocks: Some(blocks.clone()),
         };
 
         let total = cfg.train.steps;
@@ -351,13 +357,18 @@ pub fn train(
         &cfg.render.scheduler,
     )?;
     let dir = ModelDir::open(&cfg.model)?;
-    let (data, text) = prepare_data_and_text(cfg, &dir, opts, |m| progress.note(m))?;
+    let (data, text) = prepare_data_and_text(cfg, &dir, opts, progress)?;
     let captions: Vec<String> = data.captions.iter().map(|(c, _)| c.clone()).collect();
     let mut text = text
         .map(|t| TextTraining::new(t, cfg, &captions))
         .transpose()?;
+    let quiet = crate::runtime::nothing_to_save();
+    crate::runtime::check_interrupted("before loading the UNet")?;
+    progress.phase("load", "model part", 1);
     let mut unet = load_unet(&dir, opts)?;
     let identity = model_identity(&dir, &mut unet, opts.dtype)?;
+    progress.phase_step(1);
+    drop(quiet);
     let mut out = Vec::new();
     for &kind in kinds {
         adapter::remove_all(&mut unet);

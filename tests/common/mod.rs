@@ -115,6 +115,7 @@ pub fn adapter_meta(
         training: serde_json::json!({}),
         steps: 0,
         layers,
+        unet_blocks: None,
     }
 }
 
