@@ -881,7 +881,7 @@ fn bad_votes_files_get_a_clear_line_each_and_the_rest_are_tallied() {
         }
     }
     failures.assert_none();
-    assert!(stdout.contains("4 rater(s)"), "{stdout}");
+    assert!(stdout.contains("4 raters"), "{stdout}");
 
     let tally: Value =
         serde_json::from_slice(&std::fs::read(root.join("T/tally.json")).unwrap()).unwrap();

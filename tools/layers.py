@@ -11,7 +11,7 @@ read: they may reach anywhere.
 import os, re, sys
 
 LAYERS = [
-    ("foundation", ["error", "fsutil", "html", "image_file", "runtime", "run_lock"]),
+    ("foundation", ["error", "fsutil", "html", "image_file", "runtime", "run_lock", "words"]),
     ("model", ["sdxl", "schedule"]),
     ("adapter", ["adapter"]),
     ("config", ["config"]),

@@ -64,13 +64,16 @@ pub struct GenerateArgs {
     /// SDXL model: a diffusers folder or a single-file .safetensors checkpoint
     #[arg(long)]
     model: PathBuf,
+    /// What to draw, e.g. "a photo of a sks dog on the beach"
     #[arg(long)]
     prompt: String,
     /// Negative prompt (absent: SDXL's zero unconditional embedding)
     #[arg(long)]
     negative_prompt: Option<String>,
+    /// Seed of the initial noise: the same seed gives the same picture
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Denoising steps
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Classifier-free guidance scale (1 or less disables the unconditional pass)

@@ -186,6 +186,9 @@ pub struct MetricsSummary {
     pub paired: Vec<PairedMetric>,
     pub bootstrap_resamples: usize,
     pub bootstrap_seed: u64,
+    /// The tables in plain words (`metrics::verdict`), for the pages that show them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -71,20 +71,29 @@ pub struct AdapterSpec {
 
 impl AdapterSpec {
     pub fn parse(s: &str, base_mixer: MixerInit) -> Result<Self> {
-        let bad = || {
+        let bad_with = |hint: &str| {
             Error::setting(
                 "adapters",
                 format!(
-                    "adapters: {s:?} is not `lora`, `moslora` or `moslora:<mixer>` (mixers: {})",
+                    "adapters: {s:?} is not `lora`, `moslora` or `moslora:<mixer>` (mixers: {}){hint}",
                     MixerInit::ALL[1..].join(", ")
                 ),
             )
         };
+        let bad = || bad_with("");
         let (kind, mixer) = match s.split_once(':') {
             None => (AdapterKind::parse(s).map_err(|_| bad())?, None),
             Some((k, m)) => {
                 let kind = AdapterKind::parse(k).map_err(|_| bad())?;
-                let mixer: MixerInit = serde_yaml::from_str(m).map_err(|_| bad())?;
+                let mixer = MixerInit::parse(m).map_err(|e| {
+                    let text = e.to_string();
+                    let hint = text
+                        .split_once(" (did you mean")
+                        .and_then(|(_, rest)| rest.split_once(')'))
+                        .map(|(m, _)| format!("; did you mean{m}"))
+                        .unwrap_or_default();
+                    bad_with(&hint)
+                })?;
                 if kind != AdapterKind::Moslora || mixer == MixerInit::None {
                     return Err(bad());
                 }
