@@ -32,7 +32,11 @@ fn cuda(i: usize) -> Result<Device> {
     let n = tch::Cuda::device_count() as usize;
     if i >= n {
         return Err(Error::DeviceUnavailable {
-            what: format!("cuda:{i} asked for, but only {n} CUDA device(s) exist"),
+            what: format!(
+                "cuda:{i} asked for, but only {} {}",
+                crate::words::count_as(n, "CUDA device", "CUDA devices"),
+                crate::words::verb(n, "exists", "exist")
+            ),
         });
     }
     Ok(Device::Cuda(i))

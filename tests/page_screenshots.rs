@@ -142,7 +142,8 @@ fn gallery_and_organiser_show_verdicts_without_sideways_scrolling() {
     // `study tally` finds the key beside the study, and the votes database beside the key.
     let (out, _) = moslora_ok(&["study", "tally", "--study", study.to_str().unwrap()]);
     assert!(
-        out.starts_with("subject similarity: raters preferred MoSLoRA"),
+        out.trim_start()
+            .starts_with("subject similarity: raters preferred MoSLoRA"),
         "{out}"
     );
     server.kill();

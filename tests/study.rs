@@ -38,7 +38,7 @@ fn pairs_join_same_prompt_and_seed_and_the_key_lies_outside() {
     let (stdout, stderr) = make_study(&[&r, &c], &out, &["--repeats", "2", "--seed", "11"]);
     println!("{stdout}{stderr}");
     assert!(
-        stderr.contains("1 `lora` image(s) have no `moslora` image"),
+        stderr.contains("1 `lora` image has no `moslora` image"),
         "the unpaired image is reported: {stderr}"
     );
 

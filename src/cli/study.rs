@@ -132,11 +132,11 @@ pub fn run(c: StudyCommand) -> Result<()> {
             }
             let k = &made.key;
             println!(
-                "wrote {}: {} trials ({} pairs of {} subject(s) + {} repeated with sides swapped), {} vs {}",
+                "wrote {}: {} trials ({} pairs of {} + {} repeated with sides swapped), {} vs {}",
                 made.dir.display(),
                 k.trials.len(),
                 k.pairs(),
-                k.subjects.len(),
+                moslora::words::count(k.subjects.len(), "subject"),
                 k.trials.len() - k.pairs(),
                 k.b.label,
                 k.a.label

@@ -337,7 +337,7 @@ impl MetricsSummary {
             value(self.ceiling.dino),
             value(self.ceiling.clip_i),
             "–".into(),
-            format!("{} pairs", p * p.saturating_sub(1) / 2),
+            crate::words::count(p * p.saturating_sub(1) / 2, "pair"),
         ]);
         rows
     }
