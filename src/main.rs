@@ -41,8 +41,11 @@ enum Command {
     /// Many subjects at once: plan a sweep, run it locally or on Slurm, gather it
     #[command(subcommand)]
     Sweep(cli::sweep::SweepCommand),
-    /// The whole job end to end on the toy world's pretrained model: train, render, gallery,
-    /// study kit (a few minutes on a CPU, nothing to download)
+    /// The whole job end to end on the toy world's pretrained model: train, render, gallery
+    ///
+    /// Trains LoRA and MoSLoRA on the bundled robot, renders them beside the base model,
+    /// scores them with the toy world's judge and makes a blind study kit: a few minutes on a
+    /// CPU, nothing to download.
     Demo(cli::demo::DemoArgs),
     /// Pretrain the toy world's small SDXL-architecture model from scratch (the demo's model)
     Pretrain(cli::toy::PretrainArgs),
@@ -70,15 +73,21 @@ const GROUPS: [(&str, &[&str]); 2] = [
 fn command() -> clap::Command {
     use clap::CommandFactory;
     let mut cmd = Cli::command().subcommand_help_heading("Commands");
+    let grouped = |name: &str| GROUPS.iter().any(|(_, names)| names.contains(&name));
+    // clap aligns the first list to its longest name; each group lines up with it unless a
+    // name of the group is longer.
     let width = cmd
         .get_subcommands()
-        .map(|c| c.get_name().len())
+        .map(|c| c.get_name())
+        .filter(|n| !grouped(n))
+        .map(str::len)
         .max()
         .unwrap_or(0);
     let header = cmd.get_styles().get_header().clone();
     let literal = cmd.get_styles().get_literal().clone();
     let mut after = String::new();
     for (title, names) in GROUPS {
+        let width = names.iter().map(|n| n.len()).fold(width, usize::max);
         after.push_str(&format!("{header}{title}:{header:#}\n"));
         for name in names {
             let sub = cmd
