@@ -389,3 +389,22 @@ pub fn index_from_env() -> Result<usize> {
          Kubernetes Indexed Job (JOB_COMPLETION_INDEX)",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_specs_parse_and_a_misspelt_mixer_gets_a_suggestion() {
+        let s = AdapterSpec::parse("moslora:kaiming", MixerInit::Orthogonal).unwrap();
+        assert_eq!((s.kind, s.mixer), (AdapterKind::Moslora, MixerInit::Kaiming));
+        let e = AdapterSpec::parse("moslora:orthogonl", MixerInit::Orthogonal)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `orthogonal`?"), "{e}");
+        let e = AdapterSpec::parse("moslora:zzzzzz", MixerInit::Orthogonal)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+}
