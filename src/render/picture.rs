@@ -64,7 +64,12 @@ pub fn fit_label(text: &str, size: f32, max_width: f32) -> (String, f32) {
     if w <= max_width {
         return (text.to_string(), size);
     }
-    let smaller = (size * max_width / w).max(size * 0.6);
+    // Widths do not scale exactly with the size (glyph advances round), so step down to a fit.
+    let least = size * 0.6;
+    let mut smaller = (size * max_width / w).max(least);
+    while smaller > least && text_width(text, smaller) > max_width {
+        smaller = (smaller * 0.97).max(least);
+    }
     (fit_text(text, smaller, max_width), smaller)
 }
 
