@@ -83,8 +83,8 @@ fn command() -> clap::Command {
         .map(str::len)
         .max()
         .unwrap_or(0);
-    let header = cmd.get_styles().get_header().clone();
-    let literal = cmd.get_styles().get_literal().clone();
+    let header = *cmd.get_styles().get_header();
+    let literal = *cmd.get_styles().get_literal();
     let mut after = String::new();
     for (title, names) in GROUPS {
         let width = names.iter().map(|n| n.len()).fold(width, usize::max);

@@ -265,7 +265,7 @@ mod tests {
             ["1", "cat", "cat", "lora", "16", "1234"],
         ]
         .iter()
-        .map(|r| r.clone().map(|c| c.to_string()))
+        .map(|r| r.map(|c| c.to_string()))
         .collect();
         let t = super::plan_table(&rows);
         let lines: Vec<&str> = t.lines().collect();

@@ -397,7 +397,10 @@ mod tests {
     #[test]
     fn adapter_specs_parse_and_a_misspelt_mixer_gets_a_suggestion() {
         let s = AdapterSpec::parse("moslora:kaiming", MixerInit::Orthogonal).unwrap();
-        assert_eq!((s.kind, s.mixer), (AdapterKind::Moslora, MixerInit::Kaiming));
+        assert_eq!(
+            (s.kind, s.mixer),
+            (AdapterKind::Moslora, MixerInit::Kaiming)
+        );
         let e = AdapterSpec::parse("moslora:orthogonl", MixerInit::Orthogonal)
             .unwrap_err()
             .to_string();
