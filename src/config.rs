@@ -642,9 +642,14 @@ pub fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// serde's "unknown field `x`, expected one of `a`, `b`" plus "did you mean `a`?".
+/// serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant", a mixer
+/// or scheduler name) plus "did you mean `a`?".
 fn with_suggestion(message: &str) -> String {
-    let Some(rest) = message.split("unknown field `").nth(1) else {
+    let Some(rest) = message
+        .split("unknown field `")
+        .nth(1)
+        .or_else(|| message.split("unknown variant `").nth(1))
+    else {
         return message.to_string();
     };
     let Some((field, tail)) = rest.split_once('`') else {
@@ -685,6 +690,9 @@ mod tests {
         );
         let e = RunConfig::parse("adapter:\n  mixr: kaiming\n").unwrap_err();
         assert!(e.contains("did you mean `mixer`?"), "{e}");
+        // A wrong mixer name, too.
+        let e = RunConfig::parse("adapter:\n  mixer: orthogonl\n").unwrap_err();
+        assert!(e.contains("did you mean `orthogonal`?"), "{e}");
     }
 
     #[test]

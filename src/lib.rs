@@ -19,5 +19,6 @@ pub mod study;
 pub mod sweep;
 pub mod toyworld;
 pub mod train;
+pub mod words;
 
 pub use error::{Error, Result};

@@ -21,38 +21,91 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a random SDXL-architecture model in the diffusers folder layout
-    InitModel(cli::generate::InitModelArgs),
+    /// Train what is missing or stale, then render: photos to gallery in one command
+    Compare(cli::render::CompareArgs),
+    /// Train DreamBooth adapters (LoRA and/or MoSLoRA) on a subject's photos
+    Train(cli::train::TrainArgs),
+    /// Render a prompt set through every adapter side by side: images, grids, gallery
+    Render(cli::render::RenderArgs),
+    /// Score a render folder: DINO, CLIP-I and CLIP-T per image, per adapter, paired
+    Score(cli::score::ScoreArgs),
+    /// Blind human evaluation: rater pairs out, votes in, win / tie / loss with statistics
+    #[command(subcommand)]
+    Study(cli::study::StudyCommand),
     /// Render one image from a prompt
     Generate(cli::generate::GenerateArgs),
     /// Export an adapter as a plain LoRA for ComfyUI, AUTOMATIC1111, Forge or diffusers
     Export(cli::export::ExportArgs),
     /// Merge an adapter into a model's weights, written as a diffusers folder or single file
     Merge(cli::export::MergeArgs),
-    /// Convert a model between a single-file checkpoint and a diffusers folder
-    Convert(cli::export::ConvertArgs),
-    /// Train DreamBooth adapters (LoRA and/or MoSLoRA) on a subject's photos
-    Train(cli::train::TrainArgs),
-    /// Render a prompt set through every adapter side by side: images, grids, gallery
-    Render(cli::render::RenderArgs),
-    /// Train what is missing or stale, then render: photos to gallery in one command
-    Compare(cli::render::CompareArgs),
-    /// Score a render folder: DINO, CLIP-I and CLIP-T per image, per adapter, paired
-    Score(cli::score::ScoreArgs),
-    /// The whole job end to end on a tiny random model: train, render, gallery, study kit
-    Demo(cli::demo::DemoArgs),
-    /// Blind human evaluation: rater pairs out, votes in, win / tie / loss with statistics
-    #[command(subcommand)]
-    Study(cli::study::StudyCommand),
     /// Many subjects at once: plan a sweep, run it locally or on Slurm, gather it
     #[command(subcommand)]
     Sweep(cli::sweep::SweepCommand),
+    /// The whole job end to end on the toy world's pretrained model: train, render, gallery
+    ///
+    /// Trains LoRA and MoSLoRA on the bundled robot, renders them beside the base model,
+    /// scores them with the toy world's judge and makes a blind study kit: a few minutes on a
+    /// CPU, nothing to download.
+    Demo(cli::demo::DemoArgs),
     /// Pretrain the toy world's small SDXL-architecture model from scratch (the demo's model)
     Pretrain(cli::toy::PretrainArgs),
     /// Draw a contact sheet of the toy world's captioned pictures
     World(cli::toy::WorldArgs),
     /// Train the toy world's judge: a small CLIP for `score` on toy-world renders
     Judge(cli::toy::JudgeArgs),
+    /// Write a random SDXL-architecture model in the diffusers folder layout (for tests)
+    InitModel(cli::generate::InitModelArgs),
+    /// Convert a model between a single-file checkpoint and a diffusers folder
+    Convert(cli::export::ConvertArgs),
+}
+
+/// The commands `moslora --help` lists after the user's own, by group: the toy world's tools
+/// and the model tools.
+const GROUPS: [(&str, &[&str]); 2] = [
+    ("Toy-world tools", &["pretrain", "world", "judge"]),
+    ("Model tools", &["init-model", "convert"]),
+];
+
+/// The command line with its help laid out for people: the user's commands first (in the
+/// order of the enum), then each group of tools under its own heading. clap has no heading
+/// per subcommand, so the grouped ones are hidden from the first list and listed, in the
+/// same layout, after it.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command().subcommand_help_heading("Commands");
+    let grouped = |name: &str| GROUPS.iter().any(|(_, names)| names.contains(&name));
+    // clap aligns the first list to its longest name; each group lines up with it unless a
+    // name of the group is longer.
+    let width = cmd
+        .get_subcommands()
+        .map(|c| c.get_name())
+        .filter(|n| !grouped(n))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    let header = *cmd.get_styles().get_header();
+    let literal = *cmd.get_styles().get_literal();
+    let mut after = String::new();
+    for (title, names) in GROUPS {
+        let width = names.iter().map(|n| n.len()).fold(width, usize::max);
+        after.push_str(&format!("{header}{title}:{header:#}\n"));
+        for name in names {
+            let sub = cmd
+                .find_subcommand(name)
+                .unwrap_or_else(|| panic!("no command {name}"));
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            let pad = " ".repeat(width - name.len());
+            after.push_str(&format!("  {literal}{name}{literal:#}{pad}  {about}\n"));
+        }
+        after.push('\n');
+    }
+    after.push_str("Run `moslora help COMMAND` for a command's options.");
+    for (_, names) in GROUPS {
+        for name in names {
+            cmd = cmd.mut_subcommand(name, |c| c.hide(true));
+        }
+    }
+    cmd.after_help(after)
 }
 
 /// Runs the command; the exit code it ends with.
@@ -95,7 +148,8 @@ fn report(e: &moslora::Error) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     install_stop_handler(&cli.command);
     run(cli.command).unwrap_or_else(|e| {
         report(&e);
@@ -177,5 +231,58 @@ fn exit_code(e: &moslora::Error) -> u8 {
         Error::HubGated { .. } => 8,
         Error::Interrupted { .. } => 130,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of every command (and subcommand) says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                if s.get_about().is_none() && s.get_name() != "help" {
+                    missing.push(format!("{path} {} (the command itself)", s.get_name()));
+                }
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&command(), "moslora", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
+
+    /// The user's commands come first; the toy-world and model tools are grouped after.
+    #[test]
+    fn help_lists_the_users_commands_first() {
+        let help = command().render_help().to_string();
+        let at = |s: &str| help.find(s).unwrap_or_else(|| panic!("{s} not in\n{help}"));
+        let firsts = [
+            "compare", "train", "render", "score", "study", "generate", "export",
+        ];
+        for w in firsts.windows(2) {
+            assert!(
+                at(&format!("  {}", w[0])) < at(&format!("  {}", w[1])),
+                "{help}"
+            );
+        }
+        assert!(at("  sweep") < at("Toy-world tools:"));
+        assert!(at("  demo") < at("Toy-world tools:"));
+        assert!(at("Toy-world tools:") < at("  pretrain"));
+        assert!(at("Model tools:") < at("  init-model"));
+        assert!(at("  judge") < at("Model tools:"));
+        assert!(!help.contains("tiny random"), "{help}");
+        command().debug_assert();
     }
 }

@@ -61,7 +61,9 @@ fn cuda(i: usize, given: Given) -> Result<Device> {
     if i >= n {
         return Err(Error::DeviceUnavailable {
             what: format!(
-                "{asked} asked for, but only {n} CUDA device(s) exist (cuda:0 to cuda:{})",
+                "{asked} asked for, but only {} {} (cuda:0 to cuda:{})",
+                crate::words::count_as(n, "CUDA device", "CUDA devices"),
+                crate::words::verb(n, "exists", "exist"),
                 n.saturating_sub(1)
             ),
         });

@@ -153,23 +153,40 @@ fn demo_makes_every_promised_output() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
-/// The subcommands `moslora --help` lists.
+/// The subcommands `moslora --help` lists: the user's commands, then the groups of tools
+/// after the options (each under its heading, up to a blank line).
 fn help_commands() -> Vec<String> {
     let o = Command::new(env!("CARGO_BIN_EXE_moslora"))
         .arg("--help")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    text.split("Commands:")
+    let first = |l: &str| l.split_whitespace().next().map(str::to_string);
+    let mut commands: Vec<String> = text
+        .split("Commands:")
         .nth(1)
         .unwrap()
         .split("Options:")
         .next()
         .unwrap()
         .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter_map(first)
         .filter(|c| c != "help")
-        .collect()
+        .collect();
+    for heading in ["Toy-world tools:", "Model tools:"] {
+        let section = text
+            .split(heading)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{heading}\n{text}"));
+        commands.extend(
+            section
+                .lines()
+                .skip(1)
+                .take_while(|l| !l.trim().is_empty())
+                .filter_map(first),
+        );
+    }
+    commands
 }
 
 #[test]

@@ -292,6 +292,29 @@ fn compare_twice_does_not_retrain() {
         before
     );
     assert_eq!((rec.rendered, rec.reused), (0, 12));
+    // The command line says what it kept, and ends by naming the next step with this run's
+    // paths.
+    let run = out.join("run.yaml");
+    std::fs::write(&run, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .arg("compare")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains(
+            "rendered 0, kept 12 from before (12 images = 2 prompts x 3 columns x 2 seeds)"
+        ),
+        "{stdout}"
+    );
+    let next = format!(
+        "moslora study make --renders {} --a lora --b moslora --out {}",
+        cfg.render_dir().display(),
+        out.join("study").display()
+    );
+    assert!(stdout.trim_end().ends_with(&next), "{stdout}");
     // A changed training setting makes the adapters stale: both retrain.
     let mut changed = cfg.clone();
     changed.train.learning_rate = 2e-4;
@@ -541,7 +564,18 @@ fn a_step_series_renders_as_columns() {
         &["--adapters-from", out.to_str().unwrap(), "--steps", "2,4"],
     );
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("2 prompts x 2 columns"), "{stdout}");
+    assert!(
+        stdout
+            .contains("rendered 4, kept 0 from before (4 images = 2 prompts x 2 columns x 1 seed)"),
+        "{stdout}"
+    );
+    // The same command again keeps every picture, and says so.
+    let (ok, again, stderr) = moslora_render(
+        &run,
+        &["--adapters-from", out.to_str().unwrap(), "--steps", "2,4"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(again.contains("rendered 0, kept 4 from before"), "{again}");
     // Beside the comparison's folder, not in it.
     let series = out.join("renders-steps");
     assert!(

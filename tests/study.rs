@@ -38,7 +38,7 @@ fn pairs_join_same_prompt_and_seed_and_the_key_lies_outside() {
     let (stdout, stderr) = make_study(&[&r, &c], &out, &["--repeats", "2", "--seed", "11"]);
     println!("{stdout}{stderr}");
     assert!(
-        stderr.contains("1 `lora` image(s) have no `moslora` image"),
+        stderr.contains("1 `lora` image has no `moslora` image"),
         "the unpaired image is reported: {stderr}"
     );
 
@@ -920,7 +920,7 @@ fn bad_votes_files_get_a_clear_line_each_and_the_rest_are_tallied() {
         }
     }
     failures.assert_none();
-    assert!(stdout.contains("4 rater(s)"), "{stdout}");
+    assert!(stdout.contains("4 raters"), "{stdout}");
 
     let tally: Value =
         serde_json::from_slice(&std::fs::read(root.join("T/tally.json")).unwrap()).unwrap();

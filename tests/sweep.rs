@@ -218,7 +218,7 @@ fn a_sweep_runs_locally_resumes_a_killed_task_and_gathers_the_same_results() {
     let index = std::fs::read_to_string(g.join("index.html")).unwrap();
     for s in [
         "gift_box/index.html",
-        "spotted_cat/grids/p00.png",
+        "spotted_cat/grids/p00-",
         "star_ball",
         "study/index.html",
     ] {
@@ -237,6 +237,26 @@ fn a_sweep_runs_locally_resumes_a_killed_task_and_gathers_the_same_results() {
     let key: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(g.join("study.key.json")).unwrap()).unwrap();
     assert_eq!(key["subjects"].as_array().unwrap().len(), 3, "{key}");
+    // The page across subjects: the verdicts in words, the metric tables as HTML tables (no
+    // Markdown in a <pre>), readable at a laptop's width without scrolling sideways.
+    assert!(
+        !index.contains("<pre>") && index.contains("<table>"),
+        "{index}"
+    );
+    common::check_pages(
+        &[common::Page {
+            name: "sweep",
+            url: format!("file://{}", g.join("index.html").display()),
+            ready: "document.querySelector('table')",
+            expect: vec![
+                "your photos".into(),
+                "Against LoRA, image by image".into(),
+                "Real images".into(),
+            ],
+            shot: "sweep.png",
+        }],
+        &a,
+    );
 
     // An uninterrupted sweep of the same settings gathers the same bytes.
     let b = sweep_folder("whole", 20);

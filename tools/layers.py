@@ -11,7 +11,7 @@ read: they may reach anywhere.
 import os, re, sys
 
 LAYERS = [
-    ("foundation", ["error", "fsutil", "html", "hub", "image_file", "runtime", "run_lock", "shipped"]),
+    ("foundation", ["error", "fsutil", "html", "hub", "image_file", "runtime", "run_lock", "shipped", "words"]),
     ("model", ["sdxl", "schedule"]),
     ("adapter", ["adapter"]),
     ("config", ["config"]),

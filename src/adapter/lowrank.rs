@@ -56,6 +56,31 @@ impl MixerInit {
     pub fn trained(self) -> bool {
         !matches!(self, MixerInit::None | MixerInit::Butterfly)
     }
+
+    /// A mixer by name (any case); a name that is none of them gets the list, and the
+    /// nearest name when one is close ("orthogonl": did you mean `orthogonal`?).
+    pub fn parse(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        if let Ok(m) = serde_yaml::from_str::<MixerInit>(&lower) {
+            if MixerInit::ALL.contains(&lower.as_str()) {
+                return Ok(m);
+            }
+        }
+        let hint = MixerInit::ALL
+            .iter()
+            .map(|c| (strsim::normalized_damerau_levenshtein(&lower, c), *c))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .filter(|(score, _)| *score >= 0.5)
+            .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default();
+        Err(Error::setting(
+            "mixer",
+            format!(
+                "unknown mixer {s:?}{hint}: expected one of {}",
+                MixerInit::ALL.join(", ")
+            ),
+        ))
+    }
 }
 
 /// How A starts.
@@ -280,5 +305,26 @@ fn scaled(t: Tensor, scale: f64) -> Tensor {
         t
     } else {
         t * scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixer_names_parse_and_near_misses_get_a_suggestion() {
+        assert_eq!(
+            MixerInit::parse("Orthogonal").unwrap(),
+            MixerInit::Orthogonal
+        );
+        assert_eq!(MixerInit::parse("butterfly").unwrap(), MixerInit::Butterfly);
+        let e = MixerInit::parse("orthogonl").unwrap_err().to_string();
+        assert!(e.contains("did you mean `orthogonal`?"), "{e}");
+        assert!(e.contains("expected one of none, orthogonal"), "{e}");
+        let e = MixerInit::parse("kaimin").unwrap_err().to_string();
+        assert!(e.contains("did you mean `kaiming`?"), "{e}");
+        let e = MixerInit::parse("xyzzy").unwrap_err().to_string();
+        assert!(!e.contains("did you mean"), "{e}");
     }
 }

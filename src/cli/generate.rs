@@ -67,13 +67,16 @@ pub struct GenerateArgs {
     /// Face id (org/name[@revision]) when no path of that name exists
     #[arg(long)]
     model: PathBuf,
+    /// What to draw, e.g. "a photo of a sks dog on the beach"
     #[arg(long)]
     prompt: String,
     /// Negative prompt (absent: SDXL's zero unconditional embedding)
     #[arg(long)]
     negative_prompt: Option<String>,
+    /// Seed of the initial noise: the same seed gives the same picture
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Denoising steps
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Sampler: euler, euler_a, heun, ddim, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde_karras or

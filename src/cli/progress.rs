@@ -29,6 +29,70 @@ pub struct Bar {
     loss: Option<f64>,
     /// When the last plain line went out (or the stage started).
     last_line: Instant,
+    /// The speed over the units measured in this stage.
+    rate: Rate,
+    /// Images rendered and images kept from an earlier render, this render.
+    rendered: u64,
+    kept: u64,
+}
+
+/// The speed of a stage, over the units this process measured only: units done before it
+/// started (a resumed run's steps) and the time before the first unit of this stage ended
+/// (loading, the first step's warm-up) are left out, so the rate never exceeds the time
+/// spent, and the time left is the units left at that rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// The position and time when the first unit of this stage ended.
+    first: Option<(u64, Instant)>,
+    /// The latest position and time.
+    last: Option<(u64, Instant)>,
+}
+
+impl Rate {
+    fn new() -> Self {
+        Rate {
+            first: None,
+            last: None,
+        }
+    }
+
+    /// `pos` units reached at `now`.
+    pub fn record(&mut self, pos: u64, now: Instant) {
+        match self.first {
+            None => self.first = Some((pos, now)),
+            Some(_) => self.last = Some((pos, now)),
+        }
+    }
+
+    /// Seconds per unit over the measured units (after the first), once there are any.
+    pub fn seconds_per_unit(&self) -> Option<f64> {
+        let ((p0, t0), (p1, t1)) = (self.first?, self.last?);
+        (p1 > p0).then(|| t1.duration_since(t0).as_secs_f64() / (p1 - p0) as f64)
+    }
+
+    /// "2.01 s/step, about 3 min left" (or only what is known yet).
+    pub fn describe(&self, unit: &str, pos: u64, total: u64) -> Option<String> {
+        let spu = self.seconds_per_unit()?;
+        let rate = if spu >= 1.0 || spu == 0.0 {
+            format!("{spu:.2} s/{unit}")
+        } else {
+            format!("{:.1} {unit}s/s", 1.0 / spu)
+        };
+        let left = total.saturating_sub(pos) as f64 * spu;
+        Some(format!("{rate}, about {} left", duration_words(left)))
+    }
+}
+
+/// "45 s", "3 min", "1 h 20 min".
+fn duration_words(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s < 90 {
+        format!("{s} s")
+    } else if s < 90 * 60 {
+        format!("{} min", (s + 30) / 60)
+    } else {
+        format!("{} h {} min", s / 3600, (s % 3600 + 30) / 60)
+    }
 }
 
 impl Default for Bar {
@@ -39,6 +103,9 @@ impl Default for Bar {
             has_loss: false,
             loss: None,
             last_line: Instant::now(),
+            rate: Rate::new(),
+            rendered: 0,
+            kept: 0,
         }
     }
 }
@@ -48,6 +115,11 @@ impl Bar {
         Self::default()
     }
 
+    /// Images rendered and images kept from an earlier render, by the last render drawn.
+    pub fn images(&self) -> (u64, u64) {
+        (self.rendered, self.kept)
+    }
+
     /// Starts a bar named `name` over `total` units, `done` of them already done; a bar
     /// still drawn is finished first.
     pub fn begin(&mut self, name: &str, unit: &'static str, total: u64, done: u64, has_loss: bool) {
@@ -55,8 +127,7 @@ impl Bar {
         let bar = ProgressBar::new(total);
         bar.set_style(
             ProgressStyle::with_template(&format!(
-                "{{prefix:>8}} [{{bar:30}}] {{pos}}/{{len}} {unit}s {{msg}} {{per_sec}} \
-                 {{elapsed}} elapsed, {{eta}} left"
+                "{{prefix:>8}} [{{bar:30}}] {{pos}}/{{len}} {unit}s {{msg}} {{elapsed}} elapsed"
             ))
             .expect("valid template")
             .progress_chars("=> "),
@@ -74,6 +145,7 @@ impl Bar {
         self.has_loss = has_loss;
         self.loss = None;
         self.last_line = Instant::now();
+        self.rate = Rate::new();
     }
 
     /// Starts a bar over the `total` bytes of the file `name`.
@@ -98,13 +170,19 @@ impl Bar {
         self.last_line = Instant::now();
     }
 
-    /// Moves the bar to `pos`, with `msg` beside it when given.
+    /// Moves the bar to `pos`, with `msg` beside it when given, and the speed measured so far.
     pub fn advance(&mut self, pos: u64, msg: Option<String>) {
         let Some(b) = &self.bar else { return };
+        let total = b.length().unwrap_or(0);
+        self.rate.record(pos, Instant::now());
+        let speed = self.rate.describe(self.unit, pos, total);
+        let text = [msg, speed.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ");
         b.set_position(pos);
-        if let Some(m) = msg {
-            b.set_message(m);
-        }
+        b.set_message(text);
         if b.is_hidden() && self.last_line.elapsed() >= PLAIN_LINE_EVERY {
             self.last_line = Instant::now();
             let loss = if self.has_loss {
@@ -113,14 +191,11 @@ impl Bar {
                 String::new()
             };
             eprintln!(
-                "{} {} {pos}/{}: {loss}{:.2} s/{}, {} s elapsed, about {} s left",
+                "{} {} {pos}/{total}: {loss}{}{} s elapsed",
                 b.prefix(),
                 self.unit,
-                b.length().unwrap_or(0),
-                1.0 / b.per_sec().max(1e-9),
-                self.unit,
+                speed.map(|s| s + ", ").unwrap_or_default(),
                 b.elapsed().as_secs(),
-                b.eta().as_secs()
             );
         }
     }
@@ -184,6 +259,7 @@ impl Progress for Bar {
 impl RenderProgress for Bar {
     fn start(&mut self, total: u64) {
         self.begin("render", "image", total, 0, false);
+        (self.rendered, self.kept) = (0, 0);
     }
     fn phase(&mut self, name: &str, unit: &'static str, total: u64) {
         self.begin(name, unit, total, 0, false);
@@ -192,7 +268,12 @@ impl RenderProgress for Bar {
         self.advance(done, None);
     }
     fn image(&mut self, done: u64, label: &str, reused: bool) {
-        let reused = if reused { ", reused" } else { "" };
+        if reused {
+            self.kept += 1;
+        } else {
+            self.rendered += 1;
+        }
+        let reused = if reused { ", kept" } else { "" };
         self.advance(done, Some(format!("({label}{reused})")));
     }
     fn note(&mut self, msg: &str) {
@@ -282,5 +363,40 @@ impl FetchProgress for Bar {
                 b.finish();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_count_only_measured_units() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut r = Rate::new();
+        // A run resumed at step 60 of 100; its first step here ends after 60 s of loading.
+        r.record(61, at(60.0));
+        assert_eq!(r.seconds_per_unit(), None);
+        assert_eq!(r.describe("step", 61, 100), None);
+        r.record(62, at(62.0));
+        r.record(65, at(67.0));
+        // 4 steps in the 7 s since the first ended: 1.75 s each, never more than the time spent.
+        let spu = r.seconds_per_unit().unwrap();
+        assert!((spu - 1.75).abs() < 1e-9, "{spu}");
+        assert_eq!(
+            r.describe("step", 65, 100).unwrap(),
+            "1.75 s/step, about 61 s left"
+        );
+        // Fast units read as units per second.
+        let mut r = Rate::new();
+        r.record(1, at(0.0));
+        r.record(21, at(2.0));
+        assert_eq!(
+            r.describe("image", 21, 100).unwrap(),
+            "10.0 images/s, about 8 s left"
+        );
+        assert_eq!(duration_words(3600.0 * 1.5), "1 h 30 min");
+        assert_eq!(duration_words(200.0), "3 min");
     }
 }

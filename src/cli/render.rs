@@ -81,8 +81,9 @@ pub fn run_render(a: RenderArgs) -> Result<()> {
     }
     // The folder this render writes (a step series writes beside the comparison's).
     let _lock = super::lock_outputs(&[&plan.out])?;
-    let m = moslora::render::render(&cfg, &plan, opts, &mut Bar::new())?;
-    print_summary(&m, &plan.out);
+    let mut bar = Bar::new();
+    let m = moslora::render::render(&cfg, &plan, opts, &mut bar)?;
+    print_summary(&m, &plan.out, bar.images());
     Ok(())
 }
 
@@ -112,7 +113,8 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
             &a.run,
         )?;
     }
-    let (outcomes, m) = moslora::render::compare(&cfg, opts, &mut Bar::new(), &mut Bar::new())?;
+    let mut bar = Bar::new();
+    let (outcomes, m) = moslora::render::compare(&cfg, opts, &mut Bar::new(), &mut bar)?;
     for o in &outcomes {
         println!(
             "{}: trained {} steps in {:.1} s -> {}",
@@ -122,7 +124,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
             o.adapter.display()
         );
     }
-    print_summary(&m, &cfg.render_dir());
+    print_summary(&m, &cfg.render_dir(), bar.images());
     if cfg.metrics.any() {
         let o = moslora::metrics::ScoreOptions {
             clip: cfg.metrics.clip.clone(),
@@ -132,16 +134,64 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         };
         super::score::score(&cfg.render_dir(), &o)?;
     }
+    print_next_step(&m, &cfg.render_dir(), &cfg.output.join("study"));
     Ok(())
 }
 
-/// What a render wrote, and where.
-fn print_summary(m: &Manifest, dir: &Path) {
+/// What to do after `compare`: look at the gallery, then put the two adapters before raters
+/// with `study make` (the command with this run's own paths).
+fn print_next_step(m: &Manifest, renders: &Path, study: &Path) {
+    let names: Vec<&str> = m
+        .adapters
+        .iter()
+        .filter(|a| a.name != "base")
+        .map(|a| a.name.as_str())
+        .collect();
+    let (a, b) = if names.contains(&"lora") && names.contains(&"moslora") {
+        ("lora", "moslora")
+    } else if names.len() >= 2 {
+        (names[0], names[1])
+    } else {
+        println!(
+            "\nnext: look at the gallery, {}",
+            renders.join(&m.gallery).display()
+        );
+        return;
+    };
     println!(
-        "rendered {} images ({} prompts x {} columns) into {}",
-        m.images.len(),
-        m.prompts.len(),
-        m.adapters.len(),
+        "\nnext: look at the gallery, then ask people which is better in a blind study:\n  \
+         moslora study make --renders {} --a {a} --b {b} --out {}",
+        shell_word(&renders.display().to_string()),
+        shell_word(&study.display().to_string())
+    );
+}
+
+/// A path as one shell word: quoted when it holds anything a shell would split or expand.
+fn shell_word(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:,=@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// What a render wrote, and where: "rendered 8, kept 64 (8 prompts x 3 columns x 3 seeds)".
+fn print_summary(m: &Manifest, dir: &Path, (rendered, kept): (u64, u64)) {
+    use moslora::words::count;
+    let seeds = {
+        let mut v: Vec<u64> = m.images.iter().map(|i| i.seed).collect();
+        v.sort();
+        v.dedup();
+        v.len()
+    };
+    println!(
+        "rendered {rendered}, kept {kept} from before ({} = {} x {} x {}) into {}",
+        count(m.images.len(), "image"),
+        count(m.prompts.len(), "prompt"),
+        count(m.adapters.len(), "column"),
+        count(seeds, "seed"),
         dir.display()
     );
     println!("  gallery:       {}", dir.join(&m.gallery).display());

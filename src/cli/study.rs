@@ -26,9 +26,9 @@ pub enum StudyCommand {
 pub struct StudyServeArgs {
     /// The study folder (`moslora study make --out`)
     study: PathBuf,
-    /// The study's key (STUDY.key.json, beside the folder); never served
+    /// The study's key; never served (default: STUDY.key.json beside the study folder)
     #[arg(long)]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port (the address is printed)
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
@@ -76,9 +76,13 @@ pub struct StudyMakeArgs {
 
 #[derive(Args)]
 pub struct StudyTallyArgs {
-    /// The study's key (STUDY.key.json, written beside the rater folder)
+    /// The study folder (`moslora study make --out`): its key, STUDY.key.json beside it, is
+    /// read (give this or --key)
+    #[arg(long, required_unless_present = "key")]
+    study: Option<PathBuf>,
+    /// The study's key (default: STUDY.key.json beside --study)
     #[arg(long)]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// Votes files downloaded from the rater page
     votes: Vec<PathBuf>,
     /// A served study's votes database (default when no votes files are given: the
@@ -88,6 +92,27 @@ pub struct StudyTallyArgs {
     /// Folder for tally.md, tally.csv, tally.json and tally.png (default: STUDY.tally beside the key)
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// The key given with --key, or else the one beside the study folder (`STUDY.key.json`); a
+/// missing default key is an error that names where it was looked for.
+fn key_of(study: Option<&std::path::Path>, key: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(k) = key {
+        return Ok(k);
+    }
+    let study = study.expect("clap requires --study or --key");
+    let beside = study::key_path_for(study)?;
+    if !beside.is_file() {
+        return Err(moslora::Error::setting(
+            "key",
+            format!(
+                "no key at {} (where `study make` writes the key of {}): give --key KEY.json",
+                beside.display(),
+                study.display()
+            ),
+        ));
+    }
+    Ok(beside)
 }
 
 pub fn run(c: StudyCommand) -> Result<()> {
@@ -107,25 +132,25 @@ pub fn run(c: StudyCommand) -> Result<()> {
             }
             let k = &made.key;
             println!(
-                "wrote {}: {} trials ({} pairs of {} subject(s) + {} repeated with sides swapped), {} vs {}",
+                "wrote {}: {} trials ({} pairs of {} + {} repeated with sides swapped), {} vs {}",
                 made.dir.display(),
                 k.trials.len(),
                 k.pairs(),
-                k.subjects.len(),
+                moslora::words::count(k.subjects.len(), "subject"),
                 k.trials.len() - k.pairs(),
                 k.b.label,
                 k.a.label
             );
             println!(
-                "key: {} (keep it away from raters; tally with `moslora study tally --key {} VOTES.json...`)",
+                "key: {} (keep it away from raters; tally with `moslora study tally --study {} VOTES.json...`)",
                 made.key_path.display(),
-                made.key_path.display()
+                made.dir.display()
             );
             Ok(())
         }
         StudyCommand::Serve(a) => study::serve::serve(&study::serve::ServeOptions {
+            key: key_of(Some(&a.study), a.key)?,
             study: a.study,
-            key: a.key,
             bind: a.bind,
             public: a.public,
             raters: a.raters,
@@ -133,8 +158,9 @@ pub fn run(c: StudyCommand) -> Result<()> {
             url: a.url,
         }),
         StudyCommand::Tally(a) => {
-            let key = study::Key::load(&a.key)?;
-            let beside = study::serve::db::db_path_for_key(&a.key);
+            let key_path = key_of(a.study.as_deref(), a.key)?;
+            let key = study::Key::load(&key_path)?;
+            let beside = study::serve::db::db_path_for_key(&key_path);
             let db = match a.db {
                 Some(db) => Some(db),
                 None if a.votes.is_empty() && beside.is_file() => Some(beside),
@@ -176,7 +202,7 @@ pub fn run(c: StudyCommand) -> Result<()> {
             print!("\n{}", study::report::text(&t));
             let out = match a.out {
                 Some(o) => o,
-                None => study::tally_dir_for(&a.key),
+                None => study::tally_dir_for(&key_path),
             };
             let files = study::report::write_all(&t, &out)?;
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();

@@ -35,6 +35,7 @@ pub struct SweepArgs {
 
 #[derive(Args)]
 pub struct RunArgs {
+    /// The sweep: a base RUN.yaml, subjects and axes
     sweep: PathBuf,
     /// Run on this machine
     #[arg(long, conflicts_with = "slurm")]
@@ -56,25 +57,54 @@ pub struct RunArgs {
 
 #[derive(Args)]
 pub struct TaskArgs {
+    /// The sweep: a base RUN.yaml, subjects and axes
     sweep: PathBuf,
+    /// The task's index, as `sweep plan` numbers them (default: SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX)
     #[arg(long)]
     index: Option<usize>,
+}
+
+/// The plan's table: each column as wide as its longest cell, so long subject or class names
+/// never push the columns out of line; numbers aligned right.
+fn plan_table(rows: &[[String; 6]]) -> String {
+    const HEADER: [&str; 6] = ["task", "subject", "class", "adapter", "rank", "seed"];
+    const RIGHT: [bool; 6] = [true, false, false, false, true, true];
+    let mut width: Vec<usize> = HEADER.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut out = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let w = width[i];
+                if RIGHT[i] {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ");
+        out.truncate(out.trim_end().len());
+        out + "\n"
+    };
+    let mut out = line(HEADER.to_vec());
+    for r in rows {
+        out += &line(r.iter().map(String::as_str).collect());
+    }
+    out
 }
 
 pub fn run(c: SweepCommand) -> Result<ExitCode> {
     match c {
         SweepCommand::Plan(a) => {
             let s = Sweep::load(&a.sweep)?;
-            println!(
-                "{:>5}  {:<16} {:<24} {:<20} {:>4} {:>6}",
-                "task", "subject", "class", "adapter", "rank", "seed"
-            );
-            for r in s.table() {
-                println!(
-                    "{:>5}  {:<16} {:<24} {:<20} {:>4} {:>6}",
-                    r[0], r[1], r[2], r[3], r[4], r[5]
-                );
-            }
+            print!("{}", plan_table(&s.table()));
             println!(
                 "{} tasks ({} subjects) into {}",
                 s.tasks.len(),
@@ -223,4 +253,38 @@ fn run_sweep(a: RunArgs) -> Result<ExitCode> {
         )));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plan_columns_stay_in_line_with_long_names() {
+        let rows: Vec<[String; 6]> = [
+            [
+                "0",
+                "grey_sloth_plushie",
+                "stuffed animal",
+                "moslora:orthogonal",
+                "4",
+                "0",
+            ],
+            ["1", "cat", "cat", "lora", "16", "1234"],
+        ]
+        .iter()
+        .map(|r| r.map(|c| c.to_string()))
+        .collect();
+        let t = super::plan_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        // Each column starts at the same place on every line; the last (seed, right-aligned)
+        // ends at the same place.
+        let at = |l: &str, what: &str| l.find(what).unwrap();
+        assert_eq!(at(lines[0], "class"), at(lines[1], "stuffed"), "{t}");
+        assert_eq!(at(lines[0], "adapter"), at(lines[1], "moslora"), "{t}");
+        assert_eq!(at(lines[0], "adapter"), at(lines[2], "lora"), "{t}");
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{t}");
+        assert!(
+            lines[1].contains("grey_sloth_plushie  stuffed animal"),
+            "{t}"
+        );
+    }
 }

@@ -128,6 +128,7 @@ pub struct JudgeArgs {
     /// Training steps
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Seed of the judge's initial weights and of its training batches
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Measure the judge already at --out instead of training one

@@ -18,6 +18,7 @@
 
 pub mod report;
 pub mod stats;
+pub mod verdict;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -486,7 +487,7 @@ pub fn summarise(
             }
         }
     }
-    MetricsSummary {
+    let mut s = MetricsSummary {
         clip,
         dino,
         clip_t_prompt: CLIP_T_PROMPT_RULE.into(),
@@ -496,7 +497,10 @@ pub fn summarise(
         paired,
         bootstrap_resamples: resamples,
         bootstrap_seed: seed,
-    }
+        verdicts: Vec::new(),
+    };
+    s.verdicts = verdict::sentences(&s);
+    s
 }
 
 #[cfg(test)]

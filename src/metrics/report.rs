@@ -32,9 +32,14 @@ pub fn text(m: &Manifest) -> String {
     let Some(s) = &m.metrics else {
         return String::new();
     };
-    let mut out = format!(
-        "{} — mean [95 % bootstrap interval] over each adapter's images, against {} subject photos\n",
-        m.subject.name, s.photos
+    let mut out = String::new();
+    for v in super::verdict::sentences(s) {
+        out += &format!("{v}\n");
+    }
+    out += &format!(
+        "\n{} — mean [95 % bootstrap interval] over each adapter's images, against {}\n",
+        m.subject.name,
+        crate::words::count(s.photos, "subject photo")
     );
     out += &aligned(&MetricsSummary::TABLE_HEADER, &s.table_rows());
     if let Some(t) = s.paired_title() {
@@ -59,6 +64,10 @@ pub fn markdown(m: &Manifest) -> String {
         return String::new();
     };
     let mut out = format!("# Automatic metrics: {}\n\n", m.subject.name);
+    for v in super::verdict::sentences(s) {
+        out += &format!("- {}\n", crate::html::md_text(&v));
+    }
+    out += "\n## The numbers\n\n";
     out += &format!(
         "Mean with its 95 % percentile-bootstrap interval ({} resamples, seed {}) over each \
          adapter's images. DINO and CLIP-I: mean cosine with each of the {} subject photos; \
@@ -68,7 +77,7 @@ pub fn markdown(m: &Manifest) -> String {
     );
     out += &md_table(&MetricsSummary::TABLE_HEADER, &s.table_rows());
     if let Some(t) = s.paired_title() {
-        out += &format!("\n## {t}\n\n");
+        out += &format!("\n### {}\n\n", crate::html::md_text(&t));
         out += &md_table(&MetricsSummary::PAIRED_HEADER, &s.paired_rows());
         out += "\nWin / tie / loss counts the second adapter's pairs ahead, within the margin, \
                 behind; the sign test is exact and two-sided on wins against losses.\n";

@@ -38,6 +38,8 @@ td img { width: 200px; max-width: 22vw; border-radius: 4px; display: block; curs
 .metrics table { border-collapse: collapse; margin: 6px 0 12px; font-size: 13px; }
 .metrics th, .metrics td { padding: 3px 10px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
 .metrics p { color: var(--muted); font-size: 12px; margin: 4px 0; max-width: 900px; }
+.verdicts ul { margin: 10px 0 6px; padding-left: 20px; max-width: 980px; }
+.verdicts li { margin: 3px 0; font-size: 15px; }
 .score { font-size: 11px; color: var(--muted); padding: 2px 0 4px; font-variant-numeric: tabular-nums; }
 "#;
 
@@ -104,8 +106,13 @@ fn html_table(header: &[&str], rows: &[[String; 5]]) -> String {
 
 /// The automatic metrics' tables (written by `moslora score`).
 fn metrics_section(s: &MetricsSummary) -> String {
-    let mut h = String::from(
-        "<details class=\"metrics\" open><summary>automatic metrics (DINO, CLIP-I, CLIP-T)</summary>",
+    let mut h = String::from("<div class=\"verdicts\" id=\"verdicts\"><ul>");
+    for v in &s.verdicts {
+        h.push_str(&format!("<li>{}</li>", esc(v)));
+    }
+    h.push_str("</ul></div>");
+    h.push_str(
+        "<details class=\"metrics\" open><summary>the numbers: automatic metrics (DINO, CLIP-I, CLIP-T)</summary>",
     );
     h.push_str(&html_table(&MetricsSummary::TABLE_HEADER, &s.table_rows()));
     h.push_str(&format!(

@@ -186,6 +186,9 @@ pub struct MetricsSummary {
     pub paired: Vec<PairedMetric>,
     pub bootstrap_resamples: usize,
     pub bootstrap_seed: u64,
+    /// The tables in plain words (`metrics::verdict`), for the pages that show them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -334,7 +337,7 @@ impl MetricsSummary {
             value(self.ceiling.dino),
             value(self.ceiling.clip_i),
             "–".into(),
-            format!("{} pairs", p * p.saturating_sub(1) / 2),
+            crate::words::count(p * p.saturating_sub(1) / 2, "pair"),
         ]);
         rows
     }

@@ -541,7 +541,8 @@ fn write_grids(
         .map(|i| ((i.prompt_id.as_str(), i.seed, i.adapter.as_str()), i))
         .collect();
     let mut grids = Vec::new();
-    for p in prompts {
+    let names = grid_files(prompts);
+    for (p, file) in prompts.iter().zip(names) {
         let mut rows = Vec::new();
         for &seed in seeds {
             let mut row = Vec::new();
@@ -557,7 +558,6 @@ fn write_grids(
         let cols: Vec<String> = adapters.iter().map(|a| a.label.clone()).collect();
         let row_labels: Vec<String> = seeds.iter().map(|s| format!("seed {s}")).collect();
         let (page, _) = picture::grid(&p.text, &cols, &row_labels, &rows);
-        let file = format!("grids/{}.png", p.id);
         write_png(&out.join(&file), &page, &[("prompt", p.text.clone())])?;
         grids.push(GridEntry {
             prompt_id: p.id.clone(),
@@ -565,6 +565,34 @@ fn write_grids(
         });
     }
     Ok(grids)
+}
+
+/// Each prompt's grid file, named after the prompt: `grids/p00-a-photo-of-sks-dog-on-the-beach.png`
+/// (the prompt's id, then its words; safe characters only, at most 80 bytes before `.png`,
+/// and unique: a name already taken gets `-2`, `-3`, ...).
+pub fn grid_files(prompts: &[PromptEntry]) -> Vec<String> {
+    use crate::words::{slug, SLUG_MAX};
+    let mut taken = std::collections::HashSet::new();
+    prompts
+        .iter()
+        .map(|p| {
+            let id = slug(&p.id, 16);
+            let words = slug(&p.text, SLUG_MAX);
+            let stem = match (id.is_empty(), words.is_empty()) {
+                (false, false) => format!("{id}-{words}"),
+                (false, true) => id,
+                (true, false) => words,
+                (true, true) => "prompt".to_string(),
+            };
+            let mut name = stem.clone();
+            let mut n = 1;
+            while !taken.insert(name.clone()) {
+                n += 1;
+                name = format!("{stem}-{n}");
+            }
+            format!("grids/{name}.png")
+        })
+        .collect()
 }
 
 /// All grids tiled on one sheet (scaled down so the sheet stays a reasonable size).
@@ -702,4 +730,53 @@ pub fn compare(
     let plan = plan(cfg, None, None, None, Vec::new(), false)?;
     let manifest = render(cfg, &plan, opts, render_progress)?;
     Ok((outcomes, manifest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_are_named_after_their_prompts() {
+        let p = |id: &str, text: &str| PromptEntry {
+            id: id.into(),
+            template: String::new(),
+            text: text.into(),
+        };
+        let files = grid_files(&[
+            p("p00", "a photo of a sks robot on the beach"),
+            p("p01", "a sks robot, in the style of <b>Monet</b> & friends"),
+            p("p 1", ""),
+            p("p-1", ""),
+            p(
+                "../x",
+                "a very long prompt that goes on and on about a sks robot walking through a \
+                 city at night in the rain",
+            ),
+        ]);
+        assert_eq!(
+            files[0],
+            "grids/p00-a-photo-of-a-sks-robot-on-the-beach.png"
+        );
+        assert_eq!(
+            files[1],
+            "grids/p01-a-sks-robot-in-the-style-of-b-monet-b-friends.png"
+        );
+        assert_eq!(files[2], "grids/p-1.png");
+        assert_eq!(files[3], "grids/p-1-2.png");
+        assert!(
+            files[4].starts_with("grids/x-a-very-long-prompt"),
+            "{}",
+            files[4]
+        );
+        for f in &files {
+            let stem = f.strip_prefix("grids/").unwrap();
+            let stem = stem.strip_suffix(".png").unwrap();
+            assert!(stem.len() <= 80, "{f}");
+            assert!(
+                stem.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+                "{f}"
+            );
+        }
+    }
 }

@@ -56,6 +56,23 @@ pub fn fit_text(text: &str, size: f32, max_width: f32) -> String {
     format!("{s}…")
 }
 
+/// A label for `max_width` pixels: at `size` when it fits, else at a smaller size (down to
+/// 60 % of `size`, so "MoSLoRA" still reads whole over a small picture), and only then
+/// shortened with an ellipsis. The text and the size to draw it at.
+pub fn fit_label(text: &str, size: f32, max_width: f32) -> (String, f32) {
+    let w = text_width(text, size);
+    if w <= max_width {
+        return (text.to_string(), size);
+    }
+    // Widths do not scale exactly with the size (glyph advances round), so step down to a fit.
+    let least = size * 0.6;
+    let mut smaller = (size * max_width / w).max(least);
+    while smaller > least && text_width(text, smaller) > max_width {
+        smaller = (smaller * 0.97).max(least);
+    }
+    (fit_text(text, smaller, max_width), smaller)
+}
+
 /// The layout of a labelled grid, kept so tests can check cell positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GridLayout {
@@ -124,14 +141,14 @@ pub fn grid(
     );
     for (c, label) in col_labels.iter().enumerate() {
         let (x, _) = layout.cell_origin(0, c as u32);
-        let text = fit_text(label, size, cw as f32);
-        let w = text_width(&text, size);
+        let (text, at) = fit_label(label, size, cw as f32);
+        let w = text_width(&text, at);
         draw_text(
             &mut page,
             &text,
             x as f32 + (cw as f32 - w) / 2.0,
-            layout.top as f32 - size * 1.5,
-            size,
+            layout.top as f32 - size * 1.5 + (size - at),
+            at,
             ink,
         );
     }
@@ -152,4 +169,27 @@ pub fn grid(
         }
     }
     (page, layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_shrink_before_they_are_cut() {
+        let w = text_width("MoSLoRA", 12.0);
+        // A little too wide: drawn smaller, whole.
+        let (t, size) = fit_label("MoSLoRA", 12.0, w * 0.8);
+        assert_eq!(t, "MoSLoRA");
+        assert!(size < 12.0 && text_width(&t, size) <= w * 0.8 + 0.01);
+        // Fits: unchanged.
+        assert_eq!(
+            fit_label("MoSLoRA", 12.0, w + 1.0),
+            ("MoSLoRA".to_string(), 12.0)
+        );
+        // Far too wide: the smallest size, then an ellipsis.
+        let (t, size) = fit_label("MoSLoRA (orthogonal mixer)", 12.0, w);
+        assert!((size - 7.2).abs() < 1e-4 && t.ends_with('…'), "{t} {size}");
+        assert!(text_width(&t, size) <= w);
+    }
 }

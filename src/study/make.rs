@@ -300,9 +300,10 @@ fn collect(
         for (n, (have, lack)) in single.iter().zip([(a, b), (b, a)]) {
             if *n > 0 {
                 notes.push(format!(
-                    "{}: {n} `{}` image(s) have no `{}` image of the same prompt and seed: left out",
+                    "{}: {n} `{}` {} no `{}` image of the same prompt and seed: left out",
                     dir.display(),
                     have.name,
+                    crate::words::verb(*n, "image has", "images have"),
                     lack.name
                 ));
             }

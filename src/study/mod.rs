@@ -18,6 +18,7 @@ pub mod page;
 pub mod report;
 pub mod serve;
 pub mod tally;
+pub mod verdict;
 
 use std::path::{Path, PathBuf};
 

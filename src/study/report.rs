@@ -55,9 +55,16 @@ fn cons(c: &Consistency) -> String {
 }
 
 fn headline(t: &Tally) -> String {
+    use crate::words::count;
     format!(
-        "{} vs {}: {} rater(s), {} pairs of {} subject(s), {} repeated pair(s) for consistency (study {})",
-        t.b.label, t.a.label, t.raters, t.pairs, t.subjects, t.repeated_pairs, t.study_id
+        "{} vs {}: {}, {} of {}, {} for consistency (study {})",
+        t.b.label,
+        t.a.label,
+        count(t.raters, "rater"),
+        count(t.pairs, "pair"),
+        count(t.subjects, "subject"),
+        count(t.repeated_pairs, "repeated pair"),
+        t.study_id
     )
 }
 
@@ -89,7 +96,12 @@ fn table(rows: &[Vec<String>]) -> String {
 /// The terminal printout.
 pub fn text(t: &Tally) -> String {
     let (a, b) = (&t.a.label, &t.b.label);
-    let mut out = headline(t);
+    let mut out = String::new();
+    for v in super::verdict::sentences(t) {
+        let _ = writeln!(out, "{v}");
+    }
+    out.push('\n');
+    out.push_str(&headline(t));
     out.push_str("\n\n");
     let mut rows = vec![vec![
         "criterion".into(),
@@ -201,11 +213,19 @@ pub fn markdown(t: &Tally) -> String {
     use crate::html::md_text;
     let (a, b) = (&md_text(&t.a.label), &md_text(&t.b.label));
     let mut md = format!("# Human evaluation: {b} vs {a}\n\n");
+    for v in super::verdict::sentences(t) {
+        let _ = writeln!(md, "- **{}**", md_text(&v));
+    }
+    md.push_str("\n## The numbers\n\n");
     let _ = writeln!(
         md,
-        "{} rater(s), {} pairs of {} subject(s); {} pair(s) shown a second time with sides swapped to \
+        "{}, {} of {}; {} shown a second time with sides swapped to \
          measure consistency (those second showings are not counted below). Study `{}`.\n",
-        t.raters, t.pairs, t.subjects, t.repeated_pairs, t.study_id
+        crate::words::count(t.raters, "rater"),
+        crate::words::count(t.pairs, "pair"),
+        crate::words::count(t.subjects, "subject"),
+        crate::words::count(t.repeated_pairs, "pair"),
+        t.study_id
     );
     let _ = writeln!(
         md,
@@ -304,6 +324,185 @@ pub fn markdown(t: &Tally) -> String {
         );
     }
     md
+}
+
+/// One HTML table: a header row and body rows, every cell escaped; `num` marks the
+/// columns aligned right.
+fn html_table(header: &[String], rows: &[Vec<String>], num: &[usize]) -> String {
+    use crate::html::esc;
+    let mut h = String::from("<table><thead><tr>");
+    for (i, c) in header.iter().enumerate() {
+        let cls = if num.contains(&i) {
+            " class=\"num\""
+        } else {
+            ""
+        };
+        let _ = write!(h, "<th{cls}>{}</th>", esc(c));
+    }
+    h.push_str("</tr></thead><tbody>");
+    for r in rows {
+        h.push_str("<tr>");
+        for (i, c) in r.iter().enumerate() {
+            let cls = if num.contains(&i) {
+                " class=\"num\""
+            } else {
+                ""
+            };
+            let _ = write!(h, "<td{cls}>{}</td>", esc(c));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</tbody></table>");
+    h
+}
+
+/// The tally as an HTML fragment for a page (the organiser's): the verdicts in words, a bar
+/// per criterion (B wins, tie, A wins, drawn with CSS: the page needs no picture), then the
+/// tables. Everything users wrote (labels, subject and rater names) is escaped; the page's
+/// own stylesheet styles the classes used here.
+pub fn html(t: &Tally) -> String {
+    use crate::html::esc;
+    let (a, b) = (&t.a.label, &t.b.label);
+    let mut h = String::from("<ul class=\"verdicts\">");
+    for v in super::verdict::sentences(t) {
+        let _ = write!(h, "<li>{}</li>", esc(&v));
+    }
+    h.push_str("</ul>");
+    let _ = write!(h, "<p class=\"mute\">{}</p>", esc(&headline(t)));
+    h.push_str("<div class=\"chart\">");
+    for o in &t.overall {
+        let s = &o.summary;
+        let _ = write!(
+            h,
+            "<div class=\"chart-row\"><div class=\"chart-label\">{}</div><div class=\"stack\">",
+            esc(o.criterion.title())
+        );
+        for (share, cls, who) in [
+            (&s.win, "b", format!("{b} wins")),
+            (&s.tie, "tie", "tie".to_string()),
+            (&s.loss, "a", format!("{a} wins")),
+        ] {
+            if share.percent.is_finite() && share.percent > 0.0 {
+                let _ = write!(
+                    h,
+                    "<div class=\"seg {cls}\" style=\"width:{:.2}%\" title=\"{}: {}\">{:.0} %</div>",
+                    share.percent,
+                    esc(&who),
+                    esc(&pct(share)),
+                    share.percent
+                );
+            }
+        }
+        h.push_str("</div></div>");
+    }
+    let _ = write!(
+        h,
+        "<div class=\"legend\"><span class=\"key b\"></span>{} wins <span class=\"key tie\"></span>tie \
+         <span class=\"key a\"></span>{} wins</div></div>",
+        esc(b),
+        esc(a)
+    );
+    h.push_str("<h2>The numbers</h2>");
+    let header: Vec<String> = vec![
+        "criterion".into(),
+        "votes".into(),
+        format!("{b} wins"),
+        "tie".into(),
+        format!("{a} wins"),
+        "sign test (non-ties)".into(),
+        "Fleiss' kappa".into(),
+        "consistency".into(),
+    ];
+    let rows: Vec<Vec<String>> = t
+        .overall
+        .iter()
+        .map(|o| {
+            let s = &o.summary;
+            vec![
+                o.criterion.title().into(),
+                s.votes.to_string(),
+                pct(&s.win),
+                pct(&s.tie),
+                pct(&s.loss),
+                sign(s),
+                kappa(o.fleiss_kappa),
+                cons(&o.consistency),
+            ]
+        })
+        .collect();
+    h.push_str(&html_table(&header, &rows, &[1, 2, 3, 4]));
+    h.push_str(
+        "<p class=\"mute small\">Shares with Wilson 95 % intervals; the sign test is exact and \
+         two-sided on wins against losses (ties left out).</p>",
+    );
+    let header: Vec<String> = vec![
+        "subject".into(),
+        "pairs".into(),
+        "criterion".into(),
+        "votes".into(),
+        format!("{b} wins"),
+        "tie".into(),
+        format!("{a} wins"),
+        "sign test p".into(),
+    ];
+    let mut rows = Vec::new();
+    for s in &t.per_subject {
+        for cs in &s.by_criterion {
+            let sum = &cs.summary;
+            rows.push(vec![
+                s.subject.clone(),
+                s.pairs.to_string(),
+                cs.criterion.title().into(),
+                sum.votes.to_string(),
+                pct(&sum.win),
+                pct(&sum.tie),
+                pct(&sum.loss),
+                p_value(sum.sign_test_p),
+            ]);
+        }
+    }
+    h.push_str("<details><summary>per subject</summary>");
+    h.push_str(&html_table(&header, &rows, &[1, 3, 4, 5, 6, 7]));
+    h.push_str("</details>");
+    let header: Vec<String> = [
+        "rater",
+        "answered",
+        "similarity W / T / L",
+        "prompt W / T / L",
+        "consistency",
+        "left % of non-ties",
+        "median seconds",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let rows: Vec<Vec<String>> = t
+        .per_rater
+        .iter()
+        .map(|r| {
+            let wtl = |i: usize| {
+                let c = &r.by_criterion[i].summary.counts;
+                format!("{} / {} / {}", c.wins, c.ties, c.losses)
+            };
+            vec![
+                r.rater.clone(),
+                format!("{}/{}", r.answered, r.trials),
+                wtl(0),
+                wtl(1),
+                format!(
+                    "{}, {}",
+                    cons(&r.by_criterion[0].consistency),
+                    cons(&r.by_criterion[1].consistency)
+                ),
+                r.left_percent.map_or("-".into(), |p| format!("{p:.0}")),
+                r.median_seconds.map_or("-".into(), |s| format!("{s:.1}")),
+            ]
+        })
+        .collect();
+    h.push_str("<details><summary>per rater</summary>");
+    h.push_str(&html_table(&header, &rows, &[1, 2, 3, 5, 6]));
+    h.push_str("</details>");
+    h
 }
 
 fn csv_field(s: &str) -> String {
@@ -410,10 +609,10 @@ pub fn chart(t: &Tally, path: &Path) -> Result<()> {
         (format!("{a} wins"), RGBColor(67, 147, 195)),
     ];
     let title = format!(
-        "{b} vs {a}: {} rater(s), {} pairs, {} votes per question",
-        t.raters,
-        t.pairs,
-        t.overall.first().map_or(0, |o| o.summary.votes)
+        "{b} vs {a}: {}, {}, {} per question",
+        crate::words::count(t.raters, "rater"),
+        crate::words::count(t.pairs, "pair"),
+        crate::words::count(t.overall.first().map_or(0, |o| o.summary.votes), "vote")
     );
     // x in hundredths of a group (integer coordinates carry custom key points and labels).
     let n = groups.len().max(1) as i32 * 100;

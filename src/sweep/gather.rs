@@ -53,16 +53,17 @@ pub fn gather(sweep: &Sweep) -> Result<Gathered> {
         folders.push(out);
         manifests.push((indices[0], m));
     }
-    let table = if manifests
+    let metrics = manifests
         .iter()
         .any(|(_, m)| m.images.iter().any(|i| i.scores.is_some()))
-    {
-        let (md, csv) = metric_table(sweep, &manifests);
-        crate::fsutil::write_bytes(&dir.join("metrics.md"), md.as_bytes())?;
-        crate::fsutil::write_bytes(&dir.join("metrics.csv"), csv.as_bytes())?;
-        Some(dir.join("metrics.md"))
-    } else {
-        None
+        .then(|| metric_table(sweep, &manifests));
+    let table = match &metrics {
+        Some(t) => {
+            crate::fsutil::write_bytes(&dir.join("metrics.md"), t.markdown().as_bytes())?;
+            crate::fsutil::write_bytes(&dir.join("metrics.csv"), t.csv.as_bytes())?;
+            Some(dir.join("metrics.md"))
+        }
+        None => None,
     };
     let study = make_study(sweep, &folders, &dir)?;
     write_index(
@@ -70,7 +71,7 @@ pub fn gather(sweep: &Sweep) -> Result<Gathered> {
         &dir,
         &groups,
         &missing,
-        table.is_some(),
+        metrics.as_ref(),
         study.is_some(),
     )?;
     let mut text = String::new();
@@ -95,17 +96,21 @@ fn write_index(
     dir: &Path,
     groups: &BTreeMap<String, Vec<usize>>,
     missing: &[String],
-    table: bool,
+    metrics: Option<&Metrics>,
     study: bool,
 ) -> Result<()> {
     use crate::html::{esc, url};
     let mut h = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>moslora sweep</title>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>moslora sweep</title>\
          <style>body{font:15px/1.45 system-ui,sans-serif;margin:24px;color:#1d232b;background:#f6f7f9}\
          section{background:#fff;border:1px solid #d9dee5;border-radius:10px;padding:12px 16px;margin:16px 0}\
          h2{font-size:17px;margin:0 0 8px}.meta{color:#5b6573;font-size:13px}\
          .grids{display:flex;flex-wrap:wrap;gap:8px}.grids img{height:150px;border:1px solid #d9dee5;border-radius:4px}\
-         pre{background:#fff;border:1px solid #d9dee5;border-radius:8px;padding:10px;overflow:auto;font-size:12px}</style>\
+         table{border-collapse:collapse;width:100%;margin:4px 0 12px;font-size:13px}\
+         th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #e6e9ee;vertical-align:top;overflow-wrap:anywhere}\
+         th{color:#5b6573;font-weight:600}h3{font-size:15px;margin:14px 0 4px}\
+         .verdicts{margin:4px 0 10px;padding-left:20px;font-size:15px}.verdicts li{margin:2px 0}\
+         .grids img{max-width:100%}</style>\
          </head><body>\n",
     );
     h.push_str(&format!(
@@ -124,20 +129,31 @@ fn write_index(
             esc(&missing.join(", "))
         ));
     }
-    if table {
-        let md = std::fs::read_to_string(dir.join("metrics.md")).unwrap_or_default();
-        h.push_str(&format!("<h2>Metrics</h2><pre>{}</pre>\n", esc(&md)));
+    if let Some(t) = metrics {
+        h.push_str(&format!(
+            "<section><h2>Metrics <span class=\"meta\">(<a href=\"metrics.md\">metrics.md</a>, \
+             <a href=\"metrics.csv\">metrics.csv</a>)</span></h2>{}</section>\n",
+            t.html()
+        ));
     }
     for (group, indices) in groups {
         let s = &sweep.subjects[sweep.tasks[indices[0]].subject];
         let m = Manifest::read(&dir.join(group))?;
         h.push_str(&format!(
-            "<section><h2>{} <span class=\"meta\">{} ({}) &middot; <a href=\"{}/index.html\">gallery</a></span></h2><div class=\"grids\">",
+            "<section><h2>{} <span class=\"meta\">{} ({}) &middot; <a href=\"{}/index.html\">gallery</a></span></h2>",
             esc(group),
             esc(&s.class),
             s.kind.name(),
             url(group)
         ));
+        if let Some(ms) = m.metrics.as_ref().filter(|ms| !ms.verdicts.is_empty()) {
+            h.push_str("<ul class=\"verdicts\">");
+            for v in &ms.verdicts {
+                h.push_str(&format!("<li>{}</li>", esc(v)));
+            }
+            h.push_str("</ul>");
+        }
+        h.push_str("<div class=\"grids\">");
         for g in &m.grids {
             h.push_str(&format!(
                 "<a href=\"{0}/{1}\"><img src=\"{0}/{1}\" alt=\"{2}\"></a>",
@@ -217,9 +233,94 @@ fn cell(e: Option<crate::render::manifest::Estimate>) -> String {
 
 const METRICS: [&str; 3] = ["dino", "clip_i", "clip_t"];
 
-/// The metric table: rows are the real photos and each adapter, over all subjects and split
-/// object / live; then one row per subject and adapter. Means with bootstrap 95 % intervals.
-fn metric_table(sweep: &Sweep, manifests: &[(usize, Manifest)]) -> (String, String) {
+/// One table of the sweep's metrics, written as Markdown (`metrics.md`) and as HTML (the
+/// page).
+struct Table {
+    title: String,
+    intro: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+/// The metric tables, the sentences that say what they mean, and `metrics.csv`.
+struct Metrics {
+    intro: String,
+    verdicts: Vec<String>,
+    tables: Vec<Table>,
+    csv: String,
+}
+
+impl Metrics {
+    fn markdown(&self) -> String {
+        use crate::html::md_text;
+        let mut md = String::from("# Sweep metrics\n\n");
+        for v in &self.verdicts {
+            md.push_str(&format!("- **{}**\n", md_text(v)));
+        }
+        if !self.verdicts.is_empty() {
+            md.push('\n');
+        }
+        md.push_str(&self.intro);
+        md.push_str("\n\n");
+        for t in &self.tables {
+            md.push_str(&format!("## {}\n\n", md_text(&t.title)));
+            if !t.intro.is_empty() {
+                md.push_str(&format!("{}\n\n", t.intro));
+            }
+            let head: Vec<String> = t.header.iter().map(|h| md_text(h)).collect();
+            md.push_str(&format!(
+                "| {} |\n|{}\n",
+                head.join(" | "),
+                "---|".repeat(head.len())
+            ));
+            for r in &t.rows {
+                let cells: Vec<String> = r.iter().map(|c| md_text(c)).collect();
+                md.push_str(&format!("| {} |\n", cells.join(" | ")));
+            }
+            md.push('\n');
+        }
+        md
+    }
+
+    fn html(&self) -> String {
+        use crate::html::esc;
+        let mut h = String::new();
+        if !self.verdicts.is_empty() {
+            h.push_str("<ul class=\"verdicts\">");
+            for v in &self.verdicts {
+                h.push_str(&format!("<li>{}</li>", esc(v)));
+            }
+            h.push_str("</ul>");
+        }
+        h.push_str(&format!("<p class=\"meta\">{}</p>", esc(&self.intro)));
+        for t in &self.tables {
+            h.push_str(&format!("<h3>{}</h3>", esc(&t.title)));
+            if !t.intro.is_empty() {
+                h.push_str(&format!("<p class=\"meta\">{}</p>", esc(&t.intro)));
+            }
+            h.push_str("<table><thead><tr>");
+            for c in &t.header {
+                h.push_str(&format!("<th>{}</th>", esc(c)));
+            }
+            h.push_str("</tr></thead><tbody>");
+            for r in &t.rows {
+                h.push_str("<tr>");
+                for c in r {
+                    h.push_str(&format!("<td>{}</td>", esc(c)));
+                }
+                h.push_str("</tr>");
+            }
+            h.push_str("</tbody></table>");
+        }
+        h
+    }
+}
+
+/// The metric tables: rows are the real photos and each adapter, over all subjects and split
+/// object / live; then each adapter against the baseline image by image; then one row per
+/// subject and adapter. Means with bootstrap 95 % intervals.
+fn metric_table(sweep: &Sweep, manifests: &[(usize, Manifest)]) -> Metrics {
+    use crate::render::manifest::{ImageScores, PairedMetric};
     let (resamples, seed) = (stats::BOOTSTRAP_RESAMPLES, stats::BOOTSTRAP_SEED);
     let kind_of = |first: usize| sweep.subjects[sweep.tasks[first].subject].kind;
     let name_of = |first: usize| sweep.group(&sweep.tasks[first]);
@@ -252,42 +353,44 @@ fn metric_table(sweep: &Sweep, manifests: &[(usize, Manifest)]) -> (String, Stri
         ("object", Some(Kind::Object)),
         ("live", Some(Kind::Live)),
     ];
-    let mut md = String::from("# Sweep metrics\n\n");
-    md.push_str(&format!(
-        "{} subjects, {} adapters. Mean over images with a bootstrap 95 % interval \
-         ({resamples} resamples); the real-photo row compares each subject's photos with \
-         each other (the ceiling).\n\n",
-        manifests.len(),
-        adapters.len()
-    ));
+    let titles: Vec<String> = METRICS
+        .iter()
+        .map(|m| ImageScores::title(m).to_string())
+        .collect();
+    let mut tables = Vec::new();
+    let mut verdicts = Vec::new();
     let mut csv = String::from("scope,row,metric,mean,lo,hi,n\n");
     for (scope, only) in scopes {
         let which: &dyn Fn(usize) -> bool = &|f| only.is_none_or(|k| kind_of(f) == k);
-        md.push_str(&format!(
-            "## {scope} subjects\n\n| | DINO | CLIP-I | CLIP-T |\n|---|---|---|---|\n"
-        ));
-        let real: Vec<String> = METRICS
-            .iter()
-            .map(|m| cell(stats::bootstrap_mean(&ceiling(m, which), resamples, seed)))
-            .collect();
-        md.push_str(&format!("| Real images | {} |\n", real.join(" | ")));
-        for (name, label) in &adapters {
-            let cells: Vec<String> = METRICS
+        let mut header = vec![String::new()];
+        header.extend(titles.iter().cloned());
+        let mut real = vec!["Real images".to_string()];
+        real.extend(
+            METRICS
                 .iter()
-                .map(|metric| {
-                    let e = stats::bootstrap_mean(&values(name, metric, which), resamples, seed);
-                    if let Some(e) = e {
-                        csv.push_str(&format!(
-                            "{scope},{name},{metric},{},{},{},{}\n",
-                            e.mean, e.lo, e.hi, e.n
-                        ));
-                    }
-                    cell(e)
-                })
-                .collect();
-            md.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
+                .map(|m| cell(stats::bootstrap_mean(&ceiling(m, which), resamples, seed))),
+        );
+        let mut rows = vec![real];
+        for (name, label) in &adapters {
+            let mut row = vec![label.clone()];
+            for metric in METRICS {
+                let e = stats::bootstrap_mean(&values(name, metric, which), resamples, seed);
+                if let Some(e) = e {
+                    csv.push_str(&format!(
+                        "{scope},{name},{metric},{},{},{},{}\n",
+                        e.mean, e.lo, e.hi, e.n
+                    ));
+                }
+                row.push(cell(e));
+            }
+            rows.push(row);
         }
-        md.push('\n');
+        tables.push(Table {
+            title: format!("{scope} subjects"),
+            intro: String::new(),
+            header,
+            rows,
+        });
     }
     // Every other adapter against the baseline (LoRA when present), image by image over
     // identical prompt, seed and initial noise: the automatic judge's win / tie / loss.
@@ -297,13 +400,7 @@ fn metric_table(sweep: &Sweep, manifests: &[(usize, Manifest)]) -> (String, Stri
         .or(adapters.first())
         .cloned()
     {
-        md.push_str(&format!(
-            "## Against {base_label}, image by image\n\nWins, ties and losses of each adapter's \
-             score over {base_label}'s on the same prompt, seed and noise (a tie within \
-             {}), the mean difference with its 95 % interval, and the two-sided sign test.\n\n\
-             | adapter | metric | win / tie / loss | mean difference | sign test p |\n|---|---|---|---|---|\n",
-            crate::metrics::TIE_MARGIN
-        ));
+        let mut rows = Vec::new();
         for (name, label) in adapters.iter().filter(|(n, _)| *n != base) {
             for metric in METRICS {
                 let mut pairs = Vec::new();
@@ -326,46 +423,92 @@ fn metric_table(sweep: &Sweep, manifests: &[(usize, Manifest)]) -> (String, Stri
                     "paired,{name}-vs-{base},{metric},{},{},{},{}\n",
                     p.diff.mean, p.diff.lo, p.diff.hi, p.diff.n
                 ));
-                md.push_str(&format!(
-                    "| {label} | {metric} | {} / {} / {} | {:+.4} [{:+.4}, {:+.4}] | {} |\n",
-                    p.wins,
-                    p.ties,
-                    p.losses,
-                    p.diff.mean,
-                    p.diff.lo,
-                    p.diff.hi,
+                let pm = PairedMetric {
+                    a: base.clone(),
+                    b: name.clone(),
+                    metric: metric.to_string(),
+                    diff: p.diff,
+                    wins: p.wins,
+                    ties: p.ties,
+                    losses: p.losses,
+                    tie_margin: p.tie_margin,
+                    sign_test_p: p.sign_test_p,
+                };
+                verdicts.push(crate::metrics::verdict::difference(&pm, &base_label, label));
+                rows.push(vec![
+                    label.clone(),
+                    ImageScores::title(metric).to_string(),
+                    format!("{} / {} / {}", p.wins, p.ties, p.losses),
+                    format!("{:+.4} [{:+.4}, {:+.4}]", p.diff.mean, p.diff.lo, p.diff.hi),
                     p.sign_test_p
                         .map(|x| format!("{x:.3}"))
-                        .unwrap_or_else(|| "-".into())
-                ));
+                        .unwrap_or_else(|| "-".into()),
+                ]);
             }
         }
-        md.push('\n');
+        tables.push(Table {
+            title: format!("Against {base_label}, image by image"),
+            intro: format!(
+                "Wins, ties and losses of each adapter's score over {base_label}'s on the same \
+                 prompt, seed and noise (a tie within {}), the mean difference with its 95 % \
+                 interval, and the two-sided sign test.",
+                crate::metrics::TIE_MARGIN
+            ),
+            header: [
+                "adapter",
+                "metric",
+                "win / tie / loss",
+                "mean difference",
+                "sign test p",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            rows,
+        });
     }
-    md.push_str("## Per subject\n\n| subject | kind | adapter | DINO | CLIP-I | CLIP-T |\n|---|---|---|---|---|---|\n");
+    let mut header: Vec<String> = ["subject", "kind", "adapter"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    header.extend(titles.iter().cloned());
+    let mut rows = Vec::new();
     for (first, m) in manifests {
         for a in &m.adapters {
             let only = |f: usize| f == *first;
-            let cells: Vec<String> = METRICS
-                .iter()
-                .map(|metric| {
-                    cell(stats::bootstrap_mean(
-                        &values(&a.name, metric, &only),
-                        resamples,
-                        seed,
-                    ))
-                })
-                .collect();
-            md.push_str(&format!(
-                "| {} | {} | {} | {} |\n",
+            let mut row = vec![
                 name_of(*first),
-                kind_of(*first).name(),
-                a.label,
-                cells.join(" | ")
-            ));
+                kind_of(*first).name().to_string(),
+                a.label.clone(),
+            ];
+            row.extend(METRICS.iter().map(|metric| {
+                cell(stats::bootstrap_mean(
+                    &values(&a.name, metric, &only),
+                    resamples,
+                    seed,
+                ))
+            }));
+            rows.push(row);
         }
     }
-    (md, csv)
+    tables.push(Table {
+        title: "Per subject".into(),
+        intro: String::new(),
+        header,
+        rows,
+    });
+    Metrics {
+        intro: format!(
+            "{} subjects, {} adapters. Mean over images with a bootstrap 95 % interval \
+             ({resamples} resamples); the real-photo row compares each subject's photos with \
+             each other (the ceiling).",
+            manifests.len(),
+            adapters.len()
+        ),
+        verdicts,
+        tables,
+        csv,
+    }
 }
 
 /// One blind study kit over every subject: LoRA against MoSLoRA when both are there (else the

@@ -71,20 +71,29 @@ pub struct AdapterSpec {
 
 impl AdapterSpec {
     pub fn parse(s: &str, base_mixer: MixerInit) -> Result<Self> {
-        let bad = || {
+        let bad_with = |hint: &str| {
             Error::setting(
                 "adapters",
                 format!(
-                    "adapters: {s:?} is not `lora`, `moslora` or `moslora:<mixer>` (mixers: {})",
+                    "adapters: {s:?} is not `lora`, `moslora` or `moslora:<mixer>` (mixers: {}){hint}",
                     MixerInit::ALL[1..].join(", ")
                 ),
             )
         };
+        let bad = || bad_with("");
         let (kind, mixer) = match s.split_once(':') {
             None => (AdapterKind::parse(s).map_err(|_| bad())?, None),
             Some((k, m)) => {
                 let kind = AdapterKind::parse(k).map_err(|_| bad())?;
-                let mixer: MixerInit = serde_yaml::from_str(m).map_err(|_| bad())?;
+                let mixer = MixerInit::parse(m).map_err(|e| {
+                    let text = e.to_string();
+                    let hint = text
+                        .split_once(" (did you mean")
+                        .and_then(|(_, rest)| rest.split_once(')'))
+                        .map(|(m, _)| format!("; did you mean{m}"))
+                        .unwrap_or_default();
+                    bad_with(&hint)
+                })?;
                 if kind != AdapterKind::Moslora || mixer == MixerInit::None {
                     return Err(bad());
                 }
@@ -384,4 +393,26 @@ pub fn index_from_env() -> Result<usize> {
         "no task index: pass --index, or run under Slurm (SLURM_ARRAY_TASK_ID) or a \
          Kubernetes Indexed Job (JOB_COMPLETION_INDEX)",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_specs_parse_and_a_misspelt_mixer_gets_a_suggestion() {
+        let s = AdapterSpec::parse("moslora:kaiming", MixerInit::Orthogonal).unwrap();
+        assert_eq!(
+            (s.kind, s.mixer),
+            (AdapterKind::Moslora, MixerInit::Kaiming)
+        );
+        let e = AdapterSpec::parse("moslora:orthogonl", MixerInit::Orthogonal)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `orthogonal`?"), "{e}");
+        let e = AdapterSpec::parse("moslora:zzzzzz", MixerInit::Orthogonal)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
 }

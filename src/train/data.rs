@@ -179,8 +179,9 @@ pub fn prepare_data_and_text(
     if !captions.is_empty() {
         let n = photo_captions.iter().flatten().count();
         note(&format!(
-            "{n} of {} photos have their own caption ({} distinct)",
-            photos.len(),
+            "{n} of {} {} own caption ({} distinct)",
+            crate::words::count(photos.len(), "photo"),
+            crate::words::verb(n, "has its", "have their"),
             captions.len()
         ));
     }

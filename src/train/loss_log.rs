@@ -56,7 +56,11 @@ pub fn read_csv(path: &Path) -> Result<Vec<f32>> {
         .collect()
 }
 
-/// One or more loss curves on one chart: raw losses faint, smoothed losses bold.
+/// One or more loss curves on one chart: raw losses faint, smoothed losses bold. Curves that
+/// lie on top of each other stay apart to the eye: each run has its own colour, line style
+/// (solid, dashed, dotted) and marker shape; and with two runs or more a second panel below
+/// draws each smoothed curve minus the first run's, so that a difference too small to see on
+/// the loss scale still shows (a flat line at zero says the curves are the same).
 pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
     register_font();
     let steps = runs.iter().map(|(_, l)| l.len()).max().unwrap_or(0).max(2);
@@ -78,14 +82,25 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
         RGBColor(44, 160, 44),
         RGBColor(148, 103, 189),
     ];
+    let smoothed: Vec<Vec<f64>> = runs.iter().map(|(_, l)| smooth(l, 0.95)).collect();
+    // Markers on the smoothed curves, about a dozen per curve, offset per run so that two
+    // curves on one line still show both.
+    let every = (steps / 12).max(1);
     let err = |e: &dyn std::fmt::Display| Error::msg(format!("drawing {}: {e}", path.display()));
-    let (w, h) = (900u32, 500u32);
+    let with_diff = runs.len() >= 2;
+    let (w, h) = (900u32, if with_diff { 700u32 } else { 500u32 });
     // Drawn in memory and written by fsutil, so a full disk is reported like any other write.
     let mut pixels = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut chart = ChartBuilder::on(&root)
+        let (top, bottom) = if with_diff {
+            let (t, b) = root.split_vertically(500);
+            (t, Some(b))
+        } else {
+            (root.clone(), None)
+        };
+        let mut chart = ChartBuilder::on(&top)
             .caption(title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(40)
@@ -106,19 +121,30 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
             chart
                 .draw_series(LineSeries::new(
                     raw.map(|(s, &v)| ((s + 1) as f64, v as f64)),
-                    c.mix(0.25),
+                    c.mix(0.2),
                 ))
                 .map_err(|e| err(&e))?;
-            let sm = smooth(losses, 0.95);
+            let points: Vec<(f64, f64)> = smoothed[i]
+                .iter()
+                .enumerate()
+                .map(|(s, &v)| ((s + 1) as f64, v))
+                .collect();
+            draw_styled(&mut chart, &points, i, c).map_err(|e| err(&e))?;
+            let marks = points
+                .iter()
+                .skip((i * every / runs.len().max(1)).min(points.len()))
+                .step_by(every)
+                .copied();
             chart
-                .draw_series(LineSeries::new(
-                    sm.iter().enumerate().map(|(s, &v)| ((s + 1) as f64, v)),
-                    c.stroke_width(2),
-                ))
+                .draw_series(marks.map(|p| {
+                    EmptyElement::at(p) + Polygon::new(marker_points(i, 8, 0), c.filled())
+                }))
                 .map_err(|e| err(&e))?
                 .label(format!("{name} (smoothed)"))
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (24, 0)], c.stroke_width(2))
+                        + Polygon::new(marker_points(i, 8, 12), c.filled())
                 });
         }
         chart
@@ -128,8 +154,135 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
             .label_font(("sans-serif", 14))
             .draw()
             .map_err(|e| err(&e))?;
+        if let Some(bottom) = bottom {
+            let diffs: Vec<Vec<(f64, f64)>> = smoothed[1..]
+                .iter()
+                .map(|sm| {
+                    sm.iter()
+                        .zip(&smoothed[0])
+                        .enumerate()
+                        .filter(|(_, (a, b))| a.is_finite() && b.is_finite())
+                        .map(|(s, (a, b))| ((s + 1) as f64, a - b))
+                        .collect()
+                })
+                .collect();
+            let m = diffs
+                .iter()
+                .flatten()
+                .fold(0f64, |m, (_, d)| m.max(d.abs()))
+                .max(1e-6)
+                * 1.1;
+            let mut diff = ChartBuilder::on(&bottom)
+                .caption(
+                    format!("smoothed loss minus {}'s", runs[0].0),
+                    ("sans-serif", 16),
+                )
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(1f64..steps as f64, -m..m)
+                .map_err(|e| err(&e))?;
+            diff.configure_mesh()
+                .x_desc("optimizer step")
+                .x_label_formatter(&|x| format!("{}", *x as i64))
+                .y_label_formatter(&|y| format!("{y:+.3}"))
+                .label_style(("sans-serif", 13))
+                .draw()
+                .map_err(|e| err(&e))?;
+            diff.draw_series(LineSeries::new(
+                vec![(1.0, 0.0), (steps as f64, 0.0)],
+                colours[0].stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?;
+            for (j, d) in diffs.iter().enumerate() {
+                let i = j + 1;
+                draw_styled(&mut diff, d, i, colours[i % colours.len()]).map_err(|e| err(&e))?;
+            }
+        }
         root.present().map_err(|e| err(&e))?;
     }
     let img = image::RgbImage::from_raw(w, h, pixels).expect("the buffer is w x h x 3");
     fsutil::write_png(path, &img, &[])
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Run `i`'s line: solid, dashed, dotted, then dashed again.
+fn draw_styled(
+    chart: &mut Chart<'_, '_>,
+    points: &[(f64, f64)],
+    i: usize,
+    c: RGBColor,
+) -> std::result::Result<(), String> {
+    let style = c.stroke_width(2);
+    let r = match i % 3 {
+        0 => chart
+            .draw_series(LineSeries::new(points.iter().copied(), style))
+            .map(|_| ()),
+        1 => chart
+            .draw_series(DashedLineSeries::new(points.iter().copied(), 10, 6, style))
+            .map(|_| ()),
+        _ => chart
+            .draw_series(DashedLineSeries::new(points.iter().copied(), 3, 4, style))
+            .map(|_| ()),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// Run `i`'s marker, as offsets in pixels around its point: an octagon (a round dot), a
+/// triangle, a square, a diamond.
+fn marker_points(i: usize, size: i32, shift: i32) -> Vec<(i32, i32)> {
+    let h = size / 2;
+    let v: Vec<(i32, i32)> = match i % 4 {
+        0 => (0..8)
+            .map(|k| {
+                let a = std::f64::consts::PI * (k as f64 + 0.5) / 4.0;
+                (
+                    (a.cos() * h as f64).round() as i32,
+                    (a.sin() * h as f64).round() as i32,
+                )
+            })
+            .collect(),
+        1 => vec![(0, -h - 1), (h + 1, h), (-h - 1, h)],
+        2 => vec![(-h, -h), (h, -h), (h, h), (-h, h)],
+        _ => vec![(0, -h - 1), (h + 1, 0), (0, h + 1), (-h - 1, 0)],
+    };
+    v.into_iter().map(|(x, y)| (x + shift, y)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two runs with the very same losses: the second (red, dashed, triangles) still shows,
+    /// and the difference panel is drawn.
+    #[test]
+    fn identical_curves_both_show() {
+        let dir = std::env::temp_dir().join(format!("moslora-loss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("loss.png");
+        let losses: Vec<f32> = (0..200)
+            .map(|i| 0.2 + 0.1 * (i as f32 * 0.3).sin())
+            .collect();
+        plot(&path, "t", &[("LoRA", &losses), ("MoSLoRA", &losses)]).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (900, 700));
+        let count = |want: [u8; 3], rows: std::ops::Range<u32>| {
+            rows.flat_map(|y| (0..900).map(move |x| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y).0 == want)
+                .count()
+        };
+        let (blue, red) = ([31, 119, 180], [214, 39, 40]);
+        assert!(count(red, 0..500) > 200, "the second run is hidden");
+        assert!(count(blue, 0..500) > 200, "the first run is hidden");
+        // The difference panel: the zero line in the first run's colour, the second run's
+        // (identical, so also at zero) dashed over it.
+        assert!(count(blue, 500..700) > 100);
+        assert!(count(red, 500..700) > 50);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -225,3 +225,69 @@ impl Failures {
         );
     }
 }
+
+/// A page for `tests/browser/screenshots.py`: opened at a laptop's width (1366 px) once
+/// `ready` (JavaScript) is true; its screenshot goes to `docs/screenshots/<shot>`.
+pub struct Page<'a> {
+    pub name: &'a str,
+    pub url: String,
+    pub ready: &'a str,
+    /// Texts the page must show.
+    pub expect: Vec<String>,
+    pub shot: &'a str,
+}
+
+/// Open the pages in headless Chromium, save their screenshots under `docs/screenshots/`,
+/// and fail if a page scrolls sideways at 1366 px or lacks a text it must show.
+pub fn check_pages(pages: &[Page], scratch: &Path) -> serde_json::Value {
+    let spec: Vec<serde_json::Value> = pages
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name, "url": p.url, "ready": p.ready, "expect": p.expect,
+                "shot": repo().join("docs/screenshots").join(p.shot),
+            })
+        })
+        .collect();
+    let spec_path = scratch.join("pages.json");
+    let report_path = scratch.join("pages-report.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let out = Command::new(python())
+        .arg(repo().join("tests/browser/screenshots.py"))
+        .arg("--spec")
+        .arg(&spec_path)
+        .arg("--out")
+        .arg(&report_path)
+        .output()
+        .expect("running python");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    println!("{so}");
+    assert!(out.status.success(), "screenshots.py failed:\n{so}\n{se}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let mut f = Failures::new();
+    for p in pages {
+        let r = &report[p.name];
+        f.check(p.name, r["error"].is_null(), || format!("{}", r["error"]));
+        f.check(
+            p.name,
+            r["scroll_width"].as_u64() <= r["client_width"].as_u64(),
+            || {
+                format!(
+                    "scrolls sideways at 1366 px: scrollWidth {} > clientWidth {}",
+                    r["scroll_width"], r["client_width"]
+                )
+            },
+        );
+        f.check(
+            p.name,
+            r["missing"].as_array().is_some_and(|m| m.is_empty()),
+            || format!("missing {} in:\n{}", r["missing"], r["text"]),
+        );
+    }
+    f.assert_none();
+    report
+}

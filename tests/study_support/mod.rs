@@ -239,9 +239,10 @@ pub fn write_render(dir: &Path, spec: &RenderSpec) -> PathBuf {
         images,
         grids: prompts
             .iter()
-            .map(|p| GridEntry {
+            .zip(moslora::render::grid_files(&prompts))
+            .map(|(p, file)| GridEntry {
                 prompt_id: p.id.clone(),
-                file: format!("grids/{}.png", p.id),
+                file,
             })
             .collect(),
         contact_sheet: "contact_sheet.png".into(),

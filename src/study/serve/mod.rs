@@ -248,8 +248,8 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
         }
         let _ = writeln!(
             out,
-            "{} rater(s); links in {} (private, like the key); votes in {}",
-            raters.len(),
+            "{}; links in {} (private, like the key); votes in {}",
+            crate::words::count(raters.len(), "rater"),
             links_path.display(),
             db_path.display()
         );

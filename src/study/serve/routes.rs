@@ -487,11 +487,13 @@ async fn organiser(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     match result {
         Ok((progress, tallied)) => {
             let text = tallied.as_ref().map(report::text);
+            let html = tallied.as_ref().map(report::html);
             Json(json!({
                 "study_id": app.key.study_id,
                 "trials": app.key.trials.len(),
                 "raters": progress,
                 "tally_text": text,
+                "tally_html": html,
                 "tally": tallied,
             }))
             .into_response()
