@@ -84,14 +84,17 @@ fn run(command: Command) -> moslora::Result<ExitCode> {
 
 /// Errors print as one line: `error: what went wrong`.
 fn report(e: &moslora::Error) {
+    eprintln!("error: {}", one_line(e));
+}
+
+/// An error's message on one line.
+fn one_line(e: &moslora::Error) -> String {
     let text = e.to_string();
-    let one_line = text
-        .lines()
+    text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join("; ");
-    eprintln!("error: {one_line}");
+        .join("; ")
 }
 
 fn main() -> ExitCode {

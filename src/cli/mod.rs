@@ -4,6 +4,7 @@ pub mod demo;
 pub mod export;
 pub mod generate;
 pub mod progress;
+pub mod progress_json;
 pub mod render;
 pub mod score;
 pub mod study;

@@ -10,6 +10,7 @@ use moslora::sdxl::pipeline::RunOptions;
 use moslora::Result;
 
 use super::progress::Bar;
+use super::progress_json::{JsonEvents, ProgressMode};
 
 #[derive(Args)]
 pub struct RenderArgs {
@@ -87,9 +88,19 @@ pub fn run_render(a: RenderArgs) -> Result<()> {
 pub struct CompareArgs {
     /// The run's configuration
     run: PathBuf,
+    /// How progress is shown: a bar on stderr, or one JSON event a line on stdout
+    /// (docs/progress-json.md)
+    #[arg(long, value_enum, default_value = "bar")]
+    progress: ProgressMode,
 }
 
 pub fn run_compare(a: CompareArgs) -> Result<()> {
+    if a.progress == ProgressMode::Json {
+        let events = JsonEvents::new("compare");
+        let r = compare_json(&a.run, &events);
+        super::progress_json::end(&events, &r);
+        return r;
+    }
     let cfg = RunConfig::load(&a.run)?;
     let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
@@ -112,6 +123,45 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
             dino_eps: None,
         };
         super::score::score(&cfg.render_dir(), &o)?;
+    }
+    Ok(())
+}
+
+/// `compare` with its progress as JSON events on stdout (and its summary in them).
+fn compare_json(run: &Path, events: &JsonEvents) -> Result<()> {
+    events.phase("loading");
+    let cfg = RunConfig::load(run)?;
+    let events = events.watching(&cfg);
+    let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
+    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+    let (outcomes, m) =
+        moslora::render::compare(&cfg, opts, &mut events.clone(), &mut events.clone())?;
+    for o in &outcomes {
+        events.note(&format!(
+            "{}: trained {} steps in {:.1} s -> {}",
+            o.kind.label(),
+            o.steps_done,
+            o.seconds,
+            o.adapter.display()
+        ));
+    }
+    let dir = cfg.render_dir();
+    events.file("gallery", &dir.join(&m.gallery));
+    events.file("contact sheet", &dir.join(&m.contact_sheet));
+    events.file("manifest", &dir.join(moslora::render::manifest::FILE));
+    if cfg.metrics.any() {
+        events.phase("scoring");
+        let o = moslora::metrics::ScoreOptions {
+            clip: cfg.metrics.clip.clone(),
+            dino: cfg.metrics.dino.clone(),
+            device: opts.device,
+            dino_eps: None,
+        };
+        let s = moslora::metrics::score(&dir, &o, &mut events.clone())?;
+        events.note(&moslora::metrics::report::text(&s.manifest));
+        for f in &s.files {
+            events.file("scores", f);
+        }
     }
     Ok(())
 }
