@@ -44,6 +44,8 @@ enum Command {
     /// Blind human evaluation: rater pairs out, votes in, win / tie / loss with statistics
     #[command(subcommand)]
     Study(cli::study::StudyCommand),
+    /// The whole job in a browser: subjects, models, a queue of comparisons, results
+    App(cli::app::AppArgs),
     /// Many subjects at once: plan a sweep, run it locally or on Slurm, gather it
     #[command(subcommand)]
     Sweep(cli::sweep::SweepCommand),
@@ -75,6 +77,7 @@ fn run(command: Command) -> moslora::Result<ExitCode> {
         Command::Demo(a) => cli::demo::run(a)?,
         Command::Study(c) => cli::study::run(c)?,
         Command::Sweep(c) => return cli::sweep::run(c),
+        Command::App(a) => cli::app::run(a)?,
         Command::Pretrain(a) => cli::toy::run_pretrain(a)?,
         Command::World(a) => cli::toy::run_world(a)?,
         Command::Judge(a) => cli::toy::run_judge(a)?,
@@ -112,8 +115,12 @@ fn main() -> ExitCode {
 /// ends them at once. The others end at once: they write each file atomically, so nothing
 /// half-written is left.
 fn install_stop_handler(command: &Command) {
-    // A served study stops on Ctrl-C and SIGTERM by itself (every answer is already committed).
-    if matches!(command, Command::Study(cli::study::StudyCommand::Serve(_))) {
+    // A served study stops on Ctrl-C and SIGTERM by itself (every answer is already committed),
+    // and so does the app (its jobs run on in their own process groups).
+    if matches!(
+        command,
+        Command::Study(cli::study::StudyCommand::Serve(_)) | Command::App(_)
+    ) {
         return;
     }
     let graceful: Option<&'static str> = match command {

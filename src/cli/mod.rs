@@ -1,5 +1,6 @@
 //! The command line's command groups, one module each, and the one progress bar they share.
 
+pub mod app;
 pub mod demo;
 pub mod export;
 pub mod generate;
