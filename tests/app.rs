@@ -600,7 +600,7 @@ fn stop_resume_kill_and_queue_order_keep_the_bits() {
 /// The whole path in headless Chromium (`tests/browser/app.py`): a subject named with markup
 /// and 5 photos through the file input, a model, a short comparison from the Toy world preset
 /// watched to "done" with both loss curves and samples, the results flipped, the kohya export
-/// downloaded; screenshots of every page, no alert ever.
+/// downloaded, a study made (its rater links shown); screenshots of every page, no alert ever.
 #[test]
 fn in_chromium_from_photos_to_a_kohya_file() {
     study_support::require_browser();
@@ -648,7 +648,18 @@ fn in_chromium_from_photos_to_a_kohya_file() {
         .unwrap()
         .keys()
         .any(|k| k.starts_with("lora_unet_")));
-    for page in ["subject", "models", "new", "job", "results", "queue"] {
+    let links = seen["rater_links"].as_array().unwrap();
+    assert_eq!(links.len(), 3);
+    assert!(links.iter().all(|l| l.as_str().unwrap().contains("/#")));
+    let pid = std::fs::read_to_string(data.join("studies/1/serve.pid")).unwrap();
+    assert!(Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .unwrap()
+        .success());
+    for page in [
+        "subject", "models", "new", "job", "results", "study", "queue",
+    ] {
         assert!(shots.join(format!("app-{page}.png")).is_file(), "{page}");
     }
     // The screenshots go into docs/ when asked (`MOSLORA_APP_SCREENSHOTS=1`).

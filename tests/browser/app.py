@@ -3,7 +3,8 @@
 Creates a subject whose name is markup, drops 5 photos on it (the file input), lists a model,
 starts a short comparison from the Toy world preset (the advanced panel's RUN.yaml cut to a few
 steps), watches the job page reach "done" with both loss curves and a sample drawn, opens the
-results and flips LoRA/MoSLoRA, downloads the kohya export, and screenshots every page. No
+results and flips LoRA/MoSLoRA, downloads the kohya export, makes a study (its rater links),
+and screenshots every page. No
 alert may ever open and the title must never change to "pwned". Writes what it saw to --out.
 
 usage: tests/browser/app.py --base http://127.0.0.1:PORT --photos DIR --model DIR --steps N
@@ -137,6 +138,14 @@ def main():
                 break
             time.sleep(0.2)
         seen["download"] = os.path.join(args.downloads, got[0]) if got else None
+
+        # Make a study: the rater links and the organiser's page.
+        d.get(seen["pages"]["results"])
+        d.find_element(By.XPATH, "//button[contains(., 'Make a study')]").click()
+        wait.until(lambda _: d.current_url.endswith("/study"))
+        wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "input[data-link]")) == 3)
+        seen["rater_links"] = [e.get_attribute("value") for e in d.find_elements(By.CSS_SELECTOR, "input[data-link]")]
+        shot("study")
 
         # The queue, and load times of the pages.
         t = time.time()
