@@ -672,3 +672,31 @@ fn in_chromium_from_photos_to_a_kohya_file() {
     app.kill();
     std::fs::remove_dir_all(&data).unwrap();
 }
+
+/// Loopback unless `--public`, and `--public` only with a password: refused with exit 2 and
+/// the flag to change named.
+#[test]
+fn beyond_loopback_only_with_public_and_a_password() {
+    let data = scratch("bind");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_moslora"))
+            .args(["app", "--data", data.to_str().unwrap()])
+            .args(args)
+            .env_remove("MOSLORA_APP_PASSWORD")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--bind", "0.0.0.0:0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--public"), "{err}");
+    let (code, err) = run(&["--bind", "0.0.0.0:0", "--public"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--password"), "{err}");
+    let (code, err) = run(&["--bind", "0.0.0.0:0", "--public", "--password", "short"]);
+    assert_eq!(code, Some(2), "{err}");
+    std::fs::remove_dir_all(&data).unwrap();
+}
