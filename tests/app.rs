@@ -513,6 +513,20 @@ fn photos_to_results_with_hostile_input_refused() {
         .status()
         .unwrap()
         .success());
+    // Scored by the toy world's judge (the Toy world preset's metrics), shown as text.
+    assert!(results.contains("<h2>Scores</h2>"), "{results}");
+    let diffusers = app.get(&format!("/jobs/{job}/download/diffusers-lora"));
+    assert_eq!(diffusers.status, 200);
+    let n = u64::from_le_bytes(diffusers.body[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&diffusers.body[8..8 + n]).unwrap();
+    assert!(
+        header
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("unet.")),
+        "{header}"
+    );
     let lora = app.get(&format!("/jobs/{job}/download/lora"));
     assert_eq!(
         lora.body,

@@ -273,11 +273,19 @@ pub fn results(app: &AppState, db: &Store, id: i64) -> Result<String> {
     };
     let mut b = String::from(
         "<p>Downloads: <a href=\"DL/lora\">LoRA adapter</a> · <a href=\"DL/moslora\">MoSLoRA adapter</a> · \
-         kohya (A1111, ComfyUI): <a href=\"DL/kohya-lora\" data-kohya>LoRA</a>, <a href=\"DL/kohya-moslora\">MoSLoRA</a></p>",
+         kohya (A1111, ComfyUI): <a href=\"DL/kohya-lora\" data-kohya>LoRA</a>, <a href=\"DL/kohya-moslora\">MoSLoRA</a> · \
+         diffusers: <a href=\"DL/diffusers-lora\">LoRA</a>, <a href=\"DL/diffusers-moslora\">MoSLoRA</a></p>",
     )
     .replace("DL/", &format!("/jobs/{id}/download/"));
+    if m.metrics.is_some() {
+        let _ = write!(
+            b,
+            "<h2>Scores</h2><pre class=\"scores\">{}</pre>",
+            esc(&crate::metrics::report::text(&m))
+        );
+    }
     if let Some(metrics) = &m.metrics {
-        b.push_str("<h2>Scores</h2><table><tr><th>comparison</th><th>metric</th><th>difference</th><th>wins / ties / losses</th></tr>");
+        b.push_str("<table><tr><th>comparison</th><th>metric</th><th>difference</th><th>wins / ties / losses</th></tr>");
         for p in &metrics.paired {
             let _ = write!(
                 b,

@@ -17,7 +17,7 @@ pub const PRESETS: [(&str, &str, &str); 3] = [
     (
         "toy",
         "Toy world",
-        "the toy world's small model at 64 px: runs on a CPU in minutes",
+        "the toy world's small model at 64 px, scored by its judge: runs on a CPU in minutes",
     ),
 ];
 
@@ -80,8 +80,10 @@ pub fn run_yaml(
             "device: cpu\n{subject}train:\n  steps: 500\n  batch_size: 4\n  learning_rate: 1.0e-3\n  \
              resolution: 64\n  checkpoint_every: 25\n  sample_every: 25\nadapter:\n  rank: 4\n  \
              alpha: 4\n  mixer: orthogonal\nrender:\n  prompts: {}\n  seeds: [0, 1, 2, 3]\n  \
-             steps: 30\n  guidance: 4.0\n  width: 64\n  height: 64\n  include_base: true\n",
-            q(prompts)
+             steps: 30\n  guidance: 4.0\n  width: 64\n  height: 64\n  include_base: true\n\
+             metrics:\n  clip: {}\n",
+            q(prompts),
+            q(&crate::shipped::toy_judge().to_string_lossy())
         ),
         _ => return None,
     };

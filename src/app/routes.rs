@@ -301,39 +301,40 @@ async fn job_sample(
     safe_file(out, format!("{kind}/samples/step_{step:06}.png")).await
 }
 
-/// An adapter (`lora`, `moslora`) or its kohya export (`kohya-lora`, `kohya-moslora`).
+/// An adapter (`lora`, `moslora`), or its kohya (`kohya-lora`, ...) or diffusers export
+/// (`diffusers-lora`, ...).
 async fn download(State(app): S, UrlPath((id, what)): UrlPath<(i64, String)>) -> Response {
     let r = with_db(&app, move |a, _db| {
         let out = JobFiles::new(&a.data, id).out();
-        let (kind, kohya) = match what.as_str() {
-            "lora" => ("lora", false),
-            "moslora" => ("moslora", false),
-            "kohya-lora" => ("lora", true),
-            "kohya-moslora" => ("moslora", true),
+        let (kind, format) = match what.as_str() {
+            "lora" => ("lora", None),
+            "moslora" => ("moslora", None),
+            "kohya-lora" => ("lora", Some("kohya")),
+            "kohya-moslora" => ("moslora", Some("kohya")),
+            "diffusers-lora" => ("lora", Some("diffusers")),
+            "diffusers-moslora" => ("moslora", Some("diffusers")),
             _ => return Ok(None),
         };
         let adapter = out.join(kind).join("adapter.safetensors");
         if !adapter.is_file() {
             return Ok(None);
         }
-        if !kohya {
+        let Some(format) = format else {
             return Ok(Some((
                 format!("job{id}-{kind}.safetensors"),
                 std::fs::read(&adapter).map_err(|e| crate::Error::io(&adapter, e))?,
             )));
-        }
-        let dest = a
-            .data
-            .join("exports")
-            .join(format!("job{id}-{kind}-kohya.safetensors"));
+        };
+        let name = format!("job{id}-{kind}-{format}.safetensors");
+        let dest = a.data.join("exports").join(&name);
         use crate::adapter::export::{export, ExportFormat};
         // Named for the job's own model's blocks, as `moslora export --model` does.
         let cfg = crate::config::RunConfig::load(&JobFiles::new(&a.data, id).run_yaml())?;
         let model = crate::sdxl::convert::open_model(&cfg.model, None)?;
         let layout = crate::sdxl::sgm_names::Layout::unet(&model.unet_config()?);
-        export(&adapter, ExportFormat::parse("kohya")?, &dest, &layout)?;
+        export(&adapter, ExportFormat::parse(format)?, &dest, &layout)?;
         let bytes = std::fs::read(&dest).map_err(|e| crate::Error::io(&dest, e))?;
-        Ok(Some((format!("job{id}-{kind}-kohya.safetensors"), bytes)))
+        Ok(Some((name, bytes)))
     })
     .await;
     match r {
