@@ -1,6 +1,7 @@
 //! moslora: DreamBooth LoRA and MoSLoRA adapters for Stable Diffusion XL on libtorch.
 
 pub mod adapter;
+pub mod app;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod run_lock;
 pub mod runtime;
 pub mod schedule;
 pub mod sdxl;
+pub mod serve;
 pub mod shipped;
 pub mod study;
 pub mod sweep;

@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Train what is missing or stale, then render: photos to gallery in one command
     Compare(cli::render::CompareArgs),
+    /// The whole job in a browser: subjects, models, a queue of comparisons, results
+    App(cli::app::AppArgs),
     /// Train DreamBooth adapters (LoRA and/or MoSLoRA) on a subject's photos
     Train(cli::train::TrainArgs),
     /// Render a prompt set through every adapter side by side: images, grids, gallery
@@ -128,6 +130,7 @@ fn run(command: Command) -> moslora::Result<ExitCode> {
         Command::Demo(a) => cli::demo::run(a)?,
         Command::Study(c) => cli::study::run(c)?,
         Command::Sweep(c) => return cli::sweep::run(c),
+        Command::App(a) => cli::app::run(a)?,
         Command::Pretrain(a) => cli::toy::run_pretrain(a)?,
         Command::World(a) => cli::toy::run_world(a)?,
         Command::Judge(a) => cli::toy::run_judge(a)?,
@@ -137,14 +140,17 @@ fn run(command: Command) -> moslora::Result<ExitCode> {
 
 /// Errors print as one line: `error: what went wrong`.
 fn report(e: &moslora::Error) {
+    eprintln!("error: {}", one_line(e));
+}
+
+/// An error's message on one line.
+fn one_line(e: &moslora::Error) -> String {
     let text = e.to_string();
-    let one_line = text
-        .lines()
+    text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join("; ");
-    eprintln!("error: {one_line}");
+        .join("; ")
 }
 
 fn main() -> ExitCode {
@@ -163,8 +169,12 @@ fn main() -> ExitCode {
 /// ends them at once. The others end at once: they write each file atomically, so nothing
 /// half-written is left.
 fn install_stop_handler(command: &Command) {
-    // A served study stops on Ctrl-C and SIGTERM by itself (every answer is already committed).
-    if matches!(command, Command::Study(cli::study::StudyCommand::Serve(_))) {
+    // A served study stops on Ctrl-C and SIGTERM by itself (every answer is already committed),
+    // and so does the app (its jobs run on in their own process groups).
+    if matches!(
+        command,
+        Command::Study(cli::study::StudyCommand::Serve(_)) | Command::App(_)
+    ) {
         return;
     }
     let graceful: Option<&'static str> = match command {

@@ -17,7 +17,7 @@ LAYERS = [
     ("config", ["config"]),
     ("work", ["train", "render", "metrics", "toyworld"]),
     ("people and fleets", ["study", "sweep", "serve"]),
-    ("front", ["demo", "cli", "main", "bin"]),
+    ("front", ["demo", "cli", "app", "main", "bin"]),
 ]
 RANK = {m: i for i, (_, ms) in enumerate(LAYERS) for m in ms}
 

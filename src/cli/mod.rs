@@ -1,10 +1,12 @@
 //! The command line's command groups, one module each, and the one progress bar they share.
 
+pub mod app;
 pub mod demo;
 pub mod export;
 pub mod generate;
 pub mod models;
 pub mod progress;
+pub mod progress_json;
 pub mod render;
 pub mod score;
 pub mod study;

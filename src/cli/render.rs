@@ -11,6 +11,7 @@ use moslora::sdxl::pipeline::RunOptions;
 use moslora::Result;
 
 use super::progress::Bar;
+use super::progress_json::{JsonEvents, ProgressMode};
 
 #[derive(Args)]
 pub struct RenderArgs {
@@ -96,9 +97,19 @@ pub struct CompareArgs {
     /// settings are kept, and their checkpoints continued, either way)
     #[arg(long)]
     force: bool,
+    /// How progress is shown: a bar on stderr, or one JSON event a line on stdout
+    /// (docs/progress-json.md)
+    #[arg(long, value_enum, default_value = "bar")]
+    progress: ProgressMode,
 }
 
 pub fn run_compare(a: CompareArgs) -> Result<()> {
+    if a.progress == ProgressMode::Json {
+        let events = JsonEvents::new("compare");
+        let r = compare_json(&a.run, a.force, &events);
+        super::progress_json::end(&events, &r);
+        return r;
+    }
     let cfg = RunConfig::load(&a.run)?;
     // Everything that can be refused at once is, before the output folder is touched.
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
@@ -135,6 +146,56 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         super::score::score(&cfg.render_dir(), &o)?;
     }
     print_next_step(&m, &cfg.render_dir(), &cfg.output.join("study"));
+    Ok(())
+}
+
+/// `compare` with its progress as JSON events on stdout (and its summary in them).
+fn compare_json(run: &Path, force: bool, events: &JsonEvents) -> Result<()> {
+    events.enter("loading");
+    let cfg = RunConfig::load(run)?;
+    let events = events.watching(&cfg);
+    // As the bar's compare: everything that can be refused at once is, before the lock.
+    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
+    super::models::fetch_run(&cfg, true)?;
+    cfg.check_model_exists(run)?;
+    let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
+    if !force {
+        moslora::train::existing::check(
+            &cfg,
+            &moslora::train::AdapterKind::BOTH,
+            moslora::train::existing::Intent::Compare,
+            run,
+        )?;
+    }
+    let (outcomes, m) =
+        moslora::render::compare(&cfg, opts, &mut events.clone(), &mut events.clone())?;
+    for o in &outcomes {
+        events.note(&format!(
+            "{}: trained {} steps in {:.1} s -> {}",
+            o.kind.label(),
+            o.steps_done,
+            o.seconds,
+            o.adapter.display()
+        ));
+    }
+    let dir = cfg.render_dir();
+    events.file("gallery", &dir.join(&m.gallery));
+    events.file("contact sheet", &dir.join(&m.contact_sheet));
+    events.file("manifest", &dir.join(moslora::render::manifest::FILE));
+    if cfg.metrics.any() {
+        events.enter("scoring");
+        let o = moslora::metrics::ScoreOptions {
+            clip: cfg.metrics.clip.clone(),
+            dino: cfg.metrics.dino.clone(),
+            device: opts.device,
+            dino_eps: None,
+        };
+        let s = moslora::metrics::score(&dir, &o, &mut events.clone())?;
+        events.note(&moslora::metrics::report::text(&s.manifest));
+        for f in &s.files {
+            events.file("scores", f);
+        }
+    }
     Ok(())
 }
 

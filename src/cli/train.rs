@@ -12,6 +12,7 @@ use moslora::train::AdapterKind;
 use moslora::Result;
 
 use super::progress::Bar;
+use super::progress_json::{JsonEvents, ProgressMode};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -27,10 +28,26 @@ pub struct TrainArgs {
     /// run, replacing them (without it, such a run stops before any work)
     #[arg(long, conflicts_with = "resume")]
     force: bool,
+    /// How progress is shown: a bar on stderr, or one JSON event a line on stdout
+    /// (docs/progress-json.md)
+    #[arg(long, value_enum, default_value = "bar")]
+    progress: ProgressMode,
 }
 
 /// Trains; false when Ctrl-C stopped a run (its checkpoint saved).
 pub fn run(a: TrainArgs) -> Result<bool> {
+    if a.progress == ProgressMode::Json {
+        let events = JsonEvents::new("train");
+        let r = train_json(&a, &events);
+        match &r {
+            Ok(false) => events.end(
+                130,
+                "stopped with a checkpoint saved; run again with --resume to continue",
+            ),
+            _ => super::progress_json::end(&events, &r),
+        }
+        return r;
+    }
     let cfg = RunConfig::load(&a.run)?;
     // Everything that can be refused at once is, before the output folder is touched.
     let kinds: Vec<AdapterKind> = match &a.adapter {
@@ -75,4 +92,44 @@ pub fn run(a: TrainArgs) -> Result<bool> {
         }
     }
     Ok(!interrupted)
+}
+
+/// `train` with its progress as JSON events on stdout; false when stopped (checkpoint saved).
+fn train_json(a: &TrainArgs, events: &JsonEvents) -> Result<bool> {
+    events.enter("loading");
+    let cfg = RunConfig::load(&a.run)?;
+    let events = events.watching(&cfg);
+    // As the bar's train: everything that can be refused at once is, before the lock.
+    let kinds: Vec<AdapterKind> = match &a.adapter {
+        Some(k) => vec![AdapterKind::parse(k)?],
+        None => AdapterKind::BOTH.to_vec(),
+    };
+    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
+    super::models::fetch_run(&cfg, false)?;
+    cfg.check_model_exists(&a.run)?;
+    let _lock = super::lock_outputs(&[&cfg.output])?;
+    if !a.force {
+        let intent = if a.resume {
+            Intent::Resume
+        } else {
+            Intent::Fresh
+        };
+        moslora::train::existing::check(&cfg, &kinds, intent, &a.run)?;
+    }
+    let outcomes = moslora::train::train(&cfg, &kinds, opts, a.resume, &mut events.clone())?;
+    for o in &outcomes {
+        events.note(&format!(
+            "{}: {} {} steps in {:.1} s -> {}",
+            o.kind.label(),
+            if o.interrupted {
+                "stopped after"
+            } else {
+                "trained"
+            },
+            o.steps_done,
+            o.seconds,
+            o.adapter.display()
+        ));
+    }
+    Ok(!outcomes.iter().any(|o| o.interrupted))
 }

@@ -5,9 +5,10 @@
 //! reads them too, into the same report as votes files.
 //!
 //! - [`db`]: the database (WAL, synced commits) and its mapping onto the tally's votes.
-//! - [`tokens`]: secret tokens, stored as digests, compared in constant time.
+//! - [`tokens`]: secret tokens, stored as digests, compared in constant time (the shared
+//!   HTTP toolkit's, `crate::serve`).
 //! - [`links`]: the links file beside the key.
-//! - [`files`]: which request paths reach which files of the study folder.
+//! - [`files`]: which request paths reach which files of the study folder (`crate::serve`).
 //! - [`lock`]: one server per study.
 //! - [`writer`]: one writer thread, committing the answers that arrive together at once.
 //! - [`routes`]: the HTTP routes.
@@ -16,12 +17,12 @@
 //! `STUDY.votes.lock`, and `STUDY.links.txt` beside the key.
 
 pub mod db;
-pub mod files;
 pub mod links;
 pub mod lock;
 pub mod routes;
-pub mod tokens;
 pub mod writer;
+
+pub use crate::serve::{files, tokens};
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -227,7 +228,7 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
         let reader = db::VoteDb::open_existing(&db_path)?;
         let secrets = [o.key.as_path(), db_path.as_path(), links_path.as_path()];
         let files =
-            files::StudyFiles::new(&o.study, &secrets).map_err(|e| Error::io(&o.study, e))?;
+            files::SafeFiles::new(&o.study, &secrets).map_err(|e| Error::io(&o.study, e))?;
         let app = Arc::new(routes::App {
             trials: key.trials.iter().map(|t| t.id.clone()).collect(),
             key,

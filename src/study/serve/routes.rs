@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,9 +28,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::db::{Session, StoredAnswer, VoteDb};
-use super::files::StudyFiles;
+use super::files::SafeFiles;
 use super::tokens::{bearer, TokenTable};
 use super::writer::{Change, Writer};
+use crate::serve::http::{bad, declared_length, harden, internal, ApiError};
 use crate::study::tally;
 use crate::study::{report, Choice, Key};
 
@@ -55,7 +56,7 @@ pub struct App {
     /// Each rater's name (as the organiser gave it), by database id.
     pub rater_names: HashMap<i64, String>,
     pub organiser: TokenTable,
-    pub files: StudyFiles,
+    pub files: SafeFiles,
     /// The rater page with `serve.js` added.
     pub page: String,
 }
@@ -81,64 +82,6 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(limit, declared_length))
         .layer(axum::middleware::map_response(harden))
         .with_state(app)
-}
-
-/// A body whose declared length is over the limit is refused before a byte of it is read:
-/// the client learns at once (one that sent `Expect: 100-continue` never sends the body),
-/// and the server spends nothing on it. Bodies without a declared length are cut off at the
-/// limit by `DefaultBodyLimit` as they arrive.
-async fn declared_length(
-    State(limit): State<usize>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > limit as u64 => ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is {n} bytes; this study accepts at most {limit}"),
-        )
-        .into_response(),
-        _ => next.run(req).await,
-    }
-}
-
-/// Headers for every response: no sniffing, no framing, no referrer.
-async fn harden(mut res: Response) -> Response {
-    let h = res.headers_mut();
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
-    res
-}
-
-/// An error as the API reports it: a status and one line of JSON.
-pub struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
-fn bad(what: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, what.into())
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 /// The rater (database id) the request's token admits. A request is one rater's: one with

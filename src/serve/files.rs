@@ -1,7 +1,7 @@
-//! Which file of the study folder a request path names, if any.
+//! Which file of a served folder (a study, a job's output) a request path names, if any.
 //!
-//! Only plain files inside the study folder, reached without a symlink, with an extension of
-//! the rater page (HTML and pictures), are served. The path is percent-decoded before it is
+//! Only plain files inside the folder, reached without a symlink, with an extension of
+//! a page (HTML and pictures), are served. The path is percent-decoded before it is
 //! split, so an encoded `/` or `..` is judged like a plain one; any `..`, `.`, empty segment,
 //! backslash or NUL refuses the request, and so does any symlink on the way (even one that
 //! points back inside). The key, the votes database and the links file lie beside the folder,
@@ -23,18 +23,18 @@ const SERVED: [(&str, &str); 6] = [
 /// The biggest file served (a 1024 px render is a few MB).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
-/// The study folder and what must never be served.
+/// A served folder and what must never be served.
 #[derive(Debug, Clone)]
-pub struct StudyFiles {
-    /// Canonical study folder.
+pub struct SafeFiles {
+    /// Canonical served folder.
     root: PathBuf,
     /// Canonical paths of the key, the database and the links file (where they exist).
     secret: Vec<PathBuf>,
 }
 
-impl StudyFiles {
-    pub fn new(root: &Path, secrets: &[&Path]) -> std::io::Result<StudyFiles> {
-        Ok(StudyFiles {
+impl SafeFiles {
+    pub fn new(root: &Path, secrets: &[&Path]) -> std::io::Result<SafeFiles> {
+        Ok(SafeFiles {
             root: root.canonicalize()?,
             secret: secrets
                 .iter()
@@ -116,7 +116,7 @@ mod tests {
             std::os::unix::fs::symlink(&base, study.join("up")).unwrap();
         }
         let key = base.join("S.key.json");
-        let f = StudyFiles::new(&study, &[&key]).unwrap();
+        let f = SafeFiles::new(&study, &[&key]).unwrap();
         assert!(f.resolve("/index.html").is_some());
         assert_eq!(f.resolve("/images/a.png").unwrap().1, "image/png");
         assert!(f.resolve("/images/%61.png").is_some());

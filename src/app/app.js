@@ -1,0 +1,156 @@
+// moslora app: forms and buttons post JSON with the page's CSRF token; photos upload as their
+// bytes; a job page follows its job over server-sent events. Every text from the server is set
+// with textContent, never as markup.
+"use strict";
+(function () {
+  const csrf = document.querySelector('meta[name="csrf"]').content;
+  const errorBox = () => document.getElementById("error");
+  function showError(msg) { const e = errorBox(); if (e) e.textContent = msg || ""; }
+
+  async function send(method, url, body, type, name) {
+    const headers = { "X-CSRF-Token": csrf, "Content-Type": type || "application/json" };
+    if (name) headers["X-File-Name"] = encodeURIComponent(name);
+    const r = await fetch(url, { method, body, credentials: "same-origin", headers });
+    let data = {};
+    try { data = await r.json(); } catch (_) { data = { error: r.statusText }; }
+    if (!r.ok) throw new Error(data.error || r.statusText);
+    return data;
+  }
+
+  function formJson(form) {
+    const out = {};
+    for (const el of form.elements) {
+      if (!el.name) continue;
+      if (el.name === "yaml" && !el.dataset.dirty) continue;
+      out[el.name] = el.hasAttribute("data-int") ? Number(el.value) : el.value;
+    }
+    return out;
+  }
+
+  document.querySelectorAll("form.api").forEach((form) => {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      showError("");
+      try {
+        const data = await send("POST", form.dataset.action, JSON.stringify(formJson(form)));
+        if (form.dataset.go === "url" && data.url) location.href = data.url; else location.reload();
+      } catch (e) { showError(e.message); }
+    });
+    const yaml = form.querySelector('textarea[name="yaml"]');
+    if (yaml) yaml.addEventListener("input", () => { yaml.dataset.dirty = "1"; });
+    const preview = form.querySelector("button.preview");
+    if (preview) preview.addEventListener("click", async () => {
+      showError("");
+      try {
+        const body = formJson(form); delete body.yaml;
+        const data = await send("POST", "/api/preview", JSON.stringify(body));
+        yaml.value = data.yaml; delete yaml.dataset.dirty;
+      } catch (e) { showError(e.message); }
+    });
+  });
+
+  document.querySelectorAll("button.post").forEach((b) => {
+    b.addEventListener("click", async () => {
+      showError("");
+      try {
+        const data = await send("POST", b.dataset.post, "{}");
+        if (b.dataset.go === "url" && data.url) location.href = data.url; else location.reload();
+      }
+      catch (e) { showError(e.message); }
+    });
+  });
+
+  // Photos: dropped or chosen, each sent as its bytes; the server checks and names it.
+  document.querySelectorAll("[data-upload]").forEach((zone) => {
+    const list = zone.querySelector(".uploads");
+    async function upload(files) {
+      let ok = 0;
+      for (const f of files) {
+        const li = document.createElement("li");
+        li.textContent = f.name + ": sending";
+        list.appendChild(li);
+        try {
+          const data = await send("PUT", zone.dataset.upload, f, "application/octet-stream", f.name);
+          li.textContent = f.name + ": kept" + (data.checks.length ? " (" + data.checks.join("; ") + ")" : "");
+          ok++;
+        } catch (e) { li.textContent = f.name + ": refused: " + e.message; li.className = "bad"; }
+      }
+      if (ok && ok === files.length) location.reload();
+    }
+    zone.querySelector('input[type="file"]').addEventListener("change", (ev) => upload([...ev.target.files]));
+    zone.addEventListener("dragover", (ev) => { ev.preventDefault(); zone.classList.add("over"); });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (ev) => { ev.preventDefault(); zone.classList.remove("over"); upload([...ev.dataTransfer.files]); });
+  });
+
+  // Flip between LoRA and MoSLoRA on one picture.
+  document.querySelectorAll("button.flipper").forEach((b) => {
+    b.addEventListener("click", () => {
+      const img = b.parentElement.querySelector("img[data-flip]");
+      const toB = img.getAttribute("src") === img.dataset.a;
+      img.setAttribute("src", toB ? img.dataset.b : img.dataset.a);
+      b.querySelector("span").textContent = toB ? "MoSLoRA" : "LoRA";
+    });
+  });
+
+  // A job, live.
+  const live = document.querySelector("[data-job]");
+  if (live) {
+    const id = live.dataset.job;
+    const $ = (sel) => live.querySelector(sel);
+    const series = { lora: [], moslora: [] };
+    let total = 1;
+    function draw() {
+      const all = series.lora.concat(series.moslora).map((p) => p[1]).filter(Number.isFinite);
+      if (!all.length) return;
+      const lo = Math.min(...all), hi = Math.max(...all), span = hi - lo || 1;
+      for (const k of ["lora", "moslora"]) {
+        const pts = series[k].map(([s, v]) => ((s / total) * 590 + 5).toFixed(1) + "," + (195 - ((v - lo) / span) * 190).toFixed(1));
+        $('polyline[data-series="' + k + '"]').setAttribute("points", pts.join(" "));
+      }
+    }
+    function log(line) {
+      const pre = $("[data-log]");
+      pre.textContent += (pre.textContent ? "\n" : "") + line;
+      pre.scrollTop = pre.scrollHeight;
+    }
+    const es = new EventSource("/jobs/" + id + "/events");
+    es.addEventListener("progress", (m) => {
+      let e; try { e = JSON.parse(m.data); } catch (_) { return; }
+      if (e.event === "phase") $("[data-phase]").textContent = e.phase;
+      else if (e.event === "train") { total = e.total || 1; }
+      else if (e.event === "step") {
+        total = e.total || 1;
+        (series[e.adapter] || []).push([e.step, e.smoothed]);
+        $("[data-steps]").textContent = "step " + e.step + " / " + e.total;
+        $("[data-speed]").textContent = e.speed ? e.speed.toFixed(2) + " steps/s" : "";
+        $("[data-eta]").textContent = e.eta != null ? Math.round(e.eta) + " s left" : "";
+        $("[data-loss]").textContent = "loss " + Number(e.smoothed).toFixed(4);
+        const p = $("[data-progress]"); p.max = e.total; p.value = e.step;
+        draw();
+      } else if (e.event === "image") {
+        $("[data-steps]").textContent = "image " + e.done + " / " + e.total;
+        const p = $("[data-progress]"); p.max = e.total; p.value = e.done;
+      } else if (e.event === "file" && e.what === "sample" && e.step != null) {
+        const img = document.createElement("img");
+        img.src = "/jobs/" + id + "/sample/" + encodeURIComponent(e.adapter) + "/" + Number(e.step);
+        img.alt = e.adapter + " step " + e.step; img.title = img.alt;
+        $("[data-samples]").appendChild(img);
+      } else if (e.event === "note") log(e.message);
+      else if (e.event === "done" || e.event === "stopped" || e.event === "failed") {
+        $("[data-phase]").textContent = e.event; log(e.event + ": " + e.message);
+      }
+    });
+    es.addEventListener("state", (m) => {
+      let s; try { s = JSON.parse(m.data); } catch (_) { return; }
+      const badge = $("[data-state]");
+      if (badge.textContent !== s.state) {
+        const was = badge.textContent;
+        badge.textContent = s.state; badge.className = "state state-" + s.state;
+        $("[data-message]").textContent = s.message || "";
+        // The buttons that fit the new state come with the page.
+        if (was && ["done", "stopped", "failed", "queued", "running"].includes(s.state)) setTimeout(() => location.reload(), 300);
+      }
+    });
+  }
+})();

@@ -1,0 +1,379 @@
+//! The app's pages, made by the server. Whatever a user wrote (subject names, captions, file
+//! names, prompts, messages) goes through `html::esc`; the pages carry no inline script or
+//! style (the Content-Security-Policy forbids both), only `/static/app.js` and `app.css`.
+
+use std::fmt::Write as _;
+
+use super::jobs::{self, JobFiles};
+use super::presets::PRESETS;
+use super::routes::AppState;
+use super::store::{self, Store};
+use crate::error::Result;
+use crate::html::esc;
+
+pub const APP_JS: &str = include_str!("app.js");
+pub const APP_CSS: &str = include_str!("app.css");
+
+/// The page around `body`, with the navigation and the CSRF token the script sends.
+fn layout(app: &AppState, title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta name=\"csrf\" content=\"{}\"><title>{} - moslora</title>\
+         <link rel=\"stylesheet\" href=\"/static/app.css\">\
+         <script src=\"/static/app.js\" defer></script></head><body>\
+         <nav><a href=\"/queue\">Queue</a><a href=\"/subjects\">Subjects</a>\
+         <a href=\"/models\">Models</a><a href=\"/new\">New comparison</a></nav>\
+         <main><h1>{}</h1>\n{body}\n<p class=\"error\" id=\"error\" role=\"alert\"></p></main></body></html>\n",
+        esc(&app.csrf),
+        esc(title),
+        esc(title)
+    )
+}
+
+pub fn subjects(app: &AppState, db: &Store) -> Result<String> {
+    let mut b = String::from("<ul class=\"cards\">");
+    for s in db.subjects()? {
+        let n = db.photos(s.id)?.len();
+        let _ = write!(
+            b,
+            "<li><a href=\"/subjects/{}\">{}</a> <span class=\"muted\">{} ({}), {n} photo(s)</span></li>",
+            s.id,
+            esc(&s.name),
+            esc(&s.class),
+            esc(&s.identifier)
+        );
+    }
+    b.push_str("</ul>");
+    b.push_str(
+        "<h2>New subject</h2><form class=\"api\" data-action=\"/api/subjects\" data-go=\"url\">\
+         <label>Name <input name=\"name\" required maxlength=\"100\"></label>\
+         <label>Class <input name=\"class\" required maxlength=\"60\" placeholder=\"dog\"></label>\
+         <label>Identifier <input name=\"identifier\" required maxlength=\"30\" value=\"sks\"></label>\
+         <button>Create</button></form>",
+    );
+    Ok(layout(app, "Subjects", &b))
+}
+
+pub fn subject(app: &AppState, db: &Store, id: i64) -> Result<String> {
+    let Some(s) = db.subject(id)? else {
+        return Ok(layout(app, "No such subject", ""));
+    };
+    let photos = db.photos(id)?;
+    let mut b = format!(
+        "<form class=\"api\" data-action=\"/api/subjects/{id}\">\
+         <label>Name <input name=\"name\" value=\"{}\" maxlength=\"100\"></label>\
+         <label>Class <input name=\"class\" value=\"{}\" maxlength=\"60\"></label>\
+         <label>Identifier <input name=\"identifier\" value=\"{}\" maxlength=\"30\"></label>\
+         <button>Save</button></form>\
+         <div class=\"drop\" data-upload=\"/api/subjects/{id}/photos\">\
+         <p>Drop photos here, or <label class=\"button\">choose files\
+         <input type=\"file\" accept=\"image/png,image/jpeg,image/webp\" multiple></label></p>\
+         <p class=\"muted\">PNG, JPEG or WebP; at most {} photos of {} MiB each. Each is checked by its content.</p>\
+         <ul class=\"uploads\"></ul></div><ul class=\"photos\">",
+        esc(&s.name),
+        esc(&s.class),
+        esc(&s.identifier),
+        super::photos::MAX_PHOTOS,
+        super::photos::MAX_UPLOAD_BYTES >> 20
+    );
+    for p in &photos {
+        let checks: String = if p.checks.is_empty() {
+            "<li class=\"ok\">ready</li>".into()
+        } else {
+            p.checks
+                .lines()
+                .map(|c| format!("<li>{}</li>", esc(c)))
+                .collect()
+        };
+        let _ = write!(
+            b,
+            "<li class=\"photo\"><img src=\"/photos/{pid}/thumb\" alt=\"{orig}\" width=\"128\">\
+             <div><b>{orig}</b> <span class=\"muted\">{w} x {h}</span><ul class=\"checks\">{checks}</ul>\
+             <form class=\"api\" data-action=\"/api/photos/{pid}/caption\">\
+             <input name=\"caption\" value=\"{cap}\" placeholder=\"caption (photo.txt), e.g. a photo of [V] {{class}} on grass\">\
+             <button>Save caption</button></form>\
+             <button class=\"post\" data-post=\"/api/photos/{pid}/remove\">Remove</button></div></li>",
+            pid = p.id,
+            orig = esc(&p.original),
+            w = p.width,
+            h = p.height,
+            cap = esc(&p.caption)
+        );
+    }
+    b.push_str("</ul>");
+    Ok(layout(app, &format!("Subject: {}", s.name), &b))
+}
+
+pub fn models(app: &AppState, db: &Store) -> Result<String> {
+    let mut b = String::from("<ul class=\"cards\">");
+    for m in db.models()? {
+        let _ = write!(
+            b,
+            "<li><b>{}</b> <code>{}</code></li>",
+            esc(&m.name),
+            esc(&m.path)
+        );
+    }
+    b.push_str(
+        "</ul><h2>Add a model</h2><form class=\"api\" data-action=\"/api/models\">\
+         <label>SDXL folder or single .safetensors file (full path) <input name=\"path\" required></label>\
+         <label>Name <input name=\"name\"></label><button>Check and add</button></form>",
+    );
+    Ok(layout(app, "Models", &b))
+}
+
+fn options(items: impl Iterator<Item = (String, String)>) -> String {
+    items
+        .map(|(v, l)| format!("<option value=\"{}\">{}</option>", esc(&v), esc(&l)))
+        .collect()
+}
+
+pub fn new_job(app: &AppState, db: &Store) -> Result<String> {
+    let subjects = options(
+        db.subjects()?
+            .into_iter()
+            .map(|s| (s.id.to_string(), s.name)),
+    );
+    let models = options(db.models()?.into_iter().map(|m| (m.id.to_string(), m.name)));
+    let presets = options(
+        PRESETS
+            .iter()
+            .map(|(id, l, what)| (id.to_string(), format!("{l}: {what}"))),
+    );
+    let b = format!(
+        "<form class=\"api job\" data-action=\"/api/jobs\" data-go=\"url\">\
+         <label>Subject <select name=\"subject\" data-int>{subjects}</select></label>\
+         <label>Model <select name=\"model\" data-int>{models}</select></label>\
+         <label>Preset <select name=\"preset\">{presets}</select></label>\
+         <label>Prompts <select name=\"prompts\"><option value=\"toy\">toy (the toy world's)</option>\
+         <option value=\"study8\">study8</option><option value=\"dreambooth\">dreambooth</option></select></label>\
+         <label>Or your own prompts, one a line ([V] is the subject, {{class}} its class)\
+         <textarea name=\"lines\" rows=\"3\"></textarea></label>\
+         <p class=\"muted\">Both adapters are trained and compared: LoRA, and MoSLoRA with its mixer (orthogonal).</p>\
+         <details><summary>Advanced: the RUN.yaml</summary>\
+         <button type=\"button\" class=\"preview\">Show the RUN.yaml of these choices</button>\
+         <textarea name=\"yaml\" rows=\"24\" spellcheck=\"false\"></textarea>\
+         <p class=\"muted\">Checked as `moslora compare` checks it when you start.</p></details>\
+         <button>Start</button></form>"
+    );
+    Ok(layout(app, "New comparison", &b))
+}
+
+fn state_badge(state: &str) -> String {
+    format!(
+        "<span class=\"state state-{}\" data-state>{}</span>",
+        esc(state),
+        esc(state)
+    )
+}
+
+fn actions(id: i64, state: &str) -> String {
+    let mut a = String::new();
+    let mut button = |action: &str, label: &str| {
+        let _ = write!(
+            a,
+            "<button class=\"post\" data-post=\"/api/jobs/{id}/{action}\">{label}</button>"
+        );
+    };
+    match state {
+        store::RUNNING => button("stop", "Stop"),
+        store::QUEUED => {
+            button("up", "Up");
+            button("down", "Down");
+            button("stop", "Hold");
+            button("remove", "Remove");
+        }
+        store::STOPPED | store::FAILED => {
+            button("resume", "Resume");
+            button("remove", "Remove");
+        }
+        store::DONE => button("remove", "Remove"),
+        _ => {}
+    }
+    a
+}
+
+pub fn queue(app: &AppState, db: &Store) -> Result<String> {
+    let jobs = db.jobs()?;
+    let mut b = String::from(
+        "<table class=\"queue\"><thead><tr><th>#</th><th>Job</th><th>Device</th><th>State</th><th></th></tr></thead><tbody>",
+    );
+    for j in &jobs {
+        let _ = write!(
+            b,
+            "<tr><td>{id}</td><td><a href=\"/jobs/{id}\">{t}</a> <span class=\"muted\">{m}</span></td>\
+             <td>{d}</td><td>{s}</td><td>{a}</td></tr>",
+            id = j.id,
+            t = esc(&j.title),
+            m = esc(&j.message),
+            d = esc(&j.device),
+            s = state_badge(&j.state),
+            a = actions(j.id, &j.state)
+        );
+    }
+    b.push_str("</tbody></table>");
+    if jobs.is_empty() {
+        b.push_str("<p>No jobs yet: add a subject's photos, then start a <a href=\"/new\">new comparison</a>.</p>");
+    }
+    Ok(layout(app, "Queue", &b))
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn job(app: &AppState, db: &Store, id: i64) -> Result<String> {
+    let Some(j) = db.job(id)? else {
+        return Ok(layout(app, "No such job", ""));
+    };
+    let files = JobFiles::new(&app.data, id);
+    let command = jobs::command_line(&app.exe, &files)
+        .iter()
+        .map(|a| esc(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let b = format!(
+        "<section class=\"live\" data-job=\"{id}\">\
+         <p>{state} <span class=\"muted\" data-message>{msg}</span> {actions}</p>\
+         <p><b data-phase>waiting</b> <span data-steps></span> <span data-speed></span> <span data-eta></span></p>\
+         <progress data-progress max=\"1\" value=\"0\"></progress>\
+         <h2>Training loss</h2><svg class=\"chart\" data-chart viewBox=\"0 0 600 200\" role=\"img\" aria-label=\"loss curves\">\
+         <polyline data-series=\"lora\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"\"></polyline>\
+         <polyline data-series=\"moslora\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"1.5\" points=\"\"></polyline></svg>\
+         <p class=\"legend\"><span class=\"lora\">LoRA</span> <span class=\"moslora\">MoSLoRA</span> <span data-loss></span></p>\
+         <h2>Samples</h2><div class=\"samples\" data-samples></div>\
+         <p><a href=\"/jobs/{id}/results\" data-results>Results</a></p>\
+         <h2>Log</h2><pre class=\"log\" data-log>{log}</pre>\
+         <h2>The command that reproduces this job</h2><pre>{command}</pre>\
+         <details><summary>RUN.yaml</summary><pre>{yaml}</pre></details></section>",
+        state = state_badge(&j.state),
+        msg = esc(&j.message),
+        actions = actions(id, &j.state),
+        log = esc(&tail(&files.log(), 30)),
+        yaml = esc(&std::fs::read_to_string(files.run_yaml()).unwrap_or_default()),
+    );
+    Ok(layout(app, &format!("Job {id}: {}", j.title), &b))
+}
+
+pub fn results(app: &AppState, db: &Store, id: i64) -> Result<String> {
+    let Some(j) = db.job(id)? else {
+        return Ok(layout(app, "No such job", ""));
+    };
+    let render = JobFiles::new(&app.data, id).out().join("renders");
+    let Ok(m) = crate::render::manifest::Manifest::read(&render) else {
+        return Ok(layout(
+            app,
+            &format!("Results of job {id}"),
+            "<p>No renders yet: the job has not finished.</p>",
+        ));
+    };
+    let mut b = String::from(
+        "<p>Downloads: <a href=\"DL/lora\">LoRA adapter</a> · <a href=\"DL/moslora\">MoSLoRA adapter</a> · \
+         kohya (A1111, ComfyUI): <a href=\"DL/kohya-lora\" data-kohya>LoRA</a>, <a href=\"DL/kohya-moslora\">MoSLoRA</a> · \
+         diffusers: <a href=\"DL/diffusers-lora\">LoRA</a>, <a href=\"DL/diffusers-moslora\">MoSLoRA</a></p>",
+    )
+    .replace("DL/", &format!("/jobs/{id}/download/"));
+    if m.metrics.is_some() {
+        let _ = write!(
+            b,
+            "<h2>Scores</h2><pre class=\"scores\">{}</pre>",
+            esc(&crate::metrics::report::text(&m))
+        );
+    }
+    if let Some(metrics) = &m.metrics {
+        b.push_str("<table><tr><th>comparison</th><th>metric</th><th>difference</th><th>wins / ties / losses</th></tr>");
+        for p in &metrics.paired {
+            let _ = write!(
+                b,
+                "<tr><td>{} vs {}</td><td>{}</td><td>{:+.4}</td><td>{} / {} / {}</td></tr>",
+                esc(&p.a),
+                esc(&p.b),
+                esc(&p.metric),
+                p.diff.mean,
+                p.wins,
+                p.ties,
+                p.losses
+            );
+        }
+        b.push_str("</table>");
+    }
+    let _ = write!(
+        b,
+        "<p><button class=\"post\" data-post=\"/api/jobs/{id}/study\" data-go=\"url\">Make a study</button> \
+         <a href=\"/jobs/{id}/study\">the study's links</a></p>"
+    );
+    b.push_str("<h2>LoRA and MoSLoRA from the same noise</h2><div class=\"pairs\">");
+    let find = |prompt: &str, seed: u64, adapter: &str| {
+        m.images
+            .iter()
+            .position(|i| i.prompt_id == prompt && i.seed == seed && i.adapter == adapter)
+    };
+    let mut shown = 0;
+    for (n, img) in m.images.iter().enumerate() {
+        if img.adapter != "lora" {
+            continue;
+        }
+        let Some(other) = find(&img.prompt_id, img.seed, "moslora") else {
+            continue;
+        };
+        shown += 1;
+        let _ = write!(
+            b,
+            "<figure class=\"pair\"><figcaption>{} <span class=\"muted\">seed {}</span></figcaption>\
+             <div class=\"side\"><img src=\"/jobs/{id}/image/{n}\" alt=\"LoRA\"><img src=\"/jobs/{id}/image/{other}\" alt=\"MoSLoRA\"></div>\
+             <div class=\"flip\"><img data-flip data-a=\"/jobs/{id}/image/{n}\" data-b=\"/jobs/{id}/image/{other}\" src=\"/jobs/{id}/image/{n}\" alt=\"flip\">\
+             <button type=\"button\" class=\"flipper\">Flip: <span>LoRA</span></button></div></figure>",
+            esc(&img.prompt),
+            img.seed
+        );
+    }
+    b.push_str("</div>");
+    if shown == 0 {
+        b.push_str("<p>No LoRA / MoSLoRA pairs in this render.</p>");
+    }
+    Ok(layout(
+        app,
+        &format!("Results of job {id}: {}", j.title),
+        &b,
+    ))
+}
+
+pub fn study(app: &AppState, db: &Store, id: i64) -> Result<String> {
+    if db.job(id)?.is_none() {
+        return Ok(layout(app, "No such job", ""));
+    }
+    let links = super::study::links(&app.data, id);
+    if links.is_empty() {
+        let b = format!(
+            "<p>No study yet. <button class=\"post\" data-post=\"/api/jobs/{id}/study\" data-go=\"url\">Make a study</button></p>"
+        );
+        return Ok(layout(app, &format!("Study of job {id}"), &b));
+    }
+    let mut b = String::from(
+        "<p>A blind study of LoRA against MoSLoRA, served by <code>moslora study serve</code>. \
+         Send each rater their own link (it is their password); the organiser's page shows each \
+         rater's progress and the tally.</p><ul class=\"links\">",
+    );
+    for (name, url) in &links {
+        if name == "organiser" {
+            let _ = write!(
+                b,
+                "<li><a href=\"{u}\" data-organiser>Organiser: progress and tally</a></li>",
+                u = esc(url)
+            );
+        } else {
+            let _ = write!(
+                b,
+                "<li><label>{} <input readonly value=\"{}\" data-link></label></li>",
+                esc(name),
+                esc(url)
+            );
+        }
+    }
+    b.push_str("</ul>");
+    Ok(layout(app, &format!("Study of job {id}"), &b))
+}

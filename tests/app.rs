@@ -1,0 +1,716 @@
+//! `moslora app` through the real binary over HTTP, on the tiny model with a few steps: photos
+//! in (and hostile uploads out), a comparison from a preset run to "done" with its live
+//! events, results and a kohya download; Stop then Resume, and a SIGKILLed app (and job)
+//! restarted, each end on the bits of an uninterrupted job; two queued jobs run one after the
+//! other; cross-origin and token-less changes, `../` ids and markup are refused or escaped;
+//! a finished job made into a served study takes a rater's answers.
+
+mod common;
+mod serve_support;
+mod study_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{repo, scratch, tensors, tiny_model};
+use serde_json::{json, Value};
+use serve_support::{Http, Resp};
+
+/// A running app on a free loopback port.
+struct App {
+    child: Child,
+    addr: SocketAddr,
+    csrf: String,
+}
+
+impl App {
+    fn start(data: &Path) -> App {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_moslora"))
+            .args([
+                "app",
+                "--data",
+                data.to_str().unwrap(),
+                "--bind",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the app ended before listening")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                break a.parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let mut app = App {
+            child,
+            addr,
+            csrf: String::new(),
+        };
+        let page = app.get("/subjects").text();
+        let at = page.find("name=\"csrf\" content=\"").unwrap() + 21;
+        app.csrf = page[at..at + 64].to_string();
+        app
+    }
+
+    /// A request with this server's Host and Origin and the CSRF token, plus `extra` headers
+    /// (which replace them when named the same).
+    fn req(&self, method: &str, path: &str, extra: &[(&str, &str)], body: &[u8]) -> Resp {
+        let origin = format!("http://{}", self.addr);
+        let host = self.addr.to_string();
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("Host", &host),
+            ("Origin", &origin),
+            ("X-CSRF-Token", &self.csrf),
+        ];
+        for (k, v) in extra {
+            headers.retain(|(h, _)| !h.eq_ignore_ascii_case(k));
+            if !v.is_empty() {
+                headers.push((k, v));
+            }
+        }
+        let mut head = format!("{method} {path} HTTP/1.1\r\n");
+        for (k, v) in &headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        Http::new(self.addr).raw(&bytes).unwrap()
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        Http::new(self.addr).get(path, None)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Resp {
+        self.req(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    fn upload(&self, subject: i64, name: &str, bytes: &[u8]) -> Resp {
+        self.req(
+            "PUT",
+            &format!("/api/subjects/{subject}/photos"),
+            &[
+                ("X-File-Name", name),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            bytes,
+        )
+    }
+
+    fn job(&self, id: i64) -> Value {
+        self.get(&format!("/api/jobs/{id}")).json()
+    }
+
+    /// Waits until job `id` is in `state` (panics after `limit`, with its log).
+    fn wait_for(&self, data: &Path, id: i64, state: &str, limit: Duration) -> Value {
+        let t = Instant::now();
+        loop {
+            let j = self.job(id);
+            if j["state"] == state {
+                return j;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "job {id} is {} after {limit:?}, not {state}: {}",
+                j["state"],
+                std::fs::read_to_string(data.join(format!("jobs/{id}/log.txt")))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// A subject with the 5 photos of assets/subject; its id.
+fn subject_with_photos(app: &App, name: &str) -> i64 {
+    let r = app.post(
+        "/api/subjects",
+        &json!({ "name": name, "class": "robot", "identifier": "sks" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_i64().unwrap();
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(repo().join("assets/subject"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "png" || e == "jpg" || e == "webp")
+        })
+        .collect();
+    photos.sort();
+    assert_eq!(photos.len(), 5);
+    for p in &photos {
+        let r = app.upload(
+            id,
+            &p.file_name().unwrap().to_string_lossy(),
+            &std::fs::read(p).unwrap(),
+        );
+        assert_eq!(r.status, 200, "{}: {}", p.display(), r.text());
+    }
+    id
+}
+
+/// The tiny model, listed through the Models page's check; its id.
+fn tiny(app: &App) -> i64 {
+    let r = app.post(
+        "/api/models",
+        &json!({ "path": tiny_model(), "name": "tiny" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["id"].as_i64().unwrap()
+}
+
+/// The Toy world preset's RUN.yaml for this subject and model, cut to `steps` tiny steps (a
+/// checkpoint every step, a sample every 2) and one seed of 2 prompts with 2 sampler steps.
+fn short_yaml(app: &App, subject: i64, model: i64, steps: u64) -> String {
+    let form = json!({ "subject": subject, "model": model, "preset": "toy",
+        "lines": "a [V] {class} in the snow\na [V] {class} on a beach" });
+    let r = app.post("/api/preview", &form);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let yaml = r.json()["yaml"].as_str().unwrap().to_string();
+    for want in [
+        "steps: 500",
+        "batch_size: 4",
+        "checkpoint_every: 25",
+        "sample_every: 25",
+    ] {
+        assert!(yaml.contains(want), "{want} not in {yaml}");
+    }
+    yaml.replace("steps: 500", &format!("steps: {steps}"))
+        .replace("batch_size: 4", "batch_size: 1")
+        .replace("checkpoint_every: 25", "checkpoint_every: 1")
+        .replace("sample_every: 25", "sample_every: 2")
+        .replace("seeds: [0, 1, 2, 3]", "seeds: [0]")
+        .replace("  steps: 30\n", "  steps: 2\n")
+}
+
+fn add_job(app: &App, subject: i64, model: i64, yaml: &str) -> i64 {
+    let r = app.post(
+        "/api/jobs",
+        &json!({ "subject": subject, "model": model, "preset": "toy", "yaml": yaml }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["id"].as_i64().unwrap()
+}
+
+fn events(data: &Path, id: i64) -> Vec<Value> {
+    std::fs::read_to_string(data.join(format!("jobs/{id}/events.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits until job `id` has trained `step` steps of LoRA.
+fn wait_for_step(data: &Path, id: i64, step: u64) {
+    let t = Instant::now();
+    while !events(data, id)
+        .iter()
+        .any(|e| e["event"] == "step" && e["step"].as_u64() >= Some(step))
+    {
+        assert!(t.elapsed() < LIMIT, "job {id} never reached step {step}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn out(data: &Path, id: i64) -> PathBuf {
+    data.join(format!("jobs/{id}/out"))
+}
+
+/// Both adapters of two jobs hold the same tensors, and their loss logs match.
+fn assert_same_bits(data: &Path, a: i64, b: i64) {
+    for kind in ["lora", "moslora"] {
+        let (x, y) = (
+            tensors(&out(data, a).join(kind).join("adapter.safetensors")),
+            tensors(&out(data, b).join(kind).join("adapter.safetensors")),
+        );
+        assert_eq!(x.len(), y.len());
+        for (name, t) in &x {
+            assert!(
+                t.equal(&y[name]),
+                "job {b}: {kind} {name} differs from job {a}'s"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(out(data, a).join(kind).join("loss.csv")).unwrap(),
+            std::fs::read_to_string(out(data, b).join(kind).join("loss.csv")).unwrap(),
+            "{kind} loss log"
+        );
+    }
+}
+
+/// The server-sent events of job `id` until one contains `until`.
+fn sse_until(app: &App, id: i64, until: &str) -> String {
+    let mut s = TcpStream::connect(app.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET /jobs/{id}/events HTTP/1.1\r\nHost: {}\r\n\r\n",
+        app.addr
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A real 4 x 4 PNG whose IHDR (with a correct CRC) claims `w` x `h` pixels.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(4, 4, image::Rgb([9, 99, 199]));
+    let mut png = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        img.as_raw(),
+        4,
+        4,
+        image::ExtendedColorType::Rgb8,
+    )
+    .unwrap();
+    assert_eq!(&png[12..16], b"IHDR");
+    png[16..20].copy_from_slice(&w.to_be_bytes());
+    png[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32fast::hash(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+#[test]
+fn photos_to_results_with_hostile_input_refused() {
+    let data = scratch("e2e");
+    let app = App::start(&data);
+    // Pages carry the policy; the shipped toy model is listed.
+    let models = app.get("/models");
+    assert!(models
+        .header("content-security-policy")
+        .unwrap()
+        .contains("script-src 'self'"));
+    assert!(models.text().contains("Toy world (shipped)"));
+
+    let markup = "<img src=x onerror=alert(1)>";
+    let subject = subject_with_photos(&app, markup);
+    let page = app.get(&format!("/subjects/{subject}")).text();
+    assert!(!page.contains(markup) && page.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    assert_eq!(page.matches("/thumb\"").count(), 5);
+    for path in ["/photos/1/thumb", "/photos/5/thumb"] {
+        let r = app.get(path);
+        assert_eq!(
+            (r.status, r.header("content-type")),
+            (200, Some("image/png"))
+        );
+    }
+
+    // Hostile uploads: clear errors, nothing kept.
+    let kept = || {
+        std::fs::read_dir(data.join(format!("subjects/{subject}/photos")))
+            .unwrap()
+            .count()
+    };
+    let before = kept();
+    let gif =
+        b"GIF89a\x01\x00\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x00\x3b";
+    for (name, bytes, says) in [
+        (
+            "cat.png",
+            gif.to_vec(),
+            "Gif picture whatever its name says",
+        ),
+        ("empty.png", Vec::new(), "an empty file"),
+        ("huge.png", png_claiming(60_000, 60_000), "60000 x 60000"),
+        ("text.jpg", b"hello".to_vec(), "not a picture"),
+    ] {
+        let r = app.upload(subject, name, &bytes);
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        assert!(
+            r.json()["error"].as_str().unwrap().contains(says),
+            "{name}: {}",
+            r.text()
+        );
+    }
+    let dup = std::fs::read(
+        repo().join("assets/subject").join(
+            std::fs::read_dir(repo().join("assets/subject"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .file_name(),
+        ),
+    )
+    .unwrap();
+    let r = app.upload(subject, "again.png", &dup);
+    assert!(
+        r.status == 400 && r.text().contains("duplicate"),
+        "{}",
+        r.text()
+    );
+    // 200 MB announced: refused on the headers, before a byte of the body.
+    let mut h = Http::new(app.addr);
+    let head = format!(
+        "PUT /api/subjects/{subject}/photos HTTP/1.1\r\nHost: {a}\r\nOrigin: http://{a}\r\n\
+         X-CSRF-Token: {}\r\nContent-Length: {}\r\n\r\n",
+        app.csrf,
+        200u64 << 20,
+        a = app.addr
+    );
+    assert_eq!(h.raw(head.as_bytes()).unwrap().status, 413);
+    assert_eq!(kept(), before);
+
+    // Captions: markup shown as text, written beside the photo.
+    let r = app.post(
+        "/api/photos/1/caption",
+        &json!({ "caption": "a photo of [V] {class} <script>alert(1)</script>" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = app.get(&format!("/subjects/{subject}")).text();
+    assert!(!page.contains("<script>alert") && page.contains("&lt;script&gt;alert(1)"));
+    let captions: Vec<PathBuf> = std::fs::read_dir(data.join(format!("subjects/{subject}/photos")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    assert_eq!(captions.len(), 1);
+    assert!(std::fs::read_to_string(&captions[0])
+        .unwrap()
+        .contains("<script>"));
+    let r = app.post("/api/photos/1/caption", &json!({ "caption": "" }));
+    assert_eq!(r.status, 200);
+
+    // Changes from elsewhere, or without the page's token, are refused; ids are numbers.
+    let body = json!({ "name": "x", "class": "y", "identifier": "z" }).to_string();
+    for extra in [
+        vec![("Origin", "http://evil.example")],
+        vec![("Origin", "")],
+        vec![("X-CSRF-Token", "0")],
+        vec![("X-CSRF-Token", "")],
+        vec![("Host", "evil.example"), ("Origin", "http://evil.example")],
+    ] {
+        let r = app.req("POST", "/api/subjects", &extra, body.as_bytes());
+        assert_eq!(r.status, 403, "{extra:?}: {}", r.text());
+    }
+    for path in [
+        "/subjects/..%2F..%2Fapp.sqlite",
+        "/subjects/../app.sqlite",
+        "/photos/..%2f1/thumb",
+        "/jobs/1%2F..%2F..%2Fapp.sqlite/results",
+        "/jobs/1/image/..%2F..%2Frun.yaml",
+        "/jobs/1/sample/..%2F..%2F/1",
+        "/jobs/1/download/..%2Frun.yaml",
+        "/api/jobs/-1",
+    ] {
+        let r = app.get(path);
+        assert!((400..500).contains(&r.status), "{path}: {}", r.status);
+        assert!(!r.text().contains("SQLite format"), "{path}");
+    }
+    let r = app.post("/api/models", &json!({ "path": "/nonexistent/sdxl" }));
+    assert!(
+        r.status == 400 && r.text().contains("does not exist"),
+        "{}",
+        r.text()
+    );
+
+    // A short comparison, followed live.
+    let model = tiny(&app);
+    let yaml = short_yaml(&app, subject, model, 4);
+    let job = add_job(&app, subject, model, &yaml);
+    let stream = sse_until(&app, job, "\"state\":\"done\"");
+    assert!(stream.contains("event: progress") && stream.contains("\"event\":\"step\""));
+    assert!(stream.contains("\"what\":\"sample\""), "{stream}");
+    let page = app.get(&format!("/jobs/{job}")).text();
+    assert!(
+        page.contains("data-chart") && page.contains("compare") && page.contains("--progress json")
+    );
+    let sample = app.get(&format!("/jobs/{job}/sample/lora/2"));
+    assert_eq!(
+        (sample.status, sample.header("content-type")),
+        (200, Some("image/png"))
+    );
+
+    // Results: pairs from the same noise with a flip, and downloads.
+    let results = app.get(&format!("/jobs/{job}/results")).text();
+    assert_eq!(results.matches("class=\"flipper\"").count(), 2, "{results}");
+    let img = app.get(&format!("/jobs/{job}/image/0"));
+    assert_eq!(img.header("content-type"), Some("image/png"));
+    let kohya = app.get(&format!("/jobs/{job}/download/kohya-moslora"));
+    assert_eq!(kohya.status, 200);
+    let n = u64::from_le_bytes(kohya.body[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&kohya.body[8..8 + n]).unwrap();
+    assert!(header
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.starts_with("lora_unet_")));
+    // Make a study, and answer two trials as a rater on the served study.
+    let r = app.post(&format!("/api/jobs/{job}/study"), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = app.get(&format!("/jobs/{job}/study")).text();
+    assert!(page.contains("data-organiser"), "{page}");
+    assert_eq!(page.matches("data-link").count(), 3, "{page}");
+    let study = data.join(format!("studies/{job}"));
+    let links = std::fs::read_to_string(study.join("study.links.txt")).unwrap();
+    let link = |who: &str| {
+        let l = links.lines().find(|l| l.starts_with(who)).unwrap();
+        l.split('\t').nth(1).unwrap().to_string()
+    };
+    let rater = link("rater-");
+    let (base, token) = rater.split_once("/#").unwrap();
+    let served: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let key: Value =
+        serde_json::from_slice(&std::fs::read(study.join("study.key.json")).unwrap()).unwrap();
+    let mut http = Http::new(served);
+    for t in key["trials"].as_array().unwrap().iter().take(2) {
+        let vote = json!({"trial": t["id"], "similarity": "left", "prompt": "tie", "ms": 900});
+        let r = http.post("/api/rater/answer", Some(token), &vote);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let organiser = link("organiser");
+    let org_token = organiser.rsplit_once('#').unwrap().1;
+    let o = http.get("/api/organiser", Some(org_token)).json();
+    let answered: u64 = o["raters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["answered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(answered, 2, "{o}");
+    let pid = std::fs::read_to_string(study.join("serve.pid")).unwrap();
+    assert!(Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .unwrap()
+        .success());
+    // Scored by the toy world's judge (the Toy world preset's metrics), shown as text.
+    assert!(results.contains("<h2>Scores</h2>"), "{results}");
+    let diffusers = app.get(&format!("/jobs/{job}/download/diffusers-lora"));
+    assert_eq!(diffusers.status, 200);
+    let n = u64::from_le_bytes(diffusers.body[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&diffusers.body[8..8 + n]).unwrap();
+    assert!(
+        header
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("unet.")),
+        "{header}"
+    );
+    let lora = app.get(&format!("/jobs/{job}/download/lora"));
+    assert_eq!(
+        lora.body,
+        std::fs::read(out(&data, job).join("lora/adapter.safetensors")).unwrap()
+    );
+    app.kill();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
+fn stop_resume_kill_and_queue_order_keep_the_bits() {
+    let data = scratch("faults");
+    let app = App::start(&data);
+    let subject = subject_with_photos(&app, "robot");
+    let model = tiny(&app);
+    let yaml = short_yaml(&app, subject, model, 40);
+
+    // Two jobs queued at once run one after the other: the second waits while the first runs.
+    let whole = add_job(&app, subject, model, &yaml);
+    let stopped = add_job(&app, subject, model, &yaml);
+    app.wait_for(&data, whole, "running", LIMIT);
+    assert_eq!(app.job(stopped)["state"], "queued");
+    // Moving a waiting job up does not disturb the running one.
+    assert_eq!(
+        app.post(&format!("/api/jobs/{stopped}/up"), &json!({}))
+            .status,
+        200
+    );
+    app.wait_for(&data, whole, "done", LIMIT);
+
+    // Stop, then Resume: the same bits as the uninterrupted job.
+    wait_for_step(&data, stopped, 3);
+    let asked = Instant::now();
+    let r = app.post(&format!("/api/jobs/{stopped}/stop"), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    app.wait_for(&data, stopped, "stopped", Duration::from_secs(30));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    assert_eq!(events(&data, stopped).last().unwrap()["event"], "stopped");
+    assert!(!out(&data, stopped)
+        .join("lora/adapter.safetensors")
+        .exists());
+    assert_eq!(
+        app.post(&format!("/api/jobs/{stopped}/resume"), &json!({}))
+            .status,
+        200
+    );
+    app.wait_for(&data, stopped, "done", LIMIT);
+    assert_same_bits(&data, whole, stopped);
+    let log = std::fs::read_to_string(data.join(format!("jobs/{stopped}/events.jsonl"))).unwrap();
+    assert!(log.contains("resuming at step"), "{log}");
+
+    // SIGKILL the app and its job mid-run (a crashed machine), restart: it resumes.
+    let killed = add_job(&app, subject, model, &yaml);
+    wait_for_step(&data, killed, 3);
+    let pid = events(&data, killed)
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "start")
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    app.kill();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let app = App::start(&data);
+    app.wait_for(&data, killed, "done", LIMIT);
+    assert_same_bits(&data, whole, killed);
+    let ev = events(&data, killed);
+    assert_eq!(ev.iter().filter(|e| e["event"] == "start").count(), 2);
+    assert!(ev.iter().any(|e| e["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("resuming at step"))));
+
+    // The queue page lists them all, each state escaped and shown.
+    let q = app.get("/queue").text();
+    assert_eq!(q.matches("state-done").count(), 3, "{q}");
+    app.kill();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+/// The whole path in headless Chromium (`tests/browser/app.py`): a subject named with markup
+/// and 5 photos through the file input, a model, a short comparison from the Toy world preset
+/// watched to "done" with both loss curves and samples, the results flipped, the kohya export
+/// downloaded, a study made (its rater links shown); screenshots of every page, no alert ever.
+#[test]
+fn in_chromium_from_photos_to_a_kohya_file() {
+    study_support::require_browser();
+    let data = scratch("browser");
+    let app = App::start(&data);
+    let shots = data.join("screenshots");
+    let downloads = data.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let seen_path = data.join("seen.json");
+    let out = Command::new(common::python())
+        .arg(repo().join("tests/browser/app.py"))
+        .args(["--base", &format!("http://{}", app.addr)])
+        .args(["--photos", repo().join("assets/subject").to_str().unwrap()])
+        .args(["--model", tiny_model().to_str().unwrap()])
+        .args(["--steps", "6"])
+        .args(["--screenshots", shots.to_str().unwrap()])
+        .args(["--downloads", downloads.to_str().unwrap()])
+        .args(["--out", seen_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let seen: Value = serde_json::from_slice(&std::fs::read(&seen_path).unwrap_or_default())
+        .unwrap_or(Value::Null);
+    assert!(
+        out.status.success(),
+        "{}\n{}\nsaw {seen}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(seen["alerts"], 0);
+    assert_eq!(seen["photos"], 5);
+    assert!(seen["subject_title"]
+        .as_str()
+        .unwrap()
+        .contains("<img src=x"));
+    assert!(seen["lora_points"].as_u64().unwrap() >= 6);
+    assert!(seen["samples"].as_u64().unwrap() >= 2);
+    assert!(seen["command"].as_str().unwrap().contains("compare"));
+    assert_eq!(seen["flipped"], true);
+    assert_eq!(seen["flip_label"], "MoSLoRA");
+    let kohya = std::fs::read(seen["download"].as_str().unwrap()).unwrap();
+    let n = u64::from_le_bytes(kohya[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&kohya[8..8 + n]).unwrap();
+    assert!(header
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.starts_with("lora_unet_")));
+    let links = seen["rater_links"].as_array().unwrap();
+    assert_eq!(links.len(), 3);
+    assert!(links.iter().all(|l| l.as_str().unwrap().contains("/#")));
+    let pid = std::fs::read_to_string(data.join("studies/1/serve.pid")).unwrap();
+    assert!(Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .unwrap()
+        .success());
+    for page in [
+        "subject", "models", "new", "job", "results", "study", "queue",
+    ] {
+        assert!(shots.join(format!("app-{page}.png")).is_file(), "{page}");
+    }
+    // The screenshots go into docs/ when asked (`MOSLORA_APP_SCREENSHOTS=1`).
+    if std::env::var_os("MOSLORA_APP_SCREENSHOTS").is_some() {
+        for e in std::fs::read_dir(&shots).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, repo().join("docs").join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    app.kill();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+/// Loopback unless `--public`, and `--public` only with a password: refused with exit 2 and
+/// the flag to change named.
+#[test]
+fn beyond_loopback_only_with_public_and_a_password() {
+    let data = scratch("bind");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_moslora"))
+            .args(["app", "--data", data.to_str().unwrap()])
+            .args(args)
+            .env_remove("MOSLORA_APP_PASSWORD")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--bind", "0.0.0.0:0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--public"), "{err}");
+    let (code, err) = run(&["--bind", "0.0.0.0:0", "--public"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--password"), "{err}");
+    let (code, err) = run(&["--bind", "0.0.0.0:0", "--public", "--password", "short"]);
+    assert_eq!(code, Some(2), "{err}");
+    std::fs::remove_dir_all(&data).unwrap();
+}

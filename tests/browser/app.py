@@ -1,0 +1,165 @@
+"""`moslora app` in real headless Chromium (selenium + chromedriver), as a person uses it.
+
+Creates a subject whose name is markup, drops 5 photos on it (the file input), lists a model,
+starts a short comparison from the Toy world preset (the advanced panel's RUN.yaml cut to a few
+steps), watches the job page reach "done" with both loss curves and a sample drawn, opens the
+results and flips LoRA/MoSLoRA, downloads the kohya export, makes a study (its rater links),
+and screenshots every page. No
+alert may ever open and the title must never change to "pwned". Writes what it saw to --out.
+
+usage: tests/browser/app.py --base http://127.0.0.1:PORT --photos DIR --model DIR --steps N
+                            --screenshots DIR --downloads DIR --out OUT.json
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from study_rater import browser  # noqa: E402
+
+from selenium.common.exceptions import (NoAlertPresentException, NoSuchElementException,  # noqa: E402
+                                        StaleElementReferenceException)
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+MARKUP = "<img src=x onerror=\"document.title='pwned'\">Rex"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for a in ["--base", "--photos", "--model", "--screenshots", "--downloads", "--out"]:
+        ap.add_argument(a, required=True)
+    ap.add_argument("--steps", type=int, default=4)
+    args = ap.parse_args()
+    os.makedirs(args.screenshots, exist_ok=True)
+    profile = tempfile.mkdtemp(prefix="app-profile-")
+    d = browser(args.downloads, profile)
+    wait = WebDriverWait(d, 240, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    seen = {"pages": {}}
+    alerts = 0
+
+    def check_no_alert():
+        nonlocal alerts
+        try:
+            d.switch_to.alert.dismiss()
+            alerts += 1
+        except NoAlertPresentException:
+            pass
+        assert d.title != "pwned", "markup ran"
+
+    def shot(name):
+        check_no_alert()
+        t = time.time()
+        d.save_screenshot(os.path.join(args.screenshots, f"app-{name}.png"))
+        seen["pages"][name] = d.current_url
+        return t
+
+    def css(sel):
+        return d.find_element(By.CSS_SELECTOR, sel)
+
+    try:
+        # Subjects: create one named with markup.
+        d.get(args.base + "/subjects")
+        css('input[name="name"]').send_keys(MARKUP)
+        css('input[name="class"]').send_keys("robot")
+        css("form.api button").click()
+        wait.until(lambda _: "/subjects/" in d.current_url)
+        # Drop 5 photos through the file input.
+        photos = sorted(os.path.join(args.photos, f) for f in os.listdir(args.photos)
+                        if f.endswith((".png", ".jpg", ".webp")))
+        css('input[type="file"]').send_keys("\n".join(photos))
+        wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "li.photo")) == len(photos))
+        seen["photos"] = len(d.find_elements(By.CSS_SELECTOR, "li.photo"))
+        seen["subject_title"] = css("h1").text
+        shot("subject")
+
+        # Models: list the test's model by path.
+        d.get(args.base + "/models")
+        css('input[name="path"]').send_keys(args.model)
+        css('input[name="name"]').send_keys("tiny")
+        css("form.api button").click()
+        wait.until(lambda _: "tiny" in css("ul.cards").text)
+        shot("models")
+
+        # New comparison: Toy world preset, own prompts, the RUN.yaml cut short.
+        d.get(args.base + "/new")
+        Select(css('select[name="model"]')).select_by_visible_text("tiny")
+        Select(css('select[name="preset"]')).select_by_value("toy")
+        css('textarea[name="lines"]').send_keys("a [V] {class} in the snow\na [V] {class} on a beach")
+        css("details summary").click()
+        css("button.preview").click()
+        yaml = css('textarea[name="yaml"]')
+        wait.until(lambda _: "steps: 500" in yaml.get_attribute("value"))
+        text = (yaml.get_attribute("value")
+                .replace("steps: 500", f"steps: {args.steps}")
+                .replace("batch_size: 4", "batch_size: 1")
+                .replace("sample_every: 25", "sample_every: 2")
+                .replace("checkpoint_every: 25", "checkpoint_every: 2")
+                .replace("seeds: [0, 1, 2, 3]", "seeds: [0]")
+                .replace("  steps: 30\n", "  steps: 2\n"))
+        yaml.clear()
+        yaml.send_keys(text)
+        shot("new")
+        css("form.api > button:last-of-type").click()
+        wait.until(lambda _: "/jobs/" in d.current_url)
+
+        # The job, live, to "done" with the loss chart and a sample.
+        wait.until(lambda _: css("[data-state]").text == "done")
+        # The page reloads itself once on "done"; then it replays the job's events.
+        time.sleep(1)
+        d.refresh()
+        wait.until(lambda _: css('polyline[data-series="moslora"]').get_attribute("points").count(",") >= args.steps)
+        wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "[data-samples] img")) >= 2)
+        seen["lora_points"] = css('polyline[data-series="lora"]').get_attribute("points").count(",")
+        seen["samples"] = len(d.find_elements(By.CSS_SELECTOR, "[data-samples] img"))
+        seen["command"] = d.find_elements(By.CSS_SELECTOR, "section.live pre")[1].text
+        shot("job")
+
+        # Results: flip, then download the kohya export.
+        css("a[data-results]").click()
+        flip = css("img[data-flip]")
+        before = flip.get_attribute("src")
+        css("button.flipper").click()
+        after = flip.get_attribute("src")
+        seen["flipped"] = before != after and after.endswith(flip.get_attribute("data-b"))
+        seen["flip_label"] = css("button.flipper span").text
+        shot("results")
+        css("a[data-kohya]").click()
+        deadline = time.time() + 60
+        got = []
+        while time.time() < deadline:
+            got = [f for f in os.listdir(args.downloads) if f.endswith(".safetensors")]
+            if got:
+                break
+            time.sleep(0.2)
+        seen["download"] = os.path.join(args.downloads, got[0]) if got else None
+
+        # Make a study: the rater links and the organiser's page.
+        d.get(seen["pages"]["results"])
+        d.find_element(By.XPATH, "//button[contains(., 'Make a study')]").click()
+        wait.until(lambda _: d.current_url.endswith("/study"))
+        wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "input[data-link]")) == 3)
+        seen["rater_links"] = [e.get_attribute("value") for e in d.find_elements(By.CSS_SELECTOR, "input[data-link]")]
+        shot("study")
+
+        # The queue, and load times of the pages.
+        t = time.time()
+        d.get(args.base + "/queue")
+        seen["queue_load_s"] = time.time() - t
+        shot("queue")
+        check_no_alert()
+    finally:
+        seen["alerts"] = alerts
+        with open(args.out, "w") as f:
+            json.dump(seen, f, indent=1)
+        d.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
