@@ -97,6 +97,8 @@ pub struct GenerateArgs {
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let opts = RunOptions::from_names(&a.device.device, a.device.dtype.as_deref())?;
+    let threads = moslora::runtime::Threads::Auto;
+    super::set_threads(&a.model, threads, opts.device, &[(a.width, a.height)])?;
     let dir = moslora::sdxl::model_dir::ModelDir::open(&a.model)?;
     let native = dir.unet_config()?.sample_size * dir.vae_config()?.scale_factor();
     let o = GenerateOptions {

@@ -47,6 +47,8 @@ pub struct RenderArgs {
 pub fn run_render(a: RenderArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+    let size = (cfg.render.width, cfg.render.height);
+    super::set_threads(&cfg.model, cfg.threads, opts.device, &[size])?;
     let mut extra = a
         .adapters
         .iter()
@@ -91,8 +93,9 @@ pub struct CompareArgs {
 
 pub fn run_compare(a: CompareArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.run)?;
-    let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+    super::set_run_threads(&cfg, opts.device)?;
+    let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
     let (outcomes, m) = moslora::render::compare(&cfg, opts, &mut Bar::new(), &mut Bar::new())?;
     for o in &outcomes {
         println!(

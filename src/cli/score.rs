@@ -25,10 +25,13 @@ pub struct ScoreArgs {
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
+    let device = moslora::runtime::parse_device(&a.device)?;
+    // Not measured per encoder size: every core, waiting passively.
+    moslora::runtime::apply_threads(moslora::runtime::Threads::Auto, device, None)?;
     let o = ScoreOptions {
         clip: a.clip,
         dino: a.dino,
-        device: moslora::runtime::parse_device(&a.device)?,
+        device,
         dino_eps: None,
     };
     score(&a.renders, &o)

@@ -90,6 +90,9 @@ pub fn run(c: SweepCommand) -> Result<ExitCode> {
                 None => sweep::index_from_env()?,
             };
             let name = s.task_name(s.task(index)?);
+            let cfg = s.run_config(s.task(index)?)?;
+            let device = moslora::runtime::parse_device(&cfg.device)?;
+            super::set_run_threads(&cfg, device)?;
             match sweep::task::run(&s, index, &mut Bar::new(), &mut Bar::new())? {
                 sweep::task::Outcome::AlreadyDone => println!("task {name}: already done"),
                 sweep::task::Outcome::Done => println!("task {name}: done"),

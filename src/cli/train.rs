@@ -26,12 +26,14 @@ pub struct TrainArgs {
 /// Trains; false when Ctrl-C stopped a run (its checkpoint saved).
 pub fn run(a: TrainArgs) -> Result<bool> {
     let cfg = RunConfig::load(&a.run)?;
+    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
+    let train = Some(cfg.train.resolution);
+    super::set_threads(&cfg.model, cfg.threads, opts.device, &[(train, train)])?;
     let _lock = super::lock_outputs(&[&cfg.output])?;
     let kinds: Vec<AdapterKind> = match &a.adapter {
         Some(k) => vec![AdapterKind::parse(k)?],
         None => AdapterKind::BOTH.to_vec(),
     };
-    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref())?;
     let outcomes = moslora::train::train(&cfg, &kinds, opts, a.resume, &mut Bar::new())?;
     let mut interrupted = false;
     for o in &outcomes {
