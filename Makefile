@@ -9,7 +9,13 @@ FIXTURES   := target/fixtures
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # The tests compare against libtorch/PyTorch on 2 cores; keep both on the same thread count.
+# (It is a cap for moslora's command line: `threads: auto` runs the tiny test models and the
+# toy model on one thread, within every test's tolerance; docs/benchmarks.md, "Threads".)
 export OMP_NUM_THREADS ?= 2
+# Idle OpenMP threads sleep instead of spinning (libgomp reads this once, when it loads): the
+# test processes, the Python references and the neighbours share the cores. The moslora
+# command line sets it for itself whenever it runs more than one thread.
+export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 

@@ -221,19 +221,24 @@ def cmd_sample(args):
         pipe.load_lora_weights(args.lora)
         pipe.fuse_lora()
         pipe.unload_lora_weights()
-    gen = torch.Generator("cpu").manual_seed(0)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        image = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                     height=args.size, width=args.size, generator=gen).images[0]
+    # --images N: one pipeline call per image, seeds 0, 1, ... (the prompt encoded each time,
+    # as a loop over seeds does).
+    for seed in range(max(1, args.images)):
+        gen = torch.Generator("cpu").manual_seed(seed)
+        with torch.no_grad():
+            image = pipe(args.prompt, num_inference_steps=args.steps,
+                         guidance_scale=args.guidance, height=args.size, width=args.size,
+                         generator=gen).images[0]
     sync(device)
     seconds = time.perf_counter() - t0
     if args.out:
         image.save(args.out)
     return {
         "what": "sample", "side": "reference", "steps": args.steps, "guidance": args.guidance,
-        "size": args.size, "adapter": bool(args.lora), "threads": torch.get_num_threads(),
-        "device": args.device, "dtype": str(dtype), "image_s": seconds,
+        "size": args.size, "images": max(1, args.images), "adapter": bool(args.lora),
+        "threads": torch.get_num_threads(), "device": args.device, "dtype": str(dtype),
+        "image_s": seconds,
         "peak_rss_mib": peak_rss_mib(), **gpu_peak(device),
     }
 
@@ -542,6 +547,7 @@ def main():
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--prompt", default="a photo of sks toy on the beach")
+    p.add_argument("--images", type=int, default=1)
     p.add_argument("--out", default=None)
 
     p = common(sub.add_parser("recipe"))

@@ -9,6 +9,11 @@ process so that each peak resident memory is that case's alone.
 Prints the table and writes it, with the machine and the versions, to
 bench/results/cpu-<date>.md (and the raw runs to cpu-<date>.json beside it).
 
+The "busy machine" cases run each side with its own defaults (moslora: `threads: auto`
+and its passive OpenMP wait; the reference: torch's threads and OpenMP's default wait), once on
+an otherwise idle machine and once beside a CPU hog (two busy loops, one per core of a
+2-core machine), and record both sides' CPU time.
+
 Environment: BENCH_THREADS (default: OMP_NUM_THREADS, else the number of cores),
 BENCH_ROUNDS (override the rounds of every case), BENCH_OUT (results folder), BENCH_ONLY
 (comma-separated case ids to run, e.g. score-64), BENCH_QUIET_WAIT (seconds to wait for an
@@ -74,18 +79,35 @@ def wait_quiet():
         time.sleep(3)
 
 
-def run_measured(argv, env_extra=None):
-    """Run one measured process after waiting for quiet; returns its RESULT json (if any),
-    wall and CPU seconds, and its peak resident memory (MiB) from wait4: ru_maxrss of
-    exactly this child."""
+HOG_LOOPS = 2
+
+
+def start_hog():
+    """Two busy loops (shell `while :`), the CPU hog of the busy-machine cases."""
+    return [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(HOG_LOOPS)]
+
+
+def stop_hog(hog):
+    for p in hog:
+        p.kill()
+        p.wait()
+
+
+def run_measured(argv, env_extra=None, hog=False):
+    """Run one measured process after waiting for quiet (beside a CPU hog when `hog`);
+    returns its RESULT json (if any), wall and CPU seconds, and its peak resident memory
+    (MiB) from wait4: ru_maxrss of exactly this child."""
     env = dict(os.environ)
     env.update({
         "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
         "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1",
     })
+    # Each side with its own OpenMP wait policy (`make` exports PASSIVE for the tests).
+    env.pop("OMP_WAIT_POLICY", None)
     env.update(env_extra or {})
     busy_before = wait_quiet()
+    hog_procs = start_hog() if hog else []
     load1 = float(Path("/proc/loadavg").read_text().split()[0])
     out_path = BENCH / "run.stdout"
     err_path = BENCH / "run.stderr"
@@ -96,6 +118,7 @@ def run_measured(argv, env_extra=None):
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         busy = busy_cpu_s() - busy0
+    stop_hog(hog_procs)
     code = os.waitstatus_to_exitcode(status)
     out, err = out_path.read_text(), err_path.read_text()
     if code != 0:
@@ -233,6 +256,7 @@ def sdxl_cases(m, ref, q):
         out.append({"id": f"small-step-{kind}" + ("-ckpt" if ckpt else ""), "label": label,
                     "ours": [BIN, *args], "theirs": [*ref, *args], "metric": "median_s",
                     "rounds": 1 if (q or ckpt) else 2, "target": None if ckpt else 1.0})
+    out += busy_cases(tiny, ref, q)
     steps = 20 if q else 500
     run_yaml = recipe_config(tiny, steps)
     out.append({
@@ -256,6 +280,31 @@ def sdxl_cases(m, ref, q):
     return out
 
 
+def busy_cases(tiny, ref, q):
+    """A MoSLoRA training step (batch 4, 64 px) on the tiny test model and on the toy
+    world's model, and 6 toy images (64 px, 4 steps, guidance 4), each side with its own
+    default threads and OpenMP wait policy, quiet and beside a CPU hog."""
+    toy = ROOT / "assets" / "toy-model"
+    steps = ["--warmup", "1" if q else "3", "--steps", "3" if q else "15"]
+    out = []
+    for load in ["quiet", "hog"]:
+        common = {"metric": "median_s", "rounds": 1 if q else 3, "target": None,
+                  "busy": load}
+        for name, model in [("tiny", tiny), ("toy", toy)]:
+            args = ["train-step", "--model", model, "--adapter", "moslora", "--resolution",
+                    "64", "--rank", "4", "--batch", "4", *steps]
+            out.append({"id": f"busy-{name}-step-{load}",
+                        "label": f"{name}: training step, MoSLoRA, batch 4, 64 px",
+                        "ours": [BIN, *args], "theirs": [*ref, *args], **common})
+        args = ["sample", "--model", toy, "--steps", "4", "--guidance", "4", "--size", "64",
+                "--images", "2" if q else "6"]
+        out.append({"id": f"busy-toy-render-{load}",
+                    "label": f"toy: {'2' if q else '6'} images, 64 px, 4 steps, guidance 4",
+                    "ours": [BIN, *args], "theirs": [*ref, *args],
+                    **{**common, "metric": "image_s"}})
+    return out
+
+
 def kind_label(kind):
     return {"lora": "LoRA", "moslora": "MoSLoRA"}[kind]
 
@@ -274,13 +323,14 @@ def measure(case):
             who = "moslora" if side == "ours" else "reference"
             for attempt in range(1 + RETRIES):
                 log(f"  {case['id']} round {r + 1}/{rounds}: {who}")
-                res = run_measured(case[side])
-                log(f"    {seconds_of(res, case['metric']):.3f} s, peak "
-                    f"{res['peak_rss_mib']:.0f} MiB, other processes "
+                hog = case.get("busy") == "hog"
+                res = run_measured(case[side], hog=hog)
+                log(f"    {seconds_of(res, case['metric']):.3f} s, CPU {res['cpu_s']:.2f} s, "
+                    f"peak {res['peak_rss_mib']:.0f} MiB, other processes "
                     f"{res['others_cores']:.2f} cores")
                 # Another process took CPU time during the run (a shared machine): measure
-                # again rather than report its interference.
-                if res["others_cores"] <= CONTENDED or attempt == RETRIES:
+                # again rather than report its interference (the hog's is intended).
+                if hog or res["others_cores"] <= CONTENDED or attempt == RETRIES:
                     break
                 log("    contended: again")
             runs[side].append(res)
@@ -292,7 +342,12 @@ def summary(case, runs):
     mem = {s: statistics.median(r["peak_rss_mib"] for r in runs[s]) for s in runs}
     load = max(r["load1"] for s in runs for r in runs[s])
     others = max(r["others_cores"] for s in runs for r in runs[s])
+    cpu = {s: statistics.median(r["cpu_s"] for r in runs[s]) for s in runs}
+    threads = {s: sorted({(r["result"] or {}).get("threads") for r in runs[s]} - {None})
+               for s in runs}
     return {"id": case["id"], "label": case["label"], "target": case["target"],
+            "busy": case.get("busy"), "ours_cpu_s": cpu["ours"], "theirs_cpu_s": cpu["theirs"],
+            "ours_threads": threads["ours"], "theirs_threads": threads["theirs"],
             "rounds": len(runs["ours"]), "ours_s": t["ours"], "theirs_s": t["theirs"],
             "time_ratio": t["ours"] / t["theirs"], "ours_mib": mem["ours"],
             "theirs_mib": mem["theirs"], "mem_ratio": mem["ours"] / mem["theirs"],
@@ -337,6 +392,20 @@ def table(rows):
             f"| {r['label']} | {fmt_s(r['ours_s'])} | {fmt_s(r['theirs_s'])} | "
             f"**{r['time_ratio']:.2f}** | {r['ours_mib']:.0f} MiB | {r['theirs_mib']:.0f} MiB | "
             f"**{r['mem_ratio']:.2f}** | {target} |")
+    return "\n".join(lines)
+
+
+def busy_table(rows):
+    lines = ["| case | load | moslora | reference | time ratio | moslora CPU | reference CPU "
+             "| CPU ratio | threads (moslora / reference) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        load = "quiet" if r["busy"] == "quiet" else f"beside {HOG_LOOPS} busy loops"
+        th = "/".join(",".join(map(str, r[k])) or "?" for k in ["ours_threads", "theirs_threads"])
+        lines.append(
+            f"| {r['label']} | {load} | {fmt_s(r['ours_s'])} | {fmt_s(r['theirs_s'])} | "
+            f"**{r['time_ratio']:.2f}** | {r['ours_cpu_s']:.2f} s | {r['theirs_cpu_s']:.2f} s | "
+            f"{r['ours_cpu_s'] / r['theirs_cpu_s']:.2f} | {th} |")
     return "\n".join(lines)
 
 
@@ -389,9 +458,16 @@ def main():
             f"process's maximum resident memory (`wait4`), one case per process\n"
             f"- interference: a run during which other processes used more than {CONTENDED} "
             f"cores was measured again (up to {RETRIES} times); the most any kept run saw: "
-            f"{max(r['max_others_cores'] for r in rows):.2f} cores; whole benchmark: "
+            f"{max([r['max_others_cores'] for r in rows if r.get('busy') != 'hog'] or [0]):.2f} cores (the hog's runs aside); whole benchmark: "
             f"{took / 60:.1f} min\n")
-    body = "\n".join([head, table(rows), "", checkpointing_line(rows), ""])
+    plain = [r for r in rows if not r.get("busy")]
+    busy = [r for r in rows if r.get("busy")]
+    body = "\n".join([head, table(plain) if plain else "", "", checkpointing_line(plain), ""])
+    if busy:
+        body += ("\n## Busy machine\n\nEach side with its own defaults (moslora: `threads: "
+                 "auto`, passive OpenMP wait; reference: torch's threads, OpenMP's default "
+                 "wait); CPU: the process's user + system time, start-up included.\n\n"
+                 + busy_table(busy) + "\n")
     print(body)
     OUT.mkdir(parents=True, exist_ok=True)
     stem = OUT / f"cpu-{date}{'-quick' if QUICK else ''}"

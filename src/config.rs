@@ -25,6 +25,10 @@ pub struct RunConfig {
     /// dtype of the frozen UNet and text encoders: f32 (CPU), bf16/f16 (CUDA); default by device.
     #[serde(default)]
     pub dtype: Option<String>,
+    /// libtorch's intra-op threads: `auto` (by the model's size; see `runtime::choose_threads`)
+    /// or a count. `MOSLORA_THREADS` overrides it; `OMP_NUM_THREADS` caps it.
+    #[serde(default, skip_serializing_if = "crate::runtime::Threads::is_auto")]
+    pub threads: crate::runtime::Threads,
     #[serde(default)]
     pub subject: Subject,
     #[serde(default)]
@@ -679,6 +683,29 @@ mod tests {
         assert_eq!(c.adapter.rank, 4);
         assert_eq!(c.adapter.alpha(), 4.0);
         assert_eq!(c.instance_prompt(), "a photo of sks dog");
+    }
+
+    #[test]
+    fn threads_is_auto_or_a_count_and_auto_is_not_written() {
+        use crate::runtime::Threads;
+        let c = RunConfig::parse("").unwrap();
+        assert_eq!(c.threads, Threads::Auto);
+        // Absent from a written config when auto: older settings hashes stay the same.
+        assert!(!serde_yaml::to_string(&c).unwrap().contains("threads"));
+        assert_eq!(
+            RunConfig::parse("threads: auto").unwrap().threads,
+            Threads::Auto
+        );
+        let c = RunConfig::parse("threads: 3").unwrap();
+        assert_eq!(c.threads, Threads::Fixed(3));
+        assert!(serde_yaml::to_string(&c).unwrap().contains("threads: 3"));
+        for bad in ["threads: 0", "threads: -2", "threads: many"] {
+            let e = RunConfig::parse(bad).unwrap_err();
+            assert!(
+                e.contains("expected `auto` or a whole number"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

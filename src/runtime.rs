@@ -198,3 +198,217 @@ pub fn check_interrupted(what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// libtorch's intra-op threads: `threads:` in RUN.yaml, `MOSLORA_THREADS` in the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// Chosen by the work: see [`choose_threads`].
+    #[default]
+    Auto,
+    /// Exactly this many (still at most `OMP_NUM_THREADS` when that is set).
+    Fixed(usize),
+}
+
+/// The environment variable that overrides RUN.yaml's `threads`.
+pub const THREADS_ENV: &str = "MOSLORA_THREADS";
+
+/// Below this many elements in one image's first UNet feature map (channels x latent height
+/// x latent width), one thread is fastest: the toy model (48 x 8 x 8 at 64 px) and the tiny
+/// test models. It is libtorch's own grain (`at::internal::GRAIN_SIZE`): an element-wise
+/// operation on fewer elements runs on one thread anyway, and the parallel regions left
+/// (matrix products, convolutions) cost more to start than they save. At and above it (the
+/// small bench model's 128 x 32 x 32 at 256 px, SDXL's 320 x 128 x 128) every core is used.
+/// Measured: docs/benchmarks.md, "Threads".
+pub const ONE_THREAD_BELOW: i64 = 32_768;
+
+impl Threads {
+    pub fn is_auto(&self) -> bool {
+        *self == Threads::Auto
+    }
+
+    /// `auto` or a positive count.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Threads::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Threads::Fixed(n)),
+            _ => Err(format!(
+                "{s:?} is not a thread count: expected `auto` or a whole number from 1"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threads::Auto => f.write_str("auto"),
+            Threads::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for Threads {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Threads::Auto => s.serialize_str("auto"),
+            Threads::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Threads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Word(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Count(n) => n.to_string(),
+            Raw::Word(w) => w,
+        };
+        Threads::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The intra-op thread count for a run: `setting` (`MOSLORA_THREADS` when set, else
+/// RUN.yaml's), on `device`, for work whose first UNet feature map holds `work` elements per
+/// image (None: not known, as for a single-file checkpoint, which is full size), at most
+/// `cap` threads (`OMP_NUM_THREADS` when set). None: leave libtorch's own choice (CUDA, where
+/// the CPU threads only feed the GPU).
+pub fn choose_threads(
+    setting: Threads,
+    device: Device,
+    work: Option<i64>,
+    cores: usize,
+    cap: Option<usize>,
+) -> Option<usize> {
+    let limit = cap.unwrap_or(cores).max(1);
+    match setting {
+        Threads::Fixed(n) => Some(cap.map_or(n, |c| n.min(c.max(1)))),
+        Threads::Auto if device != Device::Cpu => None,
+        Threads::Auto => match work {
+            Some(w) if w < ONE_THREAD_BELOW => Some(1),
+            _ => Some(limit),
+        },
+    }
+}
+
+/// `OMP_NUM_THREADS` when it holds a positive count: the most threads this process may use
+/// (what `sweep --local --jobs N` gives each task, what a CI job or a scheduler allows).
+pub fn thread_cap() -> Option<usize> {
+    std::env::var("OMP_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().split(',').next()?.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+}
+
+/// `MOSLORA_THREADS` when set, else `configured`; an unreadable value is a setting error.
+pub fn threads_setting(configured: Threads) -> Result<Threads> {
+    match std::env::var(THREADS_ENV) {
+        Ok(v) => Threads::parse(&v)
+            .map_err(|e| Error::setting(THREADS_ENV, format!("{THREADS_ENV}: {e}"))),
+        Err(_) => Ok(configured),
+    }
+}
+
+/// Set libtorch's intra-op threads as [`choose_threads`] says, for the command line at a
+/// command's start, before it has done anything: more than one thread on the CPU first
+/// restarts the program with OpenMP's passive wait policy ([`passive_openmp_or_restart`]).
+/// The count set (None: left to libtorch).
+pub fn apply_threads(setting: Threads, device: Device, work: Option<i64>) -> Result<Option<usize>> {
+    let setting = threads_setting(setting)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = choose_threads(setting, device, work, cores, thread_cap());
+    if let Some(n) = n {
+        if n > 1 && device == Device::Cpu {
+            passive_openmp_or_restart();
+        }
+        tch::set_num_threads(n as i32);
+    }
+    Ok(n)
+}
+
+/// OpenMP's wait policy for this process. libgomp (libtorch's OpenMP) reads
+/// `OMP_WAIT_POLICY` once, when it is loaded, before `main` runs; unset, its idle threads
+/// spin for up to 300,000 turns between parallel regions, taking the cores other processes
+/// need and, on a busy machine, the very cores their own team waits for (docs/benchmarks.md:
+/// up to 6 times the CPU time of a toy render). When this process will run more than one
+/// thread on the CPU and the policy is unset, it is started again (`exec`, same arguments
+/// and process id) with `OMP_WAIT_POLICY=PASSIVE`: threads then sleep when there is no work.
+/// Returns only if nothing was done (the policy is set, by the user or an earlier start, or
+/// the program cannot be started again: it then goes on with libgomp's default).
+pub fn passive_openmp_or_restart() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    let _cannot = cmd.args(args).env("OMP_WAIT_POLICY", "PASSIVE").exec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_work_runs_on_one_thread_large_work_on_every_core_allowed() {
+        let cpu = Device::Cpu;
+        // The toy model at 64 px (48 channels x 8 x 8) and the tiny test models: one thread.
+        assert_eq!(
+            choose_threads(Threads::Auto, cpu, Some(48 * 8 * 8), 2, None),
+            Some(1)
+        );
+        assert_eq!(
+            choose_threads(Threads::Auto, cpu, Some(32 * 8 * 8), 16, Some(4)),
+            Some(1)
+        );
+        // The small bench model at 256 px, SDXL at 1024 px, an unreadable (full-size) model:
+        // every core, or OMP_NUM_THREADS's share.
+        assert_eq!(
+            choose_threads(Threads::Auto, cpu, Some(128 * 32 * 32), 2, None),
+            Some(2)
+        );
+        assert_eq!(
+            choose_threads(Threads::Auto, cpu, Some(320 * 128 * 128), 8, Some(4)),
+            Some(4)
+        );
+        assert_eq!(choose_threads(Threads::Auto, cpu, None, 2, None), Some(2));
+        // A fixed count is kept, and still capped by OMP_NUM_THREADS (a sweep's share).
+        assert_eq!(
+            choose_threads(Threads::Fixed(3), cpu, Some(10), 2, None),
+            Some(3)
+        );
+        assert_eq!(
+            choose_threads(Threads::Fixed(3), cpu, Some(10), 8, Some(2)),
+            Some(2)
+        );
+        // CUDA: libtorch's own choice.
+        let gpu = Device::Cuda(0);
+        assert_eq!(choose_threads(Threads::Auto, gpu, Some(10), 2, None), None);
+        assert_eq!(
+            choose_threads(Threads::Fixed(2), gpu, None, 8, None),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn thread_settings_parse() {
+        assert_eq!(Threads::parse("auto"), Ok(Threads::Auto));
+        assert_eq!(Threads::parse(" AUTO "), Ok(Threads::Auto));
+        assert_eq!(Threads::parse("4"), Ok(Threads::Fixed(4)));
+        for bad in ["0", "-1", "two", ""] {
+            assert!(Threads::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Threads::Fixed(4).to_string(), "4");
+        assert_eq!(Threads::Auto.to_string(), "auto");
+    }
+}

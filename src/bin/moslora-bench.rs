@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 use moslora::adapter::file::{AdapterFile, AdapterMeta, FORMAT_VERSION};
 use moslora::adapter::{self, AdapterConfig};
 use moslora::config::RunConfig;
+use moslora::runtime::Threads;
 use moslora::schedule::ddpm::DdpmSchedule;
 use moslora::schedule::sampler::SamplerKind;
 use moslora::sdxl::model_dir::ModelDir;
@@ -61,14 +62,13 @@ struct ScoreArgs {
 /// The whole `moslora score`: encoders loaded, pictures decoded and preprocessed, both
 /// encoders run in batches, the statistics, every output written.
 fn score(a: &ScoreArgs) -> Result<serde_json::Value> {
-    if let Some(n) = a.threads {
-        tch::set_num_threads(n);
-    }
+    let device = moslora::runtime::parse_device(&a.device, moslora::runtime::Given::Flag)?;
+    moslora::runtime::apply_threads(threads_setting(a.threads), device, None)?;
     let t0 = Instant::now();
     let opts = moslora::metrics::ScoreOptions {
         clip: Some(a.clip.clone()),
         dino: Some(a.dino.clone()),
-        device: moslora::runtime::parse_device(&a.device, moslora::runtime::Given::Flag)?,
+        device,
         dino_eps: None,
     };
     let s = moslora::metrics::score(&a.renders, &opts, &mut moslora::metrics::Quiet)?;
@@ -86,21 +86,30 @@ struct Common {
     /// f32, bf16 or f16 (frozen weights); default by device
     #[arg(long)]
     dtype: Option<String>,
-    /// libtorch's intra-op threads (default: OMP_NUM_THREADS or libtorch's choice)
+    /// libtorch's intra-op threads (default: moslora's choice, as RUN.yaml's `threads: auto`)
     #[arg(long)]
     threads: Option<i32>,
 }
 
+fn threads_setting(threads: Option<i32>) -> Threads {
+    threads.map_or(Threads::Auto, |n| Threads::Fixed(n.max(1) as usize))
+}
+
 impl Common {
-    fn options(&self) -> Result<RunOptions> {
-        if let Some(n) = self.threads {
-            tch::set_num_threads(n);
-        }
-        RunOptions::from_names(
+    /// The run options, with libtorch's threads set as `moslora` sets them for images of
+    /// `side` pixels (None: the model's native size), or to --threads.
+    fn options(&self, side: Option<i64>) -> Result<RunOptions> {
+        let opts = RunOptions::from_names(
             &self.device,
             self.dtype.as_deref(),
             moslora::runtime::Given::Flag,
-        )
+        )?;
+        let work = ModelDir::open(&self.model).and_then(|d| {
+            let scale = d.vae_config()?.scale_factor();
+            Ok(d.unet_config()?.first_map_elements(side, side, scale))
+        });
+        moslora::runtime::apply_threads(threads_setting(self.threads), opts.device, work.ok())?;
+        Ok(opts)
     }
 }
 
@@ -143,6 +152,10 @@ struct SampleArgs {
     size: i64,
     #[arg(long, default_value = "a photo of sks toy on the beach")]
     prompt: String,
+    /// Images from the one prompt (seeds 0, 1, ...); `image_s` is their total with the prompt
+    /// encoding
+    #[arg(long, default_value_t = 1)]
+    images: u64,
     /// Write the image here (outside the timing)
     #[arg(long)]
     out: Option<PathBuf>,
@@ -227,7 +240,7 @@ fn synthetic_data(unet_cfg: &moslora::sdxl::config::UNetConfig, resolution: i64)
 }
 
 fn train_step(a: &TrainStepArgs) -> Result<serde_json::Value> {
-    let opts = a.common.options()?;
+    let opts = a.common.options(Some(a.resolution))?;
     let dir = ModelDir::open(&a.common.model)?;
     let mut unet = load_unet(&dir, opts)?;
     let kind = AdapterKind::parse(&a.adapter)?;
@@ -266,7 +279,7 @@ fn train_step(a: &TrainStepArgs) -> Result<serde_json::Value> {
 }
 
 fn sample(a: &SampleArgs) -> Result<serde_json::Value> {
-    let opts = a.common.options()?;
+    let opts = a.common.options(Some(a.size))?;
     let dir = ModelDir::open(&a.common.model)?;
     // As `generate`: the text encoders are dropped before the UNet is loaded.
     let text = TextEncoders::load(&dir, opts)?;
@@ -289,21 +302,27 @@ fn sample(a: &SampleArgs) -> Result<serde_json::Value> {
         seed: 0,
         sampler: SamplerKind::Euler,
     };
-    let t = Instant::now();
-    let noise = den.initial_noise(o.seed, o.width, o.height)?;
-    let latents = den.sample(&cond, &uncond, &noise, &o, |_| {})?;
-    sync(opts.device);
-    let sample_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let rgb = den.decode(&latents);
-    let decode_s = t.elapsed().as_secs_f64();
+    let (mut sample_s, mut decode_s, mut rgb) = (0.0, 0.0, None);
+    for seed in 0..a.images.max(1) {
+        let t = Instant::now();
+        let noise = den.initial_noise(seed, o.width, o.height)?;
+        let latents = den.sample(&cond, &uncond, &noise, &o, |_| {})?;
+        sync(opts.device);
+        sample_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let image = den.decode(&latents);
+        decode_s += t.elapsed().as_secs_f64();
+        rgb = Some(image);
+    }
+    let rgb = rgb.expect("at least one image");
     if let Some(out) = &a.out {
         let img = moslora::sdxl::image_processing::rgb_image(&rgb)?;
         moslora::fsutil::write_png(out, &img, &[])?;
     }
     Ok(json!({
         "what": "sample", "side": "moslora", "steps": a.steps, "guidance": a.guidance,
-        "size": a.size, "adapter": a.adapter.is_some(), "threads": tch::get_num_threads(),
+        "size": a.size, "images": a.images.max(1), "adapter": a.adapter.is_some(),
+        "threads": tch::get_num_threads(),
         "device": a.common.device, "dtype": moslora::runtime::dtype_name(opts.dtype),
         "encode_s": encode_s, "sample_s": sample_s, "decode_s": decode_s,
         "image_s": encode_s + sample_s + decode_s, "peak_rss_mib": peak_rss_mib(),
@@ -311,7 +330,7 @@ fn sample(a: &SampleArgs) -> Result<serde_json::Value> {
 }
 
 fn make_adapter(a: &MakeAdapterArgs) -> Result<serde_json::Value> {
-    let opts = a.common.options()?;
+    let opts = a.common.options(None)?;
     let dir = ModelDir::open(&a.common.model)?;
     let mut unet = load_unet(&dir, opts)?;
     let kind = AdapterKind::parse(&a.adapter)?;

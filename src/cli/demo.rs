@@ -40,6 +40,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         train_steps: a.train_steps,
         render_steps: a.render_steps,
     };
+    let cfg = moslora::demo::demo_config(&o.dir, &o.model, o.judge.as_deref())?;
+    super::set_run_threads(&cfg, tch::Device::Cpu)?;
     let r = moslora::demo::run(&o, &mut Bar::new(), &mut Bar::new())?;
     print_demo(&r);
     Ok(())

@@ -109,6 +109,12 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let sampler = SamplerKind::parse_setting("--scheduler", &a.scheduler)?;
     let opts = RunOptions::from_names(&a.device.device, a.device.dtype.as_deref(), Given::Flag)?;
     super::models::fetch_model(&a.model, opts.dtype)?;
+    super::set_threads(
+        &a.model,
+        moslora::runtime::Threads::Auto,
+        opts.device,
+        &[(a.width, a.height)],
+    )?;
     let dir = moslora::sdxl::model_dir::ModelDir::open(&a.model)?;
     let native_size = dir.native_size()?;
     let native = native_size.pixels();

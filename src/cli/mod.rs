@@ -49,3 +49,43 @@ pub fn lock_outputs(dirs: &[&std::path::Path]) -> moslora::Result<Locks> {
     }
     Ok(locks)
 }
+
+/// libtorch's threads for a command on `model` at these image sizes (pixels; None: the
+/// model's native side): `setting` (RUN.yaml's `threads`; `MOSLORA_THREADS` overrides it),
+/// by the size of the work when `auto` (`moslora::runtime::choose_threads`); a model whose
+/// configuration cannot be read (a single-file checkpoint: full size) counts as large. Call
+/// it first, before any lock or file: more than one thread on the CPU starts the program
+/// again with OpenMP's passive wait policy (`moslora::runtime::passive_openmp_or_restart`).
+pub fn set_threads(
+    model: &std::path::Path,
+    setting: moslora::runtime::Threads,
+    device: tch::Device,
+    sizes: &[(Option<i64>, Option<i64>)],
+) -> moslora::Result<()> {
+    let work = (|| -> moslora::Result<i64> {
+        let dir = moslora::sdxl::model_dir::ModelDir::open(model)?;
+        let (unet, scale) = (dir.unet_config()?, dir.vae_config()?.scale_factor());
+        Ok(sizes
+            .iter()
+            .map(|&(w, h)| unet.first_map_elements(w, h, scale))
+            .max()
+            .unwrap_or(0))
+    })()
+    .ok();
+    moslora::runtime::apply_threads(setting, device, work)?;
+    Ok(())
+}
+
+/// [`set_threads`] for a run: its training resolution and its render size.
+pub fn set_run_threads(
+    cfg: &moslora::config::RunConfig,
+    device: tch::Device,
+) -> moslora::Result<()> {
+    let train = Some(cfg.train.resolution);
+    set_threads(
+        &cfg.model,
+        cfg.threads,
+        device,
+        &[(train, train), (cfg.render.width, cfg.render.height)],
+    )
+}

@@ -51,6 +51,8 @@ pub fn run_render(a: RenderArgs) -> Result<()> {
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     super::models::fetch_run(&cfg, false)?;
     cfg.check_model_exists(&a.run)?;
+    let size = (cfg.render.width, cfg.render.height);
+    super::set_threads(&cfg.model, cfg.threads, opts.device, &[size])?;
     let mut extra = a
         .adapters
         .iter()
@@ -115,6 +117,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     super::models::fetch_run(&cfg, true)?;
     cfg.check_model_exists(&a.run)?;
+    super::set_run_threads(&cfg, opts.device)?;
     let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
     if !a.force {
         moslora::train::existing::check(
@@ -158,6 +161,7 @@ fn compare_json(run: &Path, force: bool, events: &JsonEvents) -> Result<()> {
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     super::models::fetch_run(&cfg, true)?;
     cfg.check_model_exists(run)?;
+    super::set_run_threads(&cfg, opts.device)?;
     let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
     if !force {
         moslora::train::existing::check(

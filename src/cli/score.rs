@@ -30,10 +30,13 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     for enc in [&a.clip, &a.dino].into_iter().flatten() {
         super::models::fetch_encoder(enc)?;
     }
+    let device = moslora::runtime::parse_device(&a.device, moslora::runtime::Given::Flag)?;
+    // Not measured per encoder size: every core, waiting passively.
+    moslora::runtime::apply_threads(moslora::runtime::Threads::Auto, device, None)?;
     let o = ScoreOptions {
         clip: a.clip,
         dino: a.dino,
-        device: moslora::runtime::parse_device(&a.device, moslora::runtime::Given::Flag)?,
+        device,
         dino_eps: None,
     };
     score(&a.renders, &o)

@@ -121,6 +121,10 @@ pub fn run(c: SweepCommand) -> Result<ExitCode> {
             };
             let name = s.task_name(s.task(index)?);
             super::models::fetch_run(&s.base, true)?;
+            let cfg = s.run_config(s.task(index)?)?;
+            let device =
+                moslora::runtime::parse_device(&cfg.device, moslora::runtime::Given::RunFile)?;
+            super::set_run_threads(&cfg, device)?;
             match sweep::task::run(&s, index, &mut Bar::new(), &mut Bar::new())? {
                 sweep::task::Outcome::AlreadyDone => println!("task {name}: already done"),
                 sweep::task::Outcome::Done => println!("task {name}: done"),

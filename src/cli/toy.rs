@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use moslora::runtime::parse_dtype;
+use moslora::runtime::Threads;
 use moslora::toyworld::pretrain::{pretrain, PretrainOptions, PretrainProgress, Recipe};
 use moslora::Result;
 
@@ -36,6 +37,8 @@ pub struct PretrainArgs {
 }
 
 pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
+    // Not measured for pretraining's batches: every core, waiting passively.
+    moslora::runtime::apply_threads(Threads::Auto, tch::Device::Cpu, None)?;
     let mut recipe = Recipe {
         seed: a.seed,
         ..Recipe::default()
@@ -146,6 +149,7 @@ pub struct JudgeArgs {
 }
 
 pub fn run_judge(a: JudgeArgs) -> Result<()> {
+    moslora::runtime::apply_threads(Threads::Auto, tch::Device::Cpu, None)?;
     use moslora::toyworld::judge;
     let tok_dir = a.model.join("tokenizer");
     let model = if a.evaluate {

@@ -57,6 +57,8 @@ pub fn run(a: TrainArgs) -> Result<bool> {
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     super::models::fetch_run(&cfg, false)?;
     cfg.check_model_exists(&a.run)?;
+    let train = Some(cfg.train.resolution);
+    super::set_threads(&cfg.model, cfg.threads, opts.device, &[(train, train)])?;
     let _lock = super::lock_outputs(&[&cfg.output])?;
     if !a.force {
         let intent = if a.resume {
@@ -107,6 +109,8 @@ fn train_json(a: &TrainArgs, events: &JsonEvents) -> Result<bool> {
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     super::models::fetch_run(&cfg, false)?;
     cfg.check_model_exists(&a.run)?;
+    let train = Some(cfg.train.resolution);
+    super::set_threads(&cfg.model, cfg.threads, opts.device, &[(train, train)])?;
     let _lock = super::lock_outputs(&[&cfg.output])?;
     if !a.force {
         let intent = if a.resume {

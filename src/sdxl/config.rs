@@ -137,6 +137,20 @@ fn default_time_embedding_type() -> String {
 }
 
 impl UNetConfig {
+    /// Elements in one image's first feature map (`conv_in`'s output) at `width` x `height`
+    /// pixels (None: the model's native side) with a VAE scaling by `vae_scale`: the size of
+    /// the UNet's operations, which decides whether more threads pay
+    /// (`runtime::choose_threads`).
+    pub fn first_map_elements(
+        &self,
+        width: Option<i64>,
+        height: Option<i64>,
+        vae_scale: i64,
+    ) -> i64 {
+        let side = |px: Option<i64>| px.map_or(self.sample_size, |p| p / vae_scale.max(1));
+        self.block_out_channels.first().copied().unwrap_or(0) * side(width) * side(height)
+    }
+
     /// Heads per down block (diffusers: `num_attention_heads or attention_head_dim`).
     pub fn heads(&self) -> Vec<i64> {
         let n = self.block_out_channels.len();

@@ -27,7 +27,7 @@ pub fn run(
     let jobs = jobs.max(1);
     let gpu = sweep.base.device.starts_with("cuda");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / jobs.min(indices.len().max(1))).max(1);
+    let threads = threads_per_task(cores, crate::runtime::thread_cap(), jobs, indices.len());
     let mut queue: VecDeque<usize> = indices.iter().copied().collect();
     let mut slots: Vec<Option<(usize, Child)>> = (0..jobs).map(|_| None).collect();
     let mut out = LocalRun::default();
@@ -51,6 +51,8 @@ pub fn run(
                     if gpu {
                         cmd.env("CUDA_VISIBLE_DEVICES", slot.to_string());
                     } else {
+                        // The most threads the task may take (its `threads:`, auto or set,
+                        // and MOSLORA_THREADS are capped by it): N tasks never oversubscribe.
                         cmd.env("OMP_NUM_THREADS", threads.to_string());
                     }
                     let child = cmd.spawn().map_err(|e| Error::io(exe, e))?;
@@ -80,4 +82,29 @@ pub fn run(
     out.done.sort_unstable();
     out.failed.sort_unstable();
     Ok(out)
+}
+
+/// Each of `jobs` CPU tasks' share of the cores (of `cap`, this process's own OMP_NUM_THREADS,
+/// when set): fewer tasks than jobs share among themselves; at least one thread each.
+pub fn threads_per_task(cores: usize, cap: Option<usize>, jobs: usize, tasks: usize) -> usize {
+    let budget = cap.unwrap_or(cores).max(1);
+    (budget / jobs.max(1).min(tasks.max(1))).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threads_per_task;
+
+    #[test]
+    fn tasks_share_the_cores_without_oversubscribing() {
+        assert_eq!(threads_per_task(2, None, 2, 10), 1);
+        assert_eq!(threads_per_task(16, None, 4, 10), 4);
+        assert_eq!(threads_per_task(16, None, 3, 10), 5);
+        // Fewer tasks than jobs: the cores go to the tasks there are.
+        assert_eq!(threads_per_task(16, None, 8, 2), 8);
+        // This process's own OMP_NUM_THREADS is the budget.
+        assert_eq!(threads_per_task(16, Some(4), 2, 10), 2);
+        // More jobs than cores: one thread each (the jobs themselves oversubscribe).
+        assert_eq!(threads_per_task(2, None, 4, 10), 1);
+    }
 }
