@@ -198,7 +198,7 @@ fn train_reads_heic_and_tiff_and_names_every_file_it_does_not_use() {
              must be at least 16 pixels",
             "edits/: a folder",
             // The UTF-16 caption was read.
-            "1 of 7 photos have their own caption",
+            "1 of 7 photos has its own caption",
         ],
     );
     f.check(
