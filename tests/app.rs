@@ -722,6 +722,30 @@ fn readme_screenshots_from_a_realistic_run() {
     assert!(seen["subject_title"].as_str().unwrap().contains("robot"));
     assert!(seen["lora_points"].as_u64().unwrap() >= 500);
     assert!(seen["samples"].as_u64().unwrap() >= 8);
+    // The status line in each phase's own unit: steps while training, images while rendering.
+    let lines: Vec<&str> = seen["status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("training") && l.contains(" / 500") && l.contains("steps/s")),
+        "{lines:?}"
+    );
+    let rendering: Vec<&&str> = lines.iter().filter(|l| l.contains("image ")).collect();
+    assert!(
+        rendering.iter().all(|l| !l.contains("step")),
+        "{rendering:?}"
+    );
+    assert!(
+        rendering
+            .iter()
+            .any(|l| l.contains("images/s") || l.contains("s/image")),
+        "{rendering:?}"
+    );
     for e in std::fs::read_dir(data.join("screenshots")).unwrap() {
         let p = e.unwrap().path();
         std::fs::copy(&p, repo().join("docs").join(p.file_name().unwrap())).unwrap();

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from study_rater import browser  # noqa: E402
 
 from selenium.common.exceptions import (NoAlertPresentException, NoSuchElementException,  # noqa: E402
-                                        StaleElementReferenceException)
+                                        StaleElementReferenceException, WebDriverException)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -124,7 +124,26 @@ def main():
         wait.until(lambda _: "/jobs/" in d.current_url)
 
         # The job, live, to "done" with the loss chart and a sample.
-        wait.until(lambda _: css("[data-state]").text == "done")
+        # Meanwhile, the status lines it shows (and one picture of each phase, beside --out).
+        seen["status"] = []
+        phases = set()
+
+        def watch(_):
+            try:
+                return look()
+            except WebDriverException:  # the page reloads itself when the state changes
+                return False
+
+        def look():
+            line = css("p.status").text
+            if line and line not in seen["status"]:
+                seen["status"].append(line)
+                phase = line.split()[0]
+                if phase not in phases and "/s" in line:
+                    phases.add(phase)
+                    d.save_screenshot(os.path.join(os.path.dirname(args.out), f"live-{phase}.png"))
+            return css("[data-state]").text == "done"
+        wait.until(watch)
         # The page reloads itself once on "done"; then it replays the job's events.
         time.sleep(1)
         d.refresh()
