@@ -611,16 +611,9 @@ fn stop_resume_kill_and_queue_order_keep_the_bits() {
     std::fs::remove_dir_all(&data).unwrap();
 }
 
-/// The whole path in headless Chromium (`tests/browser/app.py`): a subject named with markup
-/// and 5 photos through the file input, a model, a short comparison from the Toy world preset
-/// watched to "done" with both loss curves and samples, the results flipped, the kohya export
-/// downloaded, a study made (its rater links shown); screenshots of every page, no alert ever.
-#[test]
-fn in_chromium_from_photos_to_a_kohya_file() {
-    study_support::require_browser();
-    let data = scratch("browser");
-    let app = App::start(&data);
-    let shots = data.join("screenshots");
+/// Runs `tests/browser/app.py` against `app` with `args` (beside the base, photos, downloads,
+/// screenshots and output): what it saw, after asserting that it succeeded.
+fn browse(app: &App, data: &Path, args: &[&str]) -> Value {
     let downloads = data.join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     let seen_path = data.join("seen.json");
@@ -628,11 +621,10 @@ fn in_chromium_from_photos_to_a_kohya_file() {
         .arg(repo().join("tests/browser/app.py"))
         .args(["--base", &format!("http://{}", app.addr)])
         .args(["--photos", repo().join("assets/subject").to_str().unwrap()])
-        .args(["--model", tiny_model().to_str().unwrap()])
-        .args(["--steps", "6"])
-        .args(["--screenshots", shots.to_str().unwrap()])
+        .args(["--screenshots", data.join("screenshots").to_str().unwrap()])
         .args(["--downloads", downloads.to_str().unwrap()])
         .args(["--out", seen_path.to_str().unwrap()])
+        .args(args)
         .output()
         .unwrap();
     let seen: Value = serde_json::from_slice(&std::fs::read(&seen_path).unwrap_or_default())
@@ -645,12 +637,6 @@ fn in_chromium_from_photos_to_a_kohya_file() {
     );
     assert_eq!(seen["alerts"], 0);
     assert_eq!(seen["photos"], 5);
-    assert!(seen["subject_title"]
-        .as_str()
-        .unwrap()
-        .contains("<img src=x"));
-    assert!(seen["lora_points"].as_u64().unwrap() >= 6);
-    assert!(seen["samples"].as_u64().unwrap() >= 2);
     assert!(seen["command"].as_str().unwrap().contains("compare"));
     assert_eq!(seen["flipped"], true);
     assert_eq!(seen["flip_label"], "MoSLoRA");
@@ -674,14 +660,95 @@ fn in_chromium_from_photos_to_a_kohya_file() {
     for page in [
         "subject", "models", "new", "job", "results", "study", "queue",
     ] {
-        assert!(shots.join(format!("app-{page}.png")).is_file(), "{page}");
+        let shot = data.join(format!("screenshots/app-{page}.png"));
+        assert!(shot.is_file(), "{page}");
     }
-    // The screenshots go into docs/ when asked (`MOSLORA_APP_SCREENSHOTS=1`).
-    if std::env::var_os("MOSLORA_APP_SCREENSHOTS").is_some() {
-        for e in std::fs::read_dir(&shots).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, repo().join("docs").join(p.file_name().unwrap())).unwrap();
-        }
+    seen
+}
+
+/// The whole path in headless Chromium (`tests/browser/app.py`): a subject named with markup
+/// and 5 photos through the file input, a model, a short comparison from the Toy world preset
+/// watched to "done" with both loss curves and samples, the results flipped, the kohya export
+/// downloaded, a study made (its rater links shown); screenshots of every page, no alert ever.
+#[test]
+fn in_chromium_from_photos_to_a_kohya_file() {
+    study_support::require_browser();
+    let data = scratch("browser");
+    let app = App::start(&data);
+    let seen = browse(
+        &app,
+        &data,
+        &["--model", tiny_model().to_str().unwrap(), "--steps", "6"],
+    );
+    assert!(seen["subject_title"]
+        .as_str()
+        .unwrap()
+        .contains("<img src=x"));
+    assert!(seen["lora_points"].as_u64().unwrap() >= 6);
+    assert!(seen["samples"].as_u64().unwrap() >= 2);
+    app.kill();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+/// The README's screenshots (`docs/app-*.png`), only when `MOSLORA_APP_SCREENSHOTS` is set:
+/// the same path as a person would walk it, on a realistic run (the subject "robot" with the
+/// bundled photos, the shipped toy model, the Toy world preset at its 500 steps on one seed),
+/// so that the samples and results show the robot learnt. About 2-3 minutes on 2 cores.
+#[test]
+fn readme_screenshots_from_a_realistic_run() {
+    if std::env::var_os("MOSLORA_APP_SCREENSHOTS").is_none() {
+        eprintln!(
+            "MOSLORA_APP_SCREENSHOTS is not set: the README's screenshots are left as they are"
+        );
+        return;
+    }
+    study_support::require_browser();
+    let data = scratch("screenshots");
+    let app = App::start(&data);
+    let toy = moslora::shipped::toy_model();
+    let seen = browse(
+        &app,
+        &data,
+        &[
+            "--model",
+            toy.to_str().unwrap(),
+            "--model-name",
+            "Toy world (shipped)",
+            "--steps",
+            "500",
+            "--realistic",
+        ],
+    );
+    assert!(seen["subject_title"].as_str().unwrap().contains("robot"));
+    assert!(seen["lora_points"].as_u64().unwrap() >= 500);
+    assert!(seen["samples"].as_u64().unwrap() >= 8);
+    // The status line in each phase's own unit: steps while training, images while rendering.
+    let lines: Vec<&str> = seen["status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("training") && l.contains(" / 500") && l.contains("steps/s")),
+        "{lines:?}"
+    );
+    let rendering: Vec<&&str> = lines.iter().filter(|l| l.contains("image ")).collect();
+    assert!(
+        rendering.iter().all(|l| !l.contains("step")),
+        "{rendering:?}"
+    );
+    assert!(
+        rendering
+            .iter()
+            .any(|l| l.contains("images/s") || l.contains("s/image")),
+        "{rendering:?}"
+    );
+    for e in std::fs::read_dir(data.join("screenshots")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, repo().join("docs").join(p.file_name().unwrap())).unwrap();
     }
     app.kill();
     std::fs::remove_dir_all(&data).unwrap();

@@ -114,22 +114,34 @@
       pre.textContent += (pre.textContent ? "\n" : "") + line;
       pre.scrollTop = pre.scrollHeight;
     }
+    // The status line: the phase, then its count, rate and time left, each in its own unit.
+    let render = null;
+    function rate(n, unit) {
+      if (!(n > 0) || !Number.isFinite(n)) return "";
+      return n >= 1 ? n.toFixed(2) + " " + unit + "s/s" : (1 / n).toFixed(1) + " s/" + unit;
+    }
+    function status(count, speed, eta) {
+      $("[data-steps]").textContent = count;
+      $("[data-speed]").textContent = speed;
+      $("[data-eta]").textContent = eta != null && Number.isFinite(eta) ? Math.round(eta) + " s left" : "";
+    }
     const es = new EventSource("/jobs/" + id + "/events");
     es.addEventListener("progress", (m) => {
       let e; try { e = JSON.parse(m.data); } catch (_) { return; }
-      if (e.event === "phase") $("[data-phase]").textContent = e.phase;
+      if (e.event === "phase") { $("[data-phase]").textContent = e.phase; status("", "", null); render = null; }
       else if (e.event === "train") { total = e.total || 1; }
       else if (e.event === "step") {
         total = e.total || 1;
         (series[e.adapter] || []).push([e.step, e.smoothed]);
-        $("[data-steps]").textContent = "step " + e.step + " / " + e.total;
-        $("[data-speed]").textContent = e.speed ? e.speed.toFixed(2) + " steps/s" : "";
-        $("[data-eta]").textContent = e.eta != null ? Math.round(e.eta) + " s left" : "";
+        status("step " + e.step + " / " + e.total, rate(e.speed, "step"), e.eta);
         $("[data-loss]").textContent = "loss " + Number(e.smoothed).toFixed(4);
         const p = $("[data-progress]"); p.max = e.total; p.value = e.step;
         draw();
       } else if (e.event === "image") {
-        $("[data-steps]").textContent = "image " + e.done + " / " + e.total;
+        // Images per second since the first image of this render.
+        if (!render || e.done <= render.done) render = { done: e.done, t: e.t };
+        const per = e.t > render.t ? (e.done - render.done) / (e.t - render.t) : NaN;
+        status("image " + e.done + " / " + e.total, rate(per, "image"), per > 0 ? (e.total - e.done) / per : null);
         const p = $("[data-progress]"); p.max = e.total; p.value = e.done;
       } else if (e.event === "file" && e.what === "sample" && e.step != null) {
         const img = document.createElement("img");
@@ -138,7 +150,8 @@
         $("[data-samples]").appendChild(img);
       } else if (e.event === "note") log(e.message);
       else if (e.event === "done" || e.event === "stopped" || e.event === "failed") {
-        $("[data-phase]").textContent = e.event; log(e.event + ": " + e.message);
+        $("[data-phase]").textContent = e.event; $("[data-speed]").textContent = ""; $("[data-eta]").textContent = "";
+        log(e.event + ": " + e.message);
       }
     });
     es.addEventListener("state", (m) => {

@@ -239,12 +239,14 @@ pub fn job(app: &AppState, db: &Store, id: i64) -> Result<String> {
     let b = format!(
         "<section class=\"live\" data-job=\"{id}\">\
          <p>{state} <span class=\"muted\" data-message>{msg}</span> {actions}</p>\
-         <p><b data-phase>waiting</b> <span data-steps></span> <span data-speed></span> <span data-eta></span></p>\
+         <p class=\"status\"><b data-phase>waiting</b> <span data-steps></span> <span data-speed></span> <span data-eta></span></p>\
          <progress data-progress max=\"1\" value=\"0\"></progress>\
-         <h2>Training loss</h2><svg class=\"chart\" data-chart viewBox=\"0 0 600 200\" role=\"img\" aria-label=\"loss curves\">\
-         <polyline data-series=\"lora\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"\"></polyline>\
-         <polyline data-series=\"moslora\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"1.5\" points=\"\"></polyline></svg>\
-         <p class=\"legend\"><span class=\"lora\">LoRA</span> <span class=\"moslora\">MoSLoRA</span> <span data-loss></span></p>\
+         <h2>Training loss</h2><svg class=\"chart\" data-chart viewBox=\"0 0 600 200\" role=\"img\" aria-label=\"loss curves: LoRA solid, MoSLoRA dashed\">\
+         <polyline data-series=\"lora\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2.5\" points=\"\"></polyline>\
+         <polyline data-series=\"moslora\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\" points=\"\"></polyline></svg>\
+         <p class=\"legend\"><span class=\"lora\"><svg viewBox=\"0 0 30 10\" aria-hidden=\"true\"><line x1=\"0\" y1=\"5\" x2=\"30\" y2=\"5\" stroke=\"#1f77b4\" stroke-width=\"2.5\"/></svg> LoRA</span> \
+         <span class=\"moslora\"><svg viewBox=\"0 0 30 10\" aria-hidden=\"true\"><line x1=\"0\" y1=\"5\" x2=\"30\" y2=\"5\" stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\"/></svg> MoSLoRA</span> \
+         <span data-loss></span></p>\
          <h2>Samples</h2><div class=\"samples\" data-samples></div>\
          <p><a href=\"/jobs/{id}/results\" data-results>Results</a></p>\
          <h2>Log</h2><pre class=\"log\" data-log>{log}</pre>\

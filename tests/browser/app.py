@@ -9,6 +9,10 @@ alert may ever open and the title must never change to "pwned". Writes what it s
 
 usage: tests/browser/app.py --base http://127.0.0.1:PORT --photos DIR --model DIR --steps N
                             --screenshots DIR --downloads DIR --out OUT.json
+
+The test run (the defaults) names the subject with markup and cuts everything short on a tiny
+model. The README's screenshots come from a realistic run instead (--realistic: the subject
+"robot", the toy model, a few hundred steps at batch 4, the toy prompt set on one seed).
 """
 
 import argparse
@@ -23,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from study_rater import browser  # noqa: E402
 
 from selenium.common.exceptions import (NoAlertPresentException, NoSuchElementException,  # noqa: E402
-                                        StaleElementReferenceException)
+                                        StaleElementReferenceException, WebDriverException)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -35,11 +39,13 @@ def main():
     for a in ["--base", "--photos", "--model", "--screenshots", "--downloads", "--out"]:
         ap.add_argument(a, required=True)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--model-name", default="tiny")
+    ap.add_argument("--realistic", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.screenshots, exist_ok=True)
     profile = tempfile.mkdtemp(prefix="app-profile-")
     d = browser(args.downloads, profile)
-    wait = WebDriverWait(d, 240, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    wait = WebDriverWait(d, 900 if args.realistic else 240, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
     seen = {"pages": {}}
     alerts = 0
 
@@ -65,7 +71,7 @@ def main():
     try:
         # Subjects: create one named with markup.
         d.get(args.base + "/subjects")
-        css('input[name="name"]').send_keys(MARKUP)
+        css('input[name="name"]').send_keys("robot" if args.realistic else MARKUP)
         css('input[name="class"]').send_keys("robot")
         css("form.api button").click()
         wait.until(lambda _: "/subjects/" in d.current_url)
@@ -80,36 +86,64 @@ def main():
 
         # Models: list the test's model by path.
         d.get(args.base + "/models")
-        css('input[name="path"]').send_keys(args.model)
-        css('input[name="name"]').send_keys("tiny")
-        css("form.api button").click()
-        wait.until(lambda _: "tiny" in css("ul.cards").text)
+        # (the shipped toy model is listed from the start)
+        if args.model_name not in css("ul.cards").text:
+            css('input[name="path"]').send_keys(args.model)
+            css('input[name="name"]').send_keys(args.model_name)
+            css("form.api button").click()
+            wait.until(lambda _: args.model_name in css("ul.cards").text)
         shot("models")
 
         # New comparison: Toy world preset, own prompts, the RUN.yaml cut short.
         d.get(args.base + "/new")
-        Select(css('select[name="model"]')).select_by_visible_text("tiny")
+        Select(css('select[name="model"]')).select_by_visible_text(args.model_name)
         Select(css('select[name="preset"]')).select_by_value("toy")
-        css('textarea[name="lines"]').send_keys("a [V] {class} in the snow\na [V] {class} on a beach")
+        if not args.realistic:
+            css('textarea[name="lines"]').send_keys("a [V] {class} in the snow\na [V] {class} on a beach")
         css("details summary").click()
         css("button.preview").click()
         yaml = css('textarea[name="yaml"]')
         wait.until(lambda _: "steps: 500" in yaml.get_attribute("value"))
         text = (yaml.get_attribute("value")
                 .replace("steps: 500", f"steps: {args.steps}")
-                .replace("batch_size: 4", "batch_size: 1")
-                .replace("sample_every: 25", "sample_every: 2")
-                .replace("checkpoint_every: 25", "checkpoint_every: 2")
-                .replace("seeds: [0, 1, 2, 3]", "seeds: [0]")
-                .replace("  steps: 30\n", "  steps: 2\n"))
+                .replace("seeds: [0, 1, 2, 3]", "seeds: [0]"))
+        if args.realistic:
+            every = max(args.steps // 4, 1)
+            text = (text.replace("sample_every: 25", f"sample_every: {every}")
+                    .replace("checkpoint_every: 25", f"checkpoint_every: {every}"))
+        else:
+            text = (text.replace("batch_size: 4", "batch_size: 1")
+                    .replace("sample_every: 25", "sample_every: 2")
+                    .replace("checkpoint_every: 25", "checkpoint_every: 2")
+                    .replace("  steps: 30\n", "  steps: 2\n"))
         yaml.clear()
         yaml.send_keys(text)
+        d.execute_script("window.scrollTo(0, 0)")  # the choices first, then the YAML
         shot("new")
         css("form.api > button:last-of-type").click()
         wait.until(lambda _: "/jobs/" in d.current_url)
 
         # The job, live, to "done" with the loss chart and a sample.
-        wait.until(lambda _: css("[data-state]").text == "done")
+        # Meanwhile, the status lines it shows (and one picture of each phase, beside --out).
+        seen["status"] = []
+        phases = set()
+
+        def watch(_):
+            try:
+                return look()
+            except WebDriverException:  # the page reloads itself when the state changes
+                return False
+
+        def look():
+            line = css("p.status").text
+            if line and line not in seen["status"]:
+                seen["status"].append(line)
+                phase = line.split()[0]
+                if phase not in phases and "/s" in line:
+                    phases.add(phase)
+                    d.save_screenshot(os.path.join(os.path.dirname(args.out), f"live-{phase}.png"))
+            return css("[data-state]").text == "done"
+        wait.until(watch)
         # The page reloads itself once on "done"; then it replays the job's events.
         time.sleep(1)
         d.refresh()
@@ -118,7 +152,9 @@ def main():
         seen["lora_points"] = css('polyline[data-series="lora"]').get_attribute("points").count(",")
         seen["samples"] = len(d.find_elements(By.CSS_SELECTOR, "[data-samples] img"))
         seen["command"] = d.find_elements(By.CSS_SELECTOR, "section.live pre")[1].text
+        d.set_window_size(1280, 1050)  # the title, the loss curves and the samples in one picture
         shot("job")
+        d.set_window_size(1280, 900)
 
         # Results: flip, then download the kohya export.
         css("a[data-results]").click()
@@ -128,6 +164,8 @@ def main():
         after = flip.get_attribute("src")
         seen["flipped"] = before != after and after.endswith(flip.get_attribute("data-b"))
         seen["flip_label"] = css("button.flipper span").text
+        for h in d.find_elements(By.XPATH, "//h2[contains(., 'same noise')]"):
+            d.execute_script("arguments[0].scrollIntoView()", h)  # the pictures, under the scores
         shot("results")
         css("a[data-kohya]").click()
         deadline = time.time() + 60
