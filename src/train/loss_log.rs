@@ -172,6 +172,9 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
                 .fold(0f64, |m, (_, d)| m.max(d.abs()))
                 .max(1e-6)
                 * 1.1;
+            // Enough decimals that the axis's labels differ: the two runs' smoothed losses often
+            // part by less than 0.001.
+            let decimals = ((-m.log10()).ceil() as i64 + 1).clamp(3, 8) as usize;
             let mut diff = ChartBuilder::on(&bottom)
                 .caption(
                     format!("smoothed loss minus {}'s", runs[0].0),
@@ -185,7 +188,7 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
             diff.configure_mesh()
                 .x_desc("optimizer step")
                 .x_label_formatter(&|x| format!("{}", *x as i64))
-                .y_label_formatter(&|y| format!("{y:+.3}"))
+                .y_label_formatter(&|y| format!("{y:+.decimals$}"))
                 .label_style(("sans-serif", 13))
                 .draw()
                 .map_err(|e| err(&e))?;
