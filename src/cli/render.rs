@@ -12,6 +12,7 @@ use moslora::Result;
 
 use super::progress::Bar;
 use super::progress_json::{JsonEvents, ProgressMode};
+use super::Locks;
 
 #[derive(Args)]
 pub struct RenderArgs {
@@ -113,20 +114,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         return r;
     }
     let cfg = RunConfig::load(&a.run)?;
-    // Everything that can be refused at once is, before the output folder is touched.
-    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
-    super::models::fetch_run(&cfg, true)?;
-    cfg.check_model_exists(&a.run)?;
-    super::set_run_threads(&cfg, opts.device)?;
-    let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
-    if !a.force {
-        moslora::train::existing::check(
-            &cfg,
-            &moslora::train::AdapterKind::BOTH,
-            moslora::train::existing::Intent::Compare,
-            &a.run,
-        )?;
-    }
+    let (opts, _lock) = prepare_compare(&a.run, a.force, &cfg)?;
     let mut bar = Bar::new();
     let (outcomes, m) = moslora::render::compare(&cfg, opts, &mut Bar::new(), &mut bar)?;
     for o in &outcomes {
@@ -152,25 +140,32 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// `compare` with its progress as JSON events on stdout (and its summary in them).
-fn compare_json(run: &Path, force: bool, events: &JsonEvents) -> Result<()> {
-    events.enter("loading");
-    let cfg = RunConfig::load(run)?;
-    let events = events.watching(&cfg);
-    // As the bar's compare: everything that can be refused at once is, before the lock.
+/// What `compare` does before its work, for the bar and the JSON stream alike: everything that
+/// can be refused at once is, before the output folders are locked (the device, the model, work
+/// of other settings), then the threads are set and the folders locked.
+fn prepare_compare(run: &Path, force: bool, cfg: &RunConfig) -> Result<(RunOptions, Locks)> {
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
-    super::models::fetch_run(&cfg, true)?;
+    super::models::fetch_run(cfg, true)?;
     cfg.check_model_exists(run)?;
-    super::set_run_threads(&cfg, opts.device)?;
-    let _lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
+    super::set_run_threads(cfg, opts.device)?;
+    let lock = super::lock_outputs(&[&cfg.output, &cfg.render_dir()])?;
     if !force {
         moslora::train::existing::check(
-            &cfg,
+            cfg,
             &moslora::train::AdapterKind::BOTH,
             moslora::train::existing::Intent::Compare,
             run,
         )?;
     }
+    Ok((opts, lock))
+}
+
+/// `compare` with its progress as JSON events on stdout (and its summary in them).
+fn compare_json(run: &Path, force: bool, events: &JsonEvents) -> Result<()> {
+    events.enter("loading");
+    let cfg = RunConfig::load(run)?;
+    let events = events.watching(&cfg);
+    let (opts, _lock) = prepare_compare(run, force, &cfg)?;
     let (outcomes, m) =
         moslora::render::compare(&cfg, opts, &mut events.clone(), &mut events.clone())?;
     for o in &outcomes {

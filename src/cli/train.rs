@@ -13,6 +13,7 @@ use moslora::Result;
 
 use super::progress::Bar;
 use super::progress_json::{JsonEvents, ProgressMode};
+use super::Locks;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -49,25 +50,7 @@ pub fn run(a: TrainArgs) -> Result<bool> {
         return r;
     }
     let cfg = RunConfig::load(&a.run)?;
-    // Everything that can be refused at once is, before the output folder is touched.
-    let kinds: Vec<AdapterKind> = match &a.adapter {
-        Some(k) => vec![AdapterKind::parse(k)?],
-        None => AdapterKind::BOTH.to_vec(),
-    };
-    let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
-    super::models::fetch_run(&cfg, false)?;
-    cfg.check_model_exists(&a.run)?;
-    let train = Some(cfg.train.resolution);
-    super::set_threads(&cfg.model, cfg.threads, opts.device, &[(train, train)])?;
-    let _lock = super::lock_outputs(&[&cfg.output])?;
-    if !a.force {
-        let intent = if a.resume {
-            Intent::Resume
-        } else {
-            Intent::Fresh
-        };
-        moslora::train::existing::check(&cfg, &kinds, intent, &a.run)?;
-    }
+    let (kinds, opts, _lock) = prepare(&a, &cfg)?;
     let outcomes = moslora::train::train(&cfg, &kinds, opts, a.resume, &mut Bar::new())?;
     let mut interrupted = false;
     for o in &outcomes {
@@ -96,30 +79,37 @@ pub fn run(a: TrainArgs) -> Result<bool> {
     Ok(!interrupted)
 }
 
-/// `train` with its progress as JSON events on stdout; false when stopped (checkpoint saved).
-fn train_json(a: &TrainArgs, events: &JsonEvents) -> Result<bool> {
-    events.enter("loading");
-    let cfg = RunConfig::load(&a.run)?;
-    let events = events.watching(&cfg);
-    // As the bar's train: everything that can be refused at once is, before the lock.
+/// What `train` does before training, for the bar and the JSON stream alike: everything that
+/// can be refused at once is, before the output folder is locked (the device, the model, the
+/// work already there), then the threads are set and the folder locked.
+fn prepare(a: &TrainArgs, cfg: &RunConfig) -> Result<(Vec<AdapterKind>, RunOptions, Locks)> {
     let kinds: Vec<AdapterKind> = match &a.adapter {
         Some(k) => vec![AdapterKind::parse(k)?],
         None => AdapterKind::BOTH.to_vec(),
     };
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
-    super::models::fetch_run(&cfg, false)?;
+    super::models::fetch_run(cfg, false)?;
     cfg.check_model_exists(&a.run)?;
     let train = Some(cfg.train.resolution);
     super::set_threads(&cfg.model, cfg.threads, opts.device, &[(train, train)])?;
-    let _lock = super::lock_outputs(&[&cfg.output])?;
+    let lock = super::lock_outputs(&[&cfg.output])?;
     if !a.force {
         let intent = if a.resume {
             Intent::Resume
         } else {
             Intent::Fresh
         };
-        moslora::train::existing::check(&cfg, &kinds, intent, &a.run)?;
+        moslora::train::existing::check(cfg, &kinds, intent, &a.run)?;
     }
+    Ok((kinds, opts, lock))
+}
+
+/// `train` with its progress as JSON events on stdout; false when stopped (checkpoint saved).
+fn train_json(a: &TrainArgs, events: &JsonEvents) -> Result<bool> {
+    events.enter("loading");
+    let cfg = RunConfig::load(&a.run)?;
+    let events = events.watching(&cfg);
+    let (kinds, opts, _lock) = prepare(a, &cfg)?;
     let outcomes = moslora::train::train(&cfg, &kinds, opts, a.resume, &mut events.clone())?;
     for o in &outcomes {
         events.note(&format!(
