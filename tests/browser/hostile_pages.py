@@ -81,7 +81,8 @@ def main():
     args = ap.parse_args()
     profile = tempfile.mkdtemp(prefix="hostile-pages-profile-")
     driver = browser(profile)
-    wait = WebDriverWait(driver, 15)
+    # Generous: on a loaded CI machine a headless Chromium reload can take many seconds.
+    wait = WebDriverWait(driver, 60)
     report = {}
     try:
         # The gallery: one inline script of its own.
@@ -103,7 +104,15 @@ def main():
         report["rater"]["shown_prompt"] = driver.find_element(By.ID, "prompt-text").text
         # Reload: the name and answers come back from localStorage, through the same code.
         driver.refresh()
-        wait.until(lambda d: visible("trial"))
+        try:
+            wait.until(lambda d: visible("trial"))
+        except Exception:
+            # What the reloaded page holds, to tell a lost save from a slow page.
+            print("after the reload:", driver.execute_script(
+                "return {stored: Object.keys(localStorage), ready: document.readyState,"
+                " sections: ['start', 'trial', 'done'].map(i => i + ': ' + document.getElementById(i).className)}"),
+                file=sys.stderr)
+            raise
         report["rater_reloaded"] = inspect(driver, [args.rater_name], 2)
     finally:
         driver.quit()

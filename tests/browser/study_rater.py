@@ -72,7 +72,7 @@ def main():
     os.makedirs(args.downloads, exist_ok=True)
     profile = tempfile.mkdtemp(prefix="study-rater-profile-")
     driver = browser(os.path.abspath(args.downloads), profile)
-    wait = WebDriverWait(driver, 15)
+    wait = WebDriverWait(driver, 60)  # generous: a loaded CI machine is slow
     keys = lambda k: ActionChains(driver).send_keys(k).perform()
     el = lambda i: driver.find_element(By.ID, i)
     visible = lambda i: "hidden" not in (el(i).get_attribute("class") or "").split()

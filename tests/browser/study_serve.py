@@ -40,7 +40,7 @@ class Rater:
         self.profile = tempfile.mkdtemp(prefix="study-serve-profile-")
         self.downloads = tempfile.mkdtemp(prefix="study-serve-dl-")
         self.driver = browser(self.downloads, self.profile)
-        self.wait = WebDriverWait(self.driver, 20)
+        self.wait = WebDriverWait(self.driver, 60)  # generous: a loaded CI machine is slow
         self.url, self.log = url, log
 
     def close(self):
