@@ -617,104 +617,105 @@ pub fn chart(t: &Tally, path: &Path) -> Result<()> {
     // x in hundredths of a group (integer coordinates carry custom key points and labels).
     let n = groups.len().max(1) as i32 * 100;
     let centres: Vec<i32> = (0..groups.len() as i32).map(|i| i * 100 + 50).collect();
-    fsutil::write_atomic(path, |tmp| {
-        let err =
-            |e: &dyn std::fmt::Display| Error::msg(format!("drawing {}: {e}", path.display()));
-        {
-            let root = BitMapBackend::new(tmp, (1000, 560)).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| err(&e))?;
-            let label_of = |x: &i32| {
-                groups
-                    .iter()
-                    .enumerate()
-                    .find(|(i, _)| *i as i32 * 100 + 50 == *x)
-                    .map(|(_, g)| g.0.clone())
-                    .unwrap_or_default()
-            };
-            let mut chart = ChartBuilder::on(&root)
-                .caption(&title, ("sans-serif", 22))
-                .margin(16)
-                .x_label_area_size(58)
-                .y_label_area_size(60)
-                .build_cartesian_2d((0i32..n).with_key_points(centres.clone()), 0f64..100f64)
-                .map_err(|e| err(&e))?;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_label_formatter(&label_of)
-                .x_desc("whiskers: Wilson 95 % intervals")
-                .y_desc("share of votes (%)")
-                .y_label_formatter(&|v| format!("{v:.0}"))
-                .label_style(("sans-serif", 15))
-                .axis_desc_style(("sans-serif", 15))
-                .light_line_style(WHITE.mix(0.0))
-                .bold_line_style(BLACK.mix(0.08))
-                .draw()
-                .map_err(|e| err(&e))?;
-            let width = 20;
-            for (k, (name, colour)) in bars.iter().enumerate() {
-                let colour = *colour;
-                let mut rects = Vec::new();
-                let mut whiskers = Vec::new();
-                let mut labels = Vec::new();
-                for (g, (_, s)) in groups.iter().enumerate() {
-                    let share = [&s.win, &s.tie, &s.loss][k];
-                    let x0 = g as i32 * 100 + 50 + (k as i32 * 2 - 3) * width / 2 + 1;
-                    let x1 = x0 + width - 2;
-                    let v = if share.percent.is_finite() {
-                        share.percent
-                    } else {
-                        0.0
-                    };
-                    rects.push(Rectangle::new([(x0, 0.0), (x1, v)], colour.filled()));
-                    let xm = (x0 + x1) / 2;
-                    let mut top = v;
-                    if let Some((lo, hi)) = share.ci95 {
-                        let cap = width / 5;
-                        whiskers.push(PathElement::new(
-                            vec![(xm, lo), (xm, hi)],
-                            BLACK.stroke_width(2),
-                        ));
-                        whiskers.push(PathElement::new(
-                            vec![(xm - cap, lo), (xm + cap, lo)],
-                            BLACK.stroke_width(2),
-                        ));
-                        whiskers.push(PathElement::new(
-                            vec![(xm - cap, hi), (xm + cap, hi)],
-                            BLACK.stroke_width(2),
-                        ));
-                        top = hi;
-                    }
-                    if share.percent.is_finite() {
-                        labels.push(Text::new(
-                            format!("{:.1} %", share.percent),
-                            (xm - width / 4, (top + 2.0).min(97.0) + 3.5),
-                            ("sans-serif", 15).into_font(),
-                        ));
-                    }
+    let err = |e: &dyn std::fmt::Display| Error::msg(format!("drawing {}: {e}", path.display()));
+    // Drawn in memory and written by fsutil, as loss.png is (one PNG encoder in the build).
+    let (w, h) = (1000u32, 560u32);
+    let mut pixels = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let label_of = |x: &i32| {
+            groups
+                .iter()
+                .enumerate()
+                .find(|(i, _)| *i as i32 * 100 + 50 == *x)
+                .map(|(_, g)| g.0.clone())
+                .unwrap_or_default()
+        };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(58)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0i32..n).with_key_points(centres.clone()), 0f64..100f64)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_label_formatter(&label_of)
+            .x_desc("whiskers: Wilson 95 % intervals")
+            .y_desc("share of votes (%)")
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(WHITE.mix(0.0))
+            .bold_line_style(BLACK.mix(0.08))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let width = 20;
+        for (k, (name, colour)) in bars.iter().enumerate() {
+            let colour = *colour;
+            let mut rects = Vec::new();
+            let mut whiskers = Vec::new();
+            let mut labels = Vec::new();
+            for (g, (_, s)) in groups.iter().enumerate() {
+                let share = [&s.win, &s.tie, &s.loss][k];
+                let x0 = g as i32 * 100 + 50 + (k as i32 * 2 - 3) * width / 2 + 1;
+                let x1 = x0 + width - 2;
+                let v = if share.percent.is_finite() {
+                    share.percent
+                } else {
+                    0.0
+                };
+                rects.push(Rectangle::new([(x0, 0.0), (x1, v)], colour.filled()));
+                let xm = (x0 + x1) / 2;
+                let mut top = v;
+                if let Some((lo, hi)) = share.ci95 {
+                    let cap = width / 5;
+                    whiskers.push(PathElement::new(
+                        vec![(xm, lo), (xm, hi)],
+                        BLACK.stroke_width(2),
+                    ));
+                    whiskers.push(PathElement::new(
+                        vec![(xm - cap, lo), (xm + cap, lo)],
+                        BLACK.stroke_width(2),
+                    ));
+                    whiskers.push(PathElement::new(
+                        vec![(xm - cap, hi), (xm + cap, hi)],
+                        BLACK.stroke_width(2),
+                    ));
+                    top = hi;
                 }
-                chart
-                    .draw_series(rects)
-                    .map_err(|e| err(&e))?
-                    .label(name.clone())
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled())
-                    });
-                chart.draw_series(whiskers).map_err(|e| err(&e))?;
-                chart.draw_series(labels).map_err(|e| err(&e))?;
+                if share.percent.is_finite() {
+                    labels.push(Text::new(
+                        format!("{:.1} %", share.percent),
+                        (xm - width / 4, (top + 2.0).min(97.0) + 3.5),
+                        ("sans-serif", 15).into_font(),
+                    ));
+                }
             }
             chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperMiddle)
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK.mix(0.3))
-                .label_font(("sans-serif", 15))
-                .draw()
-                .map_err(|e| err(&e))?;
-            root.present().map_err(|e| err(&e))?;
+                .draw_series(rects)
+                .map_err(|e| err(&e))?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled())
+                });
+            chart.draw_series(whiskers).map_err(|e| err(&e))?;
+            chart.draw_series(labels).map_err(|e| err(&e))?;
         }
-        Ok(())
-    })
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperMiddle)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, pixels).expect("the buffer is w x h x 3");
+    fsutil::write_png(path, &img, &[])
 }
 
 /// Write `tally.md`, `tally.csv`, `tally.json` and `tally.png` into `dir`.
