@@ -30,6 +30,7 @@ pub mod recompute;
 pub mod run;
 pub mod text;
 pub mod trainer;
+pub mod validation;
 
 pub use batch::{make_batch, step_seed, Batch};
 pub use data::{prepare_data, prepare_data_and_text, Sampler, TrainData};
