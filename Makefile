@@ -27,9 +27,12 @@ SELENIUM  := selenium==4.51.0
 # The Kubernetes API's models in the official client: the sweep's Job manifest is checked
 # against them (tests/reference/check_k8s_job.py).
 KUBERNETES := kubernetes==37.0.2
+# TensorBoard's own reader checks the event files a run writes (tests/tensorboard.rs), and is
+# how people open them: `tensorboard --logdir OUT/tb`.
+TENSORBOARD := tensorboard==2.21.0
 REF_PKGS  := diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 \
              accelerate==1.15.0 numpy pillow $(SELENIUM) $(KUBERNETES) \
-             $(PILLOW_HEIF)
+             $(PILLOW_HEIF) $(TENSORBOARD)
 # Only the CLIP BPE merges file is needed from open-clip; its own dependencies are not.
 OPENCLIP  := open-clip-torch==3.3.0
 # torchvision (the release made for torch 2.11) for the photo references: diffusers' DreamBooth
@@ -112,6 +115,11 @@ $(VENV)/.k8s: $(VENV)/.reference
 	$(PY) -m pip install --quiet $(KUBERNETES)
 	touch $@
 
+# TensorBoard, also for a .venv made before it joined REF_PKGS.
+$(VENV)/.tensorboard: $(VENV)/.reference
+	$(PY) -m pip install --quiet $(TENSORBOARD)
+	touch $@
+
 # The house stays clean: the layer check (no import up a layer, no loop between modules),
 # formatting and clippy (every target, warnings as errors) run first.
 lint: $(VENV)/.torch $(VENV)/.libheif
@@ -119,7 +127,7 @@ lint: $(VENV)/.torch $(VENV)/.libheif
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
 
-test: $(FIXTURES)/.stamp $(VENV)/.browser $(VENV)/.k8s $(VENV)/.heif-ref lint
+test: $(FIXTURES)/.stamp $(VENV)/.browser $(VENV)/.k8s $(VENV)/.heif-ref $(VENV)/.tensorboard lint
 	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release --no-fail-fast -- --test-threads=1
 
 # The whole job on the toy world's pretrained model (assets/toy-model): train LoRA and MoSLoRA

@@ -27,7 +27,7 @@ pub struct State {
     pub learning_rates: Vec<f64>,
     /// Each step's gradient norm before clipping (absent from checkpoints made before it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub grad_norms: Vec<f64>,
+    pub grad_norms: Vec<f32>,
     /// The validation losses measured so far, (step, loss).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validation: Vec<(u64, f32)>,
@@ -50,7 +50,7 @@ pub struct RunState<'a> {
     pub meta: &'a AdapterMeta,
     pub losses: &'a [f32],
     pub learning_rates: &'a [f64],
-    pub grad_norms: &'a [f64],
+    pub grad_norms: &'a [f32],
     pub validation: &'a [(u64, f32)],
 }
 

@@ -34,12 +34,12 @@ pub fn smooth(values: &[f32], beta: f64) -> Vec<f64> {
 /// `step,loss,smoothed_loss,learning_rate,grad_norm` per optimizer step (the gradient norm
 /// before clipping; `NaN` for steps of a checkpoint made before it was kept). Logs written
 /// before the last column was added read the same.
-pub fn write_csv(path: &Path, losses: &[f32], lrs: &[f64], grad_norms: &[f64]) -> Result<()> {
+pub fn write_csv(path: &Path, losses: &[f32], lrs: &[f64], grad_norms: &[f32]) -> Result<()> {
     let smoothed = smooth(losses, 0.9);
     let mut text = String::from("step,loss,smoothed_loss,learning_rate,grad_norm\n");
     for (i, l) in losses.iter().enumerate() {
         let lr = lrs.get(i).copied().unwrap_or(f64::NAN);
-        let g = grad_norms.get(i).copied().unwrap_or(f64::NAN);
+        let g = grad_norms.get(i).copied().unwrap_or(f32::NAN);
         text.push_str(&format!("{},{l},{:.6},{lr:e},{g}\n", i + 1, smoothed[i]));
     }
     fsutil::write_bytes(path, text.as_bytes())

@@ -28,6 +28,7 @@ pub mod lr_schedule;
 pub mod optimizer;
 pub mod recompute;
 pub mod run;
+pub mod tensorboard;
 pub mod text;
 pub mod trainer;
 pub mod validation;

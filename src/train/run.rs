@@ -90,6 +90,12 @@ impl RunPaths {
     pub fn validation_csv(&self) -> PathBuf {
         self.dir.join("validation.csv")
     }
+    /// This run's TensorBoard folder, `OUT/tb/<kind>`: `tensorboard --logdir OUT/tb` shows
+    /// the runs side by side.
+    pub fn tensorboard(&self) -> PathBuf {
+        let kind = self.dir.file_name().unwrap_or_default();
+        self.dir.with_file_name("tb").join(kind)
+    }
     pub fn loss_png(&self) -> PathBuf {
         self.dir.join("loss.png")
     }

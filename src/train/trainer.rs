@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::data::{prepare_data_and_text, Sampler, TrainData};
 use super::optimizer::AdamW;
 use super::run::{model_identity, training_settings, AdapterKind, RunPaths};
+use super::tensorboard::EventWriter;
 use super::text::TextTraining;
 use super::validation::{BestValidation, ValidationSet};
 use super::{
@@ -168,7 +169,7 @@ impl TrainJob<'_> {
 
         let mut losses: Vec<f32> = Vec::new();
         let mut lrs: Vec<f64> = Vec::new();
-        let mut grad_norms: Vec<f64> = Vec::new();
+        let mut grad_norms: Vec<f32> = Vec::new();
         let mut validation: Vec<(u64, f32)> = Vec::new();
         let mut resumed = false;
         if self.resume {
@@ -181,7 +182,7 @@ impl TrainJob<'_> {
                 lrs = state.learning_rates;
                 grad_norms = state.grad_norms;
                 // Steps of a checkpoint made before gradient norms were kept have none.
-                grad_norms.resize(losses.len(), f64::NAN);
+                grad_norms.resize(losses.len(), f32::NAN);
                 validation = state.validation;
                 resumed = true;
                 progress.note(&format!("{}: resuming at step {}", kind.label(), opt.step));
@@ -195,6 +196,12 @@ impl TrainJob<'_> {
             let _ = std::fs::remove_dir_all(paths.step_adapters());
         }
         std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+        // TensorBoard: a fresh run starts a fresh folder; a resumed one a new file that drops
+        // what a killed run logged past the checkpoint.
+        if !resumed {
+            let _ = std::fs::remove_dir_all(paths.tensorboard());
+        }
+        let mut tb = EventWriter::create(&paths.tensorboard(), resumed.then_some(opt.step + 1))?;
 
         let blocks = crate::adapter::file::UnetBlocks::of(unet.config());
         let meta = |steps: u64| AdapterMeta {
@@ -220,17 +227,21 @@ impl TrainJob<'_> {
                             unet: &UNet2DConditionModel,
                             text: Option<&TextTraining>,
                             validation: &mut Vec<(u64, f32)>,
-                            progress: &mut dyn Progress| {
+                            progress: &mut dyn Progress,
+                            tb: &mut EventWriter|
+         -> Result<()> {
             if let Some(v) = val_set.as_mut() {
                 let l = v.loss(unet, text, &sched, cfg, opts.dtype);
                 validation.push((step, l));
                 progress.validation(step, l);
+                tb.scalars(step, &[("loss/validation", l)])?;
             }
+            Ok(())
         };
         progress.start(kind, total, opt.step);
         if opt.step == 0 && !validation.iter().any(|(s, _)| *s == 0) {
             // The base model's, where every curve starts.
-            validate(0, unet, text.as_deref(), &mut validation, progress);
+            validate(0, unet, text.as_deref(), &mut validation, progress, &mut tb)?;
         }
         let started = Instant::now();
         let mut interrupted = false;
@@ -254,10 +265,26 @@ impl TrainJob<'_> {
             }
             losses.push(value);
             lrs.push(lr);
-            grad_norms.push(opt.last_grad_norm);
+            // An f32 norm (of f32 gradients), kept as one: it goes through JSON exactly.
+            grad_norms.push(opt.last_grad_norm as f32);
+            tb.scalars(
+                step,
+                &[
+                    ("loss/train", value),
+                    ("learning_rate", lr as f32),
+                    ("grad_norm", opt.last_grad_norm as f32),
+                ],
+            )?;
             let every = cfg.train.validate_every;
             if every > 0 && (step.is_multiple_of(every) || step == total) {
-                validate(step, unet, text.as_deref(), &mut validation, progress);
+                validate(
+                    step,
+                    unet,
+                    text.as_deref(),
+                    &mut validation,
+                    progress,
+                    &mut tb,
+                )?;
             }
             let smoothed = loss_log::smooth(&losses, 0.9)
                 .last()
@@ -268,6 +295,9 @@ impl TrainJob<'_> {
                 if step.is_multiple_of(cfg.train.sample_every) || step == total {
                     let path = paths.samples().join(format!("step_{step:06}.png"));
                     write_sample(cfg, self.data, text.as_deref(), s, unet, opts, &path)?;
+                    let png = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                    let side = cfg.train.resolution as u32;
+                    tb.image(step, "sample", &png, side, side)?;
                 }
             }
             let keep = cfg.train.save_adapter_every;
@@ -293,6 +323,7 @@ impl TrainJob<'_> {
                     validation: &validation,
                 };
                 checkpoint::save(&paths.checkpoint(), unet, encoders, &run)?;
+                tb.sync()?;
             }
         }
         progress.finish();
@@ -308,6 +339,7 @@ impl TrainJob<'_> {
             validation: &validation,
         };
         checkpoint::save(&paths.checkpoint(), unet, encoders, &run)?;
+        tb.sync()?;
         loss_log::write_csv(&paths.loss_csv(), &losses, &lrs, &grad_norms)?;
         if validation.is_empty() {
             let _ = std::fs::remove_file(paths.validation_csv());
