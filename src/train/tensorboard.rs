@@ -9,7 +9,8 @@
 //! `summary.proto`).
 //!
 //! Crash safety: records are only ever appended, each in one write, so a killed run leaves at
-//! worst a torn last record, which TensorBoard's reader skips. Each process writes a new file;
+//! worst a torn last record, which TensorBoard's reader skips. Each process that logs a step
+//! writes a new file (made at its first event: a run resumed at its end makes none);
 //! a resumed run's file starts with a `SessionLog` START at its first step, by which
 //! TensorBoard drops what a killed run had logged past its last checkpoint (the steps the
 //! resumed run logs again), as PyTorch's `SummaryWriter(purge_step=...)` does.
@@ -23,16 +24,28 @@ use crate::error::{Error, Result};
 /// One process's event file in a run's TensorBoard folder.
 #[derive(Debug)]
 pub struct EventWriter {
-    path: PathBuf,
-    file: File,
+    dir: PathBuf,
+    purge_from: Option<u64>,
+    /// The file and its path, once the first event is written.
+    file: Option<(File, PathBuf)>,
 }
 
 impl EventWriter {
-    /// Start a new event file in `dir` (made if missing). `purge_from`: the first step this
-    /// process logs when it continues an earlier one; what earlier files hold from that step
-    /// on is then dropped by TensorBoard. Files are named in the order they are made (a
-    /// sequence number first), which is the order TensorBoard reads them in.
-    pub fn create(dir: &Path, purge_from: Option<u64>) -> Result<EventWriter> {
+    /// The event file of this process in `dir` (both made at the first event). `purge_from`:
+    /// the first step this process logs when it continues an earlier one; what earlier files
+    /// hold from that step on is then dropped by TensorBoard.
+    pub fn new(dir: &Path, purge_from: Option<u64>) -> EventWriter {
+        EventWriter {
+            dir: dir.to_path_buf(),
+            purge_from,
+            file: None,
+        }
+    }
+
+    /// Start the file: named in the order files are made (a sequence number first), which
+    /// is the order TensorBoard reads them in; `file_version` first, then the purge.
+    fn open(&mut self) -> Result<()> {
+        let dir = &self.dir;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let seq = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
@@ -46,21 +59,17 @@ impl EventWriter {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        let mut w = EventWriter { path, file };
+        self.file = Some((file, path));
         let mut first = Vec::new();
         field_double(&mut first, 1, now());
         field_bytes(&mut first, 3, b"brain.Event:2");
-        w.record(&first)?;
-        if let Some(step) = purge_from {
+        self.record(&first)?;
+        if let Some(step) = self.purge_from {
             let mut log = Vec::new();
             field_varint(&mut log, 1, 1); // SessionLog.status = START
-            w.event(step, 7, &log)?;
+            self.event(step, 7, &log)?;
         }
-        Ok(w)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(())
     }
 
     /// Scalars (tag, value) of one step, in one event.
@@ -99,11 +108,17 @@ impl EventWriter {
 
     /// Make what was written durable (at checkpoints and at the end).
     pub fn sync(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+        match &self.file {
+            Some((f, path)) => f.sync_data().map_err(|e| Error::io(path, e)),
+            None => Ok(()),
+        }
     }
 
     /// An event of `step` with its payload message in field `field` (5 summary, 7 session log).
     fn event(&mut self, step: u64, field: u32, payload: &[u8]) -> Result<()> {
+        if self.file.is_none() {
+            self.open()?;
+        }
         let mut e = Vec::with_capacity(payload.len() + 24);
         field_double(&mut e, 1, now());
         field_varint(&mut e, 2, step);
@@ -119,9 +134,9 @@ impl EventWriter {
         r.extend_from_slice(&masked_crc(&len).to_le_bytes());
         r.extend_from_slice(data);
         r.extend_from_slice(&masked_crc(data).to_le_bytes());
-        self.file
-            .write_all(&r)
-            .map_err(|e| crate::fsutil::no_space(Error::io(&self.path, e), &self.path, None))
+        let (file, path) = self.file.as_mut().expect("opened before the first record");
+        file.write_all(&r)
+            .map_err(|e| crate::fsutil::no_space(Error::io(path, e), path, None))
     }
 }
 

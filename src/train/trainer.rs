@@ -201,7 +201,7 @@ impl TrainJob<'_> {
         if !resumed {
             let _ = std::fs::remove_dir_all(paths.tensorboard());
         }
-        let mut tb = EventWriter::create(&paths.tensorboard(), resumed.then_some(opt.step + 1))?;
+        let mut tb = EventWriter::new(&paths.tensorboard(), resumed.then_some(opt.step + 1));
 
         let blocks = crate::adapter::file::UnetBlocks::of(unet.config());
         let meta = |steps: u64| AdapterMeta {
