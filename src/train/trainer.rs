@@ -275,6 +275,11 @@ impl TrainJob<'_> {
                     ("grad_norm", opt.last_grad_norm as f32),
                 ],
             )?;
+            let smoothed = loss_log::smooth(&losses, 0.9)
+                .last()
+                .copied()
+                .unwrap_or(value as f64);
+            progress.step(step, value, smoothed);
             let every = cfg.train.validate_every;
             if every > 0 && (step.is_multiple_of(every) || step == total) {
                 validate(
@@ -286,11 +291,6 @@ impl TrainJob<'_> {
                     &mut tb,
                 )?;
             }
-            let smoothed = loss_log::smooth(&losses, 0.9)
-                .last()
-                .copied()
-                .unwrap_or(value as f64);
-            progress.step(step, value, smoothed);
             if let Some(s) = &self.data.sampler {
                 if step.is_multiple_of(cfg.train.sample_every) || step == total {
                     let path = paths.samples().join(format!("step_{step:06}.png"));
