@@ -27,9 +27,12 @@ SELENIUM  := selenium==4.51.0
 # The Kubernetes API's models in the official client: the sweep's Job manifest is checked
 # against them (tests/reference/check_k8s_job.py).
 KUBERNETES := kubernetes==37.0.2
+# TensorBoard's own reader checks the event files a run writes (tests/tensorboard.rs), and is
+# how people open them: `tensorboard --logdir OUT/tb`.
+TENSORBOARD := tensorboard==2.21.0
 REF_PKGS  := diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 \
              accelerate==1.15.0 numpy pillow $(SELENIUM) $(KUBERNETES) \
-             $(PILLOW_HEIF)
+             $(PILLOW_HEIF) $(TENSORBOARD)
 # Only the CLIP BPE merges file is needed from open-clip; its own dependencies are not.
 OPENCLIP  := open-clip-torch==3.3.0
 # torchvision (the release made for torch 2.11) for the photo references: diffusers' DreamBooth
@@ -123,6 +126,11 @@ $(VENV)/.k8s: $(VENV)/.reference
 	$(PY) -m pip install --quiet $(KUBERNETES)
 	touch $@
 
+# TensorBoard, also for a .venv made before it joined REF_PKGS.
+$(VENV)/.tensorboard: $(VENV)/.reference
+	$(PY) -m pip install --quiet $(TENSORBOARD)
+	touch $@
+
 # The house stays clean: the layer check (no import up a layer, no loop between modules),
 # formatting and clippy (every target, warnings as errors) run first.
 lint: $(VENV)/.torch $(VENV)/.libheif
@@ -133,7 +141,7 @@ lint: $(VENV)/.torch $(VENV)/.libheif
 # The lint runs first; the fixtures (Python) are made while clippy and the test binaries
 # compile, which leave a core idle much of the time on a fresh build.
 test: $(VENV)/.reference $(VENV)/.torchvision $(VENV)/.browser $(VENV)/.k8s $(VENV)/.heif-ref \
-      $(VENV)/.libheif
+      $(VENV)/.tensorboard $(VENV)/.libheif
 	$(PYTHON_SYS) tools/layers.py
 	cargo fmt --all --check
 	@$(MAKE) --no-print-directory fixtures & fixtures=$$!; \

@@ -316,10 +316,22 @@ pub struct Train {
     /// step that neither under- nor overfits (0: only the final adapter).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub save_adapter_every: u64,
+    /// Measure the validation loss every N steps, and at the last (0: never). Bookkeeping:
+    /// the adapters come out the same with or without it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub validate_every: u64,
+    /// The share of the photos held out of training for the validation loss (0: validate on
+    /// the training photos at fixed timesteps). Left out of the saved settings while 0.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub validation_split: f64,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// How photos become training pictures: one square crop size, or buckets of about the same
@@ -575,6 +587,15 @@ impl RunConfig {
             (
                 t.snr_gamma.is_none_or(|g| g > 0.0),
                 "train.snr_gamma must be positive",
+            ),
+            (
+                (0.0..1.0).contains(&t.validation_split),
+                "train.validation_split must be at least 0 and below 1",
+            ),
+            (
+                t.validation_split == 0.0 || t.validate_every > 0,
+                "train.validation_split is set but train.validate_every is 0: set \
+                 train.validate_every to measure the validation loss every N steps",
             ),
             (
                 !self.subject.identifier.trim().is_empty(),

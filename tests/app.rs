@@ -685,6 +685,15 @@ fn in_chromium_from_photos_to_a_kohya_file() {
         .unwrap()
         .contains("<img src=x"));
     assert!(seen["lora_points"].as_u64().unwrap() >= 6);
+    // `validate_every: 3` of 6 steps: before the first step, at 3 and at 6, for each adapter.
+    for k in ["lora", "moslora"] {
+        assert_eq!(seen["validation_points"][k], 3, "{seen}");
+    }
+    let text = seen["validation_text"].as_str().unwrap();
+    assert!(
+        text.starts_with("validation ") && text.ends_with("(step 6)"),
+        "{seen}"
+    );
     assert!(seen["samples"].as_u64().unwrap() >= 2);
     app.kill();
     std::fs::remove_dir_all(&data).unwrap();

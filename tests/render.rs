@@ -37,6 +37,8 @@ fn config(out: &Path) -> RunConfig {
     c.train.batch_size = 2;
     c.train.crops_per_image = 1;
     c.train.checkpoint_every = 0;
+    // The gallery shows the validation curves (bookkeeping: the adapters are the same).
+    c.train.validate_every = 2;
     // Far above a real run's rate, so that three steps give adapters whose effect on a render
     // stands well clear of the merge tolerance.
     c.train.learning_rate = 1e-3;
@@ -210,6 +212,33 @@ fn renders_are_fair_reproducible_and_fully_listed() {
     {
         assert!(a.join(src).exists(), "gallery references missing {src}");
     }
+    // The validation curves, each adapter's as its run logged it.
+    let curves: Vec<(&str, Vec<u64>)> = m
+        .validation
+        .iter()
+        .map(|c| (c.adapter.as_str(), c.points.iter().map(|p| p.0).collect()))
+        .collect();
+    assert_eq!(
+        curves,
+        [("lora", vec![0, 2, 3]), ("moslora", vec![0, 2, 3])]
+    );
+    assert!(html.contains("training and validation loss"));
+    assert!(html.contains("<h2>Validation loss</h2>"));
+    for k in ["lora", "moslora"] {
+        let line = html
+            .split(&format!("<polyline data-adapter=\"{k}\""))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {k} validation curve in the gallery"));
+        let points = line
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(points.split(' ').count(), 3, "{k}: {points}");
+    }
+    assert!(html.contains("Lowest validation loss: LoRA "), "{html}");
 
     // Rendering again elsewhere gives byte-identical PNGs.
     let b = scratch("b");

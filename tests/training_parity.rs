@@ -148,6 +148,7 @@ fn batches_and_noise_offset_match_diffusers() {
         class: Some((examples(&r, "cls"), embeds(2), 1.0)),
         scaling_factor: 0.13025,
         sampler: None,
+        validation: Vec::new(),
     };
     let mut cfg = RunConfig {
         seed: 42,

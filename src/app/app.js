@@ -98,13 +98,14 @@
   if (live) {
     const id = live.dataset.job;
     const $ = (sel) => live.querySelector(sel);
-    const series = { lora: [], moslora: [] };
+    // Training losses (smoothed) and validation losses, on one scale.
+    const series = { lora: [], moslora: [], "lora-validation": [], "moslora-validation": [] };
     let total = 1;
     function draw() {
-      const all = series.lora.concat(series.moslora).map((p) => p[1]).filter(Number.isFinite);
+      const all = Object.values(series).flat().map((p) => p[1]).filter(Number.isFinite);
       if (!all.length) return;
       const lo = Math.min(...all), hi = Math.max(...all), span = hi - lo || 1;
-      for (const k of ["lora", "moslora"]) {
+      for (const k of Object.keys(series)) {
         const pts = series[k].map(([s, v]) => ((s / total) * 590 + 5).toFixed(1) + "," + (195 - ((v - lo) / span) * 190).toFixed(1));
         $('polyline[data-series="' + k + '"]').setAttribute("points", pts.join(" "));
       }
@@ -136,6 +137,11 @@
         status("step " + e.step + " / " + e.total, rate(e.speed, "step"), e.eta);
         $("[data-loss]").textContent = "loss " + Number(e.smoothed).toFixed(4);
         const p = $("[data-progress]"); p.max = e.total; p.value = e.step;
+        draw();
+      } else if (e.event === "validation") {
+        (series[e.adapter + "-validation"] || []).push([e.step, e.loss]);
+        $("[data-validation-legend]").hidden = false;
+        $("[data-validation]").textContent = "validation " + Number(e.loss).toFixed(4) + " (step " + e.step + ")";
         draw();
       } else if (e.event === "image") {
         // Images per second since the first image of this render.

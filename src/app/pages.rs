@@ -241,12 +241,16 @@ pub fn job(app: &AppState, db: &Store, id: i64) -> Result<String> {
          <p>{state} <span class=\"muted\" data-message>{msg}</span> {actions}</p>\
          <p class=\"status\"><b data-phase>waiting</b> <span data-steps></span> <span data-speed></span> <span data-eta></span></p>\
          <progress data-progress max=\"1\" value=\"0\"></progress>\
-         <h2>Training loss</h2><svg class=\"chart\" data-chart viewBox=\"0 0 600 200\" role=\"img\" aria-label=\"loss curves: LoRA solid, MoSLoRA dashed\">\
+         <h2>Training loss</h2><svg class=\"chart\" data-chart viewBox=\"0 0 600 200\" role=\"img\" aria-label=\"loss curves: LoRA solid, MoSLoRA dashed; validation loss bold through dots\">\
          <polyline data-series=\"lora\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2.5\" points=\"\"></polyline>\
-         <polyline data-series=\"moslora\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\" points=\"\"></polyline></svg>\
+         <polyline data-series=\"moslora\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\" points=\"\"></polyline>\
+         <polyline data-series=\"lora-validation\" fill=\"none\" stroke=\"#0d3b66\" stroke-width=\"4\" stroke-linecap=\"round\" stroke-linejoin=\"round\" marker-mid=\"url(#dot)\" marker-start=\"url(#dot)\" marker-end=\"url(#dot)\" points=\"\"></polyline>\
+         <polyline data-series=\"moslora-validation\" fill=\"none\" stroke=\"#8b1a1a\" stroke-width=\"4\" stroke-dasharray=\"6 4\" marker-mid=\"url(#dot)\" marker-start=\"url(#dot)\" marker-end=\"url(#dot)\" points=\"\"></polyline>\
+         <defs><marker id=\"dot\" viewBox=\"0 0 10 10\" refX=\"5\" refY=\"5\" markerWidth=\"3\" markerHeight=\"3\"><circle cx=\"5\" cy=\"5\" r=\"4\" fill=\"#fff\" stroke=\"#333\" stroke-width=\"2\"/></marker></defs></svg>\
          <p class=\"legend\"><span class=\"lora\"><svg viewBox=\"0 0 30 10\" aria-hidden=\"true\"><line x1=\"0\" y1=\"5\" x2=\"30\" y2=\"5\" stroke=\"#1f77b4\" stroke-width=\"2.5\"/></svg> LoRA</span> \
          <span class=\"moslora\"><svg viewBox=\"0 0 30 10\" aria-hidden=\"true\"><line x1=\"0\" y1=\"5\" x2=\"30\" y2=\"5\" stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\"/></svg> MoSLoRA</span> \
-         <span data-loss></span></p>\
+         <span class=\"validation\" data-validation-legend hidden>validation: the bold lines through dots</span> \
+         <span data-loss></span> <span data-validation></span></p>\
          <h2>Samples</h2><div class=\"samples\" data-samples></div>\
          <p><a href=\"/jobs/{id}/results\" data-results>Results</a></p>\
          <h2>Log</h2><pre class=\"log\" data-log>{log}</pre>\

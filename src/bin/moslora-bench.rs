@@ -236,6 +236,7 @@ fn synthetic_data(unet_cfg: &moslora::sdxl::config::UNetConfig, resolution: i64)
         class: None,
         scaling_factor: 0.13025,
         sampler: None,
+        validation: Vec::new(),
     }
 }
 

@@ -242,6 +242,9 @@ impl Progress for Bar {
     fn step(&mut self, step: u64, _loss: f32, smoothed: f64) {
         self.advance_loss(step, smoothed);
     }
+    fn validation(&mut self, step: u64, loss: f32) {
+        self.say(&format!("step {step}: validation loss {loss:.5}"));
+    }
     fn note(&mut self, msg: &str) {
         self.say(msg);
     }

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use moslora::config::RunConfig;
 use moslora::metrics::ScoreProgress;
 use moslora::render::RenderProgress;
+use moslora::train::validation::BestValidation;
 use moslora::train::{AdapterKind, Progress, RunPaths};
 
 /// How a command shows its progress.
@@ -252,6 +253,19 @@ impl Progress for JsonEvents {
             "smoothed": smoothed,
             "speed": (speed * 1000.0).round() / 1000.0,
             "eta": eta,
+        }));
+    }
+    fn validation(&mut self, step: u64, loss: f32) {
+        let kind = self.lock().kind;
+        self.emit(json!({
+            "event": "validation", "adapter": kind.map(|k| k.name()), "step": step, "loss": loss,
+        }));
+    }
+    fn best_validation(&mut self, kind: AdapterKind, best: &BestValidation) {
+        JsonEvents::note(self, &best.sentence(kind.label()));
+        self.emit(json!({
+            "event": "best", "adapter": kind.name(), "step": best.step, "loss": best.loss,
+            "adapter_step": best.adapter_step, "path": best.adapter,
         }));
     }
     fn note(&mut self, msg: &str) {

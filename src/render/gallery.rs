@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::manifest::{ImageScores, Manifest, MetricsSummary};
+use super::manifest::{ImageScores, Manifest, MetricsSummary, ValidationCurve};
 use crate::error::Result;
 
 use crate::html::{esc, url};
@@ -29,6 +29,9 @@ th { font-size: 13px; color: var(--muted); font-weight: 600; padding: 2px 6px 6p
 td { padding: 3px; }
 td.seed { font-size: 12px; color: var(--muted); padding-right: 10px; white-space: nowrap; }
 td img { width: 200px; max-width: 22vw; border-radius: 4px; display: block; cursor: zoom-in; }
+.validation svg { width: min(600px, 100%); height: auto; background: #fff; border: 1px solid var(--line); border-radius: 6px; }
+.validation polyline { fill: none; stroke-width: 2; }
+.validation p { color: var(--muted); font-size: 13px; margin: 4px 0; }
 .curve img { max-width: 640px; width: 100%; border: 1px solid var(--line); border-radius: 6px; }
 #box { position: fixed; inset: 0; background: rgba(10,12,16,.88); display: none; align-items: center; justify-content: center; flex-direction: column; z-index: 5; }
 #box.open { display: flex; }
@@ -173,10 +176,18 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
     }
     h.push_str("</div>");
     if let Some(curve) = &m.loss_curve {
+        let what = if m.validation.is_empty() {
+            "training loss"
+        } else {
+            "training and validation loss"
+        };
         h.push_str(&format!(
-            "<details class=\"curve\"><summary>training loss</summary><img src=\"{}\" alt=\"loss curves\"></details>",
+            "<details class=\"curve\"><summary>{what}</summary><img src=\"{}\" alt=\"loss curves\"></details>",
             url(curve)
         ));
+    }
+    if !m.validation.is_empty() {
+        h.push_str(&validation_section(&m.validation));
     }
     if let Some(ms) = &m.metrics {
         h.push_str(&metrics_section(ms));
@@ -229,4 +240,63 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
     h.push_str("</main>\n<div id=\"box\"><img id=\"big\" alt=\"\"><p id=\"cap\"></p></div>\n");
     h.push_str(&format!("<script>{SCRIPT}</script>\n</body></html>\n"));
     crate::fsutil::write_bytes(&out.join("index.html"), h.as_bytes())
+}
+
+/// The validation curves (one polyline per adapter, LoRA solid, MoSLoRA dashed, on one scale)
+/// and, in words, each one's lowest validation loss past step 0.
+fn validation_section(curves: &[ValidationCurve]) -> String {
+    let points = curves.iter().flat_map(|c| c.points.iter());
+    let finite: Vec<(u64, f32)> = points.copied().filter(|(_, l)| l.is_finite()).collect();
+    let last = finite.iter().map(|(s, _)| *s).max().unwrap_or(0).max(1) as f64;
+    let (lo, hi) = finite
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &(_, l)| (a.min(l), b.max(l)));
+    let span = ((hi - lo) as f64).max(1e-9);
+    let (w, h, pad) = (600.0, 200.0, 10.0);
+    let mut svg = format!(
+        "<svg viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"validation loss by step\">"
+    );
+    let colours = ["#1f77b4", "#d62728"];
+    let mut words = Vec::new();
+    for c in curves {
+        let pts: Vec<String> = c
+            .points
+            .iter()
+            .filter(|(_, l)| l.is_finite())
+            .map(|&(s, l)| {
+                let x = pad + (w - 2.0 * pad) * s as f64 / last;
+                let y = h - pad - (h - 2.0 * pad) * (l - lo) as f64 / span;
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let moslora = c.adapter == "moslora";
+        let dash = if moslora {
+            " stroke-dasharray=\"6 4\""
+        } else {
+            ""
+        };
+        svg.push_str(&format!(
+            "<polyline data-adapter=\"{}\" stroke=\"{}\"{dash} points=\"{}\"/>",
+            esc(&c.adapter),
+            colours[usize::from(moslora)],
+            pts.join(" ")
+        ));
+        let best = c
+            .points
+            .iter()
+            .filter(|(s, l)| *s > 0 && l.is_finite())
+            .fold(None, |b: Option<(u64, f32)>, &(s, l)| match b {
+                Some((_, bl)) if bl <= l => b,
+                _ => Some((s, l)),
+            });
+        if let Some((s, l)) = best {
+            words.push(format!("{} {l:.5} at step {s}", esc(&c.label)));
+        }
+    }
+    svg.push_str("</svg>");
+    format!(
+        "<div class=\"validation\"><h2>Validation loss</h2>{svg}<p>Lowest validation loss: {}. \
+         Steps 0 to {last}; LoRA solid, MoSLoRA dashed.</p></div>",
+        words.join("; ")
+    )
 }

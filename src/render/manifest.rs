@@ -197,6 +197,16 @@ pub struct GridEntry {
     pub file: String,
 }
 
+/// One adapter's validation losses, as its run logged them (`validation.csv`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ValidationCurve {
+    /// `lora` or `moslora`.
+    pub adapter: String,
+    pub label: String,
+    /// (step, loss); step 0 is the base model.
+    pub points: Vec<(u64, f32)>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub format_version: u32,
@@ -211,6 +221,9 @@ pub struct Manifest {
     pub gallery: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_curve: Option<String>,
+    /// Each trained adapter's validation losses (`train.validate_every`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation: Vec<ValidationCurve>,
     /// The automatic metrics' tables, once `moslora score` has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSummary>,

@@ -485,6 +485,18 @@ pub fn render(
     let contact_sheet = write_contact_sheet(out, &grids)?;
     let photos = copy_photos(cfg, out)?;
     let loss_curve = copy_loss_curve(cfg, out)?;
+    let validation = crate::train::AdapterKind::BOTH
+        .iter()
+        .filter_map(|&k| {
+            let csv = crate::train::RunPaths::new(cfg, k).validation_csv();
+            let points = crate::train::loss_log::read_validation_csv(&csv).ok()?;
+            Some(manifest::ValidationCurve {
+                adapter: k.name().into(),
+                label: k.label().into(),
+                points,
+            })
+        })
+        .collect();
     let subject_name = cfg.subject.display_name();
     let manifest = Manifest {
         format_version: manifest::FORMAT_VERSION,
@@ -503,6 +515,7 @@ pub fn render(
         contact_sheet,
         gallery: "index.html".into(),
         loss_curve,
+        validation,
         metrics: None,
     };
     gallery::write(out, &manifest)?;

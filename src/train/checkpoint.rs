@@ -25,6 +25,12 @@ pub struct State {
     pub fingerprint: String,
     pub losses: Vec<f32>,
     pub learning_rates: Vec<f64>,
+    /// Each step's gradient norm before clipping (absent from checkpoints made before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grad_norms: Vec<f32>,
+    /// The validation losses measured so far, (step, loss).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation: Vec<(u64, f32)>,
 }
 
 fn sibling(dir: &Path, tag: &str) -> PathBuf {
@@ -44,6 +50,8 @@ pub struct RunState<'a> {
     pub meta: &'a AdapterMeta,
     pub losses: &'a [f32],
     pub learning_rates: &'a [f64],
+    pub grad_norms: &'a [f32],
+    pub validation: &'a [(u64, f32)],
 }
 
 /// Write a checkpoint of the UNet's adapters and, when the run trains them, the text
@@ -66,6 +74,8 @@ pub fn save(
             fingerprint: run.fingerprint.to_string(),
             losses: run.losses.to_vec(),
             learning_rates: run.learning_rates.to_vec(),
+            grad_norms: run.grad_norms.to_vec(),
+            validation: run.validation.to_vec(),
         };
         let json = serde_json::to_string(&state).expect("serialisable");
         crate::fsutil::write_bytes(&tmp.join("state.json"), json.as_bytes())

@@ -28,6 +28,9 @@ pub struct TrainData {
     pub scaling_factor: f64,
     /// Kept only when `train.sample_every` asks for sample renders during training.
     pub sampler: Option<Sampler>,
+    /// The photos held out of training for the validation loss (`train.validation_split`):
+    /// one centre crop each, unflipped.
+    pub validation: Vec<Example>,
 }
 
 /// What sample renders during training need besides the UNet.
@@ -143,6 +146,8 @@ pub fn prepare_data_and_text(
         cfg.subject.images.display()
     ));
     let (caption_texts, photo_captions) = captions::captions(&photos, &cfg.subject, &mut note)?;
+    let (photos, photo_captions, held_out) =
+        super::validation::split(cfg, photos, photo_captions, &mut note);
     let placements = if cfg.train.buckets.is_none() {
         None
     } else {
@@ -223,7 +228,8 @@ pub fn prepare_data_and_text(
     let total = photos.len() * variants.per_photo()
         + class_photos
             .as_ref()
-            .map_or(0, |c| c.len() * one_crop.per_photo() * used.len().max(1));
+            .map_or(0, |c| c.len() * one_crop.per_photo() * used.len().max(1))
+        + held_out.len();
     if let Some(placed) = &placements {
         progress.note(&format!("buckets: {}", buckets::summary(placed)));
     }
@@ -271,6 +277,22 @@ pub fn prepare_data_and_text(
         }
         _ => None,
     };
+    // Held-out photos: a centre crop each, unflipped (nothing drawn).
+    let (held_photos, held_captions): (Vec<_>, Vec<_>) = held_out.into_iter().unzip();
+    let centre = dataset::Variants {
+        resolution: t.resolution,
+        center_crop: true,
+        random_flip: false,
+        crops: 1,
+    };
+    let validation = dataset::encode_examples(
+        &held_photos,
+        &held_captions,
+        &vae,
+        centre,
+        opts.device,
+        &mut tick,
+    )?;
     progress.note(&format!(
         "{} cached latent variants (crops x flips)",
         instance.len()
@@ -295,6 +317,7 @@ pub fn prepare_data_and_text(
         class,
         scaling_factor,
         sampler,
+        validation,
     };
     Ok((data, text))
 }

@@ -31,15 +31,42 @@ pub fn smooth(values: &[f32], beta: f64) -> Vec<f64> {
         .collect()
 }
 
-/// `step,loss,smoothed_loss,learning_rate` per optimizer step.
-pub fn write_csv(path: &Path, losses: &[f32], lrs: &[f64]) -> Result<()> {
+/// `step,loss,smoothed_loss,learning_rate,grad_norm` per optimizer step (the gradient norm
+/// before clipping; `NaN` for steps of a checkpoint made before it was kept). Logs written
+/// before the last column was added read the same.
+pub fn write_csv(path: &Path, losses: &[f32], lrs: &[f64], grad_norms: &[f32]) -> Result<()> {
     let smoothed = smooth(losses, 0.9);
-    let mut text = String::from("step,loss,smoothed_loss,learning_rate\n");
+    let mut text = String::from("step,loss,smoothed_loss,learning_rate,grad_norm\n");
     for (i, l) in losses.iter().enumerate() {
         let lr = lrs.get(i).copied().unwrap_or(f64::NAN);
-        text.push_str(&format!("{},{l},{:.6},{lr:e}\n", i + 1, smoothed[i]));
+        let g = grad_norms.get(i).copied().unwrap_or(f32::NAN);
+        text.push_str(&format!("{},{l},{:.6},{lr:e},{g}\n", i + 1, smoothed[i]));
     }
     fsutil::write_bytes(path, text.as_bytes())
+}
+
+/// `step,validation_loss` per measurement (`train.validate_every`), beside `loss.csv`.
+pub fn write_validation_csv(path: &Path, validation: &[(u64, f32)]) -> Result<()> {
+    let mut text = String::from("step,validation_loss\n");
+    for (step, l) in validation {
+        text.push_str(&format!("{step},{l}\n"));
+    }
+    fsutil::write_bytes(path, text.as_bytes())
+}
+
+/// Read back a log written by [`write_validation_csv`]: (step, loss).
+pub fn read_validation_csv(path: &Path) -> Result<Vec<(u64, f32)>> {
+    let text = fsutil::read_to_string(path)?;
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',');
+            let step = f.next().and_then(|v| v.parse().ok());
+            let loss = f.next().and_then(|v| v.parse().ok());
+            step.zip(loss)
+                .ok_or_else(|| Error::config(path, format!("malformed validation log line {l:?}")))
+        })
+        .collect()
 }
 
 /// Read back the `loss` column of a log written by `write_csv`.
@@ -62,12 +89,36 @@ pub fn read_csv(path: &Path) -> Result<Vec<f32>> {
 /// draws each smoothed curve minus the first run's, so that a difference too small to see on
 /// the loss scale still shows (a flat line at zero says the curves are the same).
 pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
+    plot_with_validation(path, title, runs, &[])
+}
+
+/// [`plot`], with each run's validation losses (step, loss; `validation[i]` is `runs[i]`'s,
+/// an empty list for none) drawn over its curve: a bold line in the run's colour through
+/// hollow circles.
+pub fn plot_with_validation(
+    path: &Path,
+    title: &str,
+    runs: &[(&str, &[f32])],
+    validation: &[&[(u64, f32)]],
+) -> Result<()> {
     register_font();
-    let steps = runs.iter().map(|(_, l)| l.len()).max().unwrap_or(0).max(2);
+    let last_validated = validation
+        .iter()
+        .flat_map(|v| v.iter().map(|(s, _)| *s as usize))
+        .max()
+        .unwrap_or(0);
+    let steps = runs
+        .iter()
+        .map(|(_, l)| l.len())
+        .max()
+        .unwrap_or(0)
+        .max(last_validated)
+        .max(2);
     let finite = runs
         .iter()
         .flat_map(|(_, l)| l.iter())
         .copied()
+        .chain(validation.iter().flat_map(|v| v.iter().map(|(_, l)| *l)))
         .filter(|v| v.is_finite());
     let (lo, hi) = finite.fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(v), b.max(v)));
     let (lo, hi) = if lo <= hi {
@@ -100,12 +151,18 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
         } else {
             (root.clone(), None)
         };
+        let x0 = if last_validated > 0 && validation.iter().any(|v| v.iter().any(|(s, _)| *s == 0))
+        {
+            0f64
+        } else {
+            1f64
+        };
         let mut chart = ChartBuilder::on(&top)
             .caption(title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(1f64..steps as f64, (lo - pad)..(hi + pad))
+            .build_cartesian_2d(x0..steps as f64, (lo - pad)..(hi + pad))
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
@@ -145,6 +202,36 @@ pub fn plot(path: &Path, title: &str, runs: &[(&str, &[f32])]) -> Result<()> {
                     EmptyElement::at((x, y))
                         + PathElement::new(vec![(0, 0), (24, 0)], c.stroke_width(2))
                         + Polygon::new(marker_points(i, 8, 12), c.filled())
+                });
+        }
+        for (i, (name, v)) in runs.iter().map(|(n, _)| n).zip(validation).enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            let c = colours[i % colours.len()];
+            let points: Vec<(f64, f64)> = v
+                .iter()
+                .filter(|(_, l)| l.is_finite())
+                .map(|&(s, l)| (s as f64, l as f64))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(3)))
+                .map_err(|e| err(&e))?;
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|&p| Circle::new(p, 5, ShapeStyle::from(&WHITE).filled())),
+                )
+                .map_err(|e| err(&e))?;
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 5, c.stroke_width(2))))
+                .map_err(|e| err(&e))?
+                .label(format!("{name} validation"))
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (24, 0)], c.stroke_width(3))
+                        + Circle::new((12, 0), 5, c.stroke_width(2))
                 });
         }
         chart

@@ -28,8 +28,10 @@ pub mod lr_schedule;
 pub mod optimizer;
 pub mod recompute;
 pub mod run;
+pub mod tensorboard;
 pub mod text;
 pub mod trainer;
+pub mod validation;
 
 pub use batch::{make_batch, step_seed, Batch};
 pub use data::{prepare_data, prepare_data_and_text, Sampler, TrainData};

@@ -25,6 +25,8 @@ pub struct AdamW {
     flat: Option<Flat>,
     /// Optimizer steps taken.
     pub step: u64,
+    /// The gradient norm before clipping that [`AdamW::clip_grad_norm`] last measured.
+    pub last_grad_norm: f64,
 }
 
 /// The flat buffers. `params`, `exp_avg` and `exp_avg_sq` of the optimizer are views into
@@ -133,6 +135,7 @@ impl AdamW {
             exp_avg_sq,
             flat,
             step: 0,
+            last_grad_norm: 0.0,
         }
     }
 
@@ -170,6 +173,7 @@ impl AdamW {
                     .map(|g| g.norm())
                     .collect();
                 if norms.is_empty() {
+                    self.last_grad_norm = 0.0;
                     return 0.0;
                 }
                 Tensor::stack(&norms, 0).norm()
@@ -190,7 +194,8 @@ impl AdamW {
                 }
             }
         }
-        total.double_value(&[])
+        self.last_grad_norm = total.double_value(&[]);
+        self.last_grad_norm
     }
 
     /// One AdamW update with learning rate `lr`.

@@ -86,6 +86,16 @@ impl RunPaths {
     pub fn loss_csv(&self) -> PathBuf {
         self.dir.join("loss.csv")
     }
+    /// The validation losses (`train.validate_every`), beside `loss.csv`.
+    pub fn validation_csv(&self) -> PathBuf {
+        self.dir.join("validation.csv")
+    }
+    /// This run's TensorBoard folder, `OUT/tb/<kind>`: `tensorboard --logdir OUT/tb` shows
+    /// the runs side by side.
+    pub fn tensorboard(&self) -> PathBuf {
+        let kind = self.dir.file_name().unwrap_or_default();
+        self.dir.with_file_name("tb").join(kind)
+    }
     pub fn loss_png(&self) -> PathBuf {
         self.dir.join("loss.png")
     }
@@ -112,6 +122,7 @@ pub fn training_settings(cfg: &RunConfig, kind: AdapterKind) -> serde_json::Valu
     train.checkpoint_every = 0;
     train.sample_every = 0;
     train.save_adapter_every = 0;
+    train.validate_every = 0;
     serde_json::json!({
         "model": cfg.model, "seed": cfg.seed, "subject": cfg.subject, "train": train,
         "adapter": kind.adapter_config(cfg), "device": cfg.device, "dtype": cfg.dtype,

@@ -9,7 +9,9 @@ use std::time::Instant;
 use super::data::{prepare_data_and_text, Sampler, TrainData};
 use super::optimizer::AdamW;
 use super::run::{model_identity, training_settings, AdapterKind, RunPaths};
+use super::tensorboard::EventWriter;
 use super::text::TextTraining;
+use super::validation::{BestValidation, ValidationSet};
 use super::{
     batch::make_batch, checkpoint, loss::loss_backward, loss_log, lr_schedule::learning_rate,
 };
@@ -90,6 +92,8 @@ pub struct TrainOutcome {
     pub seconds: f64,
     pub layers: usize,
     pub parameters: i64,
+    /// The lowest-validation step and the adapter saved nearest to it (`train.validate_every`).
+    pub best_validation: Option<BestValidation>,
 }
 
 /// Hooks for progress display.
@@ -102,6 +106,12 @@ pub trait Progress {
     fn phase(&mut self, _name: &str, _unit: &'static str, _total: u64) {}
     /// `done` units of the current phase are done.
     fn phase_step(&mut self, _done: u64) {}
+    /// The validation loss after `step` steps (`train.validate_every`; step 0: the base model).
+    fn validation(&mut self, _step: u64, _loss: f32) {}
+    /// A finished run's lowest-validation step and the adapter saved nearest to it.
+    fn best_validation(&mut self, kind: AdapterKind, best: &BestValidation) {
+        self.note(&best.sentence(kind.label()));
+    }
     /// Checked before each step: stop cleanly (checkpoint written) when true.
     fn should_stop(&self) -> bool {
         INTERRUPTED.load(Ordering::SeqCst)
@@ -159,6 +169,8 @@ impl TrainJob<'_> {
 
         let mut losses: Vec<f32> = Vec::new();
         let mut lrs: Vec<f64> = Vec::new();
+        let mut grad_norms: Vec<f32> = Vec::new();
+        let mut validation: Vec<(u64, f32)> = Vec::new();
         let mut resumed = false;
         if self.resume {
             // No checkpoint (a first run, or `compare` starting afresh): train from step 0.
@@ -168,6 +180,10 @@ impl TrainJob<'_> {
             {
                 losses = state.losses;
                 lrs = state.learning_rates;
+                grad_norms = state.grad_norms;
+                // Steps of a checkpoint made before gradient norms were kept have none.
+                grad_norms.resize(losses.len(), f32::NAN);
+                validation = state.validation;
                 resumed = true;
                 progress.note(&format!("{}: resuming at step {}", kind.label(), opt.step));
             }
@@ -180,6 +196,12 @@ impl TrainJob<'_> {
             let _ = std::fs::remove_dir_all(paths.step_adapters());
         }
         std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+        // TensorBoard: a fresh run starts a fresh folder; a resumed one a new file that drops
+        // what a killed run logged past the checkpoint.
+        if !resumed {
+            let _ = std::fs::remove_dir_all(paths.tensorboard());
+        }
+        let mut tb = EventWriter::new(&paths.tensorboard(), resumed.then_some(opt.step + 1));
 
         let blocks = crate::adapter::file::UnetBlocks::of(unet.config());
         let meta = |steps: u64| AdapterMeta {
@@ -198,7 +220,29 @@ impl TrainJob<'_> {
         };
 
         let total = cfg.train.steps;
+        // Drawn from a stream of its own: the steps draw what they would draw without it.
+        let mut val_set = (cfg.train.validate_every > 0)
+            .then(|| ValidationSet::new(self.data, &sched, cfg, opts.device, opts.dtype));
+        let mut validate = |step: u64,
+                            unet: &UNet2DConditionModel,
+                            text: Option<&TextTraining>,
+                            validation: &mut Vec<(u64, f32)>,
+                            progress: &mut dyn Progress,
+                            tb: &mut EventWriter|
+         -> Result<()> {
+            if let Some(v) = val_set.as_mut() {
+                let l = v.loss(unet, text, &sched, cfg, opts.dtype);
+                validation.push((step, l));
+                progress.validation(step, l);
+                tb.scalars(step, &[("loss/validation", l)])?;
+            }
+            Ok(())
+        };
         progress.start(kind, total, opt.step);
+        if opt.step == 0 && !validation.iter().any(|(s, _)| *s == 0) {
+            // The base model's, where every curve starts.
+            validate(0, unet, text.as_deref(), &mut validation, progress, &mut tb)?;
+        }
         let started = Instant::now();
         let mut interrupted = false;
         while opt.step < total {
@@ -221,15 +265,39 @@ impl TrainJob<'_> {
             }
             losses.push(value);
             lrs.push(lr);
+            // An f32 norm (of f32 gradients), kept as one: it goes through JSON exactly.
+            grad_norms.push(opt.last_grad_norm as f32);
+            tb.scalars(
+                step,
+                &[
+                    ("loss/train", value),
+                    ("learning_rate", lr as f32),
+                    ("grad_norm", opt.last_grad_norm as f32),
+                ],
+            )?;
             let smoothed = loss_log::smooth(&losses, 0.9)
                 .last()
                 .copied()
                 .unwrap_or(value as f64);
             progress.step(step, value, smoothed);
+            let every = cfg.train.validate_every;
+            if every > 0 && (step.is_multiple_of(every) || step == total) {
+                validate(
+                    step,
+                    unet,
+                    text.as_deref(),
+                    &mut validation,
+                    progress,
+                    &mut tb,
+                )?;
+            }
             if let Some(s) = &self.data.sampler {
                 if step.is_multiple_of(cfg.train.sample_every) || step == total {
                     let path = paths.samples().join(format!("step_{step:06}.png"));
                     write_sample(cfg, self.data, text.as_deref(), s, unet, opts, &path)?;
+                    let png = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                    let side = cfg.train.resolution as u32;
+                    tb.image(step, "sample", &png, side, side)?;
                 }
             }
             let keep = cfg.train.save_adapter_every;
@@ -251,8 +319,11 @@ impl TrainJob<'_> {
                     meta: &meta(step),
                     losses: &losses,
                     learning_rates: &lrs,
+                    grad_norms: &grad_norms,
+                    validation: &validation,
                 };
                 checkpoint::save(&paths.checkpoint(), unet, encoders, &run)?;
+                tb.sync()?;
             }
         }
         progress.finish();
@@ -264,17 +335,37 @@ impl TrainJob<'_> {
             meta: &meta(opt.step),
             losses: &losses,
             learning_rates: &lrs,
+            grad_norms: &grad_norms,
+            validation: &validation,
         };
         checkpoint::save(&paths.checkpoint(), unet, encoders, &run)?;
-        loss_log::write_csv(&paths.loss_csv(), &losses, &lrs)?;
-        loss_log::plot(
+        tb.sync()?;
+        loss_log::write_csv(&paths.loss_csv(), &losses, &lrs, &grad_norms)?;
+        if validation.is_empty() {
+            let _ = std::fs::remove_file(paths.validation_csv());
+        } else {
+            loss_log::write_validation_csv(&paths.validation_csv(), &validation)?;
+        }
+        let title = if validation.is_empty() {
+            format!("{} training loss", kind.label())
+        } else {
+            format!("{} training and validation loss", kind.label())
+        };
+        loss_log::plot_with_validation(
             &paths.loss_png(),
-            &format!("{} training loss", kind.label()),
+            &title,
             &[(kind.label(), &losses)],
+            &[&validation],
         )?;
+        let mut best_validation = None;
         if !interrupted {
             let encoders = text.map(|t| &mut t.encoders);
             adapter::file::save_with_text(unet, encoders, &meta(opt.step), &paths.adapter())?;
+            best_validation =
+                BestValidation::find(&validation, &saved_adapters(cfg, &paths, opt.step));
+            if let Some(b) = &best_validation {
+                progress.best_validation(kind, b);
+            }
         }
         Ok(TrainOutcome {
             kind,
@@ -285,8 +376,24 @@ impl TrainJob<'_> {
             seconds: started.elapsed().as_secs_f64(),
             layers,
             parameters: n_params,
+            best_validation,
         })
     }
+}
+
+/// The adapters a finished run of `steps` steps has on disk: those kept along the way
+/// (`train.save_adapter_every`) and the final one.
+fn saved_adapters(cfg: &RunConfig, paths: &RunPaths, steps: u64) -> Vec<(u64, PathBuf)> {
+    let keep = cfg.train.save_adapter_every;
+    let mut out: Vec<(u64, PathBuf)> = match steps.checked_div(keep) {
+        Some(n) => (1..=n)
+            .map(|k| (k * keep, paths.step_adapter(k * keep)))
+            .filter(|(_, p)| p.exists())
+            .collect(),
+        None => Vec::new(),
+    };
+    out.push((steps, paths.adapter()));
+    out
 }
 
 /// The error of a run whose loss stopped being finite, naming the checkpoint kept.
@@ -392,23 +499,28 @@ pub fn train(
     }
     adapter::remove_all(&mut unet);
     // Both curves on one chart when both runs exist.
-    let runs: Vec<(AdapterKind, Vec<f32>)> = AdapterKind::BOTH
+    type Logs = (AdapterKind, Vec<f32>, Vec<(u64, f32)>);
+    let runs: Vec<Logs> = AdapterKind::BOTH
         .iter()
         .filter_map(|&k| {
-            loss_log::read_csv(&RunPaths::new(cfg, k).loss_csv())
+            let paths = RunPaths::new(cfg, k);
+            let validation = loss_log::read_validation_csv(&paths.validation_csv());
+            loss_log::read_csv(&paths.loss_csv())
                 .ok()
-                .map(|l| (k, l))
+                .map(|l| (k, l, validation.unwrap_or_default()))
         })
         .collect();
     if runs.len() == 2 {
         let named: Vec<(&str, &[f32])> = runs
             .iter()
-            .map(|(k, l)| (k.label(), l.as_slice()))
+            .map(|(k, l, _)| (k.label(), l.as_slice()))
             .collect();
-        loss_log::plot(
+        let validation: Vec<&[(u64, f32)]> = runs.iter().map(|(_, _, v)| v.as_slice()).collect();
+        loss_log::plot_with_validation(
             &cfg.output.join("loss.png"),
             "Training loss: LoRA vs MoSLoRA",
             &named,
+            &validation,
         )?;
     }
     Ok(out)

@@ -113,7 +113,7 @@ def main():
                     .replace("checkpoint_every: 25", f"checkpoint_every: {every}"))
         else:
             text = (text.replace("batch_size: 4", "batch_size: 1")
-                    .replace("sample_every: 25", "sample_every: 2")
+                    .replace("sample_every: 25", "sample_every: 2\n  validate_every: 3")
                     .replace("checkpoint_every: 25", "checkpoint_every: 2")
                     .replace("  steps: 30\n", "  steps: 2\n"))
         yaml.clear()
@@ -150,6 +150,11 @@ def main():
         wait.until(lambda _: css('polyline[data-series="moslora"]').get_attribute("points").count(",") >= args.steps)
         wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "[data-samples] img")) >= 2)
         seen["lora_points"] = css('polyline[data-series="lora"]').get_attribute("points").count(",")
+        seen["validation_points"] = {
+            k: css(f'polyline[data-series="{k}-validation"]').get_attribute("points").count(",")
+            for k in ("lora", "moslora")
+        }
+        seen["validation_text"] = css("[data-validation]").text
         seen["samples"] = len(d.find_elements(By.CSS_SELECTOR, "[data-samples] img"))
         seen["command"] = d.find_elements(By.CSS_SELECTOR, "section.live pre")[1].text
         d.set_window_size(1280, 1050)  # the title, the loss curves and the samples in one picture

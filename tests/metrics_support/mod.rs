@@ -128,6 +128,7 @@ pub fn renders_folder(dir: &Path) -> Manifest {
         contact_sheet: "contact_sheet.png".into(),
         gallery: "index.html".into(),
         loss_curve: None,
+        validation: Vec::new(),
         metrics: None,
     };
     m.write(dir).unwrap();

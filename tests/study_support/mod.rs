@@ -248,6 +248,7 @@ pub fn write_render(dir: &Path, spec: &RenderSpec) -> PathBuf {
         contact_sheet: "contact_sheet.png".into(),
         gallery: "index.html".into(),
         loss_curve: None,
+        validation: Vec::new(),
         metrics: None,
     };
     m.write(dir).unwrap();
