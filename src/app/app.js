@@ -37,14 +37,30 @@
       } catch (e) { showError(e.message); }
     });
     const yaml = form.querySelector('textarea[name="yaml"]');
-    if (yaml) yaml.addEventListener("input", () => { yaml.dataset.dirty = "1"; });
+    const verdict = form.querySelector("[data-yaml-check]");
+    // The RUN.yaml checked as it is typed (a moment after the last key), with the command
+    // line's own messages.
+    let timer = null, asked = 0;
+    async function checkYaml() {
+      const n = ++asked;
+      try {
+        const data = await send("POST", "/api/check", JSON.stringify({ yaml: yaml.value }));
+        if (n !== asked) return;
+        verdict.textContent = data.ok ? "RUN.yaml reads: " + data.steps + " steps on " + data.device : data.error;
+        verdict.className = "yaml-check " + (data.ok ? "ok" : "bad");
+      } catch (e) { if (n === asked) { verdict.textContent = e.message; verdict.className = "yaml-check bad"; } }
+    }
+    if (yaml) yaml.addEventListener("input", () => {
+      yaml.dataset.dirty = "1";
+      clearTimeout(timer); timer = setTimeout(checkYaml, 300);
+    });
     const preview = form.querySelector("button.preview");
     if (preview) preview.addEventListener("click", async () => {
       showError("");
       try {
         const body = formJson(form); delete body.yaml;
         const data = await send("POST", "/api/preview", JSON.stringify(body));
-        yaml.value = data.yaml; delete yaml.dataset.dirty;
+        yaml.value = data.yaml; delete yaml.dataset.dirty; checkYaml();
       } catch (e) { showError(e.message); }
     });
   });
@@ -57,6 +73,18 @@
         if (b.dataset.go === "url" && data.url) location.href = data.url; else location.reload();
       }
       catch (e) { showError(e.message); }
+    });
+  });
+
+  // "Sample now": asked without leaving the page; the sample arrives with the job's events.
+  document.querySelectorAll("button.sample-now").forEach((b) => {
+    b.addEventListener("click", async () => {
+      showError("");
+      const note = document.querySelector("[data-sample-note]");
+      try {
+        await send("POST", b.dataset.sample, "{}");
+        if (note) note.textContent = "asked: the sample appears below after the next step";
+      } catch (e) { showError(e.message); }
     });
   });
 
@@ -89,7 +117,8 @@
       const img = b.parentElement.querySelector("img[data-flip]");
       const toB = img.getAttribute("src") === img.dataset.a;
       img.setAttribute("src", toB ? img.dataset.b : img.dataset.a);
-      b.querySelector("span").textContent = toB ? "MoSLoRA" : "LoRA";
+      const label = toB ? img.dataset.labelB : img.dataset.labelA;
+      b.querySelector("span").textContent = label; img.alt = label;
     });
   });
 

@@ -109,6 +109,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/api/photos/{id}/remove", post(remove_photo))
         .route("/api/models", post(add_model))
         .route("/api/preview", post(preview))
+        .route("/api/check", post(check_yaml))
         .route("/api/jobs", post(add_job))
         .route("/jobs/{id}/study", get(study_page))
         .route("/api/jobs/{id}/study", post(make_study))
@@ -304,6 +305,9 @@ async fn job_sample(
 /// An adapter (`lora`, `moslora`), or its kohya (`kohya-lora`, ...) or diffusers export
 /// (`diffusers-lora`, ...).
 async fn download(State(app): S, UrlPath((id, what)): UrlPath<(i64, String)>) -> Response {
+    if let Some(kind) = what.strip_prefix("merged-") {
+        return merged(app.clone(), id, kind.to_string()).await;
+    }
     let r = with_db(&app, move |a, _db| {
         let out = JobFiles::new(&a.data, id).out();
         let (kind, format) = match what.as_str() {
@@ -352,6 +356,84 @@ async fn download(State(app): S, UrlPath((id, what)): UrlPath<(i64, String)>) ->
         Ok(None) => not_found("download").into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// One merge at a time (a merged SDXL is 7 GB): the second asker waits, then finds it made.
+static MERGING: Mutex<()> = Mutex::new(());
+
+/// The job's model with adapter `kind` merged in, as `moslora merge` writes it (one
+/// `.safetensors` file, the model's dtype), made once into `exports/` and sent as a stream.
+/// Made outside the database's lock: the app answers meanwhile.
+async fn merged(app: Arc<AppState>, id: i64, kind: String) -> Response {
+    if !super::presets::adapters().iter().any(|k| k.0 == kind) {
+        return not_found("download").into_response();
+    }
+    let made = tokio::task::spawn_blocking(move || -> Result<Option<(String, PathBuf)>> {
+        let files = JobFiles::new(&app.data, id);
+        let adapter = files.out().join(&kind).join("adapter.safetensors");
+        if !adapter.is_file() {
+            return Ok(None);
+        }
+        let name = format!("job{id}-{kind}-merged.safetensors");
+        let dest = app.data.join("exports").join(&name);
+        let _one = MERGING.lock().unwrap_or_else(|p| p.into_inner());
+        if !dest.is_file() {
+            let cfg = crate::config::RunConfig::load(&files.run_yaml())?;
+            let model = crate::sdxl::convert::open_model(&cfg.model, None)?;
+            let o = crate::sdxl::convert::WriteOptions {
+                dtype: None,
+                force: true,
+            };
+            crate::adapter::merged_model::merge(&model, &adapter, 1.0, &dest, &o)?;
+        }
+        Ok(Some((name, dest)))
+    })
+    .await;
+    match made {
+        Ok(Ok(Some((name, path)))) => stream_file(&path, &name),
+        Ok(Ok(None)) => not_found("download").into_response(),
+        Ok(Err(e)) => internal(e).into_response(),
+        Err(e) => internal(e).into_response(),
+    }
+}
+
+/// A file sent as an attachment, a megabyte at a time (never whole in memory).
+fn stream_file(path: &std::path::Path, name: &str) -> Response {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return internal(crate::Error::io(path, e)).into_response(),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let chunks = futures_util::stream::unfold(Some(file), |f| async move {
+        let mut f = f?;
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buf = vec![0u8; 1 << 20];
+            let n = f.read(&mut buf);
+            (f, buf, n)
+        })
+        .await;
+        match read {
+            Ok((f, mut buf, Ok(n))) if n > 0 => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(f)))
+            }
+            Ok((_, _, Err(e))) => Some((Err(e), None)),
+            _ => None,
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 /// The job's events as they are written (all of them first), and its state when it changes.
@@ -592,6 +674,39 @@ pub struct JobForm {
     /// The advanced panel's RUN.yaml, when edited.
     #[serde(default)]
     pub yaml: Option<String>,
+    /// The adapters' rank (default 4; alpha follows it).
+    #[serde(default)]
+    pub rank: Option<u32>,
+    /// MoSLoRA's mixer (default orthogonal).
+    #[serde(default)]
+    pub mixer: Option<String>,
+}
+
+impl JobForm {
+    /// The adapter settings chosen, checked against what RUN.yaml takes.
+    fn adapter(&self) -> Result<presets::AdapterChoice> {
+        let mut c = presets::AdapterChoice::default();
+        if let Some(r) = self.rank {
+            if !(1..=128).contains(&r) {
+                return Err(crate::Error::setting(
+                    "rank",
+                    format!("rank {r}: from 1 to 128"),
+                ));
+            }
+            c.rank = r;
+        }
+        if let Some(m) = self.mixer.as_deref().filter(|m| !m.is_empty()) {
+            let all = presets::mixers();
+            if !all.contains(&m) {
+                return Err(crate::Error::setting(
+                    "mixer",
+                    format!("mixer {m:?}: one of {}", all.join(", ")),
+                ));
+            }
+            c.mixer = m.to_string();
+        }
+        Ok(c)
+    }
 }
 
 /// `yaml` with its top-level `output:` set to the job's own folder (the line replaced, or
@@ -676,6 +791,7 @@ fn job_yaml(
             std::path::Path::new(&m.path),
             &out,
             &prompts,
+            &f.adapter()?,
         )
         .ok_or_else(|| {
             crate::Error::setting("preset", format!("{:?}: no such preset", f.preset))
@@ -707,6 +823,26 @@ fn job_yaml(
         ));
     }
     Ok((text, cfg))
+}
+
+#[derive(Deserialize)]
+struct YamlForm {
+    yaml: String,
+}
+
+/// The advanced panel's RUN.yaml as it is typed: read and checked as `compare` reads and
+/// checks a RUN.yaml (the same messages, "did you mean" included); nothing is written.
+async fn check_yaml(Json(f): Json<YamlForm>) -> Response {
+    if f.yaml.len() > 256 << 10 {
+        return bad("RUN.yaml: at most 256 KiB").into_response();
+    }
+    let r = crate::config::RunConfig::parse(&f.yaml).and_then(|c| c.validate().map(|_| c));
+    match r {
+        Ok(c) => {
+            Json(json!({ "ok": true, "device": c.device, "steps": c.train.steps })).into_response()
+        }
+        Err(e) => Json(json!({ "ok": false, "error": format!("RUN.yaml: {e}") })).into_response(),
+    }
 }
 
 async fn preview(State(app): S, Json(f): Json<JobForm>) -> Response {
@@ -786,6 +922,7 @@ async fn job_action(State(app): S, UrlPath((id, action)): UrlPath<(i64, String)>
         let changed = match action.as_str() {
             "stop" => jobs::stop(db, &a.data, id)?,
             "resume" => jobs::resume(db, id)?,
+            "sample" => jobs::sample_now(db, &a.data, id)?,
             "up" => {
                 db.move_job(id, -1)?;
                 true
@@ -809,7 +946,7 @@ async fn job_action(State(app): S, UrlPath((id, action)): UrlPath<(i64, String)>
             _ => {
                 return Err(crate::Error::setting(
                     "action",
-                    "stop, resume, up, down or remove",
+                    "stop, resume, sample, up, down or remove",
                 ))
             }
         };

@@ -227,7 +227,8 @@ impl TrainJob<'_> {
                 .unwrap_or(value as f64);
             progress.step(step, value, smoothed);
             if let Some(s) = &self.data.sampler {
-                if step.is_multiple_of(cfg.train.sample_every) || step == total {
+                let asked = paths.take_sample_request();
+                if asked || step.is_multiple_of(cfg.train.sample_every) || step == total {
                     let path = paths.samples().join(format!("step_{step:06}.png"));
                     write_sample(cfg, self.data, text.as_deref(), s, unet, opts, &path)?;
                 }
