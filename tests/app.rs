@@ -424,6 +424,44 @@ fn photos_to_results_with_hostile_input_refused() {
     let r = app.post("/api/photos/1/caption", &json!({ "caption": "" }));
     assert_eq!(r.status, 200);
 
+    // A photo replaced: refused bytes leave it as it was; a good picture takes its place and
+    // its caption.
+    let r = app.post(
+        "/api/photos/2/caption",
+        &json!({ "caption": "a [V] {class} on sand" }),
+    );
+    assert_eq!(r.status, 200);
+    let r = app.req(
+        "PUT",
+        "/api/photos/2/replace",
+        &[("X-File-Name", "bad.png")],
+        b"hello",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(app.get("/photos/2/thumb").status, 200);
+    let mut png = Vec::new();
+    image::RgbImage::from_fn(300, 280, |x, y| image::Rgb([x as u8, y as u8, 77]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let r = app.req(
+        "PUT",
+        "/api/photos/2/replace",
+        &[("X-File-Name", "new sand.png")],
+        &png,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let new = r.json()["id"].as_i64().unwrap();
+    assert_eq!(app.get("/photos/2/thumb").status, 404);
+    assert_eq!(app.get(&format!("/photos/{new}/thumb")).status, 200);
+    let page = app.get(&format!("/subjects/{subject}")).text();
+    assert_eq!(page.matches("/thumb\"").count(), 5);
+    assert!(page.contains("new sand.png") && page.contains("a [V] {class} on sand"));
+    assert_eq!(
+        kept(),
+        before + 1,
+        "the old photo and its caption file gone, the new one's in"
+    );
+
     // Changes from elsewhere, or without the page's token, are refused; ids are numbers.
     let body = json!({ "name": "x", "class": "y", "identifier": "z" }).to_string();
     for extra in [
@@ -487,6 +525,23 @@ fn photos_to_results_with_hostile_input_refused() {
         "{}",
         r.text()
     );
+
+    // A subject without enough photos cannot start a comparison: said at once.
+    let r = app.post(
+        "/api/subjects",
+        &json!({ "name": "empty", "class": "dog", "identifier": "sks" }),
+    );
+    let empty = r.json()["id"].as_i64().unwrap();
+    let r = app.post(
+        "/api/jobs",
+        &json!({ "subject": empty, "model": 1, "preset": "toy" }),
+    );
+    assert!(
+        r.status == 400 && r.text().contains("empty: 0 photos (at least 3"),
+        "{}",
+        r.text()
+    );
+    assert!(app.get("/api/jobs/1").status == 404);
 
     // A short comparison, followed live.
     let model = tiny(&app);

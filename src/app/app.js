@@ -111,6 +111,17 @@
     zone.addEventListener("drop", (ev) => { ev.preventDefault(); zone.classList.remove("over"); upload([...ev.dataTransfer.files]); });
   });
 
+  // A photo replaced: the new file checked as an upload is, the old one kept if it is refused.
+  document.querySelectorAll("input[data-replace]").forEach((input) => {
+    input.addEventListener("change", async () => {
+      const f = input.files[0];
+      if (!f) return;
+      showError("");
+      try { await send("PUT", input.dataset.replace, f, "application/octet-stream", f.name); location.reload(); }
+      catch (e) { showError(f.name + ": refused: " + e.message); }
+    });
+  });
+
   // Flip between LoRA and MoSLoRA on one picture.
   document.querySelectorAll("button.flipper").forEach((b) => {
     b.addEventListener("click", () => {

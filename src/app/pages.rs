@@ -93,7 +93,9 @@ pub fn subject(app: &AppState, db: &Store, id: i64) -> Result<String> {
              <form class=\"api\" data-action=\"/api/photos/{pid}/caption\">\
              <input name=\"caption\" value=\"{cap}\" placeholder=\"caption (photo.txt), e.g. a photo of [V] {{class}} on grass\">\
              <button>Save caption</button></form>\
-             <button class=\"post\" data-post=\"/api/photos/{pid}/remove\">Remove</button></div></li>",
+             <button class=\"post\" data-post=\"/api/photos/{pid}/remove\">Remove</button>\
+             <label class=\"button\">Replace<input type=\"file\" class=\"replace\" accept=\"image/png,image/jpeg,image/webp\" \
+             data-replace=\"/api/photos/{pid}/replace\"></label></div></li>",
             pid = p.id,
             orig = esc(&p.original),
             w = p.width,

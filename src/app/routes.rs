@@ -107,6 +107,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/api/subjects/{id}/photos", put(upload_photo))
         .route("/api/photos/{id}/caption", post(edit_caption))
         .route("/api/photos/{id}/remove", post(remove_photo))
+        .route("/api/photos/{id}/replace", put(replace_photo))
         .route("/api/models", post(add_model))
         .route("/api/preview", post(preview))
         .route("/api/check", post(check_yaml))
@@ -559,17 +560,7 @@ async fn upload_photo(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let name = headers
-        .get("x-file-name")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            percent_encoding::percent_decode_str(v)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "photo".into());
-    let original: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
+    let original = file_name(&headers);
     let r = with_db(&app, move |a, db| {
         if db.subject(id)?.is_none() {
             return Ok(None);
@@ -582,6 +573,21 @@ async fn upload_photo(
         Ok(None) => not_found("subject").into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// The name the user's file had (`X-File-Name`, percent-encoded), kept only to be shown.
+fn file_name(headers: &HeaderMap) -> String {
+    let name = headers
+        .get("x-file-name")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "photo".into());
+    name.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 #[derive(Deserialize)]
@@ -609,6 +615,40 @@ async fn edit_caption(
     match r {
         Ok(true) => Json(json!({ "id": id })).into_response(),
         Ok(false) => not_found("photo").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A photo replaced by new bytes (checked as an upload is): the new one takes the old one's
+/// caption, and the old one goes only once the new one is kept.
+async fn replace_photo(
+    State(app): S,
+    UrlPath(id): UrlPath<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let original = file_name(&headers);
+    let r = with_db(&app, move |a, db| {
+        let Some(old) = db.photo(id)? else {
+            return Ok(None);
+        };
+        let added = photos::add(db, &a.data, old.subject, &original, &body)?;
+        if !old.caption.is_empty() {
+            if let Some(new) = db.photo(added.id)? {
+                photos::set_caption(&a.data, new.subject, &new.file, &old.caption)?;
+                db.set_caption(added.id, &old.caption)?;
+            }
+        }
+        photos::remove(&a.data, old.subject, &old.file);
+        db.remove_photo(id)?;
+        Ok(Some(added))
+    })
+    .await;
+    match r {
+        Ok(Some(added)) => {
+            Json(json!({ "id": added.id, "replaced": id, "checks": added.checks })).into_response()
+        }
+        Ok(None) => not_found("photo").into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -748,6 +788,18 @@ fn job_yaml(
     let m = db
         .model(f.model)?
         .ok_or_else(|| crate::Error::setting("model", "no such model"))?;
+    let have = db.photos(s.id)?.len();
+    let least = crate::train::dataset::MIN_PHOTOS;
+    if have < least {
+        return Err(crate::Error::setting(
+            "subject",
+            format!(
+                "{}: {} (at least {least}, best 5 to 20): add them on the subject's page",
+                s.name,
+                crate::words::count(have, "photo")
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let prompts = if f.lines.trim().is_empty() {
         let name = if f.prompts.is_empty() {
