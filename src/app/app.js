@@ -138,13 +138,15 @@
   if (live) {
     const id = live.dataset.job;
     const $ = (sel) => live.querySelector(sel);
-    const series = { lora: [], moslora: [] };
+    // One series per curve the page drew (one per adapter kind).
+    const series = {};
+    live.querySelectorAll("polyline[data-series]").forEach((p) => { series[p.dataset.series] = []; });
     let total = 1;
     function draw() {
-      const all = series.lora.concat(series.moslora).map((p) => p[1]).filter(Number.isFinite);
+      const all = [].concat(...Object.values(series)).map((p) => p[1]).filter(Number.isFinite);
       if (!all.length) return;
       const lo = Math.min(...all), hi = Math.max(...all), span = hi - lo || 1;
-      for (const k of ["lora", "moslora"]) {
+      for (const k of Object.keys(series)) {
         const pts = series[k].map(([s, v]) => ((s / total) * 590 + 5).toFixed(1) + "," + (195 - ((v - lo) / span) * 190).toFixed(1));
         $('polyline[data-series="' + k + '"]').setAttribute("points", pts.join(" "));
       }

@@ -264,17 +264,39 @@ pub fn job(app: &AppState, db: &Store, id: i64) -> Result<String> {
         .map(|a| esc(a))
         .collect::<Vec<_>>()
         .join(" ");
+    // One curve per adapter kind, each in a style of its own: the first solid and thick, the
+    // next dashed over it, so that curves that overlap all show.
+    const STYLES: [(&str, &str); 5] = [
+        ("solid", "stroke=\"#1f77b4\" stroke-width=\"2.5\""),
+        (
+            "dashed",
+            "stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\"",
+        ),
+        (
+            "dotted",
+            "stroke=\"#2ca02c\" stroke-width=\"1.5\" stroke-dasharray=\"2 3\"",
+        ),
+        (
+            "dash-dot",
+            "stroke=\"#9467bd\" stroke-width=\"1.5\" stroke-dasharray=\"8 3 2 3\"",
+        ),
+        (
+            "long dashes",
+            "stroke=\"#ff7f0e\" stroke-width=\"1.5\" stroke-dasharray=\"12 4\"",
+        ),
+    ];
+    let curves: Vec<(&str, &str, &str, &str)> = presets::adapters()
+        .into_iter()
+        .zip(STYLES.iter().cycle())
+        .map(|((name, label), (how, style))| (name, label, *how, *style))
+        .collect();
     let b = format!(
         "<section class=\"live\" data-job=\"{id}\">\
          <p>{state} <span class=\"muted\" data-message>{msg}</span> {actions}</p>\
          <p class=\"status\"><b data-phase>waiting</b> <span data-steps></span> <span data-speed></span> <span data-eta></span></p>\
          <progress data-progress max=\"1\" value=\"0\"></progress>\
-         <h2>Training loss</h2><svg class=\"chart\" data-chart viewBox=\"0 0 600 200\" role=\"img\" aria-label=\"loss curves: LoRA solid, MoSLoRA dashed\">\
-         <polyline data-series=\"lora\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2.5\" points=\"\"></polyline>\
-         <polyline data-series=\"moslora\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\" points=\"\"></polyline></svg>\
-         <p class=\"legend\"><span class=\"lora\"><svg viewBox=\"0 0 30 10\" aria-hidden=\"true\"><line x1=\"0\" y1=\"5\" x2=\"30\" y2=\"5\" stroke=\"#1f77b4\" stroke-width=\"2.5\"/></svg> LoRA</span> \
-         <span class=\"moslora\"><svg viewBox=\"0 0 30 10\" aria-hidden=\"true\"><line x1=\"0\" y1=\"5\" x2=\"30\" y2=\"5\" stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\"/></svg> MoSLoRA</span> \
-         <span data-loss></span></p>\
+         <h2>Training loss</h2><svg class=\"chart\" data-chart viewBox=\"0 0 600 200\" role=\"img\" aria-label=\"loss curves: {aria}\">\
+         {lines}</svg><p class=\"legend\">{legend}<span data-loss></span></p>\
          <h2>Samples</h2>{sample_now}<div class=\"samples\" data-samples></div>\
          <p><a href=\"/jobs/{id}/results\" data-results>Results</a></p>\
          <h2>Log</h2><pre class=\"log\" data-log>{log}</pre>\
@@ -283,6 +305,14 @@ pub fn job(app: &AppState, db: &Store, id: i64) -> Result<String> {
         state = state_badge(&j.state),
         msg = esc(&j.message),
         actions = actions(id, &j.state),
+        aria = esc(&curves.iter().map(|c| format!("{} {}", c.1, c.2)).collect::<Vec<_>>().join(", ")),
+        lines = curves.iter().map(|c| format!(
+            "<polyline data-series=\"{}\" fill=\"none\" {} points=\"\"></polyline>", c.0, c.3
+        )).collect::<String>(),
+        legend = curves.iter().map(|c| format!(
+            "<span><svg viewBox=\"0 0 30 10\" aria-hidden=\"true\"><line x1=\"0\" y1=\"5\" x2=\"30\" y2=\"5\" {}/></svg> {}</span> ",
+            c.3, esc(c.1)
+        )).collect::<String>(),
         sample_now = if j.state == store::RUNNING {
             format!(
                 "<p><button type=\"button\" class=\"sample-now\" data-sample=\"/api/jobs/{id}/sample\">Sample now</button> \

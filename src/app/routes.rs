@@ -296,29 +296,29 @@ async fn job_sample(
     State(app): S,
     UrlPath((id, kind, step)): UrlPath<(i64, String, u64)>,
 ) -> Response {
-    if kind != "lora" && kind != "moslora" {
+    if !presets::adapters().iter().any(|k| k.0 == kind) {
         return not_found("sample").into_response();
     }
     let out = JobFiles::new(&app.data, id).out();
     safe_file(out, format!("{kind}/samples/step_{step:06}.png")).await
 }
 
-/// An adapter (`lora`, `moslora`), or its kohya (`kohya-lora`, ...) or diffusers export
-/// (`diffusers-lora`, ...).
+/// An adapter (`lora`, `moslora`, ...), or its kohya (`kohya-lora`, ...) or diffusers export
+/// (`diffusers-lora`, ...); the model with it merged in (`merged-lora`, ...).
 async fn download(State(app): S, UrlPath((id, what)): UrlPath<(i64, String)>) -> Response {
     if let Some(kind) = what.strip_prefix("merged-") {
         return merged(app.clone(), id, kind.to_string()).await;
     }
     let r = with_db(&app, move |a, _db| {
         let out = JobFiles::new(&a.data, id).out();
-        let (kind, format) = match what.as_str() {
-            "lora" => ("lora", None),
-            "moslora" => ("moslora", None),
-            "kohya-lora" => ("lora", Some("kohya")),
-            "kohya-moslora" => ("moslora", Some("kohya")),
-            "diffusers-lora" => ("lora", Some("diffusers")),
-            "diffusers-moslora" => ("moslora", Some("diffusers")),
-            _ => return Ok(None),
+        // `KIND`, `kohya-KIND` or `diffusers-KIND`, KIND one of the trainer's adapter kinds.
+        let (format, name) = match what.split_once('-') {
+            Some((f @ ("kohya" | "diffusers"), k)) => (Some(f), k),
+            Some(_) => return Ok(None),
+            None => (None, what.as_str()),
+        };
+        let Some(&(kind, _)) = presets::adapters().iter().find(|k| k.0 == name) else {
+            return Ok(None);
         };
         let adapter = out.join(kind).join("adapter.safetensors");
         if !adapter.is_file() {
