@@ -104,13 +104,13 @@ def main():
         form = {"subject": subject, "model": 1, "preset": "toy", "prompts": "toy"}
         yaml = cut(app.post("/api/preview", form)["yaml"], a.steps)
 
-        rows = []
-        for r in range(a.rounds):
+        def through_app():
             t = time.time()
             job = app.post("/api/jobs", dict(form, yaml=yaml))["id"]
             wait_done(app, job)
-            through_app = time.time() - t
-            child = child_seconds(data, job)
+            return time.time() - t, child_seconds(data, job)
+
+        def command_line(r):
             # The same RUN.yaml, its output moved to a fresh folder, on the command line.
             run_dir = os.path.join(root, f"cli-{r}")
             os.makedirs(run_dir)
@@ -122,9 +122,19 @@ def main():
             t = time.time()
             subprocess.run([a.moslora, "compare", run], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            cli = time.time() - t
-            rows.append((through_app, child, cli))
-            print(f"round {r + 1}: app {through_app:.1f} s (compare child {child:.1f} s), "
+            return time.time() - t
+
+        rows = []
+        for r in range(a.rounds):
+            # Alternating which goes first, so that a drift in the machine's load favours
+            # neither.
+            if r % 2 == 0:
+                (via_app, child), cli = through_app(), command_line(r)
+            else:
+                cli = command_line(r)
+                via_app, child = through_app()
+            rows.append((via_app, child, cli))
+            print(f"round {r + 1}: app {via_app:.1f} s (compare child {child:.1f} s), "
                   f"command line {cli:.1f} s", flush=True)
         app_m = statistics.median(x[0] for x in rows)
         cli_m = statistics.median(x[2] for x in rows)
