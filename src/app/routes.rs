@@ -378,7 +378,9 @@ async fn merged(app: Arc<AppState>, id: i64, kind: String) -> Response {
         let name = format!("job{id}-{kind}-merged.safetensors");
         let dest = app.data.join("exports").join(&name);
         let _one = MERGING.lock().unwrap_or_else(|p| p.into_inner());
-        if !dest.is_file() {
+        // Made again when older than the adapter (a job id used again after a removal).
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if modified(&dest).is_none() || modified(&dest) < modified(&adapter) {
             let cfg = crate::config::RunConfig::load(&files.run_yaml())?;
             let model = crate::sdxl::convert::open_model(&cfg.model, None)?;
             let o = crate::sdxl::convert::WriteOptions {
@@ -993,6 +995,17 @@ async fn job_action(State(app): S, UrlPath((id, action)): UrlPath<(i64, String)>
                 }
                 db.remove_job(id)?;
                 let _ = std::fs::remove_dir_all(JobFiles::new(&a.data, id).dir);
+                // Its exports too: a later job may get its number.
+                let prefix = format!("job{id}-");
+                for e in std::fs::read_dir(a.data.join("exports"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
                 true
             }
             _ => {
