@@ -326,6 +326,20 @@ fn photos_to_results_with_hostile_input_refused() {
     let page = app.get(&format!("/subjects/{subject}")).text();
     assert!(!page.contains(markup) && page.contains("&lt;img src=x onerror=alert(1)&gt;"));
     assert_eq!(page.matches("/thumb\"").count(), 5);
+    // Each photo's checks in the command line's own words: the one too small for SDXL says
+    // what `compare` would say of it at 1024 px.
+    let folder = moslora::train::dataset::scan_photos(
+        &repo().join("assets/subject"),
+        moslora::train::dataset::min_photo_side(1024),
+        1024,
+    )
+    .unwrap();
+    assert_eq!(folder.skipped.len(), 1, "{:?}", folder.skipped);
+    assert!(
+        page.contains(&moslora::html::esc(&folder.skipped[0].why)),
+        "{} not in {page}",
+        folder.skipped[0].why
+    );
     for path in ["/photos/1/thumb", "/photos/5/thumb"] {
         let r = app.get(path);
         assert_eq!(
@@ -410,6 +424,44 @@ fn photos_to_results_with_hostile_input_refused() {
     let r = app.post("/api/photos/1/caption", &json!({ "caption": "" }));
     assert_eq!(r.status, 200);
 
+    // A photo replaced: refused bytes leave it as it was; a good picture takes its place and
+    // its caption.
+    let r = app.post(
+        "/api/photos/2/caption",
+        &json!({ "caption": "a [V] {class} on sand" }),
+    );
+    assert_eq!(r.status, 200);
+    let r = app.req(
+        "PUT",
+        "/api/photos/2/replace",
+        &[("X-File-Name", "bad.png")],
+        b"hello",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(app.get("/photos/2/thumb").status, 200);
+    let mut png = Vec::new();
+    image::RgbImage::from_fn(300, 280, |x, y| image::Rgb([x as u8, y as u8, 77]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let r = app.req(
+        "PUT",
+        "/api/photos/2/replace",
+        &[("X-File-Name", "new sand.png")],
+        &png,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let new = r.json()["id"].as_i64().unwrap();
+    assert_eq!(app.get("/photos/2/thumb").status, 404);
+    assert_eq!(app.get(&format!("/photos/{new}/thumb")).status, 200);
+    let page = app.get(&format!("/subjects/{subject}")).text();
+    assert_eq!(page.matches("/thumb\"").count(), 5);
+    assert!(page.contains("new sand.png") && page.contains("a [V] {class} on sand"));
+    assert_eq!(
+        kept(),
+        before + 1,
+        "the old photo and its caption file gone, the new one's in"
+    );
+
     // Changes from elsewhere, or without the page's token, are refused; ids are numbers.
     let body = json!({ "name": "x", "class": "y", "identifier": "z" }).to_string();
     for extra in [
@@ -436,12 +488,60 @@ fn photos_to_results_with_hostile_input_refused() {
         assert!((400..500).contains(&r.status), "{path}: {}", r.status);
         assert!(!r.text().contains("SQLite format"), "{path}");
     }
+    // The advanced panel's RUN.yaml, checked as it is typed: the command line's message and
+    // its "did you mean".
+    let typo = data.join("typo.yaml");
+    std::fs::write(&typo, "train:\n  stpes: 3\n").unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .args(["compare", typo.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(2));
+    let r = app.post("/api/check", &json!({ "yaml": "train:\n  stpes: 3\n" }));
+    assert_eq!(r.status, 200);
+    let said = r.json();
+    assert_eq!(said["ok"], false);
+    let msg = said["error"].as_str().unwrap();
+    assert!(msg.contains("did you mean `steps`?"), "{msg}");
+    let core = msg.trim_start_matches("RUN.yaml: ");
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains(core),
+        "{core} / {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let r = app.post("/api/check", &json!({ "yaml": "train:\n  steps: 3\n" }));
+    assert_eq!(r.json()["ok"], true, "{}", r.text());
+    let r = app.post(
+        "/api/check",
+        &json!({ "yaml": "adapter:\n  mixer: orthogonl\n" }),
+    );
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("did you mean `orthogonal`?"));
     let r = app.post("/api/models", &json!({ "path": "/nonexistent/sdxl" }));
     assert!(
         r.status == 400 && r.text().contains("does not exist"),
         "{}",
         r.text()
     );
+
+    // A subject without enough photos cannot start a comparison: said at once.
+    let r = app.post(
+        "/api/subjects",
+        &json!({ "name": "empty", "class": "dog", "identifier": "sks" }),
+    );
+    let empty = r.json()["id"].as_i64().unwrap();
+    let r = app.post(
+        "/api/jobs",
+        &json!({ "subject": empty, "model": 1, "preset": "toy" }),
+    );
+    assert!(
+        r.status == 400 && r.text().contains("empty: 0 photos (at least 3"),
+        "{}",
+        r.text()
+    );
+    assert!(app.get("/api/jobs/1").status == 404);
 
     // A short comparison, followed live.
     let model = tiny(&app);
@@ -460,9 +560,41 @@ fn photos_to_results_with_hostile_input_refused() {
         (200, Some("image/png"))
     );
 
-    // Results: pairs from the same noise with a flip, and downloads.
+    // Results: pairs from the same noise, each picture labelled, with a flip; the verdicts
+    // in words (the command line's own sentences) and the samples along the way by step.
     let results = app.get(&format!("/jobs/{job}/results")).text();
     assert_eq!(results.matches("class=\"flipper\"").count(), 2, "{results}");
+    assert_eq!(
+        results
+            .matches("<figcaption data-label>LoRA</figcaption>")
+            .count(),
+        2
+    );
+    assert_eq!(
+        results
+            .matches("<figcaption data-label>MoSLoRA</figcaption>")
+            .count(),
+        2
+    );
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(out(&data, job).join("renders/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let verdicts = manifest["metrics"]["verdicts"].as_array().unwrap();
+    assert!(!verdicts.is_empty());
+    for v in verdicts {
+        let want = format!("<li>{}</li>", moslora::html::esc(v.as_str().unwrap()));
+        assert!(results.contains(&want), "{want} not in {results}");
+    }
+    assert!(results.contains("<h2>Step series</h2>"), "{results}");
+    for step in [2, 4] {
+        for kind in ["lora", "moslora"] {
+            assert!(
+                results.contains(&format!("/jobs/{job}/sample/{kind}/{step}\"")),
+                "{kind} {step}"
+            );
+        }
+    }
     let img = app.get(&format!("/jobs/{job}/image/0"));
     assert_eq!(img.header("content-type"), Some("image/png"));
     let kohya = app.get(&format!("/jobs/{job}/download/kohya-moslora"));
@@ -474,6 +606,47 @@ fn photos_to_results_with_hostile_input_refused() {
         .unwrap()
         .keys()
         .any(|k| k.starts_with("lora_unet_")));
+    // diffusers loads the download as its users do (`load_lora_weights`), every layer of it.
+    let kohya_file = data.join("kohya-moslora.safetensors");
+    std::fs::write(&kohya_file, &kohya.body).unwrap();
+    let png = data.join("diffusers-kohya.png");
+    let model = tiny_model();
+    let args: Vec<&Path> = vec![
+        &model,
+        &kohya_file,
+        Path::new("a photo of sks robot"),
+        Path::new("0"),
+        Path::new("2"),
+        Path::new("64"),
+        Path::new("64"),
+        &png,
+    ];
+    common::run_reference("check_lora_export.py", &args);
+    // The model with the adapter merged in: one single-file checkpoint, sent as a stream.
+    let merged = app.get(&format!("/jobs/{job}/download/merged-lora"));
+    assert_eq!(merged.status, 200, "{}", merged.text());
+    assert!(merged
+        .header("content-disposition")
+        .unwrap()
+        .contains("job1-lora-merged.safetensors"));
+    let n = u64::from_le_bytes(merged.body[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&merged.body[8..8 + n]).unwrap();
+    assert!(
+        header
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("model.diffusion_model.")),
+        "{header}"
+    );
+    assert_eq!(
+        merged.body,
+        std::fs::read(data.join("exports/job1-lora-merged.safetensors")).unwrap()
+    );
+    assert_eq!(
+        app.get(&format!("/jobs/{job}/download/merged-x")).status,
+        404
+    );
     // Make a study, and answer two trials as a rater on the served study.
     let r = app.post(&format!("/api/jobs/{job}/study"), &json!({}));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -507,12 +680,55 @@ fn photos_to_results_with_hostile_input_refused() {
         .map(|r| r["answered"].as_u64().unwrap())
         .sum();
     assert_eq!(answered, 2, "{o}");
-    let pid = std::fs::read_to_string(study.join("serve.pid")).unwrap();
-    assert!(Command::new("kill")
-        .arg(pid.trim())
-        .status()
+    // The study server gone with the app (a restarted machine): the restarted app serves the
+    // study again on its address, so the links sent still work, with the answers kept.
+    let stop_study = || {
+        let pid = std::fs::read_to_string(study.join("serve.pid")).unwrap();
+        assert!(Command::new("kill")
+            .arg(pid.trim())
+            .status()
+            .unwrap()
+            .success());
+        let t = Instant::now();
+        while TcpStream::connect(served).is_ok() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the study server runs on"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    stop_study();
+    app.kill();
+    let app = App::start(&data);
+    let t = Instant::now();
+    let o = loop {
+        if TcpStream::connect(served).is_ok() {
+            break Http::new(served)
+                .get("/api/organiser", Some(org_token))
+                .json();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the study is not served again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let answered: u64 = o["raters"]
+        .as_array()
         .unwrap()
-        .success());
+        .iter()
+        .map(|r| r["answered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(answered, 2, "{o}");
+    assert_eq!(
+        app.get(&format!("/jobs/{job}/study"))
+            .text()
+            .matches("data-link")
+            .count(),
+        3
+    );
+    stop_study();
     // Scored by the toy world's judge (the Toy world preset's metrics), shown as text.
     assert!(results.contains("<h2>Scores</h2>"), "{results}");
     let diffusers = app.get(&format!("/jobs/{job}/download/diffusers-lora"));
@@ -542,7 +758,9 @@ fn stop_resume_kill_and_queue_order_keep_the_bits() {
     let app = App::start(&data);
     let subject = subject_with_photos(&app, "robot");
     let model = tiny(&app);
-    let yaml = short_yaml(&app, subject, model, 40);
+    // Samples only at the end (so that one drawn at another step was asked for).
+    let yaml =
+        short_yaml(&app, subject, model, 40).replace("sample_every: 2", "sample_every: 1000");
 
     // Two jobs queued at once run one after the other: the second waits while the first runs.
     let whole = add_job(&app, subject, model, &yaml);
@@ -555,7 +773,25 @@ fn stop_resume_kill_and_queue_order_keep_the_bits() {
             .status,
         200
     );
+    // "Sample now" on the running job: a sample at the next step, and (below) the same bits
+    // as a job that drew none.
+    wait_for_step(&data, whole, 3);
+    let r = app.post(&format!("/api/jobs/{whole}/sample"), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = app.post(&format!("/api/jobs/{stopped}/sample"), &json!({}));
+    assert_eq!(r.status, 400, "a waiting job draws no sample: {}", r.text());
     app.wait_for(&data, whole, "done", LIMIT);
+    let asked: Vec<u64> = events(&data, whole)
+        .iter()
+        .filter(|e| e["event"] == "file" && e["what"] == "sample")
+        .filter_map(|e| e["step"].as_u64())
+        .filter(|&s| s < 40)
+        .collect();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0] > 3, "{asked:?}");
+    for kind in ["lora", "moslora"] {
+        assert!(!out(&data, whole).join(kind).join("sample-now").exists());
+    }
 
     // Stop, then Resume: the same bits as the uninterrupted job.
     wait_for_step(&data, stopped, 3);
@@ -640,6 +876,18 @@ fn browse(app: &App, data: &Path, args: &[&str]) -> Value {
     assert!(seen["command"].as_str().unwrap().contains("compare"));
     assert_eq!(seen["flipped"], true);
     assert_eq!(seen["flip_label"], "MoSLoRA");
+    assert_eq!(seen["labels"], json!(["LoRA", "MoSLoRA"]));
+    assert!(
+        seen["yaml_typo"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `stpes`"),
+        "{seen}"
+    );
+    assert!(
+        seen["yaml_ok"].as_str().unwrap().contains("steps on cpu"),
+        "{seen}"
+    );
     let kohya = std::fs::read(seen["download"].as_str().unwrap()).unwrap();
     let n = u64::from_le_bytes(kohya[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&kohya[8..8 + n]).unwrap();
@@ -699,16 +947,14 @@ fn in_chromium_from_photos_to_a_kohya_file() {
     std::fs::remove_dir_all(&data).unwrap();
 }
 
-/// The README's screenshots (`docs/app-*.png`), only when `MOSLORA_APP_SCREENSHOTS` is set:
+/// The README's screenshots (`docs/app-*.png`), only when `MOSLORA_SCREENSHOTS` is set:
 /// the same path as a person would walk it, on a realistic run (the subject "robot" with the
 /// bundled photos, the shipped toy model, the Toy world preset at its 500 steps on one seed),
 /// so that the samples and results show the robot learnt. About 2-3 minutes on 2 cores.
 #[test]
 fn readme_screenshots_from_a_realistic_run() {
-    if std::env::var_os("MOSLORA_APP_SCREENSHOTS").is_none() {
-        eprintln!(
-            "MOSLORA_APP_SCREENSHOTS is not set: the README's screenshots are left as they are"
-        );
+    if std::env::var_os(common::SCREENSHOTS_ENV).is_none() {
+        eprintln!("MOSLORA_SCREENSHOTS is not set: the README's screenshots are left as they are");
         return;
     }
     study_support::require_browser();
@@ -757,7 +1003,8 @@ fn readme_screenshots_from_a_realistic_run() {
     );
     for e in std::fs::read_dir(data.join("screenshots")).unwrap() {
         let p = e.unwrap().path();
-        std::fs::copy(&p, repo().join("docs").join(p.file_name().unwrap())).unwrap();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::copy(&p, common::docs_picture(&name)).unwrap();
     }
     app.kill();
     std::fs::remove_dir_all(&data).unwrap();

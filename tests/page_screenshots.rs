@@ -1,8 +1,8 @@
 //! The pages people read, opened in headless Chromium at a laptop's width (1366 px): the
 //! gallery of a scored render folder and a served study's organiser page show their verdicts
 //! in words above the numbers, as HTML tables that need no sideways scrolling. Their
-//! screenshots are saved in `docs/screenshots/` (the sweep page's is taken by `tests/sweep.rs`,
-//! which gathers a real sweep).
+//! screenshots are saved in `docs/screenshots/` when `MOSLORA_SCREENSHOTS` is set, else under
+//! `target/` (the sweep page's is taken by `tests/sweep.rs`, which gathers a real sweep).
 
 mod common;
 mod serve_support;

@@ -224,3 +224,46 @@ fn a_stopped_train_ends_stopped_and_a_bad_run_failed() {
     assert!(stderr.contains(msg), "{msg} / {stderr}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A run on more than one CPU thread with OpenMP's wait policy unset starts itself again
+/// (`exec`, the same process id) with the passive policy: its stream still holds one `start`
+/// and one `loading`, then the steps and `done`.
+#[test]
+fn a_run_restarted_for_openmp_starts_its_stream_once() {
+    let root = scratch("reexec");
+    let run = write_run(&root, 1);
+    let yaml = std::fs::read_to_string(&run).unwrap();
+    std::fs::write(&run, format!("threads: 2\n{yaml}")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_moslora"))
+        .args([
+            "train",
+            run.to_str().unwrap(),
+            "--adapter",
+            "lora",
+            "--progress",
+            "json",
+        ])
+        .env_remove("OMP_WAIT_POLICY")
+        .env_remove("MOSLORA_THREADS")
+        .env("OMP_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = events(&stdout);
+    assert_eq!(of(&ev, "start").len(), 1, "{stdout}");
+    assert_eq!(ev[0]["event"], "start");
+    let loading = of(&ev, "phase")
+        .iter()
+        .filter(|e| e["phase"] == "loading")
+        .count();
+    assert_eq!(loading, 1, "{stdout}");
+    assert_eq!(of(&ev, "step").len(), 1, "{stdout}");
+    assert_eq!(ev.last().unwrap()["event"], "done");
+    std::fs::remove_dir_all(&root).unwrap();
+}

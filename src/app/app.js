@@ -37,14 +37,30 @@
       } catch (e) { showError(e.message); }
     });
     const yaml = form.querySelector('textarea[name="yaml"]');
-    if (yaml) yaml.addEventListener("input", () => { yaml.dataset.dirty = "1"; });
+    const verdict = form.querySelector("[data-yaml-check]");
+    // The RUN.yaml checked as it is typed (a moment after the last key), with the command
+    // line's own messages.
+    let timer = null, asked = 0;
+    async function checkYaml() {
+      const n = ++asked;
+      try {
+        const data = await send("POST", "/api/check", JSON.stringify({ yaml: yaml.value }));
+        if (n !== asked) return;
+        verdict.textContent = data.ok ? "RUN.yaml reads: " + data.steps + " steps on " + data.device : data.error;
+        verdict.className = "yaml-check " + (data.ok ? "ok" : "bad");
+      } catch (e) { if (n === asked) { verdict.textContent = e.message; verdict.className = "yaml-check bad"; } }
+    }
+    if (yaml) yaml.addEventListener("input", () => {
+      yaml.dataset.dirty = "1";
+      clearTimeout(timer); timer = setTimeout(checkYaml, 300);
+    });
     const preview = form.querySelector("button.preview");
     if (preview) preview.addEventListener("click", async () => {
       showError("");
       try {
         const body = formJson(form); delete body.yaml;
         const data = await send("POST", "/api/preview", JSON.stringify(body));
-        yaml.value = data.yaml; delete yaml.dataset.dirty;
+        yaml.value = data.yaml; delete yaml.dataset.dirty; checkYaml();
       } catch (e) { showError(e.message); }
     });
   });
@@ -57,6 +73,18 @@
         if (b.dataset.go === "url" && data.url) location.href = data.url; else location.reload();
       }
       catch (e) { showError(e.message); }
+    });
+  });
+
+  // "Sample now": asked without leaving the page; the sample arrives with the job's events.
+  document.querySelectorAll("button.sample-now").forEach((b) => {
+    b.addEventListener("click", async () => {
+      showError("");
+      const note = document.querySelector("[data-sample-note]");
+      try {
+        await send("POST", b.dataset.sample, "{}");
+        if (note) note.textContent = "asked: the sample appears below after the next step";
+      } catch (e) { showError(e.message); }
     });
   });
 
@@ -83,13 +111,25 @@
     zone.addEventListener("drop", (ev) => { ev.preventDefault(); zone.classList.remove("over"); upload([...ev.dataTransfer.files]); });
   });
 
+  // A photo replaced: the new file checked as an upload is, the old one kept if it is refused.
+  document.querySelectorAll("input[data-replace]").forEach((input) => {
+    input.addEventListener("change", async () => {
+      const f = input.files[0];
+      if (!f) return;
+      showError("");
+      try { await send("PUT", input.dataset.replace, f, "application/octet-stream", f.name); location.reload(); }
+      catch (e) { showError(f.name + ": refused: " + e.message); }
+    });
+  });
+
   // Flip between LoRA and MoSLoRA on one picture.
   document.querySelectorAll("button.flipper").forEach((b) => {
     b.addEventListener("click", () => {
       const img = b.parentElement.querySelector("img[data-flip]");
       const toB = img.getAttribute("src") === img.dataset.a;
       img.setAttribute("src", toB ? img.dataset.b : img.dataset.a);
-      b.querySelector("span").textContent = toB ? "MoSLoRA" : "LoRA";
+      const label = toB ? img.dataset.labelB : img.dataset.labelA;
+      b.querySelector("span").textContent = label; img.alt = label;
     });
   });
 
@@ -98,11 +138,13 @@
   if (live) {
     const id = live.dataset.job;
     const $ = (sel) => live.querySelector(sel);
-    // Training losses (smoothed) and validation losses, on one scale.
-    const series = { lora: [], moslora: [], "lora-validation": [], "moslora-validation": [] };
+    // One series per curve the page drew: each adapter kind's training loss (smoothed) and
+    // its validation loss, on one scale.
+    const series = {};
+    live.querySelectorAll("polyline[data-series]").forEach((p) => { series[p.dataset.series] = []; });
     let total = 1;
     function draw() {
-      const all = Object.values(series).flat().map((p) => p[1]).filter(Number.isFinite);
+      const all = [].concat(...Object.values(series)).map((p) => p[1]).filter(Number.isFinite);
       if (!all.length) return;
       const lo = Math.min(...all), hi = Math.max(...all), span = hi - lo || 1;
       for (const k of Object.keys(series)) {

@@ -230,6 +230,45 @@ pub fn stop(store: &Store, data: &Path, id: i64) -> Result<bool> {
     Ok(true)
 }
 
+/// Asks a running job for a training sample at its next step (the request file
+/// `RunPaths::sample_request` of the adapter it trains now); it appears on the job's page
+/// as the samples of `sample_every` do. Whether a request was made.
+pub fn sample_now(store: &Store, data: &Path, id: i64) -> Result<bool> {
+    let Some(j) = store.job(id)? else {
+        return Ok(false);
+    };
+    if j.state != RUNNING {
+        return Err(Error::setting(
+            "job",
+            "a sample is drawn while the job trains",
+        ));
+    }
+    let files = JobFiles::new(data, id);
+    let cfg = crate::config::RunConfig::load(&files.run_yaml())?;
+    if cfg.train.sample_every == 0 {
+        return Err(Error::setting(
+            "train.sample_every",
+            "this job's RUN.yaml has train.sample_every: 0, so it draws no samples",
+        ));
+    }
+    // The adapter it trains now: the last `train` event's.
+    let text = std::fs::read_to_string(files.events()).unwrap_or_default();
+    let kind = text.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["event"] == "train").then(|| v["adapter"].as_str().map(str::to_string))?
+    });
+    let Some(kind) = kind.and_then(|k| crate::train::AdapterKind::parse(&k).ok()) else {
+        return Err(Error::setting(
+            "job",
+            "the job has not started training yet: ask again in a moment",
+        ));
+    };
+    let paths = crate::train::RunPaths::new(&cfg, kind);
+    std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+    crate::fsutil::write_bytes(&paths.sample_request(), b"")?;
+    Ok(true)
+}
+
 /// Puts a stopped or failed job back into the queue (where it was).
 pub fn resume(store: &Store, id: i64) -> Result<bool> {
     store.transition(id, &[STOPPED, FAILED], QUEUED)

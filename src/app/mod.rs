@@ -108,6 +108,9 @@ pub fn serve(o: &AppOptions) -> Result<()> {
             .local_addr()
             .map_err(|e| Error::msg(format!("--bind {}: {e}", o.bind)))?;
         let state = routes::AppState::new(o, store, addr)?;
+        // The studies served before a restart are served again, on their own ports.
+        let (data, exe) = (o.data.clone(), o.exe.clone());
+        std::thread::spawn(move || study::serve_again(&data, &exe, addr.ip()));
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "data in {}", o.data.display());
         let _ = writeln!(out, "listening on http://{addr}");

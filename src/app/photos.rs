@@ -102,20 +102,33 @@ pub fn add(
     // Checked where training will read it, under a hidden name until it passes.
     let hidden = dir.join(format!(".upload-{name}"));
     crate::fsutil::write_bytes(&hidden, bytes)?;
-    let img = match crate::image_file::open(&hidden) {
-        Ok(i) => i,
+    // Read as training reads it (upright), with the command line's reasons for a photo it
+    // cannot use (`train::dataset::scan_photos`).
+    let photo = match crate::train::dataset::load_photo(&hidden) {
+        Ok(p) => p,
         Err(e) => {
             let _ = std::fs::remove_file(&hidden);
-            let msg = e.to_string().replace(&hidden.display().to_string(), "");
+            let msg = match e {
+                Error::BadFile { what, .. } => what
+                    .trim_start_matches("cannot read this image: ")
+                    .to_string(),
+                e => e.to_string().replace(&hidden.display().to_string(), ""),
+            };
             return Err(bad(msg.trim_start_matches([':', ' ']).to_string()));
         }
     };
     let mut checks = Vec::new();
-    let (w, h) = (img.width(), img.height());
-    if w.min(h) < SDXL_SIDE {
+    let (w, h) = photo.image.dimensions();
+    // As `compare` will say it at SDXL's resolution (the toy world's 64 px takes any photo).
+    if let Err(Error::BadFile { what, .. }) =
+        crate::train::dataset::check_photo_size(&photo, i64::from(SDXL_SIDE))
+    {
+        checks.push(format!("{what} (SDXL presets); fine for the Toy world"));
+    } else if w.min(h) < SDXL_SIDE {
         checks.push(format!(
-            "{w} x {h}: smaller than SDXL's {SDXL_SIDE} px on its short side (scaled up for \
-             SDXL; fine for the toy world's 64 px)"
+            "{w}x{h}: enlarged {:.2}x to train at train.resolution {SDXL_SIDE}: it may train \
+             soft detail (SDXL presets); fine for the Toy world",
+            f64::from(SDXL_SIDE) / f64::from(w.min(h))
         ));
     }
     if let Ok(Ok(mut d)) = ImageReader::open(&hidden)
@@ -130,7 +143,9 @@ pub fn add(
             }
         }
     }
-    let thumb = img.thumbnail(THUMB, THUMB).to_rgb8();
+    let thumb = image::DynamicImage::ImageRgb8(photo.image)
+        .thumbnail(THUMB, THUMB)
+        .to_rgb8();
     crate::fsutil::write_png(&thumbs.join(format!("{hash}.png")), &thumb, &[])?;
     let path = dir.join(&name);
     std::fs::rename(&hidden, &path).map_err(|e| Error::io(&path, e))?;

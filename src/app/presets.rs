@@ -21,6 +21,54 @@ pub const PRESETS: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// The adapters a comparison trains and compares, as the trainer names them: (name, label),
+/// in the trainer's order. The New comparison page, the results, the downloads and the step
+/// series are all drawn from this list, so that a kind the trainer gains shows up everywhere.
+pub fn adapters() -> Vec<(&'static str, &'static str)> {
+    crate::train::AdapterKind::BOTH
+        .iter()
+        .map(|k| (k.name(), k.label()))
+        .collect()
+}
+
+/// Whether adapter kind `name` trains a mixer (so that the form offers its `adapter.mixer`),
+/// as the trainer makes its settings from a RUN.yaml that names one.
+pub fn has_mixer(name: &str) -> bool {
+    use crate::adapter::lowrank::MixerInit;
+    let Ok(kind) = crate::train::AdapterKind::parse(name) else {
+        return false;
+    };
+    let mut cfg = crate::config::RunConfig::default();
+    cfg.adapter.mixer = MixerInit::Orthogonal;
+    kind.adapter_config(&cfg).mixer != MixerInit::None
+}
+
+/// The mixers MoSLoRA may start from (`adapter.mixer`), as RUN.yaml spells them; `none` (plain
+/// LoRA) is not one.
+pub fn mixers() -> Vec<&'static str> {
+    crate::adapter::lowrank::MixerInit::ALL
+        .iter()
+        .copied()
+        .filter(|m| *m != "none")
+        .collect()
+}
+
+/// The adapter settings a New comparison form may give: rank and MoSLoRA's mixer.
+#[derive(Debug, Clone)]
+pub struct AdapterChoice {
+    pub rank: u32,
+    pub mixer: String,
+}
+
+impl Default for AdapterChoice {
+    fn default() -> Self {
+        AdapterChoice {
+            rank: 4,
+            mixer: "orthogonal".into(),
+        }
+    }
+}
+
 /// The label of preset `id`.
 pub fn label(id: &str) -> Option<&'static str> {
     PRESETS.iter().find(|p| p.0 == id).map(|p| p.1)
@@ -47,6 +95,7 @@ pub fn run_yaml(
     model: &Path,
     output: &Path,
     prompts: &str,
+    adapter: &AdapterChoice,
 ) -> Option<String> {
     let head = format!(
         "# {}\nmodel: {}\noutput: {}\nseed: 0\n",
@@ -87,5 +136,52 @@ pub fn run_yaml(
         ),
         _ => return None,
     };
+    // The adapter section as the form chose it (alpha = rank: scale 1, the paper's).
+    let rest = rest.replace(
+        "adapter:\n  rank: 4\n  alpha: 4\n  mixer: orthogonal\n",
+        &format!(
+            "adapter:\n  rank: {r}\n  alpha: {r}\n  mixer: {}\n",
+            adapter.mixer,
+            r = adapter.rank
+        ),
+    );
     Some(head + &rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_is_a_run_the_command_line_reads_with_the_adapters_chosen() {
+        let s = RunSubject {
+            name: "Rex \"the\" dog: [V]",
+            class: "dog",
+            identifier: "sks",
+            images: Path::new("/photos"),
+        };
+        let choice = AdapterChoice {
+            rank: 8,
+            mixer: "kaiming".into(),
+        };
+        for (id, _, _) in PRESETS {
+            let yaml = run_yaml(id, &s, Path::new("/m"), Path::new("/o"), "toy", &choice).unwrap();
+            let cfg =
+                crate::config::RunConfig::parse(&yaml).unwrap_or_else(|e| panic!("{id}: {e}"));
+            cfg.validate().unwrap();
+            assert_eq!(cfg.adapter.rank, 8, "{id}");
+            assert_eq!(cfg.adapter.alpha(), 8.0, "{id}");
+            assert_eq!(cfg.adapter.mixer.name(), "kaiming", "{id}");
+            assert_eq!(cfg.subject.name.as_deref(), Some(s.name), "{id}");
+        }
+        assert!(run_yaml("nope", &s, Path::new("/m"), Path::new("/o"), "toy", &choice).is_none());
+        // Every mixer the form offers is one RUN.yaml takes; plain LoRA's `none` is not offered.
+        for m in mixers() {
+            let yaml = format!("adapter:\n  mixer: {m}\n");
+            assert!(crate::config::RunConfig::parse(&yaml).is_ok(), "{m}");
+        }
+        assert!(!mixers().contains(&"none"));
+        assert_eq!(adapters()[0], ("lora", "LoRA"));
+        assert!(has_mixer("moslora") && !has_mixer("lora") && !has_mixer("nope"));
+    }
 }

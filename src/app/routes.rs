@@ -107,8 +107,10 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/api/subjects/{id}/photos", put(upload_photo))
         .route("/api/photos/{id}/caption", post(edit_caption))
         .route("/api/photos/{id}/remove", post(remove_photo))
+        .route("/api/photos/{id}/replace", put(replace_photo))
         .route("/api/models", post(add_model))
         .route("/api/preview", post(preview))
+        .route("/api/check", post(check_yaml))
         .route("/api/jobs", post(add_job))
         .route("/jobs/{id}/study", get(study_page))
         .route("/api/jobs/{id}/study", post(make_study))
@@ -294,26 +296,29 @@ async fn job_sample(
     State(app): S,
     UrlPath((id, kind, step)): UrlPath<(i64, String, u64)>,
 ) -> Response {
-    if kind != "lora" && kind != "moslora" {
+    if !presets::adapters().iter().any(|k| k.0 == kind) {
         return not_found("sample").into_response();
     }
     let out = JobFiles::new(&app.data, id).out();
     safe_file(out, format!("{kind}/samples/step_{step:06}.png")).await
 }
 
-/// An adapter (`lora`, `moslora`), or its kohya (`kohya-lora`, ...) or diffusers export
-/// (`diffusers-lora`, ...).
+/// An adapter (`lora`, `moslora`, ...), or its kohya (`kohya-lora`, ...) or diffusers export
+/// (`diffusers-lora`, ...); the model with it merged in (`merged-lora`, ...).
 async fn download(State(app): S, UrlPath((id, what)): UrlPath<(i64, String)>) -> Response {
+    if let Some(kind) = what.strip_prefix("merged-") {
+        return merged(app.clone(), id, kind.to_string()).await;
+    }
     let r = with_db(&app, move |a, _db| {
         let out = JobFiles::new(&a.data, id).out();
-        let (kind, format) = match what.as_str() {
-            "lora" => ("lora", None),
-            "moslora" => ("moslora", None),
-            "kohya-lora" => ("lora", Some("kohya")),
-            "kohya-moslora" => ("moslora", Some("kohya")),
-            "diffusers-lora" => ("lora", Some("diffusers")),
-            "diffusers-moslora" => ("moslora", Some("diffusers")),
-            _ => return Ok(None),
+        // `KIND`, `kohya-KIND` or `diffusers-KIND`, KIND one of the trainer's adapter kinds.
+        let (format, name) = match what.split_once('-') {
+            Some((f @ ("kohya" | "diffusers"), k)) => (Some(f), k),
+            Some(_) => return Ok(None),
+            None => (None, what.as_str()),
+        };
+        let Some(&(kind, _)) = presets::adapters().iter().find(|k| k.0 == name) else {
+            return Ok(None);
         };
         let adapter = out.join(kind).join("adapter.safetensors");
         if !adapter.is_file() {
@@ -352,6 +357,86 @@ async fn download(State(app): S, UrlPath((id, what)): UrlPath<(i64, String)>) ->
         Ok(None) => not_found("download").into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// One merge at a time (a merged SDXL is 7 GB): the second asker waits, then finds it made.
+static MERGING: Mutex<()> = Mutex::new(());
+
+/// The job's model with adapter `kind` merged in, as `moslora merge` writes it (one
+/// `.safetensors` file, the model's dtype), made once into `exports/` and sent as a stream.
+/// Made outside the database's lock: the app answers meanwhile.
+async fn merged(app: Arc<AppState>, id: i64, kind: String) -> Response {
+    if !super::presets::adapters().iter().any(|k| k.0 == kind) {
+        return not_found("download").into_response();
+    }
+    let made = tokio::task::spawn_blocking(move || -> Result<Option<(String, PathBuf)>> {
+        let files = JobFiles::new(&app.data, id);
+        let adapter = files.out().join(&kind).join("adapter.safetensors");
+        if !adapter.is_file() {
+            return Ok(None);
+        }
+        let name = format!("job{id}-{kind}-merged.safetensors");
+        let dest = app.data.join("exports").join(&name);
+        let _one = MERGING.lock().unwrap_or_else(|p| p.into_inner());
+        // Made again when older than the adapter (a job id used again after a removal).
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if modified(&dest).is_none() || modified(&dest) < modified(&adapter) {
+            let cfg = crate::config::RunConfig::load(&files.run_yaml())?;
+            let model = crate::sdxl::convert::open_model(&cfg.model, None)?;
+            let o = crate::sdxl::convert::WriteOptions {
+                dtype: None,
+                force: true,
+            };
+            crate::adapter::merged_model::merge(&model, &adapter, 1.0, &dest, &o)?;
+        }
+        Ok(Some((name, dest)))
+    })
+    .await;
+    match made {
+        Ok(Ok(Some((name, path)))) => stream_file(&path, &name),
+        Ok(Ok(None)) => not_found("download").into_response(),
+        Ok(Err(e)) => internal(e).into_response(),
+        Err(e) => internal(e).into_response(),
+    }
+}
+
+/// A file sent as an attachment, a megabyte at a time (never whole in memory).
+fn stream_file(path: &std::path::Path, name: &str) -> Response {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return internal(crate::Error::io(path, e)).into_response(),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let chunks = futures_util::stream::unfold(Some(file), |f| async move {
+        let mut f = f?;
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buf = vec![0u8; 1 << 20];
+            let n = f.read(&mut buf);
+            (f, buf, n)
+        })
+        .await;
+        match read {
+            Ok((f, mut buf, Ok(n))) if n > 0 => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(f)))
+            }
+            Ok((_, _, Err(e))) => Some((Err(e), None)),
+            _ => None,
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 /// The job's events as they are written (all of them first), and its state when it changes.
@@ -477,17 +562,7 @@ async fn upload_photo(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let name = headers
-        .get("x-file-name")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            percent_encoding::percent_decode_str(v)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "photo".into());
-    let original: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
+    let original = file_name(&headers);
     let r = with_db(&app, move |a, db| {
         if db.subject(id)?.is_none() {
             return Ok(None);
@@ -500,6 +575,21 @@ async fn upload_photo(
         Ok(None) => not_found("subject").into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// The name the user's file had (`X-File-Name`, percent-encoded), kept only to be shown.
+fn file_name(headers: &HeaderMap) -> String {
+    let name = headers
+        .get("x-file-name")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "photo".into());
+    name.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 #[derive(Deserialize)]
@@ -527,6 +617,40 @@ async fn edit_caption(
     match r {
         Ok(true) => Json(json!({ "id": id })).into_response(),
         Ok(false) => not_found("photo").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A photo replaced by new bytes (checked as an upload is): the new one takes the old one's
+/// caption, and the old one goes only once the new one is kept.
+async fn replace_photo(
+    State(app): S,
+    UrlPath(id): UrlPath<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let original = file_name(&headers);
+    let r = with_db(&app, move |a, db| {
+        let Some(old) = db.photo(id)? else {
+            return Ok(None);
+        };
+        let added = photos::add(db, &a.data, old.subject, &original, &body)?;
+        if !old.caption.is_empty() {
+            if let Some(new) = db.photo(added.id)? {
+                photos::set_caption(&a.data, new.subject, &new.file, &old.caption)?;
+                db.set_caption(added.id, &old.caption)?;
+            }
+        }
+        photos::remove(&a.data, old.subject, &old.file);
+        db.remove_photo(id)?;
+        Ok(Some(added))
+    })
+    .await;
+    match r {
+        Ok(Some(added)) => {
+            Json(json!({ "id": added.id, "replaced": id, "checks": added.checks })).into_response()
+        }
+        Ok(None) => not_found("photo").into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -592,6 +716,39 @@ pub struct JobForm {
     /// The advanced panel's RUN.yaml, when edited.
     #[serde(default)]
     pub yaml: Option<String>,
+    /// The adapters' rank (default 4; alpha follows it).
+    #[serde(default)]
+    pub rank: Option<u32>,
+    /// MoSLoRA's mixer (default orthogonal).
+    #[serde(default)]
+    pub mixer: Option<String>,
+}
+
+impl JobForm {
+    /// The adapter settings chosen, checked against what RUN.yaml takes.
+    fn adapter(&self) -> Result<presets::AdapterChoice> {
+        let mut c = presets::AdapterChoice::default();
+        if let Some(r) = self.rank {
+            if !(1..=128).contains(&r) {
+                return Err(crate::Error::setting(
+                    "rank",
+                    format!("rank {r}: from 1 to 128"),
+                ));
+            }
+            c.rank = r;
+        }
+        if let Some(m) = self.mixer.as_deref().filter(|m| !m.is_empty()) {
+            let all = presets::mixers();
+            if !all.contains(&m) {
+                return Err(crate::Error::setting(
+                    "mixer",
+                    format!("mixer {m:?}: one of {}", all.join(", ")),
+                ));
+            }
+            c.mixer = m.to_string();
+        }
+        Ok(c)
+    }
 }
 
 /// `yaml` with its top-level `output:` set to the job's own folder (the line replaced, or
@@ -633,6 +790,18 @@ fn job_yaml(
     let m = db
         .model(f.model)?
         .ok_or_else(|| crate::Error::setting("model", "no such model"))?;
+    let have = db.photos(s.id)?.len();
+    let least = crate::train::dataset::MIN_PHOTOS;
+    if have < least {
+        return Err(crate::Error::setting(
+            "subject",
+            format!(
+                "{}: {} (at least {least}, best 5 to 20): add them on the subject's page",
+                s.name,
+                crate::words::count(have, "photo")
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let prompts = if f.lines.trim().is_empty() {
         let name = if f.prompts.is_empty() {
@@ -676,6 +845,7 @@ fn job_yaml(
             std::path::Path::new(&m.path),
             &out,
             &prompts,
+            &f.adapter()?,
         )
         .ok_or_else(|| {
             crate::Error::setting("preset", format!("{:?}: no such preset", f.preset))
@@ -707,6 +877,26 @@ fn job_yaml(
         ));
     }
     Ok((text, cfg))
+}
+
+#[derive(Deserialize)]
+struct YamlForm {
+    yaml: String,
+}
+
+/// The advanced panel's RUN.yaml as it is typed: read and checked as `compare` reads and
+/// checks a RUN.yaml (the same messages, "did you mean" included); nothing is written.
+async fn check_yaml(Json(f): Json<YamlForm>) -> Response {
+    if f.yaml.len() > 256 << 10 {
+        return bad("RUN.yaml: at most 256 KiB").into_response();
+    }
+    let r = crate::config::RunConfig::parse(&f.yaml).and_then(|c| c.validate().map(|_| c));
+    match r {
+        Ok(c) => {
+            Json(json!({ "ok": true, "device": c.device, "steps": c.train.steps })).into_response()
+        }
+        Err(e) => Json(json!({ "ok": false, "error": format!("RUN.yaml: {e}") })).into_response(),
+    }
 }
 
 async fn preview(State(app): S, Json(f): Json<JobForm>) -> Response {
@@ -786,6 +976,7 @@ async fn job_action(State(app): S, UrlPath((id, action)): UrlPath<(i64, String)>
         let changed = match action.as_str() {
             "stop" => jobs::stop(db, &a.data, id)?,
             "resume" => jobs::resume(db, id)?,
+            "sample" => jobs::sample_now(db, &a.data, id)?,
             "up" => {
                 db.move_job(id, -1)?;
                 true
@@ -804,12 +995,23 @@ async fn job_action(State(app): S, UrlPath((id, action)): UrlPath<(i64, String)>
                 }
                 db.remove_job(id)?;
                 let _ = std::fs::remove_dir_all(JobFiles::new(&a.data, id).dir);
+                // Its exports too: a later job may get its number.
+                let prefix = format!("job{id}-");
+                for e in std::fs::read_dir(a.data.join("exports"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
                 true
             }
             _ => {
                 return Err(crate::Error::setting(
                     "action",
-                    "stop, resume, up, down or remove",
+                    "stop, resume, sample, up, down or remove",
                 ))
             }
         };

@@ -93,9 +93,18 @@ pub fn make_and_serve(data: &Path, exe: &Path, job: i64, ip: std::net::IpAddr) -
     if serving(&f) {
         return Ok(());
     }
+    // Served again (after an app restart) on the port it had, so that the links people were
+    // sent keep working; on a free port where that one is taken.
+    let port = address(&f)
+        .and_then(|a| {
+            a.rsplit_once(':')
+                .and_then(|(_, p)| p.trim_end_matches('/').parse::<u16>().ok())
+        })
+        .filter(|&p| std::net::TcpListener::bind((ip, p)).is_ok())
+        .unwrap_or(0);
     let log = std::fs::File::create(f.log()).map_err(|e| Error::io(&f.log(), e))?;
     let err = log.try_clone().map_err(|e| Error::io(&f.log(), e))?;
-    let bind = std::net::SocketAddr::new(ip, 0).to_string();
+    let bind = std::net::SocketAddr::new(ip, port).to_string();
     let mut c = Command::new(exe);
     c.args(["study", "serve"])
         .arg(f.study())
@@ -153,4 +162,25 @@ pub fn links(data: &Path, job: i64) -> Vec<(String, String)> {
     // The links file names the organiser "organiser" (`study serve`).
     out.sort_by_key(|(n, _)| n != "organiser");
     out
+}
+
+/// Serves again every study the app made whose server is gone (the app, or the machine,
+/// restarted); each keeps its port where it is free, so the links sent stay good. A study
+/// that cannot be served is reported and left as it is.
+pub fn serve_again(data: &Path, exe: &Path, ip: std::net::IpAddr) {
+    let Ok(dirs) = std::fs::read_dir(data.join("studies")) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let Some(job) = d.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
+            continue;
+        };
+        let f = StudyFiles::new(data, job);
+        if !f.study().join("index.html").is_file() || serving(&f) {
+            continue;
+        }
+        if let Err(e) = make_and_serve(data, exe, job, ip) {
+            eprintln!("warning: the study of job {job} is not served again: {e}");
+        }
+    }
 }

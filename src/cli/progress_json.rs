@@ -42,6 +42,10 @@ struct State {
     seen: HashMap<PathBuf, Option<SystemTime>>,
     /// Where each adapter's run writes (none for commands without a run).
     runs: Vec<(AdapterKind, RunPaths)>,
+    /// Lines held back until the command has set its threads ([`JsonEvents::release`]): a
+    /// run that starts itself again for OpenMP's wait policy (`exec`, the same process id)
+    /// would otherwise print its `start` twice.
+    held: Option<Vec<String>>,
 }
 
 /// The event writer; cheap to clone (the clones share one state), so that `compare` can
@@ -102,6 +106,7 @@ impl JsonEvents {
                 kind: None,
                 seen: HashMap::new(),
                 runs: Vec::new(),
+                held: Some(Vec::new()),
             })),
         };
         e.emit(json!({
@@ -139,12 +144,32 @@ impl JsonEvents {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes one event, with `t`, as one line.
+    /// Writes one event, with `t`, as one line (held back until [`JsonEvents::release`]).
     pub fn emit(&self, mut v: Value) {
-        let t = self.lock().started.elapsed().as_secs_f64();
+        let mut s = self.lock();
+        let t = s.started.elapsed().as_secs_f64();
         v["t"] = json!((t * 1000.0).round() / 1000.0);
+        if let Some(held) = &mut s.held {
+            held.push(v.to_string());
+            return;
+        }
+        drop(s);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{v}");
+        let _ = out.flush();
+    }
+
+    /// Writes the events held back since the start, and every event from now on as it comes.
+    /// Called once the command has set its threads (after which it never starts itself
+    /// again), and by [`JsonEvents::end`].
+    pub fn release(&self) {
+        let Some(held) = self.lock().held.take() else {
+            return;
+        };
+        let mut out = std::io::stdout().lock();
+        for line in held {
+            let _ = writeln!(out, "{line}");
+        }
         let _ = out.flush();
     }
 
@@ -200,6 +225,7 @@ impl JsonEvents {
 
     /// The end of the command: `done` (exit 0), `stopped` (130) or `failed` (any other code).
     pub fn end(&self, code: u8, message: &str) {
+        self.release();
         self.scan();
         let event = match code {
             0 => "done",

@@ -166,6 +166,7 @@ fn compare_json(run: &Path, force: bool, events: &JsonEvents) -> Result<()> {
     let cfg = RunConfig::load(run)?;
     let events = events.watching(&cfg);
     let (opts, _lock) = prepare_compare(run, force, &cfg)?;
+    events.release();
     let (outcomes, m) =
         moslora::render::compare(&cfg, opts, &mut events.clone(), &mut events.clone())?;
     for o in &outcomes {

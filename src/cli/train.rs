@@ -110,6 +110,7 @@ fn train_json(a: &TrainArgs, events: &JsonEvents) -> Result<bool> {
     let cfg = RunConfig::load(&a.run)?;
     let events = events.watching(&cfg);
     let (kinds, opts, _lock) = prepare(a, &cfg)?;
+    events.release();
     let outcomes = moslora::train::train(&cfg, &kinds, opts, a.resume, &mut events.clone())?;
     for o in &outcomes {
         events.note(&format!(

@@ -111,6 +111,15 @@ impl RunPaths {
         self.step_adapters()
             .join(format!("step{step:06}.safetensors"))
     }
+    /// A request for a sample at the next step (an empty file any program may create, as
+    /// the app's "sample now" does); the trainer takes it (removes it) when it samples.
+    pub fn sample_request(&self) -> PathBuf {
+        self.dir.join("sample-now")
+    }
+    /// Whether a sample was asked for since the last look; the request is taken.
+    pub fn take_sample_request(&self) -> bool {
+        std::fs::remove_file(self.sample_request()).is_ok()
+    }
 }
 
 /// The settings that determine an adapter's values, keyed as in RUN.yaml (`subject.images`,

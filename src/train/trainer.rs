@@ -292,7 +292,8 @@ impl TrainJob<'_> {
                 )?;
             }
             if let Some(s) = &self.data.sampler {
-                if step.is_multiple_of(cfg.train.sample_every) || step == total {
+                let asked = paths.take_sample_request();
+                if asked || step.is_multiple_of(cfg.train.sample_every) || step == total {
                     let path = paths.samples().join(format!("step_{step:06}.png"));
                     write_sample(cfg, self.data, text.as_deref(), s, unet, opts, &path)?;
                     let png = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;

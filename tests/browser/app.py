@@ -116,8 +116,16 @@ def main():
                     .replace("sample_every: 25", "sample_every: 2\n  validate_every: 3")
                     .replace("checkpoint_every: 25", "checkpoint_every: 2")
                     .replace("  steps: 30\n", "  steps: 2\n"))
+        # Checked as it is typed: a misspelt field gets the command line's "did you mean".
+        check = css("[data-yaml-check]")
+        yaml.clear()
+        yaml.send_keys("train:\n  stpes: 3\n")
+        wait.until(lambda _: "did you mean" in check.text)
+        seen["yaml_typo"] = check.text
         yaml.clear()
         yaml.send_keys(text)
+        wait.until(lambda _: check.text.startswith("RUN.yaml reads"))
+        seen["yaml_ok"] = check.text
         d.execute_script("window.scrollTo(0, 0)")  # the choices first, then the YAML
         shot("new")
         css("form.api > button:last-of-type").click()
@@ -172,7 +180,8 @@ def main():
         for h in d.find_elements(By.XPATH, "//h2[contains(., 'same noise')]"):
             d.execute_script("arguments[0].scrollIntoView()", h)  # the pictures, under the scores
         shot("results")
-        css("a[data-kohya]").click()
+        seen["labels"] = [e.text for e in d.find_elements(By.CSS_SELECTOR, "figcaption[data-label]")][:2]
+        css('a[data-download="kohya-lora"]').click()
         deadline = time.time() + 60
         got = []
         while time.time() < deadline:

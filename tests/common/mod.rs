@@ -226,8 +226,29 @@ impl Failures {
     }
 }
 
+/// The environment variable that asks the tests to remake the documentation's pictures
+/// (`docs/screenshots/*.png`, `docs/app-*.png`); without it they go under `target/` only, and
+/// a test run leaves the working tree as it was.
+pub const SCREENSHOTS_ENV: &str = "MOSLORA_SCREENSHOTS";
+
+/// Where a test writes documentation picture `rel` (a path under `docs/`): `docs/` itself
+/// when `MOSLORA_SCREENSHOTS` is set (to anything but `0`), else `target/screenshots/`.
+pub fn docs_picture(rel: &str) -> PathBuf {
+    let asked = std::env::var(SCREENSHOTS_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+    let path = if asked {
+        repo().join("docs").join(rel)
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("screenshots")
+            .join(rel)
+    };
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    path
+}
+
 /// A page for `tests/browser/screenshots.py`: opened at a laptop's width (1366 px) once
-/// `ready` (JavaScript) is true; its screenshot goes to `docs/screenshots/<shot>`.
+/// `ready` (JavaScript) is true; its screenshot goes to `docs/screenshots/<shot>` when asked
+/// ([`docs_picture`]).
 pub struct Page<'a> {
     pub name: &'a str,
     pub url: String,
@@ -237,7 +258,7 @@ pub struct Page<'a> {
     pub shot: &'a str,
 }
 
-/// Open the pages in headless Chromium, save their screenshots under `docs/screenshots/`,
+/// Open the pages in headless Chromium, save their screenshots ([`docs_picture`]),
 /// and fail if a page scrolls sideways at 1366 px or lacks a text it must show.
 pub fn check_pages(pages: &[Page], scratch: &Path) -> serde_json::Value {
     let spec: Vec<serde_json::Value> = pages
@@ -245,7 +266,7 @@ pub fn check_pages(pages: &[Page], scratch: &Path) -> serde_json::Value {
         .map(|p| {
             serde_json::json!({
                 "name": p.name, "url": p.url, "ready": p.ready, "expect": p.expect,
-                "shot": repo().join("docs/screenshots").join(p.shot),
+                "shot": docs_picture(&format!("screenshots/{}", p.shot)),
             })
         })
         .collect();
