@@ -148,6 +148,16 @@ pub fn export(
 ) -> Result<Exported> {
     let file = AdapterFile::read(adapter)?;
     let meta = &file.meta;
+    if meta.adapter.family != super::Family::Lora {
+        return Err(Error::setting(
+            "--format",
+            format!(
+                "{}: a {} adapter has no plain LoRA export yet",
+                adapter.display(),
+                meta.adapter.family.name()
+            ),
+        ));
+    }
     let rank = meta.adapter.rank;
     let alpha = meta.adapter.alpha();
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
@@ -157,9 +167,9 @@ pub fn export(
         .flat_map(|c| file.component_layers(c).iter().map(move |(m, t)| (c, m, t)));
     for (component, module, t) in layers {
         let a = LowRankAdapter::from_tensors(
-            t.a.shallow_clone(),
-            t.b.shallow_clone(),
-            t.mixer.as_ref().map(Tensor::shallow_clone),
+            t.a().shallow_clone(),
+            t.b().shallow_clone(),
+            t.mixer().map(Tensor::shallow_clone),
             meta.adapter.mixer.trained(),
             alpha,
         );

@@ -42,7 +42,8 @@ pub struct RenderArgs {
     /// The steps of --adapters-from to show, comma-separated (e.g. 100,200,300)
     #[arg(long, value_delimiter = ',', requires = "adapters_from")]
     steps: Option<Vec<u64>>,
-    /// With --adapters-from: only this kind (lora or moslora); default: every kind there
+    /// With --adapters-from: only this kind (lora, moslora, dora, loha, lokr); default: every
+    /// kind there
     #[arg(long, requires = "adapters_from")]
     kind: Option<String>,
 }

@@ -19,7 +19,8 @@ use super::Locks;
 pub struct TrainArgs {
     /// The run's configuration (see configs/ for examples)
     run: PathBuf,
-    /// Which adapter to train: lora or moslora (default: both, one after the other)
+    /// Which adapter to train: lora, moslora, dora, loha or lokr (default: lora and moslora,
+    /// one after the other)
     #[arg(long)]
     adapter: Option<String>,
     /// Continue from the last checkpoint instead of starting afresh

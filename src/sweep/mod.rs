@@ -75,7 +75,8 @@ impl AdapterSpec {
             Error::setting(
                 "adapters",
                 format!(
-                    "adapters: {s:?} is not `lora`, `moslora` or `moslora:<mixer>` (mixers: {}){hint}",
+                    "adapters: {s:?} is not `lora`, `moslora`, `moslora:<mixer>`, `dora`, `loha` \
+                     or `lokr` (mixers: {}){hint}",
                     MixerInit::ALL[1..].join(", ")
                 ),
             )
@@ -101,12 +102,14 @@ impl AdapterSpec {
             }
         };
         Ok(match (kind, mixer) {
-            (AdapterKind::Lora, _) => AdapterSpec {
-                kind,
-                mixer: MixerInit::None,
-                name: "lora".into(),
-                label: "LoRA".into(),
-            },
+            (AdapterKind::Lora | AdapterKind::Dora | AdapterKind::Loha | AdapterKind::Lokr, _) => {
+                AdapterSpec {
+                    kind,
+                    mixer: MixerInit::None,
+                    name: kind.name().into(),
+                    label: kind.label().into(),
+                }
+            }
             (AdapterKind::Moslora, None) => AdapterSpec {
                 kind,
                 mixer: if base_mixer == MixerInit::None {

@@ -9,27 +9,43 @@ use sha2::{Digest, Sha256};
 use tch::Kind;
 
 use crate::adapter::file::{architecture_hash, weights_fingerprint, AdapterFile, ModelIdentity};
-use crate::adapter::{AdapterConfig, MixerInit};
+use crate::adapter::{AdapterConfig, Family, MixerInit};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::sdxl::model_dir::ModelDir;
 use crate::sdxl::unet::UNet2DConditionModel;
 
-/// The two adapters the app compares. They share every setting but the mixer.
+/// The adapters moslora trains: LoRA and MoSLoRA, the pair it compares by default, and
+/// LoRA's relatives DoRA, LoHa and LoKr. They share every setting but what makes them differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdapterKind {
     Lora,
     Moslora,
+    Dora,
+    Loha,
+    Lokr,
 }
 
 impl AdapterKind {
+    /// The default pair.
     pub const BOTH: [AdapterKind; 2] = [AdapterKind::Lora, AdapterKind::Moslora];
+    /// Every kind, in the order columns show them.
+    pub const ALL: [AdapterKind; 5] = [
+        AdapterKind::Lora,
+        AdapterKind::Moslora,
+        AdapterKind::Dora,
+        AdapterKind::Loha,
+        AdapterKind::Lokr,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             AdapterKind::Lora => "lora",
             AdapterKind::Moslora => "moslora",
+            AdapterKind::Dora => "dora",
+            AdapterKind::Loha => "loha",
+            AdapterKind::Lokr => "lokr",
         }
     }
 
@@ -38,28 +54,48 @@ impl AdapterKind {
         match self {
             AdapterKind::Lora => "LoRA",
             AdapterKind::Moslora => "MoSLoRA",
+            AdapterKind::Dora => "DoRA",
+            AdapterKind::Loha => "LoHa",
+            AdapterKind::Lokr => "LoKr",
         }
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "lora" => Ok(AdapterKind::Lora),
-            "moslora" => Ok(AdapterKind::Moslora),
-            _ => Err(Error::setting(
-                "adapter",
-                format!("unknown adapter {s:?}: expected `lora` or `moslora`"),
-            )),
-        }
+        let lower = s.trim().to_ascii_lowercase();
+        AdapterKind::ALL
+            .into_iter()
+            .find(|k| k.name() == lower)
+            .ok_or_else(|| {
+                Error::setting(
+                    "adapter",
+                    format!(
+                        "unknown adapter {s:?}: expected one of {}",
+                        AdapterKind::ALL.map(|k| k.name()).join(", ")
+                    ),
+                )
+            })
     }
 
     /// The run's adapter settings for this kind: LoRA drops the mixer, MoSLoRA keeps the
-    /// configured one (orthogonal by default).
+    /// configured one (orthogonal by default); DoRA, LoHa and LoKr have no mixer and set
+    /// their family.
     pub fn adapter_config(self, cfg: &RunConfig) -> AdapterConfig {
         let mut a = cfg.adapter.clone();
-        if self == AdapterKind::Lora {
+        a.family = match self {
+            AdapterKind::Lora | AdapterKind::Moslora => Family::Lora,
+            AdapterKind::Dora => Family::Dora,
+            AdapterKind::Loha => Family::Loha,
+            AdapterKind::Lokr => Family::Lokr,
+        };
+        if self == AdapterKind::Moslora {
+            if a.mixer == MixerInit::None {
+                a.mixer = MixerInit::Orthogonal;
+            }
+        } else {
             a.mixer = MixerInit::None;
-        } else if a.mixer == MixerInit::None {
-            a.mixer = MixerInit::Orthogonal;
+        }
+        if a.family != Family::Lokr {
+            a.lokr_factor = -1;
         }
         a
     }
