@@ -62,6 +62,36 @@ impl Family {
     }
 }
 
+/// The adapter kinds a run may name (`adapters:`, `--adapter`, sweeps): LoRA and MoSLoRA are
+/// the `lora` family without and with a mixer.
+pub const KINDS: &[&str] = &["lora", "moslora", "dora", "loha", "lokr"];
+
+/// Trained parameters of one layer `in_dim -> out_dim` with `cfg`'s family and rank.
+pub fn layer_parameters(cfg: &AdapterConfig, in_dim: i64, out_dim: i64) -> i64 {
+    let r = cfg.rank;
+    match cfg.family {
+        Family::Lora => r * (in_dim + out_dim) + if cfg.mixer.trained() { r * r } else { 0 },
+        Family::Dora => r * (in_dim + out_dim) + out_dim,
+        Family::Loha => 2 * r * (in_dim + out_dim),
+        Family::Lokr => super::lokr::Shapes::of(in_dim, out_dim, r, cfg.lokr_factor).parameters(),
+    }
+}
+
+/// The rank whose trained parameters over layers of `dims` (in, out) come nearest `budget`
+/// (on a tie, the rank nearest `cfg.rank`), searched up to 512.
+pub fn matched_rank(cfg: &AdapterConfig, dims: &[(i64, i64)], budget: i64) -> i64 {
+    let count = |rank: i64| -> i64 {
+        let c = AdapterConfig {
+            rank,
+            ..cfg.clone()
+        };
+        dims.iter().map(|&(i, o)| layer_parameters(&c, i, o)).sum()
+    };
+    (1..=512)
+        .min_by_key(|&r| ((count(r) - budget).abs(), (r - cfg.rank).abs(), r))
+        .unwrap_or(cfg.rank)
+}
+
 /// An adapter of one frozen linear layer, of any family.
 pub trait LayerAdapter: LinearDelta {
     fn family(&self) -> Family;

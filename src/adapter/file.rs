@@ -447,6 +447,18 @@ impl AdapterFile {
         !self.text_encoder.is_empty() || !self.text_encoder_2.is_empty()
     }
 
+    /// Trained parameters in every component together (a fixed mixer is not trained).
+    pub fn trained_parameters(&self) -> i64 {
+        let fixed_mixer = !self.meta.adapter.mixer.trained();
+        Component::ALL
+            .iter()
+            .flat_map(|&c| self.component_layers(c).values())
+            .flat_map(|t| t.parts.iter())
+            .filter(|(part, _)| !(fixed_mixer && part.as_str() == "lora_AB"))
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    }
+
     /// Adapted layers in every component together.
     pub fn layer_count(&self) -> usize {
         Component::ALL

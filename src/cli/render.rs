@@ -153,7 +153,7 @@ fn prepare_compare(run: &Path, force: bool, cfg: &RunConfig) -> Result<(RunOptio
     if !force {
         moslora::train::existing::check(
             cfg,
-            &moslora::train::AdapterKind::BOTH,
+            &moslora::train::AdapterKind::of_run(cfg),
             moslora::train::existing::Intent::Compare,
             run,
         )?;

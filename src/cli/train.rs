@@ -86,7 +86,7 @@ pub fn run(a: TrainArgs) -> Result<bool> {
 fn prepare(a: &TrainArgs, cfg: &RunConfig) -> Result<(Vec<AdapterKind>, RunOptions, Locks)> {
     let kinds: Vec<AdapterKind> = match &a.adapter {
         Some(k) => vec![AdapterKind::parse(k)?],
-        None => AdapterKind::BOTH.to_vec(),
+        None => AdapterKind::of_run(cfg),
     };
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     super::models::fetch_run(cfg, false)?;

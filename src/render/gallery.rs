@@ -200,7 +200,11 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
             esc(&p.id)
         ));
         for a in &m.adapters {
-            h.push_str(&format!("<th>{}</th>", esc(&a.label)));
+            let size = a
+                .parameters
+                .map(|n| format!("<small>{} parameters</small>", count(n)))
+                .unwrap_or_default();
+            h.push_str(&format!("<th>{}{size}</th>", esc(&a.label)));
         }
         h.push_str("</tr>");
         for seed in &seeds {
@@ -229,4 +233,13 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
     h.push_str("</main>\n<div id=\"box\"><img id=\"big\" alt=\"\"><p id=\"cap\"></p></div>\n");
     h.push_str(&format!("<script>{SCRIPT}</script>\n</body></html>\n"));
     crate::fsutil::write_bytes(&out.join("index.html"), h.as_bytes())
+}
+
+/// A parameter count for people: `86.3 k`, `1.24 M`.
+fn count(n: i64) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
 }

@@ -76,10 +76,39 @@ impl AdapterKind {
             })
     }
 
+    /// The run's adapters (`adapters:` in RUN.yaml, validated when it was loaded).
+    pub fn of_run(cfg: &RunConfig) -> Vec<AdapterKind> {
+        cfg.adapters
+            .iter()
+            .filter_map(|a| AdapterKind::parse(a).ok())
+            .collect()
+    }
+
     /// The run's adapter settings for this kind: LoRA drops the mixer, MoSLoRA keeps the
     /// configured one (orthogonal by default); DoRA, LoHa and LoKr have no mixer and set
-    /// their family.
+    /// their family. With `same_parameters`, the rank is the one that matches LoRA's
+    /// parameters at `adapter.rank` on the model's targeted UNet layers.
     pub fn adapter_config(self, cfg: &RunConfig) -> AdapterConfig {
+        let mut a = self.own_config(cfg);
+        if cfg.same_parameters && self != AdapterKind::Lora {
+            if let Some(dims) = target_dims(cfg) {
+                let lora = AdapterKind::Lora.own_config(cfg);
+                let budget: i64 = dims
+                    .iter()
+                    .map(|&(i, o)| crate::adapter::family::layer_parameters(&lora, i, o))
+                    .sum();
+                a.rank = crate::adapter::family::matched_rank(&a, &dims, budget);
+                if a.mixer == MixerInit::Butterfly && a.rank % 2 != 0 {
+                    a.rank += 1;
+                }
+                // The same scale alpha / r as LoRA's.
+                a.alpha = Some(cfg.adapter.alpha() / cfg.adapter.rank as f64 * a.rank as f64);
+            }
+        }
+        a
+    }
+
+    fn own_config(self, cfg: &RunConfig) -> AdapterConfig {
         let mut a = cfg.adapter.clone();
         a.family = match self {
             AdapterKind::Lora | AdapterKind::Moslora => Family::Lora,
@@ -99,6 +128,32 @@ impl AdapterKind {
         }
         a
     }
+}
+
+/// (in, out) of the UNet layers `cfg.adapter.targets` selects in the run's model, from its
+/// configuration alone (a model built of shapes); None when the model cannot be read yet.
+/// Kept per model and targets: it is asked for at every fingerprint.
+fn target_dims(cfg: &RunConfig) -> Option<Vec<(i64, i64)>> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (PathBuf, Vec<String>);
+    type Dims = HashMap<Key, Vec<(i64, i64)>>;
+    static CACHE: OnceLock<Mutex<Dims>> = OnceLock::new();
+    let key = (cfg.model.clone(), cfg.adapter.targets.clone());
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(d) = cache.lock().ok()?.get(&key) {
+        return Some(d.clone());
+    }
+    let ucfg = ModelDir::open(&cfg.model).ok()?.unet_config().ok()?;
+    let src = std::rc::Rc::new(crate::sdxl::weights::ShapeSource::new());
+    let w = crate::sdxl::weights::Weights::new(src, "unet", Kind::Float, tch::Device::Cpu);
+    let mut unet = UNet2DConditionModel::new(&w, &ucfg).ok()?;
+    let dims: Vec<(i64, i64)> = crate::adapter::targeted(&mut unet, &cfg.adapter.targets)
+        .into_iter()
+        .map(|l| (l.in_dim(), l.out_dim()))
+        .collect();
+    cache.lock().ok()?.insert(key, dims.clone());
+    Some(dims)
 }
 
 /// Where one adapter's run writes.
