@@ -64,7 +64,7 @@ fn eval_loss(cfg: &RunConfig, data: &train::TrainData, unet: &UNet2DConditionMod
 }
 
 #[test]
-fn short_run_lowers_the_loss_for_both_adapters() {
+fn short_run_lowers_the_loss_for_every_adapter() {
     let out = scratch("lowers");
     let mut cfg = config(&out, 30);
     cfg.train.learning_rate = 1e-3;
@@ -74,7 +74,7 @@ fn short_run_lowers_the_loss_for_both_adapters() {
     let mut unet = load_unet(&dir, opts).unwrap();
     let identity = train::model_identity(&dir, &mut unet, Kind::Float).unwrap();
     let before = eval_loss(&cfg, &data, &unet);
-    for kind in AdapterKind::BOTH {
+    for kind in AdapterKind::ALL {
         adapter::remove_all(&mut unet);
         let job = train::TrainJob {
             cfg: &cfg,

@@ -417,5 +417,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("did you mean"), "{e}");
+        for (name, kind, label) in [
+            ("dora", AdapterKind::Dora, "DoRA"),
+            ("LoHa", AdapterKind::Loha, "LoHa"),
+            ("lokr", AdapterKind::Lokr, "LoKr"),
+        ] {
+            let s = AdapterSpec::parse(name, MixerInit::Orthogonal).unwrap();
+            assert_eq!((s.kind, s.mixer), (kind, MixerInit::None));
+            assert_eq!((s.name.as_str(), s.label.as_str()), (kind.name(), label));
+        }
+        // The mixer belongs to MoSLoRA alone.
+        assert!(AdapterSpec::parse("dora:kaiming", MixerInit::Orthogonal).is_err());
     }
 }
