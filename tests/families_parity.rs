@@ -3,7 +3,8 @@
 //! of the tiny UNet and trains two AdamW steps with gradient clipping. On the same starting
 //! factors and batch: the forward pass, the loss and the gradients of every factor in both
 //! steps, the clipped norms, the factors after the two steps, and the weights merged from
-//! them; and DoRA's starting magnitude (the rows' norms of W0) as peft computes it.
+//! them; DoRA's starting magnitude (the rows' norms of W0) as peft computes it, and LoHa's and
+//! LoKr's starting factors as peft draws them on the same seed.
 
 mod common;
 
@@ -269,4 +270,50 @@ fn dora_starts_at_peft_s_magnitude() {
         assert!(e < 1e-6, "{}: magnitude {e:.2e}", l.name);
     }
     println!("DoRA starting magnitude vs peft: {worst:.1e} (tolerance 1e-6)");
+}
+
+#[test]
+fn loha_and_lokr_start_as_peft_draws_them() {
+    // ref_families.py seeds torch with 21 before peft injects its adapters; the factors peft
+    // draws (all but the one it zeroes, made random there) are Kaiming-uniform draws of the
+    // one stream, layer by layer in module order. moslora on seed 21 draws the same.
+    let r = reference("families");
+    let mut worst = 0.0f64;
+    let mut checked = 0;
+    for (name, f, drawn) in [
+        (
+            "loha",
+            Family::Loha,
+            &["hada_w1_a", "hada_w1_b", "hada_w2_a"][..],
+        ),
+        (
+            "lokr",
+            Family::Lokr,
+            &["lokr_w2", "lokr_w2_a", "lokr_w2_b"][..],
+        ),
+    ] {
+        let mut u = unet();
+        adapter::inject(&mut u, &config(&r, f), 21).unwrap();
+        for l in adapter::adapted(&mut u) {
+            let a = adapter::layer_adapter(l).unwrap();
+            for (part, t) in a.tensors() {
+                if !drawn.contains(&part) {
+                    continue;
+                }
+                let want = &r[&format!("{name}.{}.{part}.initial", l.name)];
+                let e = common::max_abs_diff(&t, want);
+                worst = worst.max(e);
+                // Tolerance: 1e-6 absolute: the same generator stream, scaled by libtorch
+                // either way (as the MoSLoRA initialisations are checked).
+                assert!(
+                    e < 1e-6,
+                    "{name}: {}.{part} starts {e:.2e} from peft's",
+                    l.name
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 136 * 3 + 136 + 96, "factors compared");
+    println!("LoHa and LoKr starting factors vs peft's draws: {worst:.1e} (tolerance 1e-6)");
 }
