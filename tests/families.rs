@@ -77,6 +77,8 @@ fn compare_takes_any_list_of_families_at_matched_parameters() {
          lokr {lokr} (rank {lokr_rank})"
     );
     assert_eq!((lokr_rank, lokr), (8, 32768));
+    // One loss chart with every run's curve.
+    assert!(out.join("loss.png").is_file());
     // Every column's count is in the manifest and on the gallery's column heads.
     let gallery = std::fs::read_to_string(out.join("renders").join(&m.gallery)).unwrap();
     for a in &m.adapters {

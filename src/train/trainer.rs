@@ -391,8 +391,8 @@ pub fn train(
         }
     }
     adapter::remove_all(&mut unet);
-    // Both curves on one chart when both runs exist.
-    let runs: Vec<(AdapterKind, Vec<f32>)> = AdapterKind::BOTH
+    // The run's curves on one chart when two or more exist.
+    let runs: Vec<(AdapterKind, Vec<f32>)> = AdapterKind::of_run(cfg)
         .iter()
         .filter_map(|&k| {
             loss_log::read_csv(&RunPaths::new(cfg, k).loss_csv())
@@ -400,14 +400,15 @@ pub fn train(
                 .map(|l| (k, l))
         })
         .collect();
-    if runs.len() == 2 {
+    if runs.len() >= 2 {
         let named: Vec<(&str, &[f32])> = runs
             .iter()
             .map(|(k, l)| (k.label(), l.as_slice()))
             .collect();
+        let labels: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
         loss_log::plot(
             &cfg.output.join("loss.png"),
-            "Training loss: LoRA vs MoSLoRA",
+            &format!("Training loss: {}", labels.join(" vs ")),
             &named,
         )?;
     }
