@@ -35,6 +35,17 @@ pub struct RunConfig {
     pub train: Train,
     #[serde(default)]
     pub adapter: AdapterConfig,
+    /// The adapters `train` and `compare` make, and the comparison's columns in this order:
+    /// any of lora, moslora, dora, loha, lokr. Default: lora and moslora.
+    #[serde(
+        default = "default_adapters",
+        skip_serializing_if = "is_default_adapters"
+    )]
+    pub adapters: Vec<String>,
+    /// Give each adapter the rank whose trainable UNet parameters come nearest LoRA's at
+    /// `adapter.rank` (a comparison at equal size); false: every adapter has `adapter.rank`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same_parameters: bool,
     #[serde(default)]
     pub render: Render,
     /// Encoders for the automatic metrics; `compare` scores its renders when one is given.
@@ -109,6 +120,13 @@ impl Default for Render {
     fn default() -> Self {
         serde_yaml::from_str("{}").expect("every field has a default")
     }
+}
+
+fn default_adapters() -> Vec<String> {
+    vec!["lora".into(), "moslora".into()]
+}
+fn is_default_adapters(a: &[String]) -> bool {
+    a == default_adapters().as_slice()
 }
 
 fn default_model() -> PathBuf {
@@ -560,6 +578,24 @@ impl RunConfig {
 
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.adapter.validate().map_err(|e| e.to_string())?;
+        let kinds = crate::adapter::family::KINDS;
+        if self.adapters.is_empty() {
+            return Err(format!(
+                "adapters is empty: name at least one of {}",
+                kinds.join(", ")
+            ));
+        }
+        for (i, a) in self.adapters.iter().enumerate() {
+            if !kinds.contains(&a.as_str()) {
+                return Err(format!(
+                    "adapters: unknown adapter {a:?}: expected one of {}",
+                    kinds.join(", ")
+                ));
+            }
+            if self.adapters[..i].contains(a) {
+                return Err(format!("adapters: `{a}` is named twice"));
+            }
+        }
         let t = &self.train;
         let checks = [
             (t.steps >= 1, "train.steps must be at least 1"),

@@ -181,11 +181,11 @@ fn check_factors(adapter: &Path, kohya: &Path, peft: &Path) {
     let mut worst: f64 = 0.0;
     for c in Component::ALL {
         for (module, t) in f.component_layers(c) {
-            let down = match &t.mixer {
-                Some(m) => m.matmul(&t.a),
-                None => t.a.shallow_clone(),
+            let down = match t.mixer() {
+                Some(m) => m.matmul(t.a()),
+                None => t.a().shallow_clone(),
             };
-            let want = t.b.matmul(&down) * (alpha / rank);
+            let want = t.b().matmul(&down) * (alpha / rank);
             let key = kohya_component_name(c, module, &layout).unwrap();
             let kd = &k[&format!("{key}.lora_down.weight")];
             assert!(kd.equal(&down), "{key}: lora_down is not M A");

@@ -304,8 +304,8 @@ fn a_zero_initialised_mixer_leaves_the_base_model_unchanged() {
     let f = AdapterFile::read(&cfg.output.join("moslora/adapter.safetensors")).unwrap();
     assert_eq!(f.meta.steps, 20);
     for (name, l) in &f.layers {
-        let mixer = l.mixer.as_ref().expect("a MoSLoRA layer has a mixer");
-        let delta = l.b.matmul(mixer).matmul(&l.a);
+        let mixer = l.mixer().expect("a MoSLoRA layer has a mixer");
+        let delta = l.b().matmul(mixer).matmul(l.a());
         assert_eq!(
             delta.abs().max().double_value(&[]),
             0.0,

@@ -16,7 +16,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::file::{AdapterFile, UnetBlocks};
-use super::{Component, LowRankAdapter};
+use super::{Component, Family, LowRankAdapter};
 use crate::error::{Error, Result};
 use crate::sdxl::sgm_names::{unet_path, Layout};
 use crate::sdxl::weights::save_safetensors;
@@ -148,6 +148,18 @@ pub fn export(
 ) -> Result<Exported> {
     let file = AdapterFile::read(adapter)?;
     let meta = &file.meta;
+    let family = meta.adapter.family;
+    if matches!(family, Family::Loha | Family::Lokr) && format == ExportFormat::Diffusers {
+        return Err(Error::setting(
+            "--format",
+            format!(
+                "{}: diffusers loads no {} file: export it with --format kohya (LyCORIS keys, \
+                 for ComfyUI, AUTOMATIC1111 and Forge)",
+                adapter.display(),
+                family.name()
+            ),
+        ));
+    }
     let rank = meta.adapter.rank;
     let alpha = meta.adapter.alpha();
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
@@ -156,10 +168,27 @@ pub fn export(
         .into_iter()
         .flat_map(|c| file.component_layers(c).iter().map(move |(m, t)| (c, m, t)));
     for (component, module, t) in layers {
+        if family != Family::Lora {
+            let key = match format {
+                ExportFormat::Kohya => {
+                    kohya_component_name(component, module, layout).ok_or_else(|| {
+                        Error::msg(format!(
+                            "{}: layer `{module}` has no kohya (SGM) name",
+                            adapter.display()
+                        ))
+                    })?
+                }
+                ExportFormat::Diffusers => format!("{}.{module}", component.prefix()),
+            };
+            for (name, t) in family_tensors(family, format, t, rank, alpha) {
+                tensors.push((format!("{key}.{name}"), f32cpu(t)));
+            }
+            continue;
+        }
         let a = LowRankAdapter::from_tensors(
-            t.a.shallow_clone(),
-            t.b.shallow_clone(),
-            t.mixer.as_ref().map(Tensor::shallow_clone),
+            t.a().shallow_clone(),
+            t.b().shallow_clone(),
+            t.mixer().map(Tensor::shallow_clone),
             meta.adapter.mixer.trained(),
             alpha,
         );
@@ -196,13 +225,22 @@ pub fn export(
     md.insert("format".to_string(), "pt".to_string());
     let named = Naming::of(meta, out);
     let provenance = serde_json::json!({
-        "adapter": meta.name, "mixer": meta.adapter.mixer.name(), "mixer_folded":
+        "adapter": meta.name, "family": family.name(), "mixer": meta.adapter.mixer.name(), "mixer_folded":
         meta.adapter.mixer != super::MixerInit::None, "rank": rank, "alpha": alpha,
         "steps": meta.steps, "base_model": meta.base_model.name,
     });
     md.insert("moslora_export".to_string(), provenance.to_string());
     if format == ExportFormat::Kohya {
         md.insert("ss_network_module".into(), "networks.lora".into());
+        if family != Family::Lora {
+            // LyCORIS' network, as kohya's scripts record a LyCORIS training.
+            md.insert("ss_network_module".into(), "lycoris.kohya".into());
+            let args = match family {
+                Family::Dora => serde_json::json!({"algo": "lora", "dora_wd": "True"}),
+                f => serde_json::json!({"algo": f.name()}),
+            };
+            md.insert("ss_network_args".into(), args.to_string());
+        }
         md.insert("ss_network_dim".into(), rank.to_string());
         md.insert("ss_network_alpha".into(), format_alpha(alpha));
         md.insert("ss_base_model_version".into(), "sdxl_base_v1-0".into());
@@ -239,6 +277,66 @@ pub fn export(
         alpha,
         mixer_folded: meta.adapter.mixer != super::MixerInit::None,
     })
+}
+
+/// One layer of a DoRA, LoHa or LoKr adapter as `format` names its tensors (after the layer's
+/// key), all in f32:
+/// - kohya (LyCORIS, as ComfyUI and AUTOMATIC1111 read it): DoRA as `lora_down`, `lora_up`,
+///   `alpha` and `dora_scale` (out x 1, the magnitude); LoHa as `hada_w1_a`..`hada_w2_b` and
+///   `alpha`; LoKr as `lokr_w1` and `lokr_w2` or `lokr_w2_a`/`lokr_w2_b`, and `alpha`. The
+///   loaders scale by alpha over the rank they read off the low-rank factor, and by 1 when
+///   every factor is whole: LoKr's scale is then folded into `lokr_w1`.
+/// - diffusers (PEFT): DoRA as `lora_A.weight`, `lora_B.weight` (alpha / r folded in, since
+///   the format has no alpha) and `lora_magnitude_vector.weight`.
+fn family_tensors(
+    family: Family,
+    format: ExportFormat,
+    t: &super::file::LayerTensors,
+    rank: i64,
+    alpha: f64,
+) -> Vec<(String, Tensor)> {
+    let part = |name: &str| t.parts[name].shallow_clone();
+    let scale = alpha / rank as f64;
+    let alpha_t = || ("alpha".to_string(), Tensor::from(alpha as f32));
+    let mut v: Vec<(String, Tensor)> = Vec::new();
+    match (family, format) {
+        (Family::Dora, ExportFormat::Kohya) => {
+            v.push(("lora_down.weight".into(), part("lora_A")));
+            v.push(("lora_up.weight".into(), part("lora_B")));
+            v.push(alpha_t());
+            let m = part("lora_magnitude_vector");
+            let out = m.size()[0];
+            v.push(("dora_scale".into(), m.reshape([out, 1])));
+        }
+        (Family::Dora, ExportFormat::Diffusers) => {
+            v.push(("lora_A.weight".into(), part("lora_A")));
+            v.push(("lora_B.weight".into(), part("lora_B") * scale));
+            v.push((
+                "lora_magnitude_vector.weight".into(),
+                part("lora_magnitude_vector"),
+            ));
+        }
+        (Family::Loha, _) => {
+            for p in ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"] {
+                v.push((p.into(), part(p)));
+            }
+            v.push(alpha_t());
+        }
+        (Family::Lokr, _) => {
+            let low_rank = t.parts.contains_key("lokr_w2_a");
+            let w1 = part("lokr_w1");
+            v.push(("lokr_w1".into(), if low_rank { w1 } else { w1 * scale }));
+            if low_rank {
+                v.push(("lokr_w2_a".into(), part("lokr_w2_a")));
+                v.push(("lokr_w2_b".into(), part("lokr_w2_b")));
+            } else {
+                v.push(("lokr_w2".into(), part("lokr_w2")));
+            }
+            v.push(alpha_t());
+        }
+        (Family::Lora, _) => unreachable!("LoRA layers are exported as plain LoRA"),
+    }
+    v
 }
 
 /// How an export names itself to model sites and AUTOMATIC1111: the subject (from the run's
@@ -286,6 +384,9 @@ impl Naming {
         let kind = match meta.name.as_str() {
             "lora" => "LoRA",
             "moslora" => "MoSLoRA",
+            "dora" => "DoRA",
+            "loha" => "LoHa",
+            "lokr" => "LoKr",
             other => other,
         };
         let trigger = match (text("identifier"), text("class")) {

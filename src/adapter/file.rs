@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use super::{
-    adapted, text_encoder_parts, Adaptable, AdapterConfig, Component, LowRankAdapter, MixerInit,
+    adapted, text_encoder_parts, Adaptable, AdapterConfig, Component, Family, LayerAdapter,
+    MixerInit,
 };
 use crate::error::{Error, Result};
 use crate::sdxl::config::UNetConfig;
@@ -40,7 +41,7 @@ pub struct ModelIdentity {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AdapterMeta {
     pub format_version: u32,
-    /// `lora` or `moslora` (or a user's name for it).
+    /// `lora`, `moslora`, `dora`, `loha` or `lokr` (or a user's name for it).
     pub name: String,
     pub adapter: AdapterConfig,
     pub base_model: ModelIdentity,
@@ -221,12 +222,10 @@ pub fn save_parts(
     for (c, model) in parts.iter_mut() {
         let prefix = c.prefix();
         for l in adapted(&mut **model) {
-            let a = super::lowrank(l).expect("adapted");
+            let a = super::layer_adapter(l).expect("adapted");
             let name = &l.name;
-            tensors.push((format!("{prefix}.{name}.lora_A.weight"), f32cpu(&a.a)));
-            tensors.push((format!("{prefix}.{name}.lora_B.weight"), f32cpu(&a.b)));
-            if let Some(m) = &a.mixer {
-                tensors.push((format!("{prefix}.{name}.lora_AB.weight"), f32cpu(m)));
+            for (part, t) in a.tensors() {
+                tensors.push((format!("{prefix}.{name}.{part}.weight"), f32cpu(&t)));
             }
         }
     }
@@ -239,12 +238,44 @@ pub fn save_parts(
     save_safetensors(&tensors, Some(md), path)
 }
 
-/// One layer's tensors as read from a file.
+/// One layer's tensors as read from a file, by part name (`lora_A`, `hada_w1_a`, ...).
 #[derive(Debug)]
 pub struct LayerTensors {
-    pub a: Tensor,
-    pub b: Tensor,
-    pub mixer: Option<Tensor>,
+    pub parts: BTreeMap<String, Tensor>,
+}
+
+impl LayerTensors {
+    /// LoRA's and DoRA's A (r x in).
+    pub fn a(&self) -> &Tensor {
+        &self.parts["lora_A"]
+    }
+    /// LoRA's and DoRA's B (out x r).
+    pub fn b(&self) -> &Tensor {
+        &self.parts["lora_B"]
+    }
+    /// MoSLoRA's mixer.
+    pub fn mixer(&self) -> Option<&Tensor> {
+        self.parts.get("lora_AB")
+    }
+
+    /// The adapter these tensors make, for a layer `in -> out` when `dims` is given (checked),
+    /// scaled by `scale` on top of alpha/r; `shown` names the layer in errors.
+    pub fn adapter(
+        &self,
+        cfg: &AdapterConfig,
+        dims: Option<(i64, i64)>,
+        scale: f64,
+        shown: &str,
+    ) -> Result<Box<dyn LayerAdapter>> {
+        let parts = self
+            .parts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
+        let mut a = super::family::from_parts(cfg, parts, dims, shown)?;
+        a.rescale(scale);
+        Ok(a)
+    }
 }
 
 /// A loaded adapter file.
@@ -324,12 +355,32 @@ impl AdapterFile {
             text_encoder_2: BTreeMap::new(),
         };
         let (rank, mixer_kind) = (file.meta.adapter.rank, file.meta.adapter.mixer);
+        let family = file.meta.adapter.family;
         for ((component, module), mut p) in parts {
             // UNet layers are named bare in messages, as before text encoders had adapters.
             let shown = match component {
                 Component::Unet => module.clone(),
                 c => format!("{}.{module}", c.prefix()),
             };
+            if family != Family::Lora {
+                // Checked in full, shapes included, by the family's own reader.
+                super::family::from_parts(
+                    &file.meta.adapter,
+                    p.iter()
+                        .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                        .collect(),
+                    None,
+                    &shown,
+                )
+                .map_err(|e| bad(e.to_string()))?;
+                file.layers_mut(component).insert(
+                    module,
+                    LayerTensors {
+                        parts: p.into_iter().collect(),
+                    },
+                );
+                continue;
+            }
             let (Some(a), Some(b)) = (p.remove("lora_A"), p.remove("lora_B")) else {
                 return Err(bad(format!("layer `{shown}` lacks lora_A or lora_B")));
             };
@@ -357,8 +408,12 @@ impl AdapterFile {
                     "layer `{shown}`: mixer presence contradicts metadata"
                 )));
             }
+            let mut parts = BTreeMap::from([("lora_A".to_string(), a), ("lora_B".to_string(), b)]);
+            if let Some(m) = mixer {
+                parts.insert("lora_AB".to_string(), m);
+            }
             file.layers_mut(component)
-                .insert(module, LayerTensors { a, b, mixer });
+                .insert(module, LayerTensors { parts });
         }
         if file.layer_count() != file.meta.layers {
             return Err(bad(format!(
@@ -390,6 +445,18 @@ impl AdapterFile {
     /// Does the adapter change the text encoders too (prompts must then be encoded with it)?
     pub fn has_text_encoder_layers(&self) -> bool {
         !self.text_encoder.is_empty() || !self.text_encoder_2.is_empty()
+    }
+
+    /// Trained parameters in every component together (a fixed mixer is not trained).
+    pub fn trained_parameters(&self) -> i64 {
+        let fixed_mixer = !self.meta.adapter.mixer.trained();
+        Component::ALL
+            .iter()
+            .flat_map(|&c| self.component_layers(c).values())
+            .flat_map(|t| t.parts.iter())
+            .filter(|(part, _)| !(fixed_mixer && part.as_str() == "lora_AB"))
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
     }
 
     /// Adapted layers in every component together.
@@ -454,25 +521,16 @@ impl AdapterFile {
                 .get_mut(module)
                 .ok_or_else(|| foreign(format!("the model has no layer `{}`", shown(module))))?;
             let (out_dim, in_dim) = (l.out_dim(), l.in_dim());
-            if t.a.size()[1] != in_dim || t.b.size()[0] != out_dim {
-                return Err(foreign(format!(
-                    "layer `{}` is {in_dim} -> {out_dim} in the model but {} -> {} in \
-                     the adapter",
-                    shown(module),
-                    t.a.size()[1],
-                    t.b.size()[0]
-                )));
-            }
-            let device = l.weight.device();
-            let mut a = LowRankAdapter::from_tensors(
-                t.a.to_device(device),
-                t.b.to_device(device),
-                t.mixer.as_ref().map(|m| m.to_device(device)),
-                self.meta.adapter.mixer.trained(),
-                self.meta.adapter.alpha(),
-            );
-            a.scale *= scale;
-            super::install(l, a);
+            let mut a = t
+                .adapter(
+                    &self.meta.adapter,
+                    Some((in_dim, out_dim)),
+                    scale,
+                    &shown(module),
+                )
+                .map_err(|e| foreign(e.to_string()))?;
+            a.to_device(l.weight.device());
+            super::family::install_boxed(l, a);
         }
         Ok(())
     }

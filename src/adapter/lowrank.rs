@@ -1,12 +1,14 @@
 //! The low-rank adapter of one frozen linear layer W0:
 //! `y = W0 x + (alpha / r) * B M A x`, with A (r x in), B (out x r, zero at start) and an
 //! optional r x r mixer M. Plain LoRA has no mixer (M = I, not stored); MoSLoRA trains M.
+//! DoRA ([`super::dora`]) builds on it.
 
 use std::any::Any;
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::family::{in_kind, scaled, Family, LayerAdapter};
 use crate::error::{Error, Result};
 use crate::sdxl::nn::LinearDelta;
 
@@ -276,7 +278,7 @@ impl LinearDelta for LowRankAdapter {
         LowRankAdapter::forward(self, x)
     }
 
-    fn delta_weight(&self) -> Tensor {
+    fn delta_weight(&self, _w0: &Tensor) -> Tensor {
         LowRankAdapter::delta_weight(self)
     }
 
@@ -289,22 +291,36 @@ impl LinearDelta for LowRankAdapter {
     }
 }
 
-/// `x` in `kind` (no operation when it already is).
-fn in_kind(x: &Tensor, kind: Kind) -> Tensor {
-    if x.kind() == kind {
-        x.shallow_clone()
-    } else {
-        x.to_kind(kind)
+impl LayerAdapter for LowRankAdapter {
+    fn family(&self) -> Family {
+        Family::Lora
     }
-}
 
-/// `t * scale`, skipping the multiplication by 1 (alpha = rank, the default): exact either
-/// way, one operation and its backward node fewer per layer.
-fn scaled(t: Tensor, scale: f64) -> Tensor {
-    if scale == 1.0 {
-        t
-    } else {
-        t * scale
+    fn tensors(&self) -> Vec<(&'static str, Tensor)> {
+        let mut v = vec![
+            ("lora_A", self.a.shallow_clone()),
+            ("lora_B", self.b.shallow_clone()),
+        ];
+        if let Some(m) = &self.mixer {
+            v.push(("lora_AB", m.shallow_clone()));
+        }
+        v
+    }
+
+    fn trained(&self) -> Vec<(&'static str, Tensor)> {
+        LowRankAdapter::trained(self)
+    }
+
+    fn set_trainable(&mut self, on: bool) {
+        LowRankAdapter::set_trainable(self, on)
+    }
+
+    fn to_device(&mut self, device: tch::Device) {
+        self.to(device)
+    }
+
+    fn rescale(&mut self, s: f64) {
+        self.scale *= s;
     }
 }
 

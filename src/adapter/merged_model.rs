@@ -5,10 +5,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use tch::Tensor;
-
 use super::file::AdapterFile;
-use super::{Component, LowRankAdapter};
+use super::Component;
 use crate::error::{Error, Result};
 use crate::sdxl::convert::{
     configs_of, listing, write_with_deltas, WeightDeltas, WriteOptions, Written,
@@ -16,7 +14,7 @@ use crate::sdxl::convert::{
 use crate::sdxl::model_dir::ModelDir;
 
 /// Write `model` with the adapter at `adapter` merged into its UNet and, when it adapts them,
-/// its text encoders (`W0 + scale * alpha/r * B M A`, computed in f32 and then rounded to the
+/// its text encoders (`W0 + scale * alpha/r * B M A`, or its family's update, computed in f32 and then rounded to the
 /// output dtype, as `generate --adapter` does).
 pub fn merge(
     model: &ModelDir,
@@ -50,23 +48,20 @@ pub fn merge(
                     c.prefix()
                 ))
             })?;
-            let fits = shape.len() == 2 && shape[0] == t.b.size()[0] && shape[1] == t.a.size()[1];
-            if !fits {
+            if shape.len() != 2 {
                 return Err(foreign(format!(
-                    "layer `{module}` is {shape:?} in the model but {} -> {} in the adapter",
-                    t.a.size()[1],
-                    t.b.size()[0]
+                    "layer `{module}` is {shape:?} in the model, not a linear layer"
                 )));
             }
-            let mut a = LowRankAdapter::from_tensors(
-                t.a.shallow_clone(),
-                t.b.shallow_clone(),
-                t.mixer.as_ref().map(Tensor::shallow_clone),
-                file.meta.adapter.mixer.trained(),
-                file.meta.adapter.alpha(),
-            );
-            a.scale *= scale;
-            into.insert(name, Box::new(a));
+            let a = t
+                .adapter(
+                    &file.meta.adapter,
+                    Some((shape[1], shape[0])),
+                    scale,
+                    module,
+                )
+                .map_err(|e| foreign(e.to_string()))?;
+            into.insert(name, a);
         }
     }
     write_with_deltas(model, out, o, &deltas)

@@ -1,10 +1,15 @@
 //! LoRA and MoSLoRA adapters: one code path, `(A, mixer, B, scale)`, where plain LoRA is the
-//! absent mixer. Injected by target name into the frozen SDXL model, without copying it: into
-//! the UNet, and optionally into both text encoders ([`Component`]).
+//! absent mixer; and LoRA's relatives DoRA, LoHa and LoKr ([`Family`]), behind the same
+//! [`LayerAdapter`] trait. Injected by target name into the frozen SDXL model, without copying
+//! it: into the UNet, and optionally into both text encoders ([`Component`]).
 
 pub mod component;
+pub mod dora;
 pub mod export;
+pub mod family;
 pub mod file;
+pub mod loha;
+pub mod lokr;
 pub mod lowrank;
 pub mod merged_model;
 
@@ -16,6 +21,7 @@ use crate::sdxl::nn::Linear;
 use crate::sdxl::pipeline::TextEncoders;
 use crate::sdxl::unet::UNet2DConditionModel;
 pub use component::{text_encoder_parts, Adaptable, Component};
+pub use family::{layer_adapter, Family, LayerAdapter};
 pub use lowrank::{AInit, LowRankAdapter, MixerInit};
 
 /// The attention projections of every UNet attention (560 layers in SDXL).
@@ -49,6 +55,25 @@ pub struct AdapterConfig {
     /// UNet-only adapters and checkpoints read and match as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub text_encoder_targets: Vec<String>,
+    /// Which update the adapter learns; set by the adapter kind (`dora`, `loha`, `lokr`), not
+    /// in RUN.yaml. Left out of files and fingerprints for LoRA and MoSLoRA, so that theirs
+    /// read and match as before.
+    #[serde(default, skip_serializing_if = "Family::is_lora")]
+    pub family: Family,
+    /// LoKr's split of each dimension: `-1` near its square root (peft's default), or this
+    /// factor and the rest where it divides the dimension (peft's `decompose_factor`).
+    #[serde(
+        default = "default_lokr_factor",
+        skip_serializing_if = "is_default_lokr_factor"
+    )]
+    pub lokr_factor: i64,
+}
+
+fn default_lokr_factor() -> i64 {
+    -1
+}
+fn is_default_lokr_factor(f: &i64) -> bool {
+    *f == -1
 }
 
 fn default_rank() -> i64 {
@@ -73,6 +98,8 @@ impl Default for AdapterConfig {
             init_a: default_init_a(),
             targets: default_targets(),
             text_encoder_targets: Vec::new(),
+            family: Family::Lora,
+            lokr_factor: default_lokr_factor(),
         }
     }
 }
@@ -118,6 +145,16 @@ impl AdapterConfig {
                     ),
                 ));
             }
+        }
+        if self.lokr_factor == 0 || self.lokr_factor < -1 {
+            return Err(Error::setting(
+                "adapter.lokr_factor",
+                format!(
+                    "adapter.lokr_factor must be -1 (split near the square root) or positive, \
+                     got {}",
+                    self.lokr_factor
+                ),
+            ));
         }
         if let Some(a) = self.alpha {
             if !(a.is_finite() && a > 0.0) {
@@ -202,23 +239,26 @@ pub fn inject_text_encoders(
 fn attach_fresh(layers: Vec<&mut Linear>, cfg: &AdapterConfig, seed: u64) -> Result<usize> {
     let n = layers.len();
     let _rng = crate::runtime::seeded(seed as i64);
+    if matches!(cfg.family, Family::Loha | Family::Lokr) {
+        // Their factors draw from the run's stream, layer by layer in module order.
+        for l in layers {
+            let mut adapter = family::fresh(cfg, &l.weight, None)?;
+            adapter.to_device(l.weight.device());
+            adapter.set_trainable(true);
+            family::install_boxed(l, adapter);
+        }
+        return Ok(n);
+    }
     let a_inits: Vec<Tensor> = layers
         .iter()
         .map(|l| lowrank::init_a(l.in_dim(), cfg.rank, cfg.init_a))
         .collect::<Result<_>>()?;
     tch::manual_seed(seed.wrapping_add(MIXER_STREAM) as i64);
     for (l, a) in layers.into_iter().zip(a_inits) {
-        let device = l.weight.device();
-        let mixer = lowrank::init_mixer(cfg.rank, cfg.mixer)?;
-        let b = Tensor::zeros(
-            [l.out_dim(), cfg.rank],
-            (tch::Kind::Float, tch::Device::Cpu),
-        );
-        let mut adapter =
-            LowRankAdapter::from_tensors(a, b, mixer, cfg.mixer.trained(), cfg.alpha());
-        adapter.to(device);
+        let mut adapter = family::fresh(cfg, &l.weight, Some(a))?;
+        adapter.to_device(l.weight.device());
         adapter.set_trainable(true);
-        install(l, adapter);
+        family::install_boxed(l, adapter);
     }
     Ok(n)
 }
@@ -242,7 +282,7 @@ pub fn adapted<M: Adaptable + ?Sized>(model: &mut M) -> Vec<&mut Linear> {
     model
         .adaptable_linears_mut()
         .into_iter()
-        .filter(|l| lowrank(l).is_some())
+        .filter(|l| layer_adapter(l).is_some())
         .collect()
 }
 
@@ -250,7 +290,7 @@ pub fn adapted<M: Adaptable + ?Sized>(model: &mut M) -> Vec<&mut Linear> {
 pub fn trained_parameters<M: Adaptable + ?Sized>(model: &mut M) -> Vec<(String, Tensor)> {
     let mut out = Vec::new();
     for l in adapted(model) {
-        let a = lowrank(l).expect("adapted");
+        let a = layer_adapter(l).expect("adapted");
         for (part, t) in a.trained() {
             out.push((format!("{}.{part}.weight", l.name), t));
         }

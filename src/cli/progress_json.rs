@@ -122,7 +122,7 @@ impl JsonEvents {
     /// Watches the run's folders from now on: files written there from now on are reported
     /// as `file` events (those already there, with their times, are not).
     pub fn watching(&self, cfg: &RunConfig) -> JsonEvents {
-        let runs: Vec<(AdapterKind, RunPaths)> = AdapterKind::BOTH
+        let runs: Vec<(AdapterKind, RunPaths)> = AdapterKind::of_run(cfg)
             .into_iter()
             .map(|k| (k, RunPaths::new(cfg, k)))
             .collect();

@@ -42,7 +42,8 @@ pub struct RenderArgs {
     /// The steps of --adapters-from to show, comma-separated (e.g. 100,200,300)
     #[arg(long, value_delimiter = ',', requires = "adapters_from")]
     steps: Option<Vec<u64>>,
-    /// With --adapters-from: only this kind (lora or moslora); default: every kind there
+    /// With --adapters-from: only this kind (lora, moslora, dora, loha, lokr); default: every
+    /// kind there
     #[arg(long, requires = "adapters_from")]
     kind: Option<String>,
 }
@@ -152,7 +153,7 @@ fn prepare_compare(run: &Path, force: bool, cfg: &RunConfig) -> Result<(RunOptio
     if !force {
         moslora::train::existing::check(
             cfg,
-            &moslora::train::AdapterKind::BOTH,
+            &moslora::train::AdapterKind::of_run(cfg),
             moslora::train::existing::Intent::Compare,
             run,
         )?;

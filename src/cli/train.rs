@@ -19,7 +19,8 @@ use super::Locks;
 pub struct TrainArgs {
     /// The run's configuration (see configs/ for examples)
     run: PathBuf,
-    /// Which adapter to train: lora or moslora (default: both, one after the other)
+    /// Which adapter to train: lora, moslora, dora, loha or lokr (default: lora and moslora,
+    /// one after the other)
     #[arg(long)]
     adapter: Option<String>,
     /// Continue from the last checkpoint instead of starting afresh
@@ -85,7 +86,7 @@ pub fn run(a: TrainArgs) -> Result<bool> {
 fn prepare(a: &TrainArgs, cfg: &RunConfig) -> Result<(Vec<AdapterKind>, RunOptions, Locks)> {
     let kinds: Vec<AdapterKind> = match &a.adapter {
         Some(k) => vec![AdapterKind::parse(k)?],
-        None => AdapterKind::BOTH.to_vec(),
+        None => AdapterKind::of_run(cfg),
     };
     let opts = RunOptions::from_names(&cfg.device, cfg.dtype.as_deref(), Given::RunFile)?;
     super::models::fetch_run(cfg, false)?;

@@ -211,7 +211,11 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
             esc(&p.id)
         ));
         for a in &m.adapters {
-            h.push_str(&format!("<th>{}</th>", esc(&a.label)));
+            let size = a
+                .parameters
+                .map(|n| format!("<small>{} parameters</small>", count(n)))
+                .unwrap_or_default();
+            h.push_str(&format!("<th>{}{size}</th>", esc(&a.label)));
         }
         h.push_str("</tr>");
         for seed in &seeds {
@@ -242,7 +246,7 @@ pub fn write(out: &Path, m: &Manifest) -> Result<()> {
     crate::fsutil::write_bytes(&out.join("index.html"), h.as_bytes())
 }
 
-/// The validation curves (one polyline per adapter, LoRA solid, MoSLoRA dashed, on one scale)
+/// The validation curves (one polyline per adapter, each in a style of its own, on one scale)
 /// and, in words, each one's lowest validation loss past step 0.
 fn validation_section(curves: &[ValidationCurve]) -> String {
     let points = curves.iter().flat_map(|c| c.points.iter());
@@ -256,9 +260,19 @@ fn validation_section(curves: &[ValidationCurve]) -> String {
     let mut svg = format!(
         "<svg viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"validation loss by step\">"
     );
-    let colours = ["#1f77b4", "#d62728"];
+    // One style per curve, in the run's adapter order (the app's chart uses the same five).
+    const STYLES: [(&str, &str, &str); 5] = [
+        ("#1f77b4", "", "solid"),
+        ("#d62728", " stroke-dasharray=\"6 4\"", "dashed"),
+        ("#2ca02c", " stroke-dasharray=\"2 3\"", "dotted"),
+        ("#9467bd", " stroke-dasharray=\"8 3 2 3\"", "dash-dot"),
+        ("#ff7f0e", " stroke-dasharray=\"12 4\"", "long dashes"),
+    ];
     let mut words = Vec::new();
-    for c in curves {
+    let mut legend = Vec::new();
+    for (i, c) in curves.iter().enumerate() {
+        let (colour, dash, how) = STYLES[i % STYLES.len()];
+        legend.push(format!("{} {how}", esc(&c.label)));
         let pts: Vec<String> = c
             .points
             .iter()
@@ -269,16 +283,9 @@ fn validation_section(curves: &[ValidationCurve]) -> String {
                 format!("{x:.1},{y:.1}")
             })
             .collect();
-        let moslora = c.adapter == "moslora";
-        let dash = if moslora {
-            " stroke-dasharray=\"6 4\""
-        } else {
-            ""
-        };
         svg.push_str(&format!(
-            "<polyline data-adapter=\"{}\" stroke=\"{}\"{dash} points=\"{}\"/>",
+            "<polyline data-adapter=\"{}\" stroke=\"{colour}\"{dash} points=\"{}\"/>",
             esc(&c.adapter),
-            colours[usize::from(moslora)],
             pts.join(" ")
         ));
         let best = c
@@ -296,7 +303,17 @@ fn validation_section(curves: &[ValidationCurve]) -> String {
     svg.push_str("</svg>");
     format!(
         "<div class=\"validation\"><h2>Validation loss</h2>{svg}<p>Lowest validation loss: {}. \
-         Steps 0 to {last}; LoRA solid, MoSLoRA dashed.</p></div>",
-        words.join("; ")
+         Steps 0 to {last}; {}.</p></div>",
+        words.join("; "),
+        legend.join(", ")
     )
+}
+
+/// A parameter count for people: `86.3 k`, `1.24 M`.
+fn count(n: i64) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
 }

@@ -48,6 +48,9 @@ pub struct AdapterEntry {
     pub mixer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u64>,
+    /// The adapter's trained parameters (every layer, text encoders included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

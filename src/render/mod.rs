@@ -141,7 +141,7 @@ pub fn plan(
         columns.push(Column::base());
     }
     if !only_extra {
-        for kind in AdapterKind::BOTH {
+        for kind in AdapterKind::of_run(cfg) {
             columns.push(Column::of_run(cfg, kind));
         }
     }
@@ -384,6 +384,7 @@ pub fn render(
             rank: None,
             mixer: None,
             steps: None,
+            parameters: None,
         };
         let mut merged = false;
         if let (Some((f, sha)), Some(path)) = (loaded, &column.adapter) {
@@ -392,6 +393,7 @@ pub fn render(
             entry.rank = Some(f.meta.adapter.rank);
             entry.mixer = Some(f.meta.adapter.mixer.name().to_string());
             entry.steps = Some(f.meta.steps);
+            entry.parameters = Some(f.trained_parameters());
         }
         adapter_entries.push(entry);
         for (pi, p) in prompt_entries.iter().enumerate() {
@@ -715,7 +717,7 @@ pub fn compare(
     train_progress: &mut dyn crate::train::Progress,
     render_progress: &mut dyn RenderProgress,
 ) -> Result<(Vec<crate::train::TrainOutcome>, Manifest)> {
-    let stale: Vec<AdapterKind> = AdapterKind::BOTH
+    let stale: Vec<AdapterKind> = AdapterKind::of_run(cfg)
         .into_iter()
         .filter(|&k| !crate::train::is_current(cfg, k, &RunPaths::new(cfg, k).adapter()))
         .collect();

@@ -82,7 +82,7 @@ pub fn step_columns(run: &Path, steps: &[u64], kinds: &[AdapterKind]) -> Result<
         let kind = AdapterKind::parse(name).unwrap_or(AdapterKind::Moslora);
         folders.push((kind, run.to_path_buf()));
     } else {
-        for kind in AdapterKind::BOTH {
+        for kind in AdapterKind::ALL {
             let dir = run.join(kind.name());
             if (kinds.is_empty() || kinds.contains(&kind)) && dir.is_dir() {
                 folders.push((kind, dir));

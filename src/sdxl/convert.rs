@@ -179,7 +179,8 @@ impl ComponentReader<'_> {
                     .w
                     .with_kind(Kind::Float)
                     .get(name, shape, Init::Zeros)?;
-                Ok((w0 + a.delta_weight().to_kind(Kind::Float)).to_kind(self.kind))
+                let delta = a.delta_weight(&w0).to_kind(Kind::Float);
+                Ok((w0 + delta).to_kind(self.kind))
             }
             None => self.w.get(name, shape, Init::Zeros),
         }

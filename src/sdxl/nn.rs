@@ -16,8 +16,20 @@ pub trait LinearDelta: fmt::Debug + Send + Any {
     /// The side branch for input `x`, in the delta's own dtype; the layer adds it to the
     /// frozen output.
     fn forward(&self, x: &Tensor) -> Tensor;
-    /// The same update as an (out x in) weight: what merging adds to W0.
-    fn delta_weight(&self) -> Tensor;
+    /// The layer's output with the delta, given its frozen output `y = x W0^T + b` and its
+    /// frozen weight and bias. Most deltas add their branch; one that rescales the frozen
+    /// output (DoRA's magnitude) overrides this.
+    fn output(&self, x: &Tensor, y: Tensor, _weight: &Tensor, _bias: Option<&Tensor>) -> Tensor {
+        add_branch(y, &self.forward(x))
+    }
+    /// The same update as an (out x in) weight: what merging adds to the frozen weight `w0`
+    /// (as loaded, not merged). Only a delta that [`reads_base`](Self::reads_base) looks at it.
+    fn delta_weight(&self, w0: &Tensor) -> Tensor;
+    /// Does the update depend on the frozen weight (DoRA's does)? Merging then keeps the
+    /// weight as loaded, to return to it exactly.
+    fn reads_base(&self) -> bool {
+        false
+    }
     /// For the installer, to reach its own type again.
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
@@ -33,6 +45,8 @@ pub struct Linear {
     delta: Option<Box<dyn LinearDelta>>,
     /// The delta is folded into `weight`: its branch is then skipped.
     merged: bool,
+    /// The weight as loaded, kept while a delta that reads it is merged.
+    unmerged: Option<Tensor>,
 }
 
 impl Linear {
@@ -49,6 +63,7 @@ impl Linear {
             bias,
             delta: None,
             merged: false,
+            unmerged: None,
         })
     }
 
@@ -63,7 +78,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
         match self.active_delta() {
-            Some(d) => add_branch(y, &d.forward(x)),
+            Some(d) => d.output(x, y, &self.weight, self.bias.as_ref()),
             None => y,
         }
     }
@@ -98,7 +113,12 @@ impl Linear {
         let _guard = tch::no_grad_guard();
         if !self.merged {
             if let Some(delta) = self.weight_update() {
-                let _ = self.weight.g_add_(&delta);
+                if self.delta.as_ref().is_some_and(|d| d.reads_base()) {
+                    let merged = &self.weight + &delta;
+                    self.unmerged = Some(std::mem::replace(&mut self.weight, merged));
+                } else {
+                    let _ = self.weight.g_add_(&delta);
+                }
                 self.merged = true;
             }
         }
@@ -108,7 +128,9 @@ impl Linear {
     pub fn unmerge(&mut self) {
         let _guard = tch::no_grad_guard();
         if self.merged {
-            if let Some(delta) = self.weight_update() {
+            if let Some(w0) = self.unmerged.take() {
+                self.weight = w0;
+            } else if let Some(delta) = self.weight_update() {
                 let _ = self.weight.g_sub_(&delta);
             }
             self.merged = false;
@@ -119,7 +141,7 @@ impl Linear {
     fn weight_update(&self) -> Option<Tensor> {
         let _guard = tch::no_grad_guard();
         self.delta.as_ref().map(|d| {
-            d.delta_weight()
+            d.delta_weight(&self.weight)
                 .to_kind(self.weight.kind())
                 .to_device(self.weight.device())
         })

@@ -75,7 +75,8 @@ impl AdapterSpec {
             Error::setting(
                 "adapters",
                 format!(
-                    "adapters: {s:?} is not `lora`, `moslora` or `moslora:<mixer>` (mixers: {}){hint}",
+                    "adapters: {s:?} is not `lora`, `moslora`, `moslora:<mixer>`, `dora`, `loha` \
+                     or `lokr` (mixers: {}){hint}",
                     MixerInit::ALL[1..].join(", ")
                 ),
             )
@@ -101,12 +102,14 @@ impl AdapterSpec {
             }
         };
         Ok(match (kind, mixer) {
-            (AdapterKind::Lora, _) => AdapterSpec {
-                kind,
-                mixer: MixerInit::None,
-                name: "lora".into(),
-                label: "LoRA".into(),
-            },
+            (AdapterKind::Lora | AdapterKind::Dora | AdapterKind::Loha | AdapterKind::Lokr, _) => {
+                AdapterSpec {
+                    kind,
+                    mixer: MixerInit::None,
+                    name: kind.name().into(),
+                    label: kind.label().into(),
+                }
+            }
             (AdapterKind::Moslora, None) => AdapterSpec {
                 kind,
                 mixer: if base_mixer == MixerInit::None {
@@ -414,5 +417,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("did you mean"), "{e}");
+        for (name, kind, label) in [
+            ("dora", AdapterKind::Dora, "DoRA"),
+            ("LoHa", AdapterKind::Loha, "LoHa"),
+            ("lokr", AdapterKind::Lokr, "LoKr"),
+        ] {
+            let s = AdapterSpec::parse(name, MixerInit::Orthogonal).unwrap();
+            assert_eq!((s.kind, s.mixer), (kind, MixerInit::None));
+            assert_eq!((s.name.as_str(), s.label.as_str()), (kind.name(), label));
+        }
+        // The mixer belongs to MoSLoRA alone.
+        assert!(AdapterSpec::parse("dora:kaiming", MixerInit::Orthogonal).is_err());
     }
 }

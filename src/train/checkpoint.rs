@@ -200,11 +200,17 @@ pub fn load(
                     l.name
                 ))
             })?;
-            let a = crate::adapter::lowrank_mut(l).expect("adapted");
-            a.a.detach().copy_(&t.a);
-            a.b.detach().copy_(&t.b);
-            if let (Some(m), Some(tm)) = (&a.mixer, &t.mixer) {
-                m.detach().copy_(tm);
+            let a = crate::adapter::layer_adapter(l).expect("adapted");
+            for (part, into) in a.tensors() {
+                let saved = t.parts.get(part).ok_or_else(|| {
+                    Error::msg(format!(
+                        "{}: checkpoint lacks `{part}` of {} layer `{}`",
+                        adapter_path.display(),
+                        c.prefix(),
+                        l.name
+                    ))
+                })?;
+                into.detach().copy_(saved);
             }
         }
         Ok(())

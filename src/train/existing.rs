@@ -185,7 +185,9 @@ fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
 /// `lora`, or `moslora(orthogonal)`: a kind with its mixer.
 fn kind_name(kind: AdapterKind, meta: &AdapterMeta) -> String {
     match kind {
-        AdapterKind::Lora => kind.name().to_string(),
+        AdapterKind::Lora | AdapterKind::Dora | AdapterKind::Loha | AdapterKind::Lokr => {
+            kind.name().to_string()
+        }
         AdapterKind::Moslora => {
             let mixer = serde_json::to_value(meta.adapter.mixer)
                 .ok()

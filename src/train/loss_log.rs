@@ -132,6 +132,7 @@ pub fn plot_with_validation(
         RGBColor(214, 39, 40),
         RGBColor(44, 160, 44),
         RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
     ];
     let smoothed: Vec<Vec<f64>> = runs.iter().map(|(_, l)| smooth(l, 0.95)).collect();
     // Markers on the smoothed curves, about a dozen per curve, offset per run so that two

@@ -9,27 +9,43 @@ use sha2::{Digest, Sha256};
 use tch::Kind;
 
 use crate::adapter::file::{architecture_hash, weights_fingerprint, AdapterFile, ModelIdentity};
-use crate::adapter::{AdapterConfig, MixerInit};
+use crate::adapter::{AdapterConfig, Family, MixerInit};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::sdxl::model_dir::ModelDir;
 use crate::sdxl::unet::UNet2DConditionModel;
 
-/// The two adapters the app compares. They share every setting but the mixer.
+/// The adapters moslora trains: LoRA and MoSLoRA, the pair it compares by default, and
+/// LoRA's relatives DoRA, LoHa and LoKr. They share every setting but what makes them differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdapterKind {
     Lora,
     Moslora,
+    Dora,
+    Loha,
+    Lokr,
 }
 
 impl AdapterKind {
+    /// The default pair.
     pub const BOTH: [AdapterKind; 2] = [AdapterKind::Lora, AdapterKind::Moslora];
+    /// Every kind, in the order columns show them.
+    pub const ALL: [AdapterKind; 5] = [
+        AdapterKind::Lora,
+        AdapterKind::Moslora,
+        AdapterKind::Dora,
+        AdapterKind::Loha,
+        AdapterKind::Lokr,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             AdapterKind::Lora => "lora",
             AdapterKind::Moslora => "moslora",
+            AdapterKind::Dora => "dora",
+            AdapterKind::Loha => "loha",
+            AdapterKind::Lokr => "lokr",
         }
     }
 
@@ -38,31 +54,106 @@ impl AdapterKind {
         match self {
             AdapterKind::Lora => "LoRA",
             AdapterKind::Moslora => "MoSLoRA",
+            AdapterKind::Dora => "DoRA",
+            AdapterKind::Loha => "LoHa",
+            AdapterKind::Lokr => "LoKr",
         }
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "lora" => Ok(AdapterKind::Lora),
-            "moslora" => Ok(AdapterKind::Moslora),
-            _ => Err(Error::setting(
-                "adapter",
-                format!("unknown adapter {s:?}: expected `lora` or `moslora`"),
-            )),
-        }
+        let lower = s.trim().to_ascii_lowercase();
+        AdapterKind::ALL
+            .into_iter()
+            .find(|k| k.name() == lower)
+            .ok_or_else(|| {
+                Error::setting(
+                    "adapter",
+                    format!(
+                        "unknown adapter {s:?}: expected one of {}",
+                        AdapterKind::ALL.map(|k| k.name()).join(", ")
+                    ),
+                )
+            })
+    }
+
+    /// The run's adapters (`adapters:` in RUN.yaml, validated when it was loaded).
+    pub fn of_run(cfg: &RunConfig) -> Vec<AdapterKind> {
+        cfg.adapters
+            .iter()
+            .filter_map(|a| AdapterKind::parse(a).ok())
+            .collect()
     }
 
     /// The run's adapter settings for this kind: LoRA drops the mixer, MoSLoRA keeps the
-    /// configured one (orthogonal by default).
+    /// configured one (orthogonal by default); DoRA, LoHa and LoKr have no mixer and set
+    /// their family. With `same_parameters`, the rank is the one that matches LoRA's
+    /// parameters at `adapter.rank` on the model's targeted UNet layers.
     pub fn adapter_config(self, cfg: &RunConfig) -> AdapterConfig {
-        let mut a = cfg.adapter.clone();
-        if self == AdapterKind::Lora {
-            a.mixer = MixerInit::None;
-        } else if a.mixer == MixerInit::None {
-            a.mixer = MixerInit::Orthogonal;
+        let mut a = self.own_config(cfg);
+        if cfg.same_parameters && self != AdapterKind::Lora {
+            if let Some(dims) = target_dims(cfg) {
+                let lora = AdapterKind::Lora.own_config(cfg);
+                let budget: i64 = dims
+                    .iter()
+                    .map(|&(i, o)| crate::adapter::family::layer_parameters(&lora, i, o))
+                    .sum();
+                a.rank = crate::adapter::family::matched_rank(&a, &dims, budget);
+                if a.mixer == MixerInit::Butterfly && a.rank % 2 != 0 {
+                    a.rank += 1;
+                }
+                // The same scale alpha / r as LoRA's.
+                a.alpha = Some(cfg.adapter.alpha() / cfg.adapter.rank as f64 * a.rank as f64);
+            }
         }
         a
     }
+
+    fn own_config(self, cfg: &RunConfig) -> AdapterConfig {
+        let mut a = cfg.adapter.clone();
+        a.family = match self {
+            AdapterKind::Lora | AdapterKind::Moslora => Family::Lora,
+            AdapterKind::Dora => Family::Dora,
+            AdapterKind::Loha => Family::Loha,
+            AdapterKind::Lokr => Family::Lokr,
+        };
+        if self == AdapterKind::Moslora {
+            if a.mixer == MixerInit::None {
+                a.mixer = MixerInit::Orthogonal;
+            }
+        } else {
+            a.mixer = MixerInit::None;
+        }
+        if a.family != Family::Lokr {
+            a.lokr_factor = -1;
+        }
+        a
+    }
+}
+
+/// (in, out) of the UNet layers `cfg.adapter.targets` selects in the run's model, from its
+/// configuration alone (a model built of shapes); None when the model cannot be read yet.
+/// Kept per model and targets: it is asked for at every fingerprint.
+fn target_dims(cfg: &RunConfig) -> Option<Vec<(i64, i64)>> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (PathBuf, Vec<String>);
+    type Dims = HashMap<Key, Vec<(i64, i64)>>;
+    static CACHE: OnceLock<Mutex<Dims>> = OnceLock::new();
+    let key = (cfg.model.clone(), cfg.adapter.targets.clone());
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(d) = cache.lock().ok()?.get(&key) {
+        return Some(d.clone());
+    }
+    let ucfg = ModelDir::open(&cfg.model).ok()?.unet_config().ok()?;
+    let src = std::rc::Rc::new(crate::sdxl::weights::ShapeSource::new());
+    let w = crate::sdxl::weights::Weights::new(src, "unet", Kind::Float, tch::Device::Cpu);
+    let mut unet = UNet2DConditionModel::new(&w, &ucfg).ok()?;
+    let dims: Vec<(i64, i64)> = crate::adapter::targeted(&mut unet, &cfg.adapter.targets)
+        .into_iter()
+        .map(|l| (l.in_dim(), l.out_dim()))
+        .collect();
+    cache.lock().ok()?.insert(key, dims.clone());
+    Some(dims)
 }
 
 /// Where one adapter's run writes.

@@ -499,9 +499,9 @@ pub fn train(
         }
     }
     adapter::remove_all(&mut unet);
-    // Both curves on one chart when both runs exist.
+    // The run's curves on one chart when two or more exist.
     type Logs = (AdapterKind, Vec<f32>, Vec<(u64, f32)>);
-    let runs: Vec<Logs> = AdapterKind::BOTH
+    let runs: Vec<Logs> = AdapterKind::of_run(cfg)
         .iter()
         .filter_map(|&k| {
             let paths = RunPaths::new(cfg, k);
@@ -511,15 +511,16 @@ pub fn train(
                 .map(|l| (k, l, validation.unwrap_or_default()))
         })
         .collect();
-    if runs.len() == 2 {
+    if runs.len() >= 2 {
         let named: Vec<(&str, &[f32])> = runs
             .iter()
             .map(|(k, l, _)| (k.label(), l.as_slice()))
             .collect();
         let validation: Vec<&[(u64, f32)]> = runs.iter().map(|(_, _, v)| v.as_slice()).collect();
+        let labels: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
         loss_log::plot_with_validation(
             &cfg.output.join("loss.png"),
-            "Training loss: LoRA vs MoSLoRA",
+            &format!("Training loss: {}", labels.join(" vs ")),
             &named,
             &validation,
         )?;

@@ -120,6 +120,7 @@ pub fn renders_folder(dir: &Path) -> Manifest {
                 rank: None,
                 mixer: None,
                 steps: None,
+                parameters: None,
             })
             .collect(),
         prompts,

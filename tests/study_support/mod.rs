@@ -210,6 +210,7 @@ pub fn write_render(dir: &Path, spec: &RenderSpec) -> PathBuf {
             rank: None,
             mixer: None,
             steps: None,
+            parameters: None,
         })
         .collect();
     let m = Manifest {
