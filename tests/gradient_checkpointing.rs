@@ -54,6 +54,7 @@ fn batch(n: i64, prior: i64, h: i64, w: i64) -> Batch {
             .repeat([total, 1]),
         n_instance: n,
         captions: Vec::new(),
+        mask: None,
     }
 }
 

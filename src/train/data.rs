@@ -6,7 +6,7 @@ use tch::Kind;
 
 use super::dataset::{self, Example};
 use super::trainer::Progress;
-use super::{buckets, captions};
+use super::{buckets, captions, masks};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::schedule::config::SchedulerConfig;
@@ -143,6 +143,11 @@ pub fn prepare_data_and_text(
         cfg.subject.images.display()
     ));
     let (caption_texts, photo_captions) = captions::captions(&photos, &cfg.subject, &mut note)?;
+    let photo_masks = if cfg.train.masked_loss {
+        masks::load_masks(&photos, &mut note)?
+    } else {
+        Vec::new()
+    };
     let placements = if cfg.train.buckets.is_none() {
         None
     } else {
@@ -237,6 +242,7 @@ pub fn prepare_data_and_text(
         None => dataset::encode_examples(
             &photos,
             &photo_captions,
+            &photo_masks,
             &vae,
             variants,
             opts.device,
@@ -246,6 +252,7 @@ pub fn prepare_data_and_text(
             &photos,
             placed,
             &photo_captions,
+            &photo_masks,
             &vae,
             variants,
             opts.device,
@@ -255,9 +262,15 @@ pub fn prepare_data_and_text(
     let class = match (&cfg.train.prior_preservation, class_prompt, class_photos) {
         (Some(pp), Some(embeds), Some(photos)) => {
             let ex = match &placements {
-                None => {
-                    dataset::encode_examples(&photos, &[], &vae, one_crop, opts.device, &mut tick)?
-                }
+                None => dataset::encode_examples(
+                    &photos,
+                    &[],
+                    &[],
+                    &vae,
+                    one_crop,
+                    opts.device,
+                    &mut tick,
+                )?,
                 Some(_) => buckets::encode_into_each(
                     &photos,
                     &used,
