@@ -75,6 +75,8 @@ pub struct DemoOptions {
     /// Train with the photos' masks (`train.masked_loss`), so that the photos' grounds are
     /// not learned with the robot.
     pub masked: bool,
+    /// With `masked`: `train.mask_background_weight` (default 0, the background ignored).
+    pub mask_background_weight: Option<f64>,
     /// Render seeds 0 to N - 1 instead of the demo's four (more pictures per prompt to
     /// measure with).
     pub seeds: Option<u64>,
@@ -150,6 +152,11 @@ pub fn run(
         cfg.render.seeds = (0..n).collect();
     }
     cfg.train.masked_loss = o.masked;
+    if o.masked {
+        cfg.train.mask_background_weight = o.mask_background_weight.unwrap_or(0.0);
+    }
+    cfg.validate()
+        .map_err(|e| Error::setting("--mask-background-weight", e))?;
     if !cfg.model.join("model_index.json").exists() {
         return Err(Error::msg(format!(
             "no toy-world model at {}: run the demo from the repository (`make demo`), pass \

@@ -33,6 +33,9 @@ pub struct DemoArgs {
     /// Train with the robot's masks (`train.masked_loss`): the photos' grounds are not learned
     #[arg(long)]
     masked: bool,
+    /// With --masked: the background's loss weight, 0 (ignored, the default) to 1 (no mask)
+    #[arg(long, requires = "masked")]
+    mask_background_weight: Option<f64>,
     /// Render seeds 0 to N-1 of each prompt (default: 4)
     #[arg(long)]
     seeds: Option<u64>,
@@ -46,6 +49,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         train_steps: a.train_steps,
         render_steps: a.render_steps,
         masked: a.masked,
+        mask_background_weight: a.mask_background_weight,
         seeds: a.seeds,
     };
     let cfg = moslora::demo::demo_config(&o.dir, &o.model, o.judge.as_deref())?;
