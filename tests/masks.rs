@@ -119,6 +119,29 @@ fn masks_from_alpha_and_mask_files_train_and_missing_ones_are_said_once() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// Aspect-ratio buckets resize and crop the photos otherwise (PIL's Lanczos, kohya's crop):
+/// the masks follow them there too, latent for latent.
+#[test]
+fn masks_follow_their_photos_into_buckets() {
+    let root = scratch("buckets");
+    let images = photos(&root);
+    let run = write_run(
+        &root,
+        &images,
+        "  masked_loss: true\n  buckets: kohya\n  random_flip: true\n",
+    );
+    let (code, err) = moslora(&["train", run.to_str().unwrap(), "--adapter", "lora"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("buckets: "), "trained in buckets: {err}");
+    assert_eq!(
+        err.matches("masked loss: 1 of 3 photos has no mask")
+            .count(),
+        1,
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn a_mask_of_another_size_is_refused_naming_both_files() {
     let root = scratch("mismatched");
@@ -146,7 +169,9 @@ fn a_mask_of_another_size_is_refused_naming_both_files() {
     }
     assert!(!root.join("out/lora/adapter.safetensors").exists());
 
-    // With masked_loss off the masks are not read: the same folder trains.
+    // With masked_loss off the masks are not read: the same folder trains. A mask with no
+    // photo is named as a file not used.
+    box_mask(64, 64).save(images.join("e.mask.png")).unwrap();
     let run = write_run(&root, &images, "");
     let (code, err) = moslora(&["train", run.to_str().unwrap(), "--adapter", "lora"]);
     assert_eq!(code, 0, "{err}");
