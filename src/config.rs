@@ -342,10 +342,22 @@ pub struct Train {
     /// the training photos at fixed timesteps). Left out of the saved settings while 0.
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub validation_split: f64,
+    /// Weight the loss by each photo's mask (`photo.mask.png` beside it, or its alpha
+    /// channel; white = subject), as sd-scripts' `--masked_loss`. Both mask fields are left
+    /// out of the saved settings while off, so that earlier runs keep their fingerprints.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub masked_loss: bool,
+    /// With `masked_loss`: the loss weight of the background (0: ignored, 1: as the subject).
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub mask_background_weight: f64,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero_f64(x: &f64) -> bool {
@@ -632,6 +644,15 @@ impl RunConfig {
                 t.validation_split == 0.0 || t.validate_every > 0,
                 "train.validation_split is set but train.validate_every is 0: set \
                  train.validate_every to measure the validation loss every N steps",
+            ),
+            (
+                (0.0..=1.0).contains(&t.mask_background_weight),
+                "train.mask_background_weight must be from 0 (background ignored) to 1 (no mask)",
+            ),
+            (
+                t.masked_loss || t.mask_background_weight == 0.0,
+                "train.mask_background_weight is set but train.masked_loss is false: set \
+                 train.masked_loss: true to use masks",
             ),
             (
                 !self.subject.identifier.trim().is_empty(),

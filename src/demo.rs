@@ -36,6 +36,31 @@ pub const SUBJECT: &[(&str, &[u8])] = &[
     ),
 ];
 
+/// The masks of the bundled subject's photos (white = the robot), drawn with them by
+/// `assets/make_subject.py`: `moslora demo --masked` trains with them.
+pub const SUBJECT_MASKS: &[(&str, &[u8])] = &[
+    (
+        "01_sky.mask.png",
+        include_bytes!("../assets/subject-masks/01_sky.mask.png"),
+    ),
+    (
+        "02_sand.mask.png",
+        include_bytes!("../assets/subject-masks/02_sand.mask.png"),
+    ),
+    (
+        "03_room.mask.png",
+        include_bytes!("../assets/subject-masks/03_room.mask.png"),
+    ),
+    (
+        "04_night.mask.png",
+        include_bytes!("../assets/subject-masks/04_night.mask.png"),
+    ),
+    (
+        "05_grass.mask.png",
+        include_bytes!("../assets/subject-masks/05_grass.mask.png"),
+    ),
+];
+
 pub struct DemoOptions {
     /// Everything goes here (the photos, the run, the study).
     pub dir: PathBuf,
@@ -47,6 +72,14 @@ pub struct DemoOptions {
     pub train_steps: Option<u64>,
     /// Override the sampling steps of the renders.
     pub render_steps: Option<usize>,
+    /// Train with the photos' masks (`train.masked_loss`), so that the photos' grounds are
+    /// not learned with the robot.
+    pub masked: bool,
+    /// With `masked`: `train.mask_background_weight` (default 0, the background ignored).
+    pub mask_background_weight: Option<f64>,
+    /// Render seeds 0 to N - 1 instead of the demo's four (more pictures per prompt to
+    /// measure with).
+    pub seeds: Option<u64>,
 }
 
 /// Where everything the demo made is.
@@ -62,6 +95,8 @@ pub struct DemoReport {
     /// Per adapter: the share of renders whose scene the judge names as the prompt does, and
     /// how many were read (empty without a judge).
     pub scene_fidelity: Vec<(String, f64, usize)>,
+    /// The same over the snow prompt's renders only: the scene the photos' grounds crowd out.
+    pub snow_fidelity: Vec<(String, f64, usize)>,
 }
 
 impl DemoReport {
@@ -113,6 +148,15 @@ pub fn run(
     if let Some(s) = o.render_steps {
         cfg.render.steps = s;
     }
+    if let Some(n) = o.seeds {
+        cfg.render.seeds = (0..n).collect();
+    }
+    cfg.train.masked_loss = o.masked;
+    if o.masked {
+        cfg.train.mask_background_weight = o.mask_background_weight.unwrap_or(0.0);
+    }
+    cfg.validate()
+        .map_err(|e| Error::setting("--mask-background-weight", e))?;
     if !cfg.model.join("model_index.json").exists() {
         return Err(Error::msg(format!(
             "no toy-world model at {}: run the demo from the repository (`make demo`), pass \
@@ -120,7 +164,8 @@ pub fn run(
             cfg.model.display()
         )));
     }
-    for (name, bytes) in SUBJECT {
+    let masks = if o.masked { SUBJECT_MASKS } else { &[] };
+    for (name, bytes) in SUBJECT.iter().chain(masks) {
         let path = cfg.subject.images.join(name);
         if !path.exists() {
             crate::fsutil::write_bytes(&path, bytes)?;
@@ -149,12 +194,17 @@ pub fn run(
         manifest
     };
     // Prompt fidelity the toy world can check directly: does the render show the prompt's scene?
-    let scene_fidelity = match &cfg.metrics.clip {
+    let (scene_fidelity, snow_fidelity) = match &cfg.metrics.clip {
         Some(judge) => {
+            use crate::toyworld::{judge::scene_fidelity_in, world::Scene};
             let j = crate::sdxl::encoders::load_clip(judge, opts.device)?;
-            crate::toyworld::judge::scene_fidelity(&j.model, &j.tokenizer, &render_dir, &manifest)?
+            let (m, t) = (&j.model, &j.tokenizer);
+            (
+                scene_fidelity_in(m, t, &render_dir, &manifest, None)?,
+                scene_fidelity_in(m, t, &render_dir, &manifest, Some(Scene::Snow))?,
+            )
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     let study_dir = dir.join("study");
     let made = study::make::make(&study::make::MakeOptions {
@@ -176,5 +226,6 @@ pub fn run(
         study_key: made.key_path,
         study_trials: made.key.trials.len(),
         scene_fidelity,
+        snow_fidelity,
     })
 }

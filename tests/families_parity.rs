@@ -40,6 +40,7 @@ fn unet() -> UNet2DConditionModel {
 
 fn batch(r: &HashMap<String, Tensor>) -> Batch {
     Batch {
+        mask: None,
         noisy: r["noisy"].shallow_clone(),
         target: r["target"].shallow_clone(),
         timesteps: r["timesteps"].shallow_clone(),

@@ -54,6 +54,7 @@ fn batch(n: i64, prior: i64, h: i64, w: i64) -> Batch {
             .repeat([total, 1]),
         n_instance: n,
         captions: Vec::new(),
+        mask: None,
     }
 }
 
@@ -115,6 +116,18 @@ fn checkpointed_gradients_equal_plain_ones_moslora() {
 #[test]
 fn checkpointed_gradients_equal_plain_ones_odd_size_with_prior() {
     assert_same_gradients(MixerInit::Orthogonal, &batch(2, 2, 10, 14), Some(5.0));
+}
+
+/// A masked batch (`train.masked_loss`): the weights reach the recomputed backward pass too.
+#[test]
+fn checkpointed_gradients_equal_plain_ones_masked() {
+    let mut b = batch(2, 2, 10, 14);
+    b.mask = Some({
+        // Held only while drawing: the adapters' initialisation takes the generator too.
+        let _rng = moslora::runtime::seeded(12);
+        Tensor::rand([4, 1, 10, 14], (Kind::Float, Device::Cpu))
+    });
+    assert_same_gradients(MixerInit::Orthogonal, &b, Some(5.0));
 }
 
 /// Adapters on the cross-attention only: the segments before the first adapted block get

@@ -49,6 +49,7 @@ fn batch(r: &HashMap<String, Tensor>) -> Batch {
         time_ids: r["time_ids"].shallow_clone(),
         n_instance: 2,
         captions: Vec::new(),
+        mask: None,
     }
 }
 

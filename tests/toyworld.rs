@@ -181,10 +181,11 @@ fn scenes_look_like_their_names() {
 
 /// The subjects' photos shipped in `assets/subjects/` (for sweeps) are what the generator
 /// draws (`moslora world --subjects assets/subjects` remakes them), and none of them is a
-/// world picture: the world never draws a subject's markings.
+/// world picture: the world never draws a subject's markings. Their masks (masked training)
+/// are the generator's too, and cover the subject: some of the picture, not all of it.
 #[test]
 fn the_shipped_subject_photos_are_the_generators() {
-    use moslora::toyworld::subjects::{photo, SUBJECTS};
+    use moslora::toyworld::subjects::{mask, photo, SUBJECTS};
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/subjects");
     let list = std::fs::read_to_string(dir.join("subjects.txt")).unwrap();
     for s in &SUBJECTS {
@@ -204,6 +205,24 @@ fn the_shipped_subject_photos_are_the_generators() {
                 "{} differs from the generator's photo {i} of {}",
                 path.display(),
                 s.name
+            );
+            let path = dir.join(s.name).join(format!("{:02}.mask.png", i + 1));
+            let shipped = image::open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .to_luma8();
+            let m = mask(s, i);
+            assert!(
+                shipped == m,
+                "{} differs from the generator's",
+                path.display()
+            );
+            let white = m.pixels().filter(|p| p[0] == 255).count() as f64;
+            let share = white / (m.width() * m.height()) as f64;
+            assert!(
+                (0.03..0.6).contains(&share),
+                "{}: the subject covers {:.1} % of the photo",
+                path.display(),
+                100.0 * share
             );
         }
     }

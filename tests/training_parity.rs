@@ -19,6 +19,7 @@ use moslora::sdxl::pipeline::PromptEmbeds;
 use moslora::sdxl::unet::UNet2DConditionModel;
 use moslora::sdxl::weights::{SafetensorsSource, Weights};
 use moslora::train::dataset::Example;
+use moslora::train::masks;
 use moslora::train::{self, Batch, TrainData};
 use tch::{Device, Kind, Tensor};
 
@@ -28,7 +29,7 @@ fn schedule() -> DdpmSchedule {
     DdpmSchedule::new(&cfg).unwrap()
 }
 
-fn unet_with_reference_lora(r: &HashMap<String, Tensor>) -> UNet2DConditionModel {
+fn unet_with_reference_lora(r: &HashMap<String, Tensor>, prefix: &str) -> UNet2DConditionModel {
     let dir = tiny_model().join("unet");
     let cfg: UNetConfig = read_json(&dir.join("config.json")).unwrap();
     let src = SafetensorsSource::open(&[dir.join("diffusion_pytorch_model.safetensors")]).unwrap();
@@ -37,8 +38,8 @@ fn unet_with_reference_lora(r: &HashMap<String, Tensor>) -> UNet2DConditionModel
     let layers = adapter::targeted(&mut u, &AdapterConfig::default().targets);
     assert_eq!(layers.len(), 136);
     for l in layers {
-        let a = r[&format!("loss.lora_A.{}", l.name)].shallow_clone();
-        let b = r[&format!("loss.lora_B.{}", l.name)].shallow_clone();
+        let a = r[&format!("{prefix}.lora_A.{}", l.name)].shallow_clone();
+        let b = r[&format!("{prefix}.lora_B.{}", l.name)].shallow_clone();
         let mut ad = LowRankAdapter::from_tensors(a, b, None, false, 4.0);
         ad.set_trainable(true);
         adapter::install(l, ad);
@@ -49,7 +50,7 @@ fn unet_with_reference_lora(r: &HashMap<String, Tensor>) -> UNet2DConditionModel
 #[test]
 fn min_snr_and_prior_preservation_losses_and_gradients_match_diffusers() {
     let r = reference("training");
-    let mut u = unet_with_reference_lora(&r);
+    let mut u = unet_with_reference_lora(&r, "loss");
     let sched = schedule();
     let gamma = r["loss.snr_gamma"].double_value(&[]);
     let prior = r["loss.prior_weight"].double_value(&[]);
@@ -71,6 +72,7 @@ fn min_snr_and_prior_preservation_losses_and_gradients_match_diffusers() {
             time_ids: get("time_ids"),
             n_instance,
             captions: Vec::new(),
+            mask: None,
         };
         for (_, t) in adapter::trained_parameters(&mut u) {
             let mut g = t.grad();
@@ -117,6 +119,91 @@ fn min_snr_and_prior_preservation_losses_and_gradients_match_diffusers() {
     }
 }
 
+/// Masked loss (`train.masked_loss`) against tests/reference/masked_loss.py, which applies
+/// sd-scripts' `apply_masked_loss` (background weight in pixel space, area interpolation to
+/// the latent size, element-wise weights before the means) on the same batch and LoRA: our
+/// latent weights from the same pixel masks, the loss and every gradient, with and without
+/// min-SNR and prior preservation.
+#[test]
+fn masked_loss_and_gradients_match_the_python_reference() {
+    let out = common::scratch("masked-loss").join("masked_loss.safetensors");
+    common::run_reference("masked_loss.py", &[&common::fixtures(), &out]);
+    let r = common::tensors(&out);
+    let mut u = unet_with_reference_lora(&r, "masked");
+    let sched = schedule();
+    let get = |k: &str| r[&format!("masked.{k}")].shallow_clone();
+    let background = get("background_weight").double_value(&[]);
+    let gamma = get("snr_gamma").double_value(&[]);
+    let prior = get("prior_weight").double_value(&[]);
+    let pixels = get("pixel_mask");
+    let weights = masks::weights(&masks::latent_mask(&pixels, (8, 8)), background);
+    // Tolerance: 1e-6 absolute (means of 64 pixels in f32).
+    assert_close(
+        "latent mask weights",
+        &weights,
+        &get("latent_weights"),
+        1e-6,
+    );
+    let cases = [
+        ("plain", None, 0.0, 4),
+        ("snr", Some(gamma), 0.0, 4),
+        ("prior", None, prior, 2),
+        ("prior_snr", Some(gamma), prior, 2),
+    ];
+    for (case, snr, prior_weight, n_instance) in cases {
+        let mut batch = Batch {
+            noisy: get("noisy"),
+            target: get("target"),
+            timesteps: get("timesteps"),
+            hidden: get("hidden"),
+            pooled: get("pooled"),
+            time_ids: get("time_ids"),
+            n_instance,
+            captions: Vec::new(),
+            mask: Some(weights.shallow_clone()),
+        };
+        for (_, t) in adapter::trained_parameters(&mut u) {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let l = train::loss(&u, &batch, &sched, snr, prior_weight);
+        let (ours, theirs) = (l.double_value(&[]), get(case).double_value(&[]));
+        let rel = ((ours - theirs) / theirs).abs();
+        // Tolerance: 1e-5 relative, as the unmasked losses (f32 through the whole UNet).
+        println!(
+            "masked {case}: loss {ours:.8} vs reference {theirs:.8} (relative error {rel:.1e}, \
+             tolerance 1e-5)"
+        );
+        assert!(rel < 1e-5, "masked {case}: loss {ours} vs {theirs}");
+        l.backward();
+        let mut worst = 0.0f64;
+        for (name, t) in adapter::trained_parameters(&mut u) {
+            let key = format!("masked.{case}.{}.grad", name.trim_end_matches(".weight"));
+            let want = &r[&key];
+            let e = common::max_abs_diff(&t.grad(), want)
+                / want.abs().max().double_value(&[]).max(1e-12);
+            worst = worst.max(e);
+            // Tolerance: 1e-4 relative to the tensor's largest gradient, as unmasked.
+            assert!(
+                e < 1e-4,
+                "masked {case}: gradient of {name}: relative error {e:.2e}"
+            );
+        }
+        println!(
+            "masked {case}: gradients of all 272 LoRA tensors within {worst:.1e} (tolerance 1e-4)"
+        );
+        // The mask changes the objective: unmasked, the same batch has another loss.
+        batch.mask = None;
+        let plain = train::loss(&u, &batch, &sched, snr, prior_weight).double_value(&[]);
+        assert!(
+            ((plain - ours) / ours).abs() > 1e-3,
+            "masked {case}: the mask did not change the loss ({plain} vs {ours})"
+        );
+    }
+}
+
 fn examples(r: &HashMap<String, Tensor>, which: &str) -> Vec<Example> {
     let mean = &r[&format!("batch.{which}_mean")];
     let std = &r[&format!("batch.{which}_std")];
@@ -129,6 +216,7 @@ fn examples(r: &HashMap<String, Tensor>, which: &str) -> Vec<Example> {
                 std: std.get(i),
                 time_ids: v.try_into().unwrap(),
                 caption: None,
+                mask: None,
             }
         })
         .collect()

@@ -219,6 +219,7 @@ fn synthetic_data(unet_cfg: &moslora::sdxl::config::UNetConfig, resolution: i64)
             std: Tensor::full([1, unet_cfg.in_channels, side, side], 0.05, cpu),
             time_ids: [r, r, 0.0, 0.0, r, r],
             caption: None,
+            mask: None,
         })
         .collect();
     let add_time = unet_cfg.addition_time_embed_dim.unwrap_or_default();

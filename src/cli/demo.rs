@@ -30,6 +30,15 @@ pub struct DemoArgs {
     /// Sampling steps per image (default: 30)
     #[arg(long)]
     render_steps: Option<usize>,
+    /// Train with the robot's masks (`train.masked_loss`): the photos' grounds are not learned
+    #[arg(long)]
+    masked: bool,
+    /// With --masked: the background's loss weight, 0 (ignored, the default) to 1 (no mask)
+    #[arg(long, requires = "masked")]
+    mask_background_weight: Option<f64>,
+    /// Render seeds 0 to N-1 of each prompt (default: 4)
+    #[arg(long)]
+    seeds: Option<u64>,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -39,6 +48,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         judge: (!a.no_judge).then(|| a.judge.unwrap_or_else(moslora::shipped::toy_judge)),
         train_steps: a.train_steps,
         render_steps: a.render_steps,
+        masked: a.masked,
+        mask_background_weight: a.mask_background_weight,
+        seeds: a.seeds,
     };
     let cfg = moslora::demo::demo_config(&o.dir, &o.model, o.judge.as_deref())?;
     super::set_run_threads(&cfg, tch::Device::Cpu)?;
@@ -81,6 +93,20 @@ fn print_demo(r: &DemoReport) {
         println!(
             "Renders whose scene the judge names as the prompt does: {}",
             parts.join(", ")
+        );
+        let snow: Vec<String> = r
+            .snow_fidelity
+            .iter()
+            .map(|(a, share, n)| format!("{a} {:.0} % of {n}", 100.0 * share))
+            .collect();
+        println!(
+            "  of the snow prompt's renders{}: {}",
+            if r.config.train.masked_loss {
+                " (trained with masks)"
+            } else {
+                ""
+            },
+            snow.join(", ")
         );
         println!();
     }

@@ -643,6 +643,18 @@ pub fn scene_fidelity(
     renders: &Path,
     m: &crate::render::manifest::Manifest,
 ) -> Result<Vec<(String, f64, usize)>> {
+    scene_fidelity_in(judge, tok, renders, m, None)
+}
+
+/// [`scene_fidelity`] over the renders of one scene's prompts only (`Some(Scene::Snow)`: the
+/// prompts "in the snow"), or over all (None).
+pub fn scene_fidelity_in(
+    judge: &ClipModel,
+    tok: &ClipTokenizer,
+    renders: &Path,
+    m: &crate::render::manifest::Manifest,
+    only: Option<Scene>,
+) -> Result<Vec<(String, f64, usize)>> {
     let mut out = Vec::new();
     for a in &m.adapters {
         let mut imgs = Vec::new();
@@ -655,6 +667,9 @@ pub fn scene_fidelity(
             else {
                 continue;
             };
+            if only.is_some_and(|o| o != scene) {
+                continue;
+            }
             let path = renders.join(&i.file);
             let img = image::open(&path)
                 .map_err(|e| Error::BadFile {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use image::RgbImage;
+use image::{DynamicImage, GrayImage, Luma, RgbImage};
 use imageproc::drawing::{draw_filled_circle_mut, draw_filled_rect_mut, draw_line_segment_mut};
 use imageproc::rect::Rect;
 use rand::SeedableRng;
@@ -217,6 +217,24 @@ const PHOTO_SCENES: [Scene; 5] = [
 
 /// Photo `i` of `subject` (64 x 64, like the world's pictures).
 pub fn photo(subject: &Subject, i: u64) -> RgbImage {
+    draw_photo(subject, i, true)
+}
+
+/// The mask of photo `i` of `subject` (`train.masked_loss`): white where the subject is. The
+/// generator knows: it draws the photo again with the same draws but no subject, and every
+/// pixel that differs is the subject's (anti-aliased edges included; where the water's
+/// surface covers the subject's lowest part, that part is background).
+pub fn mask(subject: &Subject, i: u64) -> GrayImage {
+    let (with, without) = (draw_photo(subject, i, true), draw_photo(subject, i, false));
+    GrayImage::from_fn(with.width(), with.height(), |x, y| {
+        let same = with.get_pixel(x, y) == without.get_pixel(x, y);
+        Luma([if same { 0 } else { 255 }])
+    })
+}
+
+/// Photo `i` of `subject`, or with `paint` false the same picture without the subject (the
+/// subject's drawing takes nothing from the generator, so the rest is drawn alike).
+fn draw_photo(subject: &Subject, i: u64, paint: bool) -> RgbImage {
     let class = world::CLASSES
         .iter()
         .position(|c| c.name == subject.class)
@@ -236,17 +254,26 @@ pub fn photo(subject: &Subject, i: u64) -> RgbImage {
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
     );
     let painter = |img: &mut RgbImage, p: &Placement, _: &mut ChaCha8Rng| {
-        world::draw_object(img, subject.class, p);
-        (subject.mark)(img, p);
+        if paint {
+            world::draw_object(img, subject.class, p);
+            (subject.mark)(img, p);
+        }
     };
     world::draw(&content, &mut rng, Some(&painter)).image
 }
 
-/// Write `count` photos of `subject` into `dir` as PNGs.
+/// Write `count` photos of `subject` into `dir` as PNGs, each with its mask beside it
+/// (`01.png`, `01.mask.png`, ...).
 pub fn write_photos(subject: &Subject, dir: &Path, count: u64) -> Result<()> {
     for i in 0..count {
         let path = dir.join(format!("{:02}.png", i + 1));
         write_png(&path, &photo(subject, i), &[])?;
+        let path = dir.join(format!("{:02}.mask.png", i + 1));
+        let mut png = std::io::Cursor::new(Vec::new());
+        DynamicImage::ImageLuma8(mask(subject, i))
+            .write_to(&mut png, image::ImageFormat::Png)
+            .map_err(|e| crate::error::Error::msg(format!("{}: {e}", path.display())))?;
+        crate::fsutil::write_bytes(&path, &png.into_inner())?;
     }
     Ok(())
 }

@@ -27,6 +27,10 @@ pub struct Batch {
     pub n_instance: i64,
     /// The caption of each subject row (`TrainData::captions`; None: the run's prompt).
     pub captions: Vec<Option<usize>>,
+    /// (B, 1, h, w) f32: the loss weight of each latent pixel of each row (masked loss,
+    /// [`super::masks`]): 1 on the subject, `train.mask_background_weight` on the background,
+    /// 1 on rows without a mask and on class rows. None: no row is masked.
+    pub mask: Option<Tensor>,
 }
 
 /// The seed of step `step` of a run seeded `seed`.
@@ -100,6 +104,21 @@ pub fn make_batch(
         )
     };
     let captions = picked.iter().map(|&k| data.instance[k].caption).collect();
+    // Nothing is drawn for the masks: a run draws the same with masks as without.
+    let masked = picked.iter().any(|&k| data.instance[k].mask.is_some());
+    let mut mask = (cfg.train.masked_loss && masked).then(|| {
+        let rows: Vec<Tensor> = picked
+            .iter()
+            .map(|&k| {
+                let e = &data.instance[k];
+                match &e.mask {
+                    Some(m) => super::masks::weights(m, cfg.train.mask_background_weight),
+                    None => e.mean.ones_like().narrow(1, 0, 1),
+                }
+            })
+            .collect();
+        Tensor::cat(&rows, 0)
+    });
     if let Some((class, embeds, _)) = &data.class {
         // The class pictures of the batch's bucket (all of them when there are no buckets).
         let size = super::buckets::latent_size(&data.instance[picked[0]]);
@@ -111,6 +130,7 @@ pub fn make_batch(
         time_ids = Tensor::cat(&[time_ids, cids], 0);
         hidden = Tensor::cat(&[hidden, embeds.hidden.repeat([b, 1, 1])], 0);
         pooled = Tensor::cat(&[pooled, embeds.pooled.repeat([b, 1])], 0);
+        mask = mask.map(|m| Tensor::cat(&[&m, &m.ones_like()], 0));
     }
     let n = x0.size()[0];
     let mut noise = Tensor::randn_like(&x0);
@@ -129,6 +149,7 @@ pub fn make_batch(
         time_ids: time_ids.to_device(device).to_kind(kind),
         n_instance: b,
         captions,
+        mask: mask.map(|m| m.to_device(device)),
     }
 }
 

@@ -279,11 +279,14 @@ pub fn place_all(
 
 /// Encode every crop/flip variant of every photo in its bucket once (`variants.crops` random
 /// crops per flip unless centred). Draws crop offsets from libtorch's global generator (seed
-/// it first), photo by photo, as the square crops do. `captions[i]` goes with photo `i`.
+/// it first), photo by photo, as the square crops do. `captions[i]` goes with photo `i`, and
+/// `masks[i]` (empty: none).
+#[allow(clippy::too_many_arguments)]
 pub fn encode_examples(
     photos: &[Photo],
     placements: &[Placement],
     captions: &[Option<usize>],
+    masks: &[Option<image::GrayImage>],
     vae: &AutoencoderKL,
     variants: Variants,
     device: Device,
@@ -291,8 +294,16 @@ pub fn encode_examples(
 ) -> Result<Vec<Example>> {
     let _guard = tch::no_grad_guard();
     let mut out = Vec::new();
-    for ((photo, placed), caption) in photos.iter().zip(placements).zip(captions) {
+    for (i, ((photo, placed), caption)) in photos.iter().zip(placements).zip(captions).enumerate() {
         let resized = resize_for(photo, placed);
+        // The mask resized exactly as its photo is.
+        let mask = masks.get(i).and_then(Option::as_ref).map(|m| {
+            let as_photo = Photo {
+                path: photo.path.clone(),
+                image: super::masks::as_rgb(m),
+            };
+            resize_for(&as_photo, placed)
+        });
         let flips: &[bool] = if variants.random_flip {
             &[false, true]
         } else {
@@ -309,8 +320,13 @@ pub fn encode_examples(
             );
             for (x, time_ids) in cs {
                 let dist = vae.encode(&x.to_device(device));
+                let mean = dist.mean.to_device(Device::Cpu);
+                let (h, w) = (mean.size()[2], mean.size()[3]);
                 out.push(Example {
-                    mean: dist.mean.to_device(Device::Cpu),
+                    mask: mask
+                        .as_ref()
+                        .map(|m| super::masks::crop_mask(m, flip, &time_ids, (h, w))),
+                    mean,
                     std: dist.std().to_device(Device::Cpu),
                     time_ids,
                     caption: *caption,
@@ -346,6 +362,7 @@ pub fn encode_into_each(
             photos,
             &placements,
             &none,
+            &[],
             vae,
             variants,
             device,

@@ -6,7 +6,7 @@ use tch::Kind;
 
 use super::dataset::{self, Example};
 use super::trainer::Progress;
-use super::{buckets, captions};
+use super::{buckets, captions, masks};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::schedule::config::SchedulerConfig;
@@ -148,6 +148,11 @@ pub fn prepare_data_and_text(
     let (caption_texts, photo_captions) = captions::captions(&photos, &cfg.subject, &mut note)?;
     let (photos, photo_captions, held_out) =
         super::validation::split(cfg, photos, photo_captions, &mut note);
+    let photo_masks = if cfg.train.masked_loss {
+        masks::load_masks(&photos, &mut note)?
+    } else {
+        Vec::new()
+    };
     let placements = if cfg.train.buckets.is_none() {
         None
     } else {
@@ -243,6 +248,7 @@ pub fn prepare_data_and_text(
         None => dataset::encode_examples(
             &photos,
             &photo_captions,
+            &photo_masks,
             &vae,
             variants,
             opts.device,
@@ -252,6 +258,7 @@ pub fn prepare_data_and_text(
             &photos,
             placed,
             &photo_captions,
+            &photo_masks,
             &vae,
             variants,
             opts.device,
@@ -261,9 +268,15 @@ pub fn prepare_data_and_text(
     let class = match (&cfg.train.prior_preservation, class_prompt, class_photos) {
         (Some(pp), Some(embeds), Some(photos)) => {
             let ex = match &placements {
-                None => {
-                    dataset::encode_examples(&photos, &[], &vae, one_crop, opts.device, &mut tick)?
-                }
+                None => dataset::encode_examples(
+                    &photos,
+                    &[],
+                    &[],
+                    &vae,
+                    one_crop,
+                    opts.device,
+                    &mut tick,
+                )?,
                 Some(_) => buckets::encode_into_each(
                     &photos,
                     &used,
@@ -285,9 +298,17 @@ pub fn prepare_data_and_text(
         random_flip: false,
         crops: 1,
     };
+    // Held-out photos are measured with their masks too, the loss training minimises (their
+    // missing masks were not counted in the run's notice: they are not trained on).
+    let held_masks = if t.masked_loss {
+        masks::load_masks(&held_photos, &mut |_| {})?
+    } else {
+        Vec::new()
+    };
     let validation = dataset::encode_examples(
         &held_photos,
         &held_captions,
+        &held_masks,
         &vae,
         centre,
         opts.device,

@@ -41,11 +41,14 @@ pub fn load_photo(path: &Path) -> Result<Photo> {
     })
 }
 
-/// Does the file's extension name a photo format we read?
+/// Does the file's extension name a photo format we read? A photo's mask (`photo.mask.png`,
+/// [`super::masks`]) is not a photo.
 pub fn is_photo(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.to_lowercase().as_str()))
+    !super::masks::is_mask_file(path)
+        && path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.to_lowercase().as_str()))
 }
 
 /// All photos of a folder, sorted by file name. An empty folder, a folder of non-images or an
@@ -130,6 +133,17 @@ fn not_a_photo(path: &Path, names: &[String]) -> Option<String> {
         .and_then(|e| e.to_str())
         .map(str::to_lowercase);
     let use_ = format!("use {}", crate::image_file::FORMATS);
+    if super::masks::is_mask_file(path) {
+        let name = path.file_name()?.to_string_lossy();
+        let stem = &name[..name.len() - ".mask.png".len()];
+        let has_photo = names.iter().any(|n| {
+            let n = Path::new(n);
+            is_photo(n) && n.file_stem().is_some_and(|s| s.to_string_lossy() == stem)
+        });
+        return (!has_photo).then(|| {
+            format!("a mask with no photo named {stem}.jpg, .png, .webp, .heic or .tif beside it")
+        });
+    }
     match ext.as_deref() {
         Some("txt") => {
             let stem = path.file_stem()?.to_string_lossy().into_owned();
@@ -326,6 +340,9 @@ pub struct Example {
     /// The photo's own prompt (its caption file), an index into `TrainData::captions`; None:
     /// the run's prompt.
     pub caption: Option<usize>,
+    /// (1, 1, h, w) in [0, 1]: the photo's mask over this crop in latent pixels
+    /// ([`super::masks`]); None: unmasked.
+    pub mask: Option<Tensor>,
 }
 
 /// Resize so the short side equals `size` (torchvision `Resize(int)`: the long side becomes
@@ -485,11 +502,12 @@ impl Variants {
 }
 
 /// Encode every crop/flip variant of every photo once, calling `tick` after each. Draws crop
-/// offsets from libtorch's global generator (seed it first). `captions[i]` goes with photo `i`
-/// (empty: none).
+/// offsets from libtorch's global generator (seed it first). `captions[i]` and `masks[i]` go
+/// with photo `i` (empty: none).
 pub fn encode_examples(
     photos: &[Photo],
     captions: &[Option<usize>],
+    masks: &[Option<image::GrayImage>],
     vae: &AutoencoderKL,
     variants: Variants,
     device: Device,
@@ -509,6 +527,11 @@ pub fn encode_examples(
     for (i, photo) in photos.iter().enumerate() {
         let caption = captions.get(i).copied().flatten();
         let resized = resize_short_side(&photo.image, resolution as u32);
+        // The mask resized exactly as its photo is.
+        let mask = masks
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|m| resize_short_side(&super::masks::as_rgb(m), resolution as u32));
         let flips: &[bool] = if random_flip {
             &[false, true]
         } else {
@@ -519,8 +542,13 @@ pub fn encode_examples(
                 crops_of_resized(photo, &resized, resolution, center_crop, flip, crops)
             {
                 let dist = vae.encode(&x.to_device(device));
+                let mean = dist.mean.to_device(Device::Cpu);
+                let (h, w) = (mean.size()[2], mean.size()[3]);
                 out.push(Example {
-                    mean: dist.mean.to_device(Device::Cpu),
+                    mask: mask
+                        .as_ref()
+                        .map(|m| super::masks::crop_mask(m, flip, &time_ids, (h, w))),
+                    mean,
                     std: dist.std().to_device(Device::Cpu),
                     time_ids,
                     caption,

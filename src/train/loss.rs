@@ -28,7 +28,10 @@ pub fn loss(
     prediction_loss(&pred, batch, sched, snr_gamma, prior_weight)
 }
 
-/// [`loss`] from the UNet's prediction for the batch.
+/// [`loss`] from the UNet's prediction for the batch. With a mask (`batch.mask`) each
+/// element's squared error is weighted by its latent pixel's weight before the means, as
+/// sd-scripts' `apply_masked_loss` does (the weights are not renormalised); class rows are
+/// never masked.
 pub fn prediction_loss(
     pred: &Tensor,
     batch: &Batch,
@@ -40,15 +43,19 @@ pub fn prediction_loss(
     let target = batch.target.to_kind(Kind::Float);
     let n = batch.n_instance;
     let total = pred.size()[0];
+    let mask = batch.mask.as_ref().map(|m| m.narrow(0, 0, n));
     let mse = |p: &Tensor, y: &Tensor, ts: &Tensor| -> Tensor {
+        let sq = || match &mask {
+            Some(m) => (p - y).square() * m,
+            None => (p - y).square(),
+        };
         match snr_gamma {
-            None => p.mse_loss(y, tch::Reduction::Mean),
+            None if mask.is_none() => p.mse_loss(y, tch::Reduction::Mean),
+            None => sq().mean(Kind::Float),
             Some(gamma) => {
                 // diffusers: per-sample mean, weighted by min(SNR, gamma) / SNR (epsilon target).
                 let w = sched.min_snr_weights(ts, gamma).to_device(p.device());
-                let per = (p - y)
-                    .square()
-                    .mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
+                let per = sq().mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
                 (per * w).mean(Kind::Float)
             }
         }

@@ -8,7 +8,7 @@
 //! interrupted one would have gone.
 //!
 //! From the photos to the adapter file: [`dataset`] (photos to cached latents, square crops;
-//! [`buckets`] for aspect-ratio buckets; [`captions`] for caption files), [`data`]
+//! [`buckets`] for aspect-ratio buckets; [`captions`] for caption files, [`masks`] for masked loss), [`data`]
 //! (prompts, class images, everything prepared once), [`batch`] (one step's draws), [`loss`]
 //! (the objective and its backward pass, [`recompute`] for gradient checkpointing),
 //! [`optimizer`] and [`lr_schedule`] (the update), [`trainer`] (the loop, [`checkpoint`]s,
@@ -25,6 +25,7 @@ pub mod existing;
 pub mod loss;
 pub mod loss_log;
 pub mod lr_schedule;
+pub mod masks;
 pub mod optimizer;
 pub mod recompute;
 pub mod run;

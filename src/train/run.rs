@@ -223,10 +223,15 @@ pub fn training_settings(cfg: &RunConfig, kind: AdapterKind) -> serde_json::Valu
     train.sample_every = 0;
     train.save_adapter_every = 0;
     train.validate_every = 0;
-    serde_json::json!({
+    let mut settings = serde_json::json!({
         "model": cfg.model, "seed": cfg.seed, "subject": cfg.subject, "train": train,
         "adapter": kind.adapter_config(cfg), "device": cfg.device, "dtype": cfg.dtype,
-    })
+    });
+    // The masks decide the result too: each photo's, by name (`masks.<photo>` when changed).
+    if cfg.train.masked_loss {
+        settings["masks"] = super::masks::fingerprint(&cfg.subject.images);
+    }
+    settings
 }
 
 /// A digest of [`training_settings`]: if it changes, the adapter is stale.

@@ -139,7 +139,14 @@ impl ValidationSet {
                 let prompt = e
                     .caption
                     .map_or(&data.instance_prompt, |c| &data.captions[c].1);
+                // The same weighting as training (masked loss), on every row of the crop.
+                let mask = e.mask.as_ref().filter(|_| cfg.train.masked_loss).map(|m| {
+                    super::masks::weights(m, cfg.train.mask_background_weight)
+                        .repeat([rows, 1, 1, 1])
+                        .to_device(device)
+                });
                 Batch {
+                    mask,
                     noisy: noisy.to_device(device).to_kind(kind),
                     target: noise.to_device(device),
                     timesteps: t.to_device(device),
