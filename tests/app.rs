@@ -195,7 +195,12 @@ fn tiny(app: &App) -> i64 {
 fn short_yaml(app: &App, subject: i64, model: i64, steps: u64) -> String {
     let form = json!({ "subject": subject, "model": model, "preset": "toy",
         "lines": "a [V] {class} in the snow\na [V] {class} on a beach" });
-    let r = app.post("/api/preview", &form);
+    short_yaml_of(app, &form, steps)
+}
+
+/// As [`short_yaml`], from the New comparison form `form` (its adapters chosen, say).
+fn short_yaml_of(app: &App, form: &Value, steps: u64) -> String {
+    let r = app.post("/api/preview", form);
     assert_eq!(r.status, 200, "{}", r.text());
     let yaml = r.json()["yaml"].as_str().unwrap().to_string();
     for want in [
@@ -747,6 +752,137 @@ fn photos_to_results_with_hostile_input_refused() {
     assert_eq!(
         lora.body,
         std::fs::read(out(&data, job).join("lora/adapter.safetensors")).unwrap()
+    );
+    app.kill();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+/// The form's adapters: three of the five families chosen go into the job's RUN.yaml, are
+/// each trained, and are the job page's curves, the results' labelled columns and the
+/// downloads; fewer than two are refused with a clear message, and no job is made.
+#[test]
+fn chosen_adapters_are_the_jobs_columns() {
+    let data = scratch("families");
+    let app = App::start(&data);
+    let subject = subject_with_photos(&app, "robot");
+    let model = tiny(&app);
+    // The form offers every family, the default pair ticked, and `same_parameters`.
+    let page = app.get("/new").text();
+    for (name, label) in [
+        ("lora", "LoRA"),
+        ("moslora", "MoSLoRA"),
+        ("dora", "DoRA"),
+        ("loha", "LoHa"),
+        ("lokr", "LoKr"),
+    ] {
+        let ticked = name == "lora" || name == "moslora";
+        let want = format!(
+            "name=\"adapters\" value=\"{name}\" data-list{}> <b>{label}</b>",
+            if ticked { " checked" } else { "" }
+        );
+        assert!(page.contains(&want), "{want} not in {page}");
+    }
+    assert!(page.contains("name=\"same_parameters\"") && page.contains("name=\"mixer\""));
+    // Fewer than two: refused, and no job made.
+    for chosen in [json!([]), json!(["dora"]), json!(["loha", "loha"])] {
+        let form = json!({ "subject": subject, "model": model, "preset": "toy",
+            "adapters": chosen });
+        let r = app.post("/api/jobs", &form);
+        assert!(
+            r.status == 400 && r.text().contains("choose at least two adapters to compare"),
+            "{chosen}: {}",
+            r.text()
+        );
+    }
+    let r = app.post(
+        "/api/jobs",
+        &json!({ "subject": subject, "model": model, "preset": "toy",
+            "adapters": ["lora", "lycoris"] }),
+    );
+    assert!(
+        r.status == 400
+            && r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown adapter \"lycoris\": expected one of lora, moslora, dora"),
+        "{}",
+        r.text()
+    );
+    // The advanced panel's RUN.yaml naming one adapter is refused too.
+    let one = short_yaml(&app, subject, model, 2)
+        .replace("adapters: [lora, moslora]", "adapters: [dora]");
+    let r = app.post(
+        "/api/jobs",
+        &json!({ "subject": subject, "model": model, "preset": "toy", "yaml": one }),
+    );
+    assert!(
+        r.status == 400 && r.text().contains("at least two adapters"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(app.get("/api/jobs/1").status, 404);
+
+    let form = json!({ "subject": subject, "model": model, "preset": "toy",
+        "lines": "a [V] {class} in the snow\na [V] {class} on a beach",
+        "adapters": ["loha", "lora", "dora"], "same_parameters": true });
+    let yaml = short_yaml_of(&app, &form, 2);
+    assert!(
+        yaml.contains("adapters: [lora, dora, loha]\nsame_parameters: true\n"),
+        "{yaml}"
+    );
+    let job = add_job(&app, subject, model, &yaml);
+    app.wait_for(&data, job, "done", LIMIT);
+    let cfg = moslora::config::RunConfig::load(&data.join(format!("jobs/{job}/run.yaml"))).unwrap();
+    assert_eq!(cfg.adapters, ["lora", "dora", "loha"]);
+    assert!(cfg.same_parameters);
+    for kind in ["lora", "dora", "loha"] {
+        assert!(
+            out(&data, job)
+                .join(kind)
+                .join("adapter.safetensors")
+                .is_file(),
+            "{kind}"
+        );
+    }
+    assert!(!out(&data, job).join("moslora").exists());
+    let page = app.get(&format!("/jobs/{job}")).text();
+    for kind in ["lora", "dora", "loha"] {
+        assert!(
+            page.contains(&format!("data-series=\"{kind}\"")),
+            "{kind}: {page}"
+        );
+    }
+    assert!(!page.contains("data-series=\"moslora\""), "{page}");
+    let results = app.get(&format!("/jobs/{job}/results")).text();
+    assert!(
+        results.contains("<h2>LoRA, DoRA and LoHa from the same noise</h2>"),
+        "{results}"
+    );
+    for label in ["LoRA", "DoRA", "LoHa"] {
+        // One labelled picture per prompt (2 prompts, one seed), a step-series column.
+        assert_eq!(
+            results
+                .matches(&format!("<figcaption data-label>{label}</figcaption>"))
+                .count(),
+            2,
+            "{label}: {results}"
+        );
+        assert!(
+            results.contains(&format!("<th>{label}</th>")),
+            "{label}: {results}"
+        );
+    }
+    assert!(!results.contains("MoSLoRA"), "{results}");
+    for kind in ["lora", "dora", "loha"] {
+        assert!(
+            results.contains(&format!("data-download=\"{kind}\"")),
+            "{kind}"
+        );
+    }
+    let loha = app.get(&format!("/jobs/{job}/download/loha"));
+    assert_eq!(
+        loha.body,
+        std::fs::read(out(&data, job).join("loha/adapter.safetensors")).unwrap()
     );
     app.kill();
     std::fs::remove_dir_all(&data).unwrap();

@@ -22,6 +22,14 @@
     for (const el of form.elements) {
       if (!el.name) continue;
       if (el.name === "yaml" && !el.dataset.dirty) continue;
+      if (el.type === "checkbox") {
+        // A list of the ticked values (data-list), or one yes/no.
+        if (el.hasAttribute("data-list")) {
+          out[el.name] = out[el.name] || [];
+          if (el.checked) out[el.name].push(el.value);
+        } else out[el.name] = el.checked;
+        continue;
+      }
       out[el.name] = el.hasAttribute("data-int") ? Number(el.value) : el.value;
     }
     return out;

@@ -142,9 +142,11 @@ pub fn new_job(app: &AppState, db: &Store) -> Result<String> {
     for (name, label) in presets::adapters() {
         let _ = write!(
             adapters,
-            "<li data-adapter=\"{}\"><b>{}</b>",
-            esc(name),
-            esc(label)
+            "<li data-adapter=\"{n}\"><label class=\"inline\"><input type=\"checkbox\" name=\"adapters\" \
+             value=\"{n}\" data-list{checked}> <b>{l}</b></label>",
+            n = esc(name),
+            l = esc(label),
+            checked = if presets::ticked(name) { " checked" } else { "" }
         );
         if presets::has_mixer(name) {
             let mixers = options(presets::mixers().into_iter().map(|m| {
@@ -176,9 +178,11 @@ pub fn new_job(app: &AppState, db: &Store) -> Result<String> {
          <option value=\"study8\">study8</option><option value=\"dreambooth\">dreambooth</option></select></label>\
          <label>Or your own prompts, one a line ([V] is the subject, {{class}} its class)\
          <textarea name=\"lines\" rows=\"3\"></textarea></label>\
-         <fieldset class=\"adapters\"><legend>Adapters, trained one after the other and compared</legend>\
+         <fieldset class=\"adapters\"><legend>Adapters, trained one after the other and compared (two or more)</legend>\
          <ul>{adapters}</ul><label class=\"inline\">rank (alpha follows it) \
-         <input name=\"rank\" type=\"number\" min=\"1\" max=\"128\" value=\"4\" data-int></label></fieldset>\
+         <input name=\"rank\" type=\"number\" min=\"1\" max=\"128\" value=\"4\" data-int></label> \
+         <label class=\"inline\"><input type=\"checkbox\" name=\"same_parameters\"> the same number of trainable \
+         parameters (each adapter's rank set to match LoRA's at this rank)</label></fieldset>\
          <details><summary>Advanced: the RUN.yaml</summary>\
          <button type=\"button\" class=\"preview\">Show the RUN.yaml of these choices</button>\
          <textarea name=\"yaml\" rows=\"24\" spellcheck=\"false\"></textarea>\
@@ -285,7 +289,7 @@ pub fn job(app: &AppState, db: &Store, id: i64) -> Result<String> {
             "stroke=\"#ff7f0e\" stroke-width=\"1.5\" stroke-dasharray=\"12 4\"",
         ),
     ];
-    let curves: Vec<(&str, &str, &str, &str)> = presets::adapters()
+    let curves: Vec<(&str, &str, &str, &str)> = presets::of_job(&files.run_yaml())
         .into_iter()
         .zip(STYLES.iter().cycle())
         .map(|((name, label), (how, style))| (name, label, *how, *style))
@@ -355,8 +359,7 @@ fn sample_steps(out: &std::path::Path, kind: &str) -> Vec<u64> {
 
 /// The samples training wrote along the way, one row a step, one column an adapter: where
 /// the subject arrives, and where it starts to overfit.
-fn step_series(id: i64, out: &std::path::Path) -> String {
-    let kinds = presets::adapters();
+fn step_series(id: i64, out: &std::path::Path, kinds: &[(&str, &str)]) -> String {
     let per_kind: Vec<Vec<u64>> = kinds.iter().map(|k| sample_steps(out, k.0)).collect();
     let mut steps: Vec<u64> = per_kind.iter().flatten().copied().collect();
     steps.sort_unstable();
@@ -369,7 +372,7 @@ fn step_series(id: i64, out: &std::path::Path) -> String {
          (the instance prompt, seed 0, the same noise at every step).</p>\
          <table class=\"steps\"><thead><tr><th>step</th>",
     );
-    for k in &kinds {
+    for k in kinds {
         let _ = write!(b, "<th>{}</th>", esc(k.1));
     }
     b.push_str("</tr></thead><tbody>");
@@ -415,9 +418,9 @@ fn cells_table(header: &[&str], rows: &[[String; 5]]) -> String {
 
 /// The downloads of a finished job: per adapter, its file, its kohya and diffusers exports
 /// and the model with it merged in.
-fn downloads(id: i64, out: &std::path::Path) -> String {
+fn downloads(id: i64, out: &std::path::Path, kinds: &[(&str, &str)]) -> String {
     let mut b = String::from("<h2>Downloads</h2><table class=\"downloads\"><tbody>");
-    for (name, label) in presets::adapters() {
+    for &(name, label) in kinds {
         if !out.join(name).join("adapter.safetensors").is_file() {
             continue;
         }
@@ -439,12 +442,14 @@ pub fn results(app: &AppState, db: &Store, id: i64) -> Result<String> {
     let Some(j) = db.job(id)? else {
         return Ok(layout(app, "No such job", ""));
     };
-    let out = JobFiles::new(&app.data, id).out();
+    let files = JobFiles::new(&app.data, id);
+    let out = files.out();
+    let kinds = presets::of_job(&files.run_yaml());
     let render = out.join("renders");
     let Ok(m) = crate::render::manifest::Manifest::read(&render) else {
         let b = format!(
             "<p>No renders yet: the job has not finished.</p>{}",
-            step_series(id, &out)
+            step_series(id, &out, &kinds)
         );
         return Ok(layout(app, &format!("Results of job {id}"), &b));
     };
@@ -476,13 +481,12 @@ pub fn results(app: &AppState, db: &Store, id: i64) -> Result<String> {
             );
         }
     }
-    b.push_str(&downloads(id, &out));
+    b.push_str(&downloads(id, &out, &kinds));
     let _ = write!(
         b,
         "<p><button class=\"post\" data-post=\"/api/jobs/{id}/study\" data-go=\"url\">Make a study</button> \
          <a href=\"/jobs/{id}/study\">the study's links</a></p>"
     );
-    let kinds = presets::adapters();
     let label = |name: &str| {
         kinds
             .iter()
@@ -492,7 +496,9 @@ pub fn results(app: &AppState, db: &Store, id: i64) -> Result<String> {
     let _ = write!(
         b,
         "<h2>{} from the same noise</h2><div class=\"pairs\">",
-        esc(&kinds.iter().map(|k| k.1).collect::<Vec<_>>().join(" and "))
+        esc(&presets::and_list(
+            &kinds.iter().map(|k| k.1).collect::<Vec<_>>()
+        ))
     );
     let find = |prompt: &str, seed: u64, adapter: &str| {
         m.images
@@ -540,7 +546,7 @@ pub fn results(app: &AppState, db: &Store, id: i64) -> Result<String> {
     if shown == 0 {
         b.push_str("<p>No pairs of adapters from the same noise in this render.</p>");
     }
-    b.push_str(&step_series(id, &out));
+    b.push_str(&step_series(id, &out, &kinds));
     Ok(layout(
         app,
         &format!("Results of job {id}: {}", j.title),

@@ -21,14 +21,50 @@ pub const PRESETS: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// The adapters a comparison trains and compares, as the trainer names them: (name, label),
-/// in the trainer's order. The New comparison page, the results, the downloads and the step
-/// series are all drawn from this list, so that a kind the trainer gains shows up everywhere.
+/// Every adapter the trainer trains, as it names them: (name, label), in the trainer's
+/// order. The New comparison page offers each, so that a kind the trainer gains shows up there.
 pub fn adapters() -> Vec<(&'static str, &'static str)> {
-    crate::train::AdapterKind::BOTH
+    crate::train::AdapterKind::ALL
         .iter()
         .map(|k| (k.name(), k.label()))
         .collect()
+}
+
+/// Whether the New comparison form ticks adapter `name` at first (the trainer's default pair).
+pub fn ticked(name: &str) -> bool {
+    crate::train::AdapterKind::BOTH
+        .iter()
+        .any(|k| k.name() == name)
+}
+
+/// The adapters job run `cfg` trains and compares (its RUN.yaml's `adapters:`), in its order:
+/// the job's chart, results, step series and downloads are drawn from this list.
+pub fn of_run(cfg: &crate::config::RunConfig) -> Vec<(&'static str, &'static str)> {
+    crate::train::AdapterKind::of_run(cfg)
+        .iter()
+        .map(|k| (k.name(), k.label()))
+        .collect()
+}
+
+/// The adapters of the job whose RUN.yaml is `run_yaml`; the default pair when it cannot be
+/// read (a job folder removed under the app).
+pub fn of_job(run_yaml: &Path) -> Vec<(&'static str, &'static str)> {
+    match crate::config::RunConfig::load(run_yaml) {
+        Ok(cfg) => of_run(&cfg),
+        Err(_) => crate::train::AdapterKind::BOTH
+            .iter()
+            .map(|k| (k.name(), k.label()))
+            .collect(),
+    }
+}
+
+/// "A", "A and B", "A, B and C".
+pub fn and_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 /// Whether adapter kind `name` trains a mixer (so that the form offers its `adapter.mixer`),
@@ -53,18 +89,27 @@ pub fn mixers() -> Vec<&'static str> {
         .collect()
 }
 
-/// The adapter settings a New comparison form may give: rank and MoSLoRA's mixer.
+/// The adapter settings a New comparison form may give: which adapters (`adapters:`, at
+/// least two, in the trainer's order), rank, MoSLoRA's mixer, and whether each gets LoRA's
+/// number of trainable parameters (`same_parameters`).
 #[derive(Debug, Clone)]
 pub struct AdapterChoice {
+    pub adapters: Vec<String>,
     pub rank: u32,
     pub mixer: String,
+    pub same_parameters: bool,
 }
 
 impl Default for AdapterChoice {
     fn default() -> Self {
         AdapterChoice {
+            adapters: crate::train::AdapterKind::BOTH
+                .iter()
+                .map(|k| k.name().to_string())
+                .collect(),
             rank: 4,
             mixer: "orthogonal".into(),
+            same_parameters: false,
         }
     }
 }
@@ -98,10 +143,16 @@ pub fn run_yaml(
     adapter: &AdapterChoice,
 ) -> Option<String> {
     let head = format!(
-        "# {}\nmodel: {}\noutput: {}\nseed: 0\n",
+        "# {}\nmodel: {}\noutput: {}\nseed: 0\nadapters: [{}]\n{}",
         label(preset)?,
         q(&model.to_string_lossy()),
-        q(&output.to_string_lossy())
+        q(&output.to_string_lossy()),
+        adapter.adapters.join(", "),
+        if adapter.same_parameters {
+            "same_parameters: true\n"
+        } else {
+            ""
+        }
     );
     let subject = format!(
         "subject:\n  name: {}\n  images: {}\n  identifier: {}\n  class: {}\n  prompt: \"a photo of [V] {{class}}\"\n",
@@ -161,8 +212,10 @@ mod tests {
             images: Path::new("/photos"),
         };
         let choice = AdapterChoice {
+            adapters: vec!["lora".into(), "dora".into(), "lokr".into()],
             rank: 8,
             mixer: "kaiming".into(),
+            same_parameters: true,
         };
         for (id, _, _) in PRESETS {
             let yaml = run_yaml(id, &s, Path::new("/m"), Path::new("/o"), "toy", &choice).unwrap();
@@ -173,6 +226,9 @@ mod tests {
             assert_eq!(cfg.adapter.alpha(), 8.0, "{id}");
             assert_eq!(cfg.adapter.mixer.name(), "kaiming", "{id}");
             assert_eq!(cfg.subject.name.as_deref(), Some(s.name), "{id}");
+            assert_eq!(cfg.adapters, ["lora", "dora", "lokr"], "{id}");
+            assert!(cfg.same_parameters, "{id}");
+            assert_eq!(of_run(&cfg)[2], ("lokr", "LoKr"), "{id}");
         }
         assert!(run_yaml("nope", &s, Path::new("/m"), Path::new("/o"), "toy", &choice).is_none());
         // Every mixer the form offers is one RUN.yaml takes; plain LoRA's `none` is not offered.
@@ -182,6 +238,10 @@ mod tests {
         }
         assert!(!mixers().contains(&"none"));
         assert_eq!(adapters()[0], ("lora", "LoRA"));
+        assert_eq!(adapters().len(), crate::train::AdapterKind::ALL.len());
+        assert!(ticked("lora") && ticked("moslora") && !ticked("loha"));
+        assert_eq!(and_list(&["LoRA", "DoRA", "LoHa"]), "LoRA, DoRA and LoHa");
+        assert_eq!(and_list(&["LoRA", "MoSLoRA"]), "LoRA and MoSLoRA");
         assert!(has_mixer("moslora") && !has_mixer("lora") && !has_mixer("nope"));
     }
 }

@@ -722,6 +722,12 @@ pub struct JobForm {
     /// MoSLoRA's mixer (default orthogonal).
     #[serde(default)]
     pub mixer: Option<String>,
+    /// The adapters to train and compare (default lora and moslora; at least two).
+    #[serde(default)]
+    pub adapters: Option<Vec<String>>,
+    /// Each adapter at LoRA's number of trainable parameters (`same_parameters`).
+    #[serde(default)]
+    pub same_parameters: Option<bool>,
 }
 
 impl JobForm {
@@ -747,6 +753,33 @@ impl JobForm {
             }
             c.mixer = m.to_string();
         }
+        if let Some(chosen) = &self.adapters {
+            let mut kinds = Vec::new();
+            for name in chosen {
+                kinds.push(crate::train::AdapterKind::parse(name)?);
+            }
+            // In the trainer's order, each once.
+            c.adapters = crate::train::AdapterKind::ALL
+                .iter()
+                .filter(|k| kinds.contains(k))
+                .map(|k| k.name().to_string())
+                .collect();
+            if c.adapters.len() < 2 {
+                return Err(crate::Error::setting(
+                    "adapters",
+                    format!(
+                        "choose at least two adapters to compare ({} chosen): tick two or more of {}",
+                        c.adapters.len(),
+                        presets::adapters()
+                            .iter()
+                            .map(|k| k.1)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        c.same_parameters = self.same_parameters.unwrap_or(false);
         Ok(c)
     }
 }
@@ -867,6 +900,15 @@ fn job_yaml(
     let path = dir.join("run.yaml");
     crate::fsutil::write_bytes(&path, text.as_bytes())?;
     let cfg = crate::config::RunConfig::load(&path)?;
+    if cfg.adapters.len() < 2 {
+        return Err(crate::Error::setting(
+            "adapters",
+            format!(
+                "a comparison needs at least two adapters; the RUN.yaml names {}",
+                cfg.adapters.len()
+            ),
+        ));
+    }
     if cfg.output != out {
         return Err(crate::Error::setting(
             "output",
