@@ -1024,6 +1024,21 @@ fn browse(app: &App, data: &Path, args: &[&str]) -> Value {
         seen["yaml_ok"].as_str().unwrap().contains("steps on cpu"),
         "{seen}"
     );
+    // The adapters chosen in the page: the default pair ticked, one alone refused, both again
+    // in the RUN.yaml.
+    assert_eq!(
+        seen["adapters_ticked"],
+        json!(["lora", "moslora"]),
+        "{seen}"
+    );
+    assert!(
+        seen["adapters_refused"]
+            .as_str()
+            .unwrap()
+            .contains("choose at least two adapters to compare (1 chosen)"),
+        "{seen}"
+    );
+    assert_eq!(seen["adapters_yaml"], true, "{seen}");
     let kohya = std::fs::read(seen["download"].as_str().unwrap()).unwrap();
     let n = u64::from_le_bytes(kohya[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&kohya[8..8 + n]).unwrap();

@@ -101,9 +101,19 @@ def main():
         if not args.realistic:
             css('textarea[name="lines"]').send_keys("a [V] {class} in the snow\na [V] {class} on a beach")
         css("details summary").click()
+        # The adapters: LoRA and MoSLoRA ticked; one alone is refused, with the reason.
+        moslora = css('input[name="adapters"][value="moslora"]')
+        seen["adapters_ticked"] = [e.get_attribute("value") for e in
+                                   d.find_elements(By.CSS_SELECTOR, 'input[name="adapters"]:checked')]
+        moslora.click()
+        css("button.preview").click()
+        wait.until(lambda _: "at least two" in css("#error").text)
+        seen["adapters_refused"] = css("#error").text
+        moslora.click()
         css("button.preview").click()
         yaml = css('textarea[name="yaml"]')
         wait.until(lambda _: "steps: 500" in yaml.get_attribute("value"))
+        seen["adapters_yaml"] = "adapters: [lora, moslora]" in yaml.get_attribute("value")
         text = (yaml.get_attribute("value")
                 .replace("steps: 500", f"steps: {args.steps}")
                 .replace("seeds: [0, 1, 2, 3]", "seeds: [0]"))
