@@ -884,6 +884,21 @@ fn chosen_adapters_are_the_jobs_columns() {
         loha.body,
         std::fs::read(out(&data, job).join("loha/adapter.safetensors")).unwrap()
     );
+    // Its study sets its first two adapters against each other (no MoSLoRA to set LoRA against).
+    let r = app.post(&format!("/api/jobs/{job}/study"), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = app.get(&format!("/jobs/{job}/study")).text();
+    assert!(
+        page.contains("A blind study of LoRA against DoRA"),
+        "{page}"
+    );
+    let study = data.join(format!("studies/{job}"));
+    let pid = std::fs::read_to_string(study.join("serve.pid")).unwrap();
+    assert!(Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .unwrap()
+        .success());
     app.kill();
     std::fs::remove_dir_all(&data).unwrap();
 }

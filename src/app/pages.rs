@@ -565,10 +565,14 @@ pub fn study(app: &AppState, db: &Store, id: i64) -> Result<String> {
         );
         return Ok(layout(app, &format!("Study of job {id}"), &b));
     }
-    let mut b = String::from(
-        "<p>A blind study of LoRA against MoSLoRA, served by <code>moslora study serve</code>. \
+    let kinds = presets::of_job(&JobFiles::new(&app.data, id).run_yaml());
+    let (a, b) = presets::study_pair(&kinds).map_or(("LoRA", "MoSLoRA"), |(a, b)| (a.1, b.1));
+    let mut b = format!(
+        "<p>A blind study of {} against {}, served by <code>moslora study serve</code>. \
          Send each rater their own link (it is their password); the organiser's page shows each \
          rater's progress and the tally.</p><ul class=\"links\">",
+        esc(a),
+        esc(b)
     );
     for (name, url) in &links {
         if name == "organiser" {

@@ -58,6 +58,19 @@ pub fn of_job(run_yaml: &Path) -> Vec<(&'static str, &'static str)> {
     }
 }
 
+/// An adapter as the app shows it: (name, label).
+pub type Kind<'a> = (&'a str, &'a str);
+
+/// The two adapters a job's blind study sets against each other: LoRA and MoSLoRA when the
+/// job trained both (the paper's question), else its first two.
+pub fn study_pair<'a>(kinds: &[Kind<'a>]) -> Option<(Kind<'a>, Kind<'a>)> {
+    let find = |n: &str| kinds.iter().find(|k| k.0 == n).copied();
+    match (find("lora"), find("moslora")) {
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => Some((*kinds.first()?, *kinds.get(1)?)),
+    }
+}
+
 /// "A", "A and B", "A, B and C".
 pub fn and_list(items: &[&str]) -> String {
     match items {
@@ -242,6 +255,10 @@ mod tests {
         assert!(ticked("lora") && ticked("moslora") && !ticked("loha"));
         assert_eq!(and_list(&["LoRA", "DoRA", "LoHa"]), "LoRA, DoRA and LoHa");
         assert_eq!(and_list(&["LoRA", "MoSLoRA"]), "LoRA and MoSLoRA");
+        let three = [("dora", "DoRA"), ("moslora", "MoSLoRA"), ("lora", "LoRA")];
+        assert_eq!(study_pair(&three).unwrap().0 .0, "lora");
+        assert_eq!(study_pair(&three[..1]), None);
+        assert_eq!(study_pair(&three[..2]).unwrap().1 .0, "moslora");
         assert!(has_mixer("moslora") && !has_mixer("lora") && !has_mixer("nope"));
     }
 }

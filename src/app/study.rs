@@ -78,10 +78,17 @@ pub fn make_and_serve(data: &Path, exe: &Path, job: i64, ip: std::net::IpAddr) -
     }
     std::fs::create_dir_all(&f.dir).map_err(|e| Error::io(&f.dir, e))?;
     if !f.study().join("index.html").is_file() {
+        let kinds = super::presets::of_job(&JobFiles::new(data, job).run_yaml());
+        let Some(((a, _), (b, _))) = super::presets::study_pair(&kinds) else {
+            return Err(Error::setting(
+                "job",
+                "a study sets two adapters against each other: this job trained fewer",
+            ));
+        };
         let out = Command::new(exe)
             .args(["study", "make", "--renders"])
             .arg(&renders)
-            .args(["--a", "lora", "--b", "moslora", "--out"])
+            .args(["--a", a, "--b", b, "--out"])
             .arg(f.study())
             .stdin(Stdio::null())
             .output()
