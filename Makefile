@@ -8,9 +8,10 @@ PY         := $(VENV)/bin/python
 FIXTURES   := target/fixtures
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# The tests compare against libtorch/PyTorch on 2 cores; keep both on the same thread count.
-# (It is a cap for moslora's command line: `threads: auto` runs the tiny test models and the
-# toy model on one thread, within every test's tolerance; docs/benchmarks.md, "Threads".)
+# The reference fixtures and the bench run libtorch/PyTorch on 2 cores, both sides on the same
+# thread count; the test run itself uses one thread a lane (see `test`). (It is a cap for
+# moslora's command line: `threads: auto` runs the tiny test models and the toy model on one
+# thread, within every test's tolerance; docs/benchmarks.md, "Threads".)
 export OMP_NUM_THREADS ?= 2
 # Idle OpenMP threads sleep instead of spinning (libgomp reads this once, when it loads): the
 # test processes, the Python references and the neighbours share the cores. The moslora
@@ -76,16 +77,24 @@ $(VENV)/.libheif: $(VENV)/.torch
 
 # Dependencies that need neither the torch wheel nor libheif: on a fresh machine they compile
 # while the wheel (about 4 GB with its CUDA libraries) downloads and apt installs libheif.
-# (Checked: the full build that follows finds them built, same features.)
+# (Checked: the full build that follows finds them built, same features.) As soon as both are
+# in, that compile is stopped where it is (its own process group: every rustc with it; the
+# crates it finished are kept) and the whole build takes over, so that torch-sys's C++ wrapper
+# and tch compile beside the rest instead of after it.
 EARLY_CRATES := tokenizers rusqlite image imageproc plotters axum tokio hf-hub clap zip \
                 serde_yaml ab_glyph
+SETUP_BESIDE_EARLY_CRATES = \
+	if [ ! -f $(VENV)/.torch ] || [ ! -f $(VENV)/.libheif ]; then \
+		setsid cargo build --release $(addprefix -p ,$(EARLY_CRATES)) & early=$$!; \
+		trap "kill -TERM -$$early 2>/dev/null; exit 130" INT TERM; \
+		$(MAKE) --no-print-directory $(VENV)/.torch $(VENV)/.libheif; setup=$$?; \
+		kill -TERM -$$early 2>/dev/null && echo "(set-up done: the whole build takes over)"; \
+		wait $$early; \
+		[ $$setup = 0 ] || exit 1; \
+	fi
 
 build:
-	@if [ ! -f $(VENV)/.torch ] || [ ! -f $(VENV)/.libheif ]; then \
-		$(MAKE) --no-print-directory $(VENV)/.torch $(VENV)/.libheif & setup=$$!; \
-		cargo build --release $(addprefix -p ,$(EARLY_CRATES)) || true; \
-		wait $$setup || exit 1; \
-	fi
+	@$(SETUP_BESIDE_EARLY_CRATES)
 	cargo build --release
 
 # `moslora` on the PATH, running from any folder without this clone: the binary in
@@ -139,7 +148,10 @@ lint: $(VENV)/.torch $(VENV)/.libheif
 	cargo clippy --release --all-targets -- -D warnings
 
 # The lint runs first; the fixtures (Python) are made while clippy and the test binaries
-# compile, which leave a core idle much of the time on a fresh build.
+# compile, which leave a core idle much of the time on a fresh build. The test binaries then
+# run side by side, one per core (tools/test_lanes.py), each test on one libtorch thread: the
+# tiny and toy models run fastest so (the command line's `threads: auto` picks one thread for
+# them too), and one thread per lane never oversubscribes the cores (docs/benchmarks.md).
 test: $(VENV)/.reference $(VENV)/.torchvision $(VENV)/.browser $(VENV)/.k8s $(VENV)/.heif-ref \
       $(VENV)/.tensorboard $(VENV)/.libheif
 	$(PYTHON_SYS) tools/layers.py
@@ -147,12 +159,17 @@ test: $(VENV)/.reference $(VENV)/.torchvision $(VENV)/.browser $(VENV)/.k8s $(VE
 	@$(MAKE) --no-print-directory fixtures & fixtures=$$!; \
 		cargo clippy --release --all-targets -- -D warnings && cargo test --release --no-run; \
 		built=$$?; wait $$fixtures && exit $$built
-	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release --no-fail-fast -- --test-threads=1
+	MOSLORA_FIXTURES=$(CURDIR)/$(FIXTURES) OMP_NUM_THREADS=1 \
+		$(PYTHON_SYS) tools/test_lanes.py -- --test-threads=1
+	cargo test --release --doc
 
 # The whole job on the toy world's pretrained model (assets/toy-model): train LoRA and MoSLoRA
 # on the bundled robot (500 steps each), render the comparison in the world's scenes, score it
 # with the world's judge (assets/toy-judge), build the blind study kit. Results in target/demo/.
-demo: build
+# (Only the `moslora` binary: the bench's waits for `make bench`.)
+demo:
+	@$(SETUP_BESIDE_EARLY_CRATES)
+	cargo build --release --bin moslora
 	$(BIN) demo --out target/demo
 
 # The toy world's base model and judge, from scratch (see README for the time on 2 cores;

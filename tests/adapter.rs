@@ -98,6 +98,7 @@ fn lora_forward_matches_peft() {
 
 #[test]
 fn lora_training_steps_match_peft() {
+    common::reference_threads();
     let r = reference("lora");
     let mut u = unet();
     attach_reference(&mut u, &r);

@@ -92,6 +92,7 @@ fn attach(u: &mut UNet2DConditionModel, r: &HashMap<String, Tensor>, name: &str,
 
 #[test]
 fn dora_loha_and_lokr_match_peft() {
+    common::reference_threads();
     let r = reference("families");
     let sched = DdpmSchedule::new(
         &read_json::<SchedulerConfig>(&tiny_model().join("scheduler/scheduler_config.json"))

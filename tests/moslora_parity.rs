@@ -85,6 +85,7 @@ fn attach(u: &mut UNet2DConditionModel, r: &HashMap<String, Tensor>, init: &str)
 
 #[test]
 fn moslora_matches_the_reference_for_every_mixer_init() {
+    common::reference_threads();
     let r = reference("moslora");
     let sched = DdpmSchedule::new(
         &read_json::<SchedulerConfig>(&tiny_model().join("scheduler/scheduler_config.json"))

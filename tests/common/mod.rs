@@ -151,6 +151,27 @@ pub fn fixtures() -> PathBuf {
     dir
 }
 
+/// Run libtorch on as many threads as the reference fixtures were computed with
+/// (`make_fixtures.py` records it). For the tests that compare gradients and optimiser steps:
+/// another thread count sums in another order, and that rounding, divided by AdamW's square
+/// root of a near-zero second moment, grows past their tolerances (measured at 1 thread against
+/// fixtures made on 2: LoRA after two AdamW steps 2.3e-5 relative, tolerance 2e-5). The test
+/// run itself uses one thread a lane.
+pub fn reference_threads() {
+    let path = fixtures().join("reference-threads.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; remake the fixtures (`make fixtures`)",
+            path.display()
+        )
+    });
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let n = v["threads"]
+        .as_i64()
+        .expect("reference-threads.json: threads");
+    tch::set_num_threads(n as i32);
+}
+
 /// The tiny SDXL pipeline in the layout of a real download.
 pub fn tiny_model() -> PathBuf {
     fixtures().join("tiny-sdxl")

@@ -171,7 +171,10 @@ def run_reference_modules(fx: Path):
 def main():
     fx = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "target" / "fixtures").resolve()
     fx.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    torch.set_num_threads(threads)
+    # The tests that compare training steps run on as many threads (tests/common: reference_threads).
+    (fx / "reference-threads.json").write_text(json.dumps({"threads": threads}))
     make_clip_vocab(fx / "clip-vocab")
     make_tiny_pipeline(fx)
     run_reference_modules(fx)
