@@ -77,24 +77,16 @@ $(VENV)/.libheif: $(VENV)/.torch
 
 # Dependencies that need neither the torch wheel nor libheif: on a fresh machine they compile
 # while the wheel (about 4 GB with its CUDA libraries) downloads and apt installs libheif.
-# (Checked: the full build that follows finds them built, same features.) As soon as both are
-# in, that compile is stopped where it is (its own process group: every rustc with it; the
-# crates it finished are kept) and the whole build takes over, so that torch-sys's C++ wrapper
-# and tch compile beside the rest instead of after it.
+# (Checked: the full build that follows finds them built, same features.)
 EARLY_CRATES := tokenizers rusqlite image imageproc plotters axum tokio hf-hub clap zip \
                 serde_yaml ab_glyph
-SETUP_BESIDE_EARLY_CRATES = \
-	if [ ! -f $(VENV)/.torch ] || [ ! -f $(VENV)/.libheif ]; then \
-		setsid cargo build --release $(addprefix -p ,$(EARLY_CRATES)) & early=$$!; \
-		trap "kill -TERM -$$early 2>/dev/null; exit 130" INT TERM; \
-		$(MAKE) --no-print-directory $(VENV)/.torch $(VENV)/.libheif; setup=$$?; \
-		kill -TERM -$$early 2>/dev/null && echo "(set-up done: the whole build takes over)"; \
-		wait $$early; \
-		[ $$setup = 0 ] || exit 1; \
-	fi
 
 build:
-	@$(SETUP_BESIDE_EARLY_CRATES)
+	@if [ ! -f $(VENV)/.torch ] || [ ! -f $(VENV)/.libheif ]; then \
+		$(MAKE) --no-print-directory $(VENV)/.torch $(VENV)/.libheif & setup=$$!; \
+		cargo build --release $(addprefix -p ,$(EARLY_CRATES)) || true; \
+		wait $$setup || exit 1; \
+	fi
 	cargo build --release
 
 # `moslora` on the PATH, running from any folder without this clone: the binary in
@@ -166,10 +158,7 @@ test: $(VENV)/.reference $(VENV)/.torchvision $(VENV)/.browser $(VENV)/.k8s $(VE
 # The whole job on the toy world's pretrained model (assets/toy-model): train LoRA and MoSLoRA
 # on the bundled robot (500 steps each), render the comparison in the world's scenes, score it
 # with the world's judge (assets/toy-judge), build the blind study kit. Results in target/demo/.
-# (Only the `moslora` binary: the bench's waits for `make bench`.)
-demo:
-	@$(SETUP_BESIDE_EARLY_CRATES)
-	cargo build --release --bin moslora
+demo: build
 	$(BIN) demo --out target/demo
 
 # The toy world's base model and judge, from scratch (see README for the time on 2 cores;
