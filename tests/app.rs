@@ -371,6 +371,11 @@ fn photos_to_results_with_hostile_input_refused() {
         ("empty.png", Vec::new(), "an empty file"),
         ("huge.png", png_claiming(60_000, 60_000), "60000 x 60000"),
         ("text.jpg", b"hello".to_vec(), "not a picture"),
+        (
+            "robot.mask.png",
+            std::fs::read(repo().join("assets/subject-masks/01_sky.mask.png")).unwrap(),
+            "a mask for masked loss",
+        ),
     ] {
         let r = app.upload(subject, name, &bytes);
         assert_eq!(r.status, 400, "{name}: {}", r.text());

@@ -105,3 +105,26 @@ fn compare_takes_any_list_of_families_at_matched_parameters() {
     );
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `same_parameters` cannot match ranks without the UNet's layer shapes: refused at the start,
+/// naming the setting and the model, not trained as if it were off.
+#[test]
+fn same_parameters_without_a_readable_unet_config_is_refused() {
+    let root = scratch("families-unreadable");
+    let model = root.join("model");
+    common::copy_dir(&tiny_model(), &model);
+    std::fs::write(model.join("unet/config.json"), "{").unwrap();
+    let run = write_run(&root, "adapters: [lora, loha]\nsame_parameters: true\n");
+    let yaml = std::fs::read_to_string(&run).unwrap().replace(
+        &tiny_model().display().to_string(),
+        &model.display().to_string(),
+    );
+    std::fs::write(&run, yaml).unwrap();
+    let (code, err) = moslora(&["train", run.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("same_parameters") && err.contains(&model.display().to_string()),
+        "{err}"
+    );
+    assert!(!root.join("out/lora/adapter.safetensors").exists());
+}

@@ -351,3 +351,37 @@ fn a_zero_initialised_mixer_leaves_the_base_model_unchanged() {
     assert_eq!(compared, 8);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Training samples are drawn at the training resolution on the toy model, whose VAE scales by
+/// 4 (not SDXL's 8): a sample's noise is shaped by the model's own factor and channels.
+#[test]
+fn training_samples_are_drawn_at_the_training_resolution() {
+    let dir = scratch("samples");
+    let mut cfg = moslora::demo::demo_config(&dir, &shipped("toy-model"), None).unwrap();
+    cfg.subject.images = repo().join("assets/subject");
+    cfg.train.steps = 1;
+    cfg.train.sample_every = 1;
+    cfg.train.checkpoint_every = 0;
+    cfg.render.steps = 2;
+    let kind = moslora::train::AdapterKind::Lora;
+    moslora::train::train(
+        &cfg,
+        &[kind],
+        RunOptions::default(),
+        false,
+        &mut moslora::train::Quiet,
+    )
+    .unwrap();
+    let p = moslora::train::RunPaths::new(&cfg, kind)
+        .dir
+        .join("samples/step_000001.png");
+    let sample = image::open(&p).unwrap();
+    let side = cfg.train.resolution as u32;
+    assert_eq!(
+        (sample.width(), sample.height()),
+        (side, side),
+        "{}",
+        p.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -687,7 +687,14 @@ fn prior_preservation_makes_class_images_and_samples_are_rendered() {
     }
     for step in [1, 2] {
         let p = out.join(format!("lora/samples/step_{step:06}.png"));
-        assert!(image::open(&p).is_ok(), "{}", p.display());
+        // At the training resolution (tests/toy_model.rs checks a VAE factor of 4).
+        let sample = image::open(&p).unwrap();
+        assert_eq!(
+            (sample.width(), sample.height()),
+            (64, 64),
+            "{}",
+            p.display()
+        );
     }
     // A second run finds the class images already there and makes none.
     let before = std::fs::metadata(out.join("class/class_0000.png"))

@@ -64,6 +64,8 @@ pub struct Exported {
     pub alpha: f64,
     /// A mixer was folded into the down projections.
     pub mixer_folded: bool,
+    /// The adapter's family (a kohya file of LoHa or LoKr is a LyCORIS one).
+    pub family: super::Family,
 }
 
 /// kohya's name of a UNet module: `lora_unet_` and the SGM module path with `.` -> `_`
@@ -276,6 +278,7 @@ pub fn export(
         rank,
         alpha,
         mixer_folded: meta.adapter.mixer != super::MixerInit::None,
+        family: meta.adapter.family,
     })
 }
 

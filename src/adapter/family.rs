@@ -40,6 +40,16 @@ impl Family {
         }
     }
 
+    /// As people write it: LoRA, DoRA, LoHa, LoKr.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::Lora => "LoRA",
+            Family::Dora => "DoRA",
+            Family::Loha => "LoHa",
+            Family::Lokr => "LoKr",
+        }
+    }
+
     pub fn is_lora(&self) -> bool {
         *self == Family::Lora
     }

@@ -65,6 +65,16 @@ pub fn add(
             MAX_UPLOAD_BYTES >> 20
         )));
     }
+    // A mask (`photo.mask.png`, the command line's masked loss) is not a photo of the subject:
+    // kept as one, it would be trained on as a black-and-white picture.
+    if original.to_ascii_lowercase().ends_with(".mask.png") {
+        return Err(bad(
+            "a mask for masked loss (`.mask.png`), not a photo: the app trains on whole \
+             photos; masks are used from the command line (`train.masked_loss`, a \
+             `.mask.png` beside each photo)"
+                .into(),
+        ));
+    }
     let existing = store.photos(subject)?;
     if existing.len() >= MAX_PHOTOS {
         return Err(bad(format!(

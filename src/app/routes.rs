@@ -1037,7 +1037,8 @@ async fn job_action(State(app): S, UrlPath((id, action)): UrlPath<(i64, String)>
                 }
                 db.remove_job(id)?;
                 let _ = std::fs::remove_dir_all(JobFiles::new(&a.data, id).dir);
-                // Its exports too: a later job may get its number.
+                // Its exports too. (Its study, and the answers in it, stay: see
+                // Store::never_reuse_job_numbers.)
                 let prefix = format!("job{id}-");
                 for e in std::fs::read_dir(a.data.join("exports"))
                     .into_iter()

@@ -97,6 +97,37 @@ fn job_row(r: &rusqlite::Row) -> rusqlite::Result<Job> {
     })
 }
 
+/// The job table's definition. `AUTOINCREMENT`: see [`Store::never_reuse_job_numbers`].
+const JOBS_TABLE: &str = "id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL,
+    subject INTEGER NOT NULL, model INTEGER NOT NULL, preset TEXT NOT NULL,
+    device TEXT NOT NULL, state TEXT NOT NULL, position INTEGER NOT NULL,
+    pid INTEGER, exit_code INTEGER, message TEXT NOT NULL DEFAULT '',
+    created INTEGER NOT NULL";
+
+/// The job numbers that name something under `DATA`: `jobs/N`, `studies/N`, `exports/jobN-*`.
+fn used_job_numbers(data: &Path) -> Vec<i64> {
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(data.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let folders = ["jobs", "studies"]
+        .into_iter()
+        .flat_map(names)
+        .filter_map(|n| n.parse::<i64>().ok());
+    let exports = names("exports").into_iter().filter_map(|n| {
+        n.strip_prefix("job")?
+            .split_once('-')?
+            .0
+            .parse::<i64>()
+            .ok()
+    });
+    folders.chain(exports).collect()
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path).map_err(|e| db_err(path, e))?;
@@ -111,14 +142,72 @@ impl Store {
                width INTEGER NOT NULL, height INTEGER NOT NULL, checks TEXT NOT NULL DEFAULT '');
              CREATE TABLE IF NOT EXISTS models (id INTEGER PRIMARY KEY, name TEXT NOT NULL,
                path TEXT NOT NULL UNIQUE);
-             CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, title TEXT NOT NULL,
-               subject INTEGER NOT NULL, model INTEGER NOT NULL, preset TEXT NOT NULL,
-               device TEXT NOT NULL, state TEXT NOT NULL, position INTEGER NOT NULL,
-               pid INTEGER, exit_code INTEGER, message TEXT NOT NULL DEFAULT '',
-               created INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS jobs (JOBS_TABLE);"
+                .replace("JOBS_TABLE", JOBS_TABLE)
+                .as_str(),
         )
         .map_err(|e| db_err(path, e))?;
-        Ok(Store { conn })
+        let store = Store { conn };
+        let data = path.parent().unwrap_or(Path::new("."));
+        store
+            .never_reuse_job_numbers(data)
+            .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+        Ok(store)
+    }
+
+    /// A job's number names its folders (`jobs/N`, `studies/N`, `exports/jobN-*`), and a
+    /// study's folder outlives its job (the raters' answers are kept): a number used once is
+    /// never given again. SQLite's plain `INTEGER PRIMARY KEY` hands out the highest number
+    /// plus one, so removing the newest job gave its number, and its study, to the next one;
+    /// `AUTOINCREMENT` does not. A database made before that is moved over to it (in one
+    /// transaction), and the counter starts above every number already on disk, so a
+    /// database lost or remade beside old folders cannot hand them out either.
+    fn never_reuse_job_numbers(&self, data: &Path) -> rusqlite::Result<()> {
+        let sql: String = self.conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !sql.contains("AUTOINCREMENT") {
+            self.conn.execute_batch(
+                &"BEGIN IMMEDIATE;
+                 CREATE TABLE jobs_numbered (JOBS_TABLE);
+                 INSERT INTO jobs_numbered SELECT * FROM jobs;
+                 DROP TABLE jobs;
+                 ALTER TABLE jobs_numbered RENAME TO jobs;
+                 COMMIT;"
+                    .replace("JOBS_TABLE", JOBS_TABLE),
+            )?;
+        }
+        let on_disk = used_job_numbers(data).into_iter().max().unwrap_or(0);
+        let tx = self.conn.unchecked_transaction()?;
+        let counter: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'jobs'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let in_table: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?;
+        let want = on_disk.max(in_table).max(counter.unwrap_or(0));
+        match counter {
+            Some(c) if c >= want => {}
+            Some(_) => {
+                tx.execute(
+                    "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'jobs'",
+                    [want],
+                )?;
+            }
+            None if want > 0 => {
+                tx.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)",
+                    [want],
+                )?;
+            }
+            None => {}
+        }
+        tx.commit()
     }
 
     fn e(&self, e: rusqlite::Error) -> Error {
@@ -412,4 +501,80 @@ pub fn subject_dir(data: &Path, id: i64) -> PathBuf {
 }
 pub fn job_dir(data: &Path, id: i64) -> PathBuf {
     data.join("jobs").join(id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("moslora-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn add(s: &Store) -> i64 {
+        s.add_job("t", 1, 1, "toy", "cpu").unwrap()
+    }
+
+    #[test]
+    fn a_removed_jobs_number_is_not_given_again() {
+        let dir = scratch("numbers");
+        let s = Store::open(&dir.join("app.sqlite")).unwrap();
+        assert_eq!((add(&s), add(&s)), (1, 2));
+        s.remove_job(2).unwrap();
+        assert_eq!(add(&s), 3);
+        s.remove_job(3).unwrap();
+        drop(s);
+        // Nor after a restart.
+        let s = Store::open(&dir.join("app.sqlite")).unwrap();
+        assert_eq!(add(&s), 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_older_database_moves_over_and_counts_above_the_folders_on_disk() {
+        let dir = scratch("older");
+        let db = dir.join("app.sqlite");
+        {
+            // The table as the app made it before: numbers handed out as MAX(id) + 1.
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(
+                "CREATE TABLE jobs (id INTEGER PRIMARY KEY, title TEXT NOT NULL,
+                   subject INTEGER NOT NULL, model INTEGER NOT NULL, preset TEXT NOT NULL,
+                   device TEXT NOT NULL, state TEXT NOT NULL, position INTEGER NOT NULL,
+                   pid INTEGER, exit_code INTEGER, message TEXT NOT NULL DEFAULT '',
+                   created INTEGER NOT NULL);
+                 INSERT INTO jobs VALUES (1, 'first', 1, 1, 'toy', 'cpu', 'done', 1, NULL, 0,
+                   'kept', 5);
+                 INSERT INTO jobs VALUES (2, 'second', 1, 1, 'toy', 'cpu', 'queued', 2, NULL,
+                   NULL, '', 6);",
+            )
+            .unwrap();
+        }
+        // Job 7 was removed, its study (and raters' answers) kept; job 9's export is left.
+        std::fs::create_dir_all(dir.join("studies/7/study")).unwrap();
+        std::fs::create_dir_all(dir.join("jobs/2")).unwrap();
+        std::fs::create_dir_all(dir.join("exports")).unwrap();
+        std::fs::write(dir.join("exports/job9-lora-kohya.safetensors"), b"x").unwrap();
+        let s = Store::open(&db).unwrap();
+        let sql: String = s
+            .conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'jobs'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.contains("AUTOINCREMENT"), "{sql}");
+        let first = s.job(1).unwrap().expect("job 1 kept");
+        assert_eq!(
+            (first.title.as_str(), first.message.as_str()),
+            ("first", "kept")
+        );
+        assert_eq!(s.job(2).unwrap().expect("job 2 kept").state, QUEUED);
+        assert_eq!(add(&s), 10);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

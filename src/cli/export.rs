@@ -110,9 +110,10 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         ""
     };
     println!(
-        "wrote {} ({} LoRA, {} layers, rank {}, alpha {}{folded}; layers named for {named_for})",
+        "wrote {} ({} {}, {} layers, rank {}, alpha {}{folded}; layers named for {named_for})",
         a.out.display(),
         format.name(),
+        e.family.label(),
         e.layers,
         e.rank,
         e.alpha

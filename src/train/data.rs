@@ -41,6 +41,10 @@ pub struct Sampler {
     pub scheduler: SchedulerConfig,
     /// `render.scheduler`: samples are drawn with the renders' sampler.
     pub kind: SamplerKind,
+    /// The VAE's downscaling (8 for SDXL, 4 for the toy world) and the UNet's latent channels:
+    /// the shape of a sample's starting noise.
+    pub vae_factor: i64,
+    pub latent_channels: i64,
 }
 
 /// Make class images with the base model until `class_images` holds `generate` of them
@@ -327,6 +331,8 @@ pub fn prepare_data_and_text(
             uncond,
             scheduler: dir.scheduler_config()?,
             kind: SamplerKind::parse_setting("render.scheduler", &cfg.render.scheduler)?,
+            vae_factor: dir.vae_config()?.scale_factor(),
+            latent_channels: dir.unet_config()?.in_channels,
         })
     } else {
         None

@@ -169,7 +169,11 @@ pub fn plot_with_validation(
             .configure_mesh()
             .x_desc("optimizer step")
             .x_label_formatter(&|x| format!("{}", *x as i64))
-            .y_desc("training loss (MSE)")
+            .y_desc(if validation.iter().any(|v| !v.is_empty()) {
+                "loss (MSE): training, and validation in bold"
+            } else {
+                "training loss (MSE)"
+            })
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(|e| err(&e))?;

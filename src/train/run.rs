@@ -133,6 +133,28 @@ impl AdapterKind {
 /// (in, out) of the UNet layers `cfg.adapter.targets` selects in the run's model, from its
 /// configuration alone (a model built of shapes); None when the model cannot be read yet.
 /// Kept per model and targets: it is asked for at every fingerprint.
+/// `same_parameters: true` needs the targeted layers' shapes from the model's UNet
+/// configuration: refused at the start when they cannot be read, instead of training every
+/// family at `adapter.rank` as if the setting were off.
+pub fn check_same_parameters(cfg: &RunConfig) -> Result<()> {
+    let matched = AdapterKind::of_run(cfg)
+        .iter()
+        .any(|&k| k != AdapterKind::Lora);
+    if cfg.same_parameters && matched && target_dims(cfg).is_none() {
+        return Err(Error::setting(
+            "same_parameters",
+            format!(
+                "same_parameters: true matches each family's rank to LoRA's parameters on the \
+                 model's UNet layers, and the UNet configuration of {} could not be read \
+                 (unet/config.json in a diffusers folder); set it to false and choose the \
+                 ranks yourself, or point `model` at a diffusers folder",
+                cfg.model.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn target_dims(cfg: &RunConfig) -> Option<Vec<(i64, i64)>> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};

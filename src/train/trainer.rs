@@ -426,7 +426,8 @@ fn write_sample(
         seed: 0,
         sampler: s.kind,
     };
-    let noise = seeded_randn(0, &[1, 4, size / 8, size / 8]);
+    let latent = size / s.vae_factor;
+    let noise = seeded_randn(0, &[1, s.latent_channels, latent, latent]);
     // With text-encoder adapters the prompt reads as the adapters make it read now.
     let adapted_prompt = match text {
         Some(t) => Some(tch::no_grad(|| t.instance_embeds())?),
@@ -465,6 +466,7 @@ pub fn train(
         &cfg.render.scheduler,
     )?;
     let dir = ModelDir::open(&cfg.model)?;
+    super::run::check_same_parameters(cfg)?;
     let (data, text) = prepare_data_and_text(cfg, &dir, opts, progress)?;
     let captions: Vec<String> = data.captions.iter().map(|(c, _)| c.clone()).collect();
     let mut text = text

@@ -26,6 +26,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+from file_storage import reload_restoring
+
 TRAP = """
 window.__calls = [];
 for (const name of ['alert', 'confirm', 'prompt']) {
@@ -103,9 +105,8 @@ def main():
         report["rater"] = inspect(driver, args.expect_rater + [args.rater_name], 2)
         report["rater"]["shown_prompt"] = driver.find_element(By.ID, "prompt-text").text
         # Reload: the name and answers come back from localStorage, through the same code.
-        driver.refresh()
         try:
-            wait.until(lambda d: visible("trial"))
+            reload_restoring(driver, wait, visible)
         except Exception:
             # What the reloaded page holds, to tell a lost save from a slow page.
             print("after the reload:", driver.execute_script(

@@ -27,6 +27,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+from file_storage import reload_restoring
+
 KEYS = {"similarity": {"a": "left", "s": "tie", "d": "right"},
         "prompt": {"j": "left", "k": "tie", "l": "right"}}
 
@@ -118,8 +120,7 @@ def main():
                 log.append(f"went back to {tid} and changed similarity to {answers[tid]['similarity']}")
                 went_back = True
             if pos == reload_at and not reloaded:
-                driver.refresh()
-                wait.until(lambda d: visible("trial"))
+                reload_restoring(driver, wait, visible)
                 now = int(el("trial").get_attribute("data-position"))
                 shown = el("progress-text").text
                 assert now == pos + 1, f"after reload the page is at {now}, expected {pos + 1}"
