@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::rc::Rc;
 
-use common::{adapter_meta, repo, scratch, tensors, tiny_model, Failures};
+use common::{adapter_meta, assert_same_tensors, repo, scratch, tensors, tiny_model, Failures};
 use moslora::adapter::file::{self, AdapterFile, AdapterMeta};
 use moslora::adapter::{self, AdapterConfig, Component};
 use moslora::config::RunConfig;
@@ -23,32 +23,10 @@ use moslora::train::{self, AdapterKind, Progress, Quiet, RunPaths};
 use tch::{Device, Kind, Tensor};
 
 fn config(out: &Path, steps: u64) -> RunConfig {
-    let mut c = RunConfig {
-        model: tiny_model(),
-        output: out.to_path_buf(),
-        ..RunConfig::default()
-    };
-    c.subject.images = repo().join("assets/subject");
-    c.subject.class_noun = "toy".into();
-    c.train.steps = steps;
-    c.train.resolution = 64;
+    let mut c = common::tiny_run(out, steps);
     c.train.batch_size = 2;
     c.train.crops_per_image = 2;
-    c.train.checkpoint_every = 0;
     c
-}
-
-fn assert_same_tensors(a: &Path, b: &Path) {
-    let (x, y) = (tensors(a), tensors(b));
-    assert_eq!(x.len(), y.len());
-    for (name, t) in &x {
-        assert!(
-            t.equal(&y[name]),
-            "{name} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
-    }
 }
 
 /// Mean loss over fixed batches (the batches of steps 1..=8), without gradients.

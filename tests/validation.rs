@@ -8,39 +8,17 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{repo, scratch, tensors, tiny_model};
+use common::{assert_same_tensors, repo, scratch, tiny_model};
 use moslora::config::RunConfig;
 use moslora::sdxl::pipeline::RunOptions;
 use moslora::train::{self, loss_log, AdapterKind, Progress, Quiet, RunPaths};
 
 fn config(out: &Path, steps: u64, validate_every: u64) -> RunConfig {
-    let mut c = RunConfig {
-        model: tiny_model(),
-        output: out.to_path_buf(),
-        ..RunConfig::default()
-    };
-    c.subject.images = repo().join("assets/subject");
-    c.subject.class_noun = "toy".into();
-    c.train.steps = steps;
-    c.train.resolution = 64;
+    let mut c = common::tiny_run(out, steps);
     c.train.batch_size = 1;
     c.train.crops_per_image = 1;
-    c.train.checkpoint_every = 0;
     c.train.validate_every = validate_every;
     c
-}
-
-fn assert_same_tensors(a: &Path, b: &Path) {
-    let (x, y) = (tensors(a), tensors(b));
-    assert_eq!(x.len(), y.len());
-    for (name, t) in &x {
-        assert!(
-            t.equal(&y[name]),
-            "{name} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
-    }
 }
 
 fn read(p: &Path) -> String {

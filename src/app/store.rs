@@ -190,22 +190,13 @@ impl Store {
             .optional()?;
         let in_table: i64 =
             tx.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?;
-        let want = on_disk.max(in_table).max(counter.unwrap_or(0));
-        match counter {
-            Some(c) if c >= want => {}
-            Some(_) => {
-                tx.execute(
-                    "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'jobs'",
-                    [want],
-                )?;
-            }
-            None if want > 0 => {
-                tx.execute(
-                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)",
-                    [want],
-                )?;
-            }
-            None => {}
+        let want = on_disk.max(in_table);
+        if want > counter.unwrap_or(0) {
+            tx.execute("DELETE FROM sqlite_sequence WHERE name = 'jobs'", [])?;
+            tx.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)",
+                [want],
+            )?;
         }
         tx.commit()
     }

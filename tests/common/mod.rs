@@ -172,6 +172,36 @@ pub fn reference_threads() {
     tch::set_num_threads(n as i32);
 }
 
+/// A training run of the tiny model on the bundled photos (class "toy", 64 px, no
+/// checkpoints), writing to `out`; the caller sets its batch.
+pub fn tiny_run(out: &Path, steps: u64) -> moslora::config::RunConfig {
+    let mut c = moslora::config::RunConfig {
+        model: tiny_model(),
+        output: out.to_path_buf(),
+        ..Default::default()
+    };
+    c.subject.images = repo().join("assets/subject");
+    c.subject.class_noun = "toy".into();
+    c.train.steps = steps;
+    c.train.resolution = 64;
+    c.train.checkpoint_every = 0;
+    c
+}
+
+/// The two safetensors files hold the same tensors, bit for bit.
+pub fn assert_same_tensors(a: &Path, b: &Path) {
+    let (x, y) = (tensors(a), tensors(b));
+    assert_eq!(x.len(), y.len());
+    for (name, t) in &x {
+        assert!(
+            t.equal(&y[name]),
+            "{name} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
 /// The tiny SDXL pipeline in the layout of a real download.
 pub fn tiny_model() -> PathBuf {
     fixtures().join("tiny-sdxl")
